@@ -1,0 +1,49 @@
+# Eventgate: `make run` sets up and runs everything with demo data; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+# Tests use the machine's PostgreSQL, Redis and RabbitMQ; override to point elsewhere.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/eventgate
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: setup run test demo-data clean
+
+setup: $(VENV)/.installed node_modules/.installed var/.dir
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+var/.dir:
+	mkdir -p var && touch $@
+
+# Debian's Chromium for the browser tests (Playwright cannot download its own browser here).
+/usr/bin/chromium:
+	(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+demo-data: setup
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v 0
+	$(PY) manage.py load_demo
+
+# Without STRIPE_API_KEY, a local fake Stripe (localstripe) runs as one of the processes.
+run: demo-data
+ifeq ($(STRIPE_API_KEY),)
+	STRIPE_API_KEY=sk_test_localstripe STRIPE_API_BASE=http://127.0.0.1:8420 PORT=$(PORT) \
+	  $(VENV)/bin/honcho start -f Procfile
+else
+	PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile web worker beat demo banner
+endif
+
+test: setup /usr/bin/chromium
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf var staticfiles

@@ -1,0 +1,1 @@
+"""Analytics: usage per subscription, flushed in batches by the gateway."""

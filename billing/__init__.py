@@ -1,0 +1,1 @@
+"""Billing: usage to invoices to Stripe."""

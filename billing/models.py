@@ -1,0 +1,92 @@
+"""Eventgate's own ledger: billing accounts, invoices and invoice lines.
+
+Amounts are integer minor units (cents). Stripe is a mirror of this ledger, never its source.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+
+class BillingAccount(models.Model):
+    """Who pays: one per consumer user, mapped to a Stripe customer."""
+
+    owner = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="billing_account")
+    stripe_customer_id = models.CharField(max_length=255, blank=True)
+    stripe_subscription_id = models.CharField(
+        max_length=255, blank=True, help_text="A zero-amount Stripe subscription that invoices attach to."
+    )
+    created = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Billing account of {self.owner}"
+
+
+class Invoice(models.Model):
+    """An invoice for one billing account and one closed billing period.
+
+    Unique per (account, period_start, period_end, currency), so closing a period twice creates
+    nothing new. ``status`` follows Stripe's invoice statuses once synced.
+    """
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        OPEN = "open", "Open"
+        PAID = "paid", "Paid"
+        VOID = "void", "Void"
+        UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="invoices")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    currency = models.CharField(max_length=3, default="usd")
+    total_minor = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    stripe_invoice_id = models.CharField(max_length=255, blank=True)
+    stripe_synced_at = models.DateTimeField(null=True, blank=True)
+    stripe_error = models.TextField(blank=True, help_text="The last Stripe error, if the sync failed.")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-period_start"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "period_start", "period_end", "currency"], name="unique_invoice_per_period"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Invoice {self.pk} {self.period_start:%Y-%m-%d}–{self.period_end:%Y-%m-%d}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("billing:invoice_detail", args=[self.pk])
+
+
+class InvoiceLine(models.Model):
+    """One charge on an invoice: a subscription's base fee or its events over the included amount."""
+
+    class Kind(models.TextChoices):
+        BASE_FEE = "base_fee", "Base fee"
+        EVENTS = "events", "Events"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    subscription = models.ForeignKey("portal.Subscription", on_delete=models.PROTECT, related_name="invoice_lines")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    description = models.CharField(max_length=300)
+    quantity = models.PositiveBigIntegerField(default=1, help_text="Units billed (1 for a fee; blocks of 1,000 events).")
+    unit_amount_minor = models.BigIntegerField(default=0)
+    amount_minor = models.BigIntegerField(default=0)
+    events = models.PositiveBigIntegerField(default=0, help_text="Events delivered in the period (from analytics).")
+    bytes = models.PositiveBigIntegerField(default=0, help_text="Bytes delivered in the period (from analytics).")
+    stripe_invoice_item_id = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["invoice", "subscription", "kind"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "subscription", "kind"], name="unique_invoice_line")
+        ]
+
+    def __str__(self) -> str:
+        return self.description

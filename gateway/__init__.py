@@ -1,0 +1,1 @@
+"""The gateway: WebSocket consumers fed by RabbitMQ, handshake auth, metering."""

@@ -1,0 +1,367 @@
+"""The portal's data model: users, APIs and their AsyncAPI documents, channels, operations,
+business plans, applications, subscriptions and API keys.
+
+Operations are stored from the *consumer's* point of view (AsyncAPI 2.x ``subscribe`` and 3.x
+``send`` by the provider both become ``receive`` for the consumer); see ``portal.asyncapi``.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser, UserManager
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+
+class EmailUserManager(UserManager["User"]):
+    """Creates users identified by email (no username)."""
+
+    def _create_user(self, username: Any, email: str | None, password: str | None, **extra: Any) -> User:
+        email = self.normalize_email(email or "")
+        user = self.model(email=email, **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email: str | None = None, password: str | None = None, **extra: Any) -> User:  # type: ignore[override]
+        extra.setdefault("is_staff", False)
+        extra.setdefault("is_superuser", False)
+        return self._create_user(None, email, password, **extra)
+
+    def create_superuser(self, email: str | None = None, password: str | None = None, **extra: Any) -> User:  # type: ignore[override]
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self._create_user(None, email, password, **extra)
+
+
+class User(AbstractUser):
+    """A person using the portal, identified by email.
+
+    ``is_provider`` lets the user publish APIs; ``is_staff`` makes them a platform admin who
+    approves business plans and subscriptions. Every user can be a consumer.
+    """
+
+    username = None  # type: ignore[assignment]
+    email = models.EmailField("email address", unique=True)
+    is_provider = models.BooleanField(default=False, help_text="May publish APIs.")
+
+    USERNAME_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    objects = EmailUserManager()  # type: ignore[misc]
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class APIQuerySet(models.QuerySet["API"]):
+    def published(self) -> APIQuerySet:
+        """APIs visible in the catalog: published, with at least one published version."""
+        return self.filter(status=API.Status.PUBLISHED, versions__status=APIVersion.Status.PUBLISHED).distinct()
+
+
+class API(models.Model):
+    """An async API offered by a provider; its shape lives in its versions' AsyncAPI documents."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        PUBLISHED = "published", "Published"
+        RETIRED = "retired", "Retired"
+
+    provider = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="apis")
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True, help_text="Used in gateway URLs: /ws/<slug>/...")
+    summary = models.CharField(max_length=300, blank=True)
+    description = models.TextField(blank=True, help_text="Markdown from the AsyncAPI document's info.description.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    created = models.DateTimeField(default=timezone.now)
+
+    objects = APIQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("portal:api_detail", args=[self.slug])
+
+    def latest_version(self, *, published_only: bool = True) -> APIVersion | None:
+        """The most recently created version (published ones only by default), or None."""
+        versions = self.versions.all()
+        if published_only:
+            versions = versions.filter(status=APIVersion.Status.PUBLISHED)
+        return versions.order_by("-created").first()
+
+
+class APIVersion(models.Model):
+    """One version of an API, imported from one AsyncAPI document (2.x or 3.x).
+
+    ``document`` is the parsed document as a JSON object (refs unresolved); ``source`` keeps the
+    uploaded text byte-for-byte so errors can cite its lines.
+    """
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        PUBLISHED = "published", "Published"
+        DEPRECATED = "deprecated", "Deprecated"
+
+    api = models.ForeignKey(API, on_delete=models.CASCADE, related_name="versions")
+    version = models.CharField(max_length=64, help_text="info.version of the AsyncAPI document; used in gateway URLs.")
+    asyncapi_version = models.CharField(max_length=16)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    document = models.JSONField()
+    source = models.TextField()
+    source_filename = models.CharField(max_length=255, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api", "version"], name="unique_api_version")]
+        ordering = ["api", "-created"]
+
+    def __str__(self) -> str:
+        return f"{self.api.name} {self.version}"
+
+
+class Channel(models.Model):
+    """A channel of an API version: an address template such as ``prices/{symbol}``.
+
+    ``parameters`` maps each parameter name to its schema-like object (``enum``, ``pattern``,
+    ``description``, ``default``), per AsyncAPI 2.6 §Parameter Object / 3.0 §Parameter Object.
+    """
+
+    api_version = models.ForeignKey(APIVersion, on_delete=models.CASCADE, related_name="channels")
+    key = models.CharField(max_length=255, help_text="The channel's key in the document's channels object.")
+    address = models.CharField(max_length=1000, help_text="Address template; may contain {parameters}.")
+    title = models.CharField(max_length=255, blank=True)
+    description = models.TextField(blank=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    bindings = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_version", "key"], name="unique_channel_key")]
+        ordering = ["address"]
+
+    def __str__(self) -> str:
+        return self.address
+
+    def address_regex(self) -> re.Pattern[str]:
+        """A regex matching concrete addresses of this template; one named group per parameter."""
+        parts = re.split(r"\{([^}]+)\}", self.address)
+        pattern = ""
+        for index, part in enumerate(parts):
+            if index % 2:
+                group = re.sub(r"\W", "_", part)
+                pattern += f"(?P<{group}>[^/]+)"
+            else:
+                pattern += re.escape(part)
+        return re.compile(f"^{pattern}$")
+
+    def example_address(self) -> str:
+        """The address with each parameter filled by its first enum value, default, or name."""
+
+        def fill(match: re.Match[str]) -> str:
+            spec = self.parameters.get(match.group(1)) or {}
+            schema = spec.get("schema") or spec
+            if spec.get("enum") or schema.get("enum"):
+                return str((spec.get("enum") or schema.get("enum"))[0])
+            if spec.get("default") or schema.get("default"):
+                return str(spec.get("default") or schema.get("default"))
+            examples = spec.get("examples") or schema.get("examples")
+            if examples:
+                return str(examples[0])
+            return match.group(1)
+
+        return re.sub(r"\{([^}]+)\}", fill, self.address)
+
+    @property
+    def can_receive(self) -> bool:
+        return any(op.action == Operation.Action.RECEIVE for op in self.operations.all())
+
+    @property
+    def can_send(self) -> bool:
+        return any(op.action == Operation.Action.SEND for op in self.operations.all())
+
+
+class Operation(models.Model):
+    """What a consumer may do on a channel: receive events from it or send events to it.
+
+    ``messages`` is a list of ``{"name", "title", "summary", "content_type", "payload"}`` objects
+    with payload schemas as written in the document (internal ``$ref``s resolved).
+    """
+
+    class Action(models.TextChoices):
+        RECEIVE = "receive", "Receive"
+        SEND = "send", "Send"
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="operations")
+    key = models.CharField(max_length=255, blank=True, help_text="operationId (2.x) or operation key (3.x).")
+    action = models.CharField(max_length=8, choices=Action.choices)
+    summary = models.TextField(blank=True)
+    messages = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["channel", "action", "key"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.channel.address}"
+
+
+class BusinessPlan(models.Model):
+    """A business plan of an API: what a subscription costs and whether it needs approval.
+
+    Prices are integer minor units (cents) of ``currency``. A billing period's charge is
+    ``flat_fee + ceil(max(0, events - included_events) / 1000) * price_per_1000_events``.
+    Admins approve plans before consumers can pick them.
+    """
+
+    api = models.ForeignKey(API, on_delete=models.CASCADE, related_name="plans")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    requires_approval = models.BooleanField(default=False, help_text="Subscriptions stay pending until an admin approves.")
+    is_approved = models.BooleanField(default=False, help_text="Approved by an admin; only approved plans are offered.")
+    currency = models.CharField(max_length=3, default="usd")
+    flat_fee_minor = models.PositiveIntegerField(default=0, help_text="Fee per billing period, in minor units.")
+    included_events = models.PositiveBigIntegerField(default=0, help_text="Events per period included in the flat fee.")
+    price_per_1000_events_minor = models.PositiveIntegerField(default=0, help_text="Per 1,000 events over the included amount.")
+
+    class Meta:
+        ordering = ["api", "flat_fee_minor", "name"]
+        constraints = [models.UniqueConstraint(fields=["api", "name"], name="unique_plan_name")]
+
+    def __str__(self) -> str:
+        return f"{self.api.name} — {self.name}"
+
+    @property
+    def is_free(self) -> bool:
+        return self.flat_fee_minor == 0 and self.price_per_1000_events_minor == 0
+
+
+class Application(models.Model):
+    """A consumer's application: it holds subscriptions and API keys."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="applications")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="unique_application_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("portal:application_detail", args=[self.pk])
+
+
+class SubscriptionQuerySet(models.QuerySet["Subscription"]):
+    def active(self) -> SubscriptionQuerySet:
+        return self.filter(status=Subscription.Status.ACTIVE)
+
+    def pending(self) -> SubscriptionQuerySet:
+        return self.filter(status=Subscription.Status.PENDING)
+
+
+class Subscription(models.Model):
+    """An application's subscription to an API under a business plan.
+
+    Usage is counted, throttled and billed per subscription. One live (pending or active)
+    subscription per application and API.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending approval"
+        ACTIVE = "active", "Active"
+        REJECTED = "rejected", "Rejected"
+        CANCELLED = "cancelled", "Cancelled"
+
+    application = models.ForeignKey(Application, on_delete=models.CASCADE, related_name="subscriptions")
+    api = models.ForeignKey(API, on_delete=models.PROTECT, related_name="subscriptions")
+    plan = models.ForeignKey(BusinessPlan, on_delete=models.PROTECT, related_name="subscriptions")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    created = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = SubscriptionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["application", "api"],
+                condition=Q(status__in=["pending", "active"]),
+                name="one_live_subscription_per_application_and_api",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.application} → {self.api} ({self.plan.name})"
+
+
+class APIKeyQuerySet(models.QuerySet["APIKey"]):
+    def usable(self) -> APIKeyQuerySet:
+        """Keys that are neither revoked nor expired."""
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+    def for_secret(self, secret: str) -> APIKey | None:
+        """The usable key whose hash matches ``secret``, or None."""
+        return self.usable().select_related("application").filter(key_hash=APIKey.hash_secret(secret)).first()
+
+
+class APIKey(models.Model):
+    """An application's API key: ``eg_`` + 40 url-safe characters, shown once, stored as SHA-256.
+
+    Keys are random with 240 bits of entropy, so an unsalted fast hash is enough (as for
+    GitHub tokens); ``prefix`` (the first 11 characters) lets a consumer tell keys apart.
+    """
+
+    PREFIX = "eg_"
+
+    application = models.ForeignKey(Application, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, default="default")
+    prefix = models.CharField(max_length=16)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = APIKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.application})"
+
+    @staticmethod
+    def hash_secret(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    @classmethod
+    def generate(cls, *, application: Application, name: str = "default") -> tuple[APIKey, str]:
+        """Create a key for ``application``; returns ``(key, secret)``. The secret is not stored."""
+        secret = cls.PREFIX + secrets.token_urlsafe(30)
+        key = cls.objects.create(
+            application=application, name=name, prefix=secret[:11], key_hash=cls.hash_secret(secret)
+        )
+        return key, secret
+
+    @property
+    def is_usable(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

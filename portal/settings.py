@@ -1,0 +1,170 @@
+"""Eventgate settings, driven by environment variables (django-environ).
+
+Every variable is listed in README.md with its default. Defaults work on a developer's machine
+with no configuration: SQLite, the in-memory channel layer, and RabbitMQ on localhost.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+# Core
+SECRET_KEY = env("SECRET_KEY", default="dev-only-insecure-secret-key-change-me")
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=["http://127.0.0.1:8000", "http://localhost:8000"])
+# The public base URL of the portal and gateway, used in client snippets shown to consumers.
+EVENTGATE_PUBLIC_URL = env("EVENTGATE_PUBLIC_URL", default="http://127.0.0.1:8000")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "channels",
+    "rest_framework",
+    "drf_spectacular",
+    "allauth",
+    "allauth.account",
+    "portal",
+    "gateway",
+    "analytics",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+ASGI_APPLICATION = "portal.asgi.application"
+AUTH_USER_MODEL = "portal.User"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: PostgreSQL in tests and production (DATABASE_URL), SQLite file by default.
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Several processes (web, worker, demo) share the file under `make run`: wait for locks.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Broker: RabbitMQ carries provider events (topic exchange) and Celery tasks.
+AMQP_URL = env("AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672/")
+# The topic exchange providers publish events to; routing key "<api>.<version>.<channel address>".
+EVENTGATE_EXCHANGE = env("EVENTGATE_EXCHANGE", default="eventgate.events")
+
+# Channels: Redis channel layer for control messages; in-memory (one process only) without REDIS_URL.
+REDIS_URL = env("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Gateway: how often (seconds) in-memory usage counters are flushed to analytics.
+GATEWAY_FLUSH_INTERVAL = env.float("GATEWAY_FLUSH_INTERVAL", default=5.0)
+
+# Celery: tasks travel over RabbitMQ; results are not stored.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=AMQP_URL)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_BEAT_SCHEDULE = {
+    "invoice-closed-periods": {
+        "task": "billing.tasks.invoice_closed_periods_task",
+        "schedule": env.float("BILLING_SCHEDULE_SECONDS", default=3600.0),
+    },
+}
+
+# Stripe: off unless STRIPE_API_KEY is set; STRIPE_API_BASE points at a fake server (localstripe).
+STRIPE_API_KEY = env("STRIPE_API_KEY", default="")
+STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
+
+# Auth: django-allauth with email + password; verification optional in demo mode.
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_EMAIL_VERIFICATION = env("ACCOUNT_EMAIL_VERIFICATION", default="optional")
+LOGIN_REDIRECT_URL = "/apps/"
+LOGOUT_REDIRECT_URL = "/"
+LOGIN_URL = "/accounts/login/"
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Eventgate <noreply@eventgate.local>")
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+# REST API: session auth for the browser, schema by drf-spectacular.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Eventgate API",
+    "DESCRIPTION": "API management for event-driven APIs: catalog, applications, subscriptions, usage, invoices.",
+    "VERSION": "1.0.0",
+}
+
+# Static files: served by WhiteNoise from daphne.
+STATIC_URL = "/static/"
+# Where `npm ci` puts browser bundles and the AsyncAPI JSON Schemas (@asyncapi/specs).
+NODE_MODULES_DIR = Path(env("NODE_MODULES_DIR", default=str(BASE_DIR / "node_modules")))
+# Third-party bundles are served straight from node_modules (versions pinned in package.json).
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/bootstrap", NODE_MODULES_DIR / "bootstrap" / "dist"),
+    ("vendor/chart.js", NODE_MODULES_DIR / "chart.js" / "dist"),
+]
+STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    # daphne's access log prints request paths, which may carry an access_token query parameter.
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

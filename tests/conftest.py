@@ -1,0 +1,46 @@
+"""Shared fixtures: personas (alice the provider, bob a consumer, carol who sees none of their
+data, admin the platform admin) and a published API with one receive channel."""
+from __future__ import annotations
+
+import pytest
+
+from tests.factories import (
+    APIFactory,
+    APIVersionFactory,
+    BusinessPlanFactory,
+    ChannelFactory,
+    OperationFactory,
+    UserFactory,
+)
+
+
+@pytest.fixture
+def alice(db):
+    return UserFactory(email="alice@example.com", is_provider=True)
+
+
+@pytest.fixture
+def bob(db):
+    return UserFactory(email="bob@example.com")
+
+
+@pytest.fixture
+def carol(db):
+    return UserFactory(email="carol@example.com")
+
+
+@pytest.fixture
+def admin_user(db):
+    return UserFactory(email="admin@example.com", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def ticker_api(alice):
+    """A published API ``ticker`` v1.0.0 with channel ``prices/{symbol}`` (receive) and two plans."""
+    api = APIFactory(provider=alice, name="Ticker", slug="ticker")
+    version = APIVersionFactory(api=api)
+    channel = ChannelFactory(api_version=version, key="prices", address="prices/{symbol}")
+    OperationFactory(channel=channel)
+    BusinessPlanFactory(api=api, name="Free")
+    BusinessPlanFactory(api=api, name="Gold", requires_approval=True, flat_fee_minor=4900)
+    return api
