@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.stripe"]
+
 from tests.factories import (
     APIFactory,
     APIVersionFactory,
