@@ -2,7 +2,11 @@
 
 Amounts are integer minor units (cents). Stripe is a mirror of this ledger, never its source.
 """
+
 from __future__ import annotations
+
+from datetime import UTC, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -13,7 +17,9 @@ from django.utils import timezone
 class BillingAccount(models.Model):
     """Who pays: one per consumer user, mapped to a Stripe customer."""
 
-    owner = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="billing_account")
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="billing_account"
+    )
     stripe_customer_id = models.CharField(max_length=255, blank=True)
     stripe_subscription_id = models.CharField(
         max_length=255, blank=True, help_text="A zero-amount Stripe subscription that invoices attach to."
@@ -22,6 +28,18 @@ class BillingAccount(models.Model):
 
     def __str__(self) -> str:
         return f"Billing account of {self.owner}"
+
+
+class InvoiceQuerySet(models.QuerySet["Invoice"]):
+    def for_user(self, user: Any) -> InvoiceQuerySet:
+        """Invoices of ``user``'s billing account (none for anonymous users)."""
+        if not getattr(user, "is_authenticated", False):
+            return self.none()
+        return self.filter(account__owner=user)
+
+    def needing_stripe_sync(self) -> InvoiceQuerySet:
+        """Invoices whose push to Stripe has not completed yet (never synced, or failed)."""
+        return self.filter(stripe_synced_at__isnull=True)
 
 
 class Invoice(models.Model):
@@ -49,6 +67,8 @@ class Invoice(models.Model):
     stripe_error = models.TextField(blank=True, help_text="The last Stripe error, if the sync failed.")
     created = models.DateTimeField(default=timezone.now)
 
+    objects = InvoiceQuerySet.as_manager()
+
     class Meta:
         ordering = ["-period_start"]
         constraints = [
@@ -63,6 +83,17 @@ class Invoice(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("billing:invoice_detail", args=[self.pk])
 
+    @property
+    def period_label(self) -> str:
+        """The period for people: "October 2026" for a calendar month (UTC), else
+        "2026-10-01 – 2026-10-15" (last day inclusive)."""
+        start, end = self.period_start.astimezone(UTC), self.period_end.astimezone(UTC)
+        next_month = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+        if start == start.replace(day=1, hour=0, minute=0, second=0, microsecond=0) and end == next_month:
+            return f"{start:%B %Y}"
+        last_day = (end - timedelta(microseconds=1)).date()
+        return f"{start:%Y-%m-%d} – {last_day:%Y-%m-%d}"
+
 
 class InvoiceLine(models.Model):
     """One charge on an invoice: a subscription's base fee or its events over the included amount."""
@@ -72,14 +103,22 @@ class InvoiceLine(models.Model):
         EVENTS = "events", "Events"
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
-    subscription = models.ForeignKey("portal.Subscription", on_delete=models.PROTECT, related_name="invoice_lines")
+    subscription = models.ForeignKey(
+        "portal.Subscription", on_delete=models.PROTECT, related_name="invoice_lines"
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     description = models.CharField(max_length=300)
-    quantity = models.PositiveBigIntegerField(default=1, help_text="Units billed (1 for a fee; blocks of 1,000 events).")
+    quantity = models.PositiveBigIntegerField(
+        default=1, help_text="Units billed (1 for a fee; blocks of 1,000 events)."
+    )
     unit_amount_minor = models.BigIntegerField(default=0)
     amount_minor = models.BigIntegerField(default=0)
-    events = models.PositiveBigIntegerField(default=0, help_text="Events delivered in the period (from analytics).")
-    bytes = models.PositiveBigIntegerField(default=0, help_text="Bytes delivered in the period (from analytics).")
+    events = models.PositiveBigIntegerField(
+        default=0, help_text="Events delivered in the period (from analytics)."
+    )
+    bytes = models.PositiveBigIntegerField(
+        default=0, help_text="Bytes delivered in the period (from analytics)."
+    )
     stripe_invoice_item_id = models.CharField(max_length=255, blank=True)
 
     class Meta:
@@ -90,3 +129,8 @@ class InvoiceLine(models.Model):
 
     def __str__(self) -> str:
         return self.description
+
+    @property
+    def detail(self) -> str:
+        """The description without its "<API> — <plan> (<application>): " prefix."""
+        return self.description.split(": ", 1)[-1]

@@ -1,4 +1,13 @@
+"""Billing pages, mounted at /billing/."""
+
 from __future__ import annotations
 
+from django.urls import path
+
+from billing import views
+
 app_name = "billing"
-urlpatterns: list = []
+urlpatterns = [
+    path("invoices/", views.invoice_list, name="invoice_list"),
+    path("invoices/<int:invoice_id>/", views.invoice_detail, name="invoice_detail"),
+]

@@ -106,6 +106,9 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Billing: how long after a period ends (seconds) before it is closed, for late gateway flushes.
+BILLING_GRACE_SECONDS = env.int("BILLING_GRACE_SECONDS", default=3600)
+
 # Stripe: off unless STRIPE_API_KEY is set; STRIPE_API_BASE points at a fake server (localstripe).
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
@@ -166,5 +169,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     # daphne's access log prints request paths, which may carry an access_token query parameter.
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        # stripe-python logs every request at INFO.
+        "stripe": {"level": "WARNING"},
+    },
 }

@@ -1,0 +1,69 @@
+"""Billing's Celery tasks: thin wrappers that call ``billing.services`` and ``billing.stripe_sync``.
+
+``invoice_closed_periods_task`` runs on Celery beat (``CELERY_BEAT_SCHEDULE`` in settings);
+``invoice_period_task`` closes a chosen period on demand. Both enqueue one
+``invoice_sync_task`` per invoice not yet in Stripe, after their transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, shared_task
+from django.db import transaction
+from django.utils import timezone
+
+from billing.models import Invoice
+from billing.services import invoice_closed_periods, invoice_period_close, parse_period_bound
+from billing.stripe_sync import TRANSIENT_ERRORS, invoice_sync_stripe, stripe_enabled
+
+logger = logging.getLogger(__name__)
+
+SYNC_MAX_RETRIES = 8
+SYNC_RETRY_MAX_DELAY = 3600  # seconds
+
+
+@shared_task
+def invoice_closed_periods_task() -> list[int]:
+    """Close the most recent billing month past its grace period; returns the new invoices' ids."""
+    invoices = invoice_closed_periods(now=timezone.now())
+    enqueue_stripe_sync()
+    return [invoice.pk for invoice in invoices]
+
+
+@shared_task
+def invoice_period_task(period_start_iso: str, period_end_iso: str) -> list[int]:
+    """Close the billing period ``[start, end)`` given as ISO 8601 dates or datetimes (UTC if
+    naive); returns the new invoices' ids."""
+    invoices = invoice_period_close(
+        period_start=parse_period_bound(period_start_iso), period_end=parse_period_bound(period_end_iso)
+    )
+    enqueue_stripe_sync()
+    return [invoice.pk for invoice in invoices]
+
+
+@shared_task(bind=True, max_retries=SYNC_MAX_RETRIES, acks_late=True)
+def invoice_sync_task(self: Task, invoice_id: int) -> None:
+    """Push one invoice to Stripe; transient Stripe errors are retried with exponential backoff
+    (30 s, 60 s, … capped at an hour). A no-op without ``STRIPE_API_KEY``; an invoice already
+    in Stripe only has its status refreshed."""
+    invoice = Invoice.objects.filter(pk=invoice_id).first()
+    if invoice is None or not stripe_enabled():
+        return
+    try:
+        invoice_sync_stripe(invoice=invoice)
+    except TRANSIENT_ERRORS as exc:
+        countdown = min(SYNC_RETRY_MAX_DELAY, 30 * 2**self.request.retries)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+def enqueue_stripe_sync() -> list[int]:
+    """Enqueue ``invoice_sync_task`` for every invoice not yet synced, once the current
+    transaction commits (so the worker sees the rows). This also re-sends invoices whose
+    earlier sync gave up. Returns the invoice ids; none when Stripe is off."""
+    if not stripe_enabled():
+        return []
+    ids = list(Invoice.objects.needing_stripe_sync().order_by("pk").values_list("pk", flat=True))
+    for invoice_id in ids:
+        transaction.on_commit(lambda invoice_id=invoice_id: invoice_sync_task.delay(invoice_id))
+    return ids

@@ -1,0 +1,30 @@
+"""Billing pages for consumers: their invoices and each invoice's lines with the usage behind them."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+
+from billing.models import Invoice
+
+
+def _get_invoice_for_user(request: HttpRequest, invoice_id: int) -> Invoice:
+    """The invoice ``invoice_id`` if it belongs to the logged-in user's billing account, else 404."""
+    invoices = Invoice.objects.for_user(request.user).select_related("account__owner")
+    return get_object_or_404(invoices, pk=invoice_id)
+
+
+@login_required
+def invoice_list(request: HttpRequest) -> HttpResponse:
+    invoices = Invoice.objects.for_user(request.user).order_by("-period_start", "currency")
+    return render(request, "billing/invoice_list.html", {"invoices": invoices})
+
+
+@login_required
+def invoice_detail(request: HttpRequest, invoice_id: int) -> HttpResponse:
+    invoice = _get_invoice_for_user(request, invoice_id)
+    lines = invoice.lines.select_related(
+        "subscription__api", "subscription__plan", "subscription__application"
+    ).order_by("subscription_id", "kind")
+    return render(request, "billing/invoice_detail.html", {"invoice": invoice, "lines": lines})
