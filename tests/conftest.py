@@ -46,3 +46,9 @@ def ticker_api(alice):
     BusinessPlanFactory(api=api, name="Free")
     BusinessPlanFactory(api=api, name="Gold", requires_approval=True, flat_fee_minor=4900)
     return api
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # Every HTTP Basic request hashes the password; PBKDF2 would make the REST tests crawl.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

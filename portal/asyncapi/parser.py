@@ -1,0 +1,388 @@
+"""AsyncAPI 2.x and 3.x documents into one model: channels and what a *consumer* may do on them.
+
+Eventgate's consumers are clients of the gateway, on the other side of the application an
+AsyncAPI document describes, so every operation is turned around:
+
+- AsyncAPI 2.x (2.6.0 §Channel Item Object): ``subscribe`` "defines the messages produced by the
+  application and sent to the channel" — the consumer *receives* them; ``publish`` "defines the
+  messages consumed by the application from the channel" — the consumer *sends* them.
+- AsyncAPI 3.x (3.0.0 §Operation Object, ``action``): "Use ``send`` when it's expected that the
+  application will send a message to the given channel, and ``receive`` when the application
+  should expect receiving messages from the given channel" — ``send`` becomes the consumer's
+  *receive*, ``receive`` the consumer's *send*.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from portal.asyncapi.errors import AsyncAPIError
+from portal.asyncapi.locations import LoadedDocument, decode_source, line_for, load_text, pointer_join
+from portal.asyncapi.refs import Resolver, is_internal, is_ref, ref_tokens
+from portal.asyncapi.validation import check_version, validate_document
+
+# Column sizes of portal.models, checked here so every document that parses can be stored.
+MAX_TITLE = 200
+MAX_VERSION = 64
+MAX_CHANNEL_KEY = 255
+MAX_ADDRESS = 1000
+MAX_CHANNEL_TITLE = 255
+MAX_OPERATION_KEY = 255
+
+Action = Literal["receive", "send"]
+# AsyncAPI 2.x Channel Item field → the consumer's action.
+_V2_ACTIONS: tuple[tuple[str, Action], ...] = (("subscribe", "receive"), ("publish", "send"))
+# AsyncAPI 3.x Operation Object ``action`` (the application's) → the consumer's action.
+_V3_ACTIONS: dict[str, Action] = {"send": "receive", "receive": "send"}
+
+
+@dataclass(frozen=True)
+class ParsedOperation:
+    """What a consumer may do on a channel.
+
+    ``key`` is the 2.x ``operationId`` (``""`` if absent) or the 3.x operation key; ``messages``
+    are ``{"name", "title", "summary", "content_type", "payload"}`` dicts: strings (``""`` when
+    absent) and the payload schema with internal refs resolved (None when absent).
+    """
+
+    key: str
+    action: Action
+    summary: str
+    messages: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ParsedChannel:
+    """A channel: ``key`` in the document's channels object and its ``address`` template.
+
+    ``parameters`` maps each parameter name to its Parameter Object with refs resolved (2.x:
+    ``{"description", "schema": {...}}``; 3.x: ``{"enum", "default", "description", ...}``);
+    ``bindings`` is the Channel Bindings Object, refs resolved.
+    """
+
+    key: str
+    address: str
+    title: str
+    description: str
+    parameters: dict[str, Any]
+    bindings: dict[str, Any]
+    operations: list[ParsedOperation]
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    """A valid AsyncAPI document: its info, the document itself (refs as written) and channels.
+
+    ``lines`` maps JSON pointers to 1-based lines of the upload, for errors found later
+    (``line_of``).
+    """
+
+    asyncapi_version: str
+    title: str
+    version: str
+    description: str
+    document: dict[str, Any]
+    channels: list[ParsedChannel]
+    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def line_of(self, pointer: str) -> int | None:
+        """The 1-based line of ``pointer`` (or its nearest ancestor) in the upload, or None."""
+        return line_for(self.lines, pointer)
+
+
+def parse_document(*, content: bytes | str, filename: str) -> ParsedDocument:
+    """Read, validate and normalize an AsyncAPI 2.0.0–2.6.0, 3.0.0 or 3.1.0 document.
+
+    ``content`` is YAML or JSON (told apart by content, not by ``filename``); ``filename`` is only
+    used in errors. The document is validated against the official JSON Schema of its version
+    (``@asyncapi/specs``), then its channels and operations are normalized to the consumer's
+    point of view (see the module docstring).
+
+    Raises ``AsyncAPIError`` (with pointer, line and filename) for unreadable input, an
+    unsupported version, schema violations, dangling internal refs and values too long to store.
+    """
+    loaded: LoadedDocument | None = None
+    try:
+        loaded = load_text(decode_source(content))
+        version = check_version(loaded.data)
+        validate_document(loaded, version)
+        return _parse_valid(loaded, version)
+    except AsyncAPIError as error:
+        error.filename = filename
+        if error.line is None and loaded is not None:
+            error.line = loaded.line_of(error.pointer)
+        raise
+    except RecursionError:
+        raise AsyncAPIError("the document is nested too deeply to read", filename=filename) from None
+
+
+def _parse_valid(loaded: LoadedDocument, version: str) -> ParsedDocument:
+    data: dict[str, Any] = loaded.data
+    info = data["info"]
+    title = _text(info.get("title"))
+    _check_length(title, MAX_TITLE, "/info/title", "the title")
+    _check_length(_text(info.get("version")), MAX_VERSION, "/info/version", "the version")
+    resolver = Resolver(data)
+    channels = _channels_v2(data, resolver) if version.startswith("2.") else _channels_v3(data, resolver)
+    return ParsedDocument(
+        asyncapi_version=version,
+        title=title,
+        version=_text(info.get("version")),
+        description=_text(info.get("description")),
+        document=data,
+        channels=channels,
+        lines=loaded.lines,
+    )
+
+
+# --- AsyncAPI 2.x ------------------------------------------------------------------------------
+
+
+def _channels_v2(data: dict[str, Any], resolver: Resolver) -> list[ParsedChannel]:
+    """2.x §Channels Object: the key is the channel's address (a relative path with {params})."""
+    channels = []
+    for key, raw in (data.get("channels") or {}).items():
+        at = pointer_join("/channels", key)
+        item = _object(resolver.deref(raw, at=at), at, "a Channel Item Object")
+        operations = []
+        for field_name, action in _V2_ACTIONS:
+            if field_name in item:
+                op_at = pointer_join(at, field_name)
+                operation = _object(resolver.deref(item[field_name], at=op_at), op_at, "an Operation Object")
+                operations.append(_operation_v2(operation, action, data, resolver, op_at))
+        channels.append(
+            _channel(key, key, {"description": item.get("description")}, item, operations, resolver, at)
+        )
+    return channels
+
+
+def _operation_v2(
+    operation: dict[str, Any], action: Action, data: dict[str, Any], resolver: Resolver, at: str
+) -> ParsedOperation:
+    """2.x §Operation Object; its traits are JSON-Merge-Patched over it in order (trait wins)."""
+    operation = _apply_traits(operation, resolver, at, object_wins=False)
+    key = _text(operation.get("operationId"))
+    _check_length(key, MAX_OPERATION_KEY, pointer_join(at, "operationId"), "the operationId")
+    messages = []
+    if "message" in operation:
+        message_at = pointer_join(at, "message")
+        message = resolver.deref(operation["message"], at=message_at)
+        # 2.x §Operation Object: "message" is one Message Object or {"oneOf": [...]}.
+        if isinstance(message.get("oneOf"), list):
+            candidates = [
+                (item, pointer_join(pointer_join(message_at, "oneOf"), index))
+                for index, item in enumerate(message["oneOf"])
+            ]
+        else:
+            candidates = [(operation["message"], message_at)]
+        for index, (candidate, candidate_at) in enumerate(candidates):
+            fallback = f"message{index + 1}" if len(candidates) > 1 else "message"
+            messages.append(
+                _message(candidate, data, resolver, candidate_at, fallback=fallback, object_wins=False)
+            )
+    return ParsedOperation(key=key, action=action, summary=_summary(operation), messages=messages)
+
+
+# --- AsyncAPI 3.x ------------------------------------------------------------------------------
+
+
+def _channels_v3(data: dict[str, Any], resolver: Resolver) -> list[ParsedChannel]:
+    """3.x: channels hold addresses and messages; root ``operations`` point at channels."""
+    channel_items = {}
+    for key, raw in (data.get("channels") or {}).items():
+        at = pointer_join("/channels", key)
+        channel_items[key] = _object(resolver.deref(raw, at=at), at, "a Channel Object")
+    operations: dict[str, list[ParsedOperation]] = {key: [] for key in channel_items}
+    for op_key, raw in (data.get("operations") or {}).items():
+        at = pointer_join("/operations", op_key)
+        raw = _object(resolver.deref(raw, at=at), at, "an Operation Object")
+        channel_key, operation = _operation_v3(op_key, raw, channel_items, data, resolver, at)
+        operations[channel_key].append(operation)
+    channels = []
+    for key, item in channel_items.items():
+        # 3.0 §Channel Object: a null or absent address means it is "unknown or dynamic"; the
+        # gateway still needs something to route on, so the channel key stands in for it.
+        address = item.get("address")
+        address = key if address is None else address
+        channels.append(
+            _channel(key, address, item, item, operations[key], resolver, pointer_join("/channels", key))
+        )
+    return channels
+
+
+def _operation_v3(
+    key: str,
+    operation: dict[str, Any],
+    channels: dict[str, dict[str, Any]],
+    data: dict[str, Any],
+    resolver: Resolver,
+    at: str,
+) -> tuple[str, ParsedOperation]:
+    """3.x §Operation Object → (channel key, operation); traits merge under it (object wins).
+
+    ``channel`` MUST point to a channel in the root channels object; ``messages`` MUST point to
+    messages of that channel and, when absent, means all of them.
+    """
+    _check_length(key, MAX_OPERATION_KEY, at, "the operation key")
+    operation = _apply_traits(operation, resolver, at, object_wins=True)
+    channel_ref = operation["channel"]["$ref"]
+    tokens = _tokens(channel_ref)
+    if len(tokens) != 2 or tokens[0] != "channels" or tokens[1] not in channels:
+        raise AsyncAPIError(
+            f'the operation\'s channel "{channel_ref}" must point to a channel under /channels '
+            "(AsyncAPI 3.0 §Operation Object)",
+            pointer=pointer_join(pointer_join(at, "channel"), "$ref"),
+        )
+    channel_key = tokens[1]
+    if "messages" in operation:
+        messages_at = pointer_join(at, "messages")
+        messages = [
+            _message(item, data, resolver, pointer_join(messages_at, index), object_wins=True)
+            for index, item in enumerate(operation["messages"])
+        ]
+    else:
+        channel_at = pointer_join(pointer_join("/channels", channel_key), "messages")
+        messages = [
+            _message(item, data, resolver, pointer_join(channel_at, name), key=name, object_wins=True)
+            for name, item in (channels[channel_key].get("messages") or {}).items()
+        ]
+    parsed = ParsedOperation(
+        key=key, action=_V3_ACTIONS[operation["action"]], summary=_summary(operation), messages=messages
+    )
+    return channel_key, parsed
+
+
+# --- shared ------------------------------------------------------------------------------------
+
+
+def _channel(
+    key: str,
+    address: str,
+    texts: dict[str, Any],
+    item: dict[str, Any],
+    operations: list[ParsedOperation],
+    resolver: Resolver,
+    at: str,
+) -> ParsedChannel:
+    _check_length(key, MAX_CHANNEL_KEY, at, "the channel key")
+    _check_length(address, MAX_ADDRESS, pointer_join(at, "address"), "the channel address")
+    parameters_at = pointer_join(at, "parameters")
+    parameters = {
+        name: resolver.resolve(value, at=pointer_join(parameters_at, name))
+        for name, value in (item.get("parameters") or {}).items()
+    }
+    bindings = resolver.resolve(item.get("bindings") or {}, at=pointer_join(at, "bindings"))
+    return ParsedChannel(
+        key=key,
+        address=address,
+        title=_text(texts.get("title"))[:MAX_CHANNEL_TITLE],
+        description=_text(texts.get("description")),
+        parameters=parameters,
+        bindings=bindings if isinstance(bindings, dict) else {},
+        operations=operations,
+    )
+
+
+def _message(
+    raw: Any,
+    data: dict[str, Any],
+    resolver: Resolver,
+    at: str,
+    *,
+    key: str = "",
+    fallback: str = "message",
+    object_wins: bool,
+) -> dict[str, Any]:
+    """A Message Object as ``{"name", "title", "summary", "content_type", "payload"}``.
+
+    ``name`` is the message's ``name``, else its 2.4+ ``messageId``, else ``key`` (its key in the
+    channel's messages), else the key its ``$ref`` points at (``#/components/messages/<key>``,
+    ``#/channels/<c>/messages/<key>``), else ``fallback``. ``content_type`` falls back to the
+    document's ``defaultContentType`` (2.x §Message Object, 3.0 §Message Object).
+    """
+    message = _object(resolver.deref(raw, at=at), at, "a Message Object")
+    message = _apply_traits(message, resolver, at, object_wins=object_wins)
+    payload = message.get("payload")
+    return {
+        "name": _text(message.get("name") or message.get("messageId") or key or _ref_name(raw) or fallback),
+        "title": _text(message.get("title")),
+        "summary": _text(message.get("summary") or message.get("description")),
+        "content_type": _text(message.get("contentType") or data.get("defaultContentType")),
+        "payload": None if payload is None else resolver.resolve(payload, at=pointer_join(at, "payload")),
+    }
+
+
+def _apply_traits(obj: dict[str, Any], resolver: Resolver, at: str, *, object_wins: bool) -> dict[str, Any]:
+    """Merge an operation's or message's ``traits`` into it with JSON Merge Patch (RFC 7396).
+
+    2.x (§Operation/§Message Object ``traits``): each trait is merge-patched *into* the object, so
+    a trait's value wins. 3.x (§Operation Trait Object): the object's own values win.
+    """
+    traits = obj.get("traits")
+    if not isinstance(traits, list) or not traits:
+        return obj
+    result = {key: value for key, value in obj.items() if key != "traits"}
+    for index, raw in enumerate(traits):
+        trait = resolver.deref(raw, at=pointer_join(pointer_join(at, "traits"), index))
+        if isinstance(trait, dict):
+            result = _merge_patch(trait, result) if object_wins else _merge_patch(result, trait)
+    return result
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 §2: ``patch`` applied to ``target`` (null in ``patch`` removes a key)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _ref_name(raw: Any) -> str:
+    tokens = _tokens(raw["$ref"]) if is_ref(raw) else []
+    return tokens[-1] if len(tokens) >= 2 and tokens[-2] == "messages" else ""
+
+
+def _tokens(ref: str) -> list[str]:
+    """The pointer tokens of an internal ref; [] for external or malformed refs."""
+    try:
+        return ref_tokens(ref) if is_internal(ref) else []
+    except ValueError:
+        return []
+
+
+def _object(node: Any, at: str, what: str) -> dict[str, Any]:
+    """``node`` if it is a mapping; a ``$ref`` may lead to anything, so say so if not."""
+    if not isinstance(node, dict):
+        found = "a list" if isinstance(node, list) else repr(node)[:40]
+        raise AsyncAPIError(f"expected {what} (a mapping) here, found {found}", pointer=at)
+    return node
+
+
+def _summary(obj: dict[str, Any]) -> str:
+    return _text(obj.get("summary") or obj.get("title") or obj.get("description"))
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _check_length(value: str, limit: int, pointer: str, what: str) -> None:
+    if len(value) > limit:
+        raise AsyncAPIError(
+            f"{what} is {len(value)} characters long; Eventgate stores at most {limit}", pointer=pointer
+        )
+
+
+def first_sentence(text: str, limit: int = 300) -> str:
+    """The first sentence of the first paragraph of Markdown ``text``, at most ``limit`` characters."""
+    paragraph = next((part for part in re.split(r"\n\s*\n", text.strip()) if part.strip()), "")
+    paragraph = " ".join(paragraph.split())
+    sentence = re.split(r"(?<=[.!?])\s", paragraph, maxsplit=1)[0]
+    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"

@@ -1,0 +1,134 @@
+"""APIs and their versions: importing AsyncAPI documents and publishing."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.utils.text import slugify
+
+from portal.asyncapi import AsyncAPIError, ParsedDocument, decode_source, first_sentence, parse_document
+from portal.models import API, APIVersion, Channel, Operation, User
+
+_SLUG_MAX = API._meta.get_field("slug").max_length or 100
+_SUMMARY_MAX = API._meta.get_field("summary").max_length or 300
+
+
+def api_import(*, provider: User, content: bytes | str, filename: str, api: API | None = None) -> APIVersion:
+    """Import an AsyncAPI document (YAML or JSON) as a new draft API, or a new version of ``api``.
+
+    Without ``api``: creates an API named after ``info.title`` with a unique slug derived from
+    it, ``summary`` = the first sentence of ``info.description``, status draft. With ``api``: adds
+    a version to it. Either way the version (``info.version``, draft) gets one Channel per channel
+    of the document and one Operation per consumer action (see ``portal.asyncapi.parser``).
+    Everything happens in one transaction: on any error nothing is stored.
+
+    Raises:
+        AsyncAPIError: the document is unreadable, unsupported or invalid (see
+            ``parse_document``), or ``api`` already has a version ``info.version``.
+        PermissionDenied: ``provider`` may not publish APIs, or ``api`` is another provider's.
+    """
+    if not provider.is_provider:
+        raise PermissionDenied("Only providers can import APIs.")
+    if api is not None and api.provider_id != provider.pk:
+        raise PermissionDenied("This API belongs to another provider.")
+    parsed = parse_document(content=content, filename=filename)
+    source = decode_source(content)
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                return _version_create(
+                    provider=provider, api=api, parsed=parsed, source=source, filename=filename
+                )
+        except IntegrityError:
+            # A concurrent import took the slug (new API) or the version (existing API) between
+            # our check and our insert; a retry picks another slug or reports the version.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _version_create(
+    *, provider: User, api: API | None, parsed: ParsedDocument, source: str, filename: str
+) -> APIVersion:
+    if api is None:
+        api = _api_create(provider=provider, parsed=parsed)
+    elif api.versions.filter(version=parsed.version).exists():
+        raise _version_exists(api, parsed, filename)
+    version = APIVersion.objects.create(
+        api=api,
+        version=parsed.version,
+        asyncapi_version=parsed.asyncapi_version,
+        document=parsed.document,
+        source=source,
+        source_filename=filename[:255],
+    )
+    _channels_create(version=version, parsed=parsed)
+    return version
+
+
+def _version_exists(api: API, parsed: ParsedDocument, filename: str) -> AsyncAPIError:
+    return AsyncAPIError(
+        f'{api.name} already has a version "{parsed.version}"; change info.version to import a new one',
+        pointer="/info/version",
+        line=parsed.line_of("/info/version"),
+        filename=filename,
+    )
+
+
+def _api_create(*, provider: User, parsed: ParsedDocument) -> API:
+    base = slugify(parsed.title)[: _SLUG_MAX - 4].strip("-") or "api"
+    slug, number = base, 1
+    while API.objects.filter(slug=slug).exists():
+        number += 1
+        slug = f"{base[: _SLUG_MAX - len(str(number)) - 1]}-{number}"
+    return API.objects.create(
+        provider=provider,
+        name=parsed.title,
+        slug=slug,
+        summary=first_sentence(parsed.description, _SUMMARY_MAX),
+        description=parsed.description,
+        status=API.Status.DRAFT,
+    )
+
+
+def _channels_create(*, version: APIVersion, parsed: ParsedDocument) -> None:
+    channels = Channel.objects.bulk_create(
+        Channel(
+            api_version=version,
+            key=channel.key,
+            address=channel.address,
+            title=channel.title,
+            description=channel.description,
+            parameters=channel.parameters,
+            bindings=channel.bindings,
+        )
+        for channel in parsed.channels
+    )
+    Operation.objects.bulk_create(
+        Operation(
+            channel=row,
+            key=operation.key,
+            action=operation.action,
+            summary=operation.summary,
+            messages=operation.messages,
+        )
+        for row, channel in zip(channels, parsed.channels, strict=True)
+        for operation in channel.operations
+    )
+
+
+def api_publish(*, api_version: APIVersion) -> APIVersion:
+    """Publish ``api_version`` and its API, so the catalog lists them and consumers can subscribe.
+
+    Publishing an already published version changes nothing. The view checks that the user
+    owns the API. Raises ``ValidationError`` if the API is retired.
+    """
+    api = api_version.api
+    if api.status == API.Status.RETIRED:
+        raise ValidationError(f"{api.name} is retired and cannot be published again.")
+    with transaction.atomic():
+        APIVersion.objects.filter(pk=api_version.pk).update(status=APIVersion.Status.PUBLISHED)
+        API.objects.filter(pk=api.pk).update(status=API.Status.PUBLISHED)
+    api_version.refresh_from_db()
+    api.refresh_from_db()
+    return api_version

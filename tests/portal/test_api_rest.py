@@ -1,0 +1,254 @@
+"""REST API v1 through its literal URLs: catalog, import and publish, applications,
+subscriptions and keys, with HTTP Basic (email + password) as curl would send it."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from portal.models import API, APIKey, APIVersion, Subscription
+from portal.services.apis import api_import
+from tests.factories import ApplicationFactory, BusinessPlanFactory
+
+SHARED = Path(settings.BASE_DIR).parent / "shared" / "asyncapi"
+PASSWORD = "correct horse battery"  # tests/factories.py UserFactory
+
+SMALL = """asyncapi: 3.0.0
+info:
+  title: Train departures
+  version: 1.0.0
+  description: Departures as they happen. Platform changes included.
+channels:
+  departures:
+    address: departures/{station}
+    parameters:
+      station:
+        enum: [AMS, UTR]
+    messages:
+      departure:
+        payload: {type: object, properties: {train: {type: string}}}
+operations:
+  publishDeparture:
+    action: send
+    channel: {$ref: '#/channels/departures'}
+"""
+
+
+def basic(user) -> dict[str, str]:
+    token = base64.b64encode(f"{user.email}:{PASSWORD}".encode()).decode()
+    return {"HTTP_AUTHORIZATION": f"Basic {token}"}
+
+
+def test_catalog_lists_published_apis_to_anyone(client, alice, ticker_api):
+    api_import(provider=alice, content=SMALL, filename="trains.yaml")  # a draft: not listed
+    response = client.get("/api/v1/apis/")
+    assert response.status_code == 200
+    assert response.json() == [{"slug": "ticker", "name": "Ticker", "summary": "", "latest_version": "1.0.0"}]
+
+
+def test_api_detail_shows_channels_operations_and_approved_plans(client, ticker_api):
+    BusinessPlanFactory(api=ticker_api, name="Secret", is_approved=False)
+    response = client.get("/api/v1/apis/ticker/")
+    assert response.status_code == 200
+    body = response.json()
+    [channel] = body["version"]["channels"]
+    assert channel["address"] == "prices/{symbol}"
+    assert channel["parameters"]["symbol"]["enum"] == ["ACME", "GLOBEX"]
+    assert [op["action"] for op in channel["operations"]] == ["receive"]
+    assert [plan["name"] for plan in body["plans"]] == ["Free", "Gold"]
+    assert body["plans"][1]["requires_approval"] is True
+
+
+def test_draft_api_detail_is_not_found(client, alice):
+    version = api_import(provider=alice, content=SMALL, filename="trains.yaml")
+    assert client.get(f"/api/v1/apis/{version.api.slug}/").status_code == 404
+
+
+def test_provider_uploads_a_document_then_publishes_it(client, alice):
+    path = SHARED / "spec_websocket-gemini-asyncapi.yml"
+    with path.open("rb") as upload:
+        response = client.post("/api/v1/apis/import", {"file": upload}, **basic(alice))
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["api"], body["version"], body["status"]) == (
+        "gemini-market-data-websocket-api",
+        "1.0.0",
+        "draft",
+    )
+    [channel] = body["channels"]
+    assert channel["address"] == "/v1/marketdata/{symbol}"
+    assert channel["operations"][0]["action"] == "receive"
+    assert channel["operations"][0]["messages"][0]["payload"]["oneOf"]
+
+    response = client.post(
+        "/api/v1/apis/gemini-market-data-websocket-api/versions/1.0.0/publish", **basic(alice)
+    )
+    assert response.status_code == 200
+    assert response.json()["status"] == "published"
+    assert [api["slug"] for api in client.get("/api/v1/apis/").json()] == ["gemini-market-data-websocket-api"]
+
+
+def test_provider_imports_json_body_and_adds_a_version(client, alice):
+    response = client.post(
+        "/api/v1/apis/import",
+        json.dumps({"filename": "trains.yaml", "content": SMALL}),
+        content_type="application/json",
+        **basic(alice),
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["channels"][0]["operations"][0]["action"] == "receive"
+    api = API.objects.get(slug="train-departures")
+    assert api.summary == "Departures as they happen."
+
+    newer = SMALL.replace("version: 1.0.0", "version: 1.1.0")
+    response = client.post(
+        "/api/v1/apis/import",
+        json.dumps({"filename": "trains-1.1.yaml", "content": newer, "api": "train-departures"}),
+        content_type="application/json",
+        **basic(alice),
+    )
+    assert response.status_code == 201
+    assert sorted(api.versions.values_list("version", flat=True)) == ["1.0.0", "1.1.0"]
+
+
+def test_refused_document_answers_400_with_pointer_line_and_file(client, alice):
+    name = "spec-json-schemas_asyncapi.yml"
+    with (SHARED / name).open("rb") as upload:
+        response = client.post("/api/v1/apis/import", {"file": upload}, **basic(alice))
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": 'unknown key "dupa" (not allowed by the AsyncAPI 3.0.0 schema)',
+        "pointer": "/info",
+        "line": 6,
+        "file": name,
+    }
+    assert not APIVersion.objects.exists()
+
+
+def test_import_without_a_document_answers_400(client, alice):
+    response = client.post("/api/v1/apis/import", {}, **basic(alice))
+    assert response.status_code == 400
+    assert "file" in response.json()
+
+
+def test_only_providers_import(client, bob):
+    payload = json.dumps({"content": SMALL})
+    response = client.post("/api/v1/apis/import", payload, content_type="application/json", **basic(bob))
+    assert response.status_code == 403
+    response = client.post("/api/v1/apis/import", payload, content_type="application/json")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Basic")
+
+
+def test_only_the_owner_publishes(client, alice, bob):
+    version = api_import(provider=alice, content=SMALL, filename="trains.yaml")
+    bob.is_provider = True
+    bob.save()
+    url = f"/api/v1/apis/{version.api.slug}/versions/1.0.0/publish"
+    assert client.post(url, **basic(bob)).status_code == 404
+    version.refresh_from_db()
+    assert version.status == APIVersion.Status.DRAFT
+    assert (
+        client.post(f"/api/v1/apis/{version.api.slug}/versions/9.9.9/publish", **basic(alice)).status_code
+        == 404
+    )
+
+
+def test_applications_are_created_listed_and_names_checked(client, bob):
+    response = client.post(
+        "/api/v1/applications/", {"name": "Dashboard", "description": "Prices"}, **basic(bob)
+    )
+    assert response.status_code == 201
+    assert response.json()["name"] == "Dashboard"
+    response = client.post("/api/v1/applications/", {"name": "Dashboard"}, **basic(bob))
+    assert response.status_code == 400
+    assert response.json() == {"name": ["You already have an application called “Dashboard”."]}
+    response = client.post("/api/v1/applications/", {"name": ""}, **basic(bob))
+    assert response.status_code == 400
+    assert response.json()["name"]
+    assert [app["name"] for app in client.get("/api/v1/applications/", **basic(bob)).json()] == ["Dashboard"]
+
+
+def test_carol_cannot_see_or_use_bobs_application(client, bob, carol, ticker_api):
+    app = ApplicationFactory(owner=bob, name="Bob's app")
+    free = ticker_api.plans.get(name="Free")
+    assert client.get(f"/api/v1/applications/{app.pk}/", **basic(carol)).status_code == 404
+    response = client.post(f"/api/v1/applications/{app.pk}/subscriptions/", {"plan": free.pk}, **basic(carol))
+    assert response.status_code == 404
+    assert client.post(f"/api/v1/applications/{app.pk}/keys/", **basic(carol)).status_code == 404
+    assert client.get("/api/v1/applications/", **basic(carol)).json() == []
+    assert client.get("/api/v1/subscriptions/", **basic(carol)).json() == []
+    assert not app.subscriptions.exists() and not app.api_keys.exists()
+    assert client.get(f"/api/v1/applications/{app.pk}/", **basic(bob)).status_code == 200
+
+
+def test_subscribe_then_get_a_key_shown_once(client, bob, ticker_api):
+    app = ApplicationFactory(owner=bob)
+    free, gold = ticker_api.plans.get(name="Free"), ticker_api.plans.get(name="Gold")
+    response = client.post(f"/api/v1/applications/{app.pk}/subscriptions/", {"plan": free.pk}, **basic(bob))
+    assert response.status_code == 201
+    assert (response.json()["status"], response.json()["api"]) == ("active", "ticker")
+
+    response = client.post(f"/api/v1/applications/{app.pk}/subscriptions/", {"plan": gold.pk}, **basic(bob))
+    assert response.status_code == 400
+    assert "already has a subscription to Ticker" in response.json()["plan"][0]
+
+    other = ApplicationFactory(owner=bob)
+    response = client.post(f"/api/v1/applications/{other.pk}/subscriptions/", {"plan": gold.pk}, **basic(bob))
+    assert response.json()["status"] == "pending"
+    listed = client.get("/api/v1/subscriptions/", **basic(bob)).json()
+    assert sorted(sub["status"] for sub in listed) == ["active", "pending"]
+
+    response = client.post(f"/api/v1/applications/{app.pk}/keys/", {"name": "laptop"}, **basic(bob))
+    assert response.status_code == 201
+    body = response.json()
+    assert body["key"].startswith("eg_") and body["prefix"] == body["key"][:11]
+    assert APIKey.objects.for_secret(body["key"]).application == app
+    detail = client.get(f"/api/v1/applications/{app.pk}/", **basic(bob)).json()
+    assert [(key["name"], key["prefix"]) for key in detail["api_keys"]] == [("laptop", body["prefix"])]
+    assert body["key"] not in json.dumps(detail)
+    assert Subscription.objects.filter(application__owner=bob).count() == 2
+
+
+@pytest.mark.parametrize("plan", [999999, "cheap"])
+def test_subscribing_to_an_unknown_plan_answers_400(client, bob, plan):
+    app = ApplicationFactory(owner=bob)
+    response = client.post(f"/api/v1/applications/{app.pk}/subscriptions/", {"plan": plan}, **basic(bob))
+    assert response.status_code == 400
+    assert response.json()["plan"]
+
+
+def test_unapproved_plan_answers_400_with_the_reason(client, bob, ticker_api):
+    draft = BusinessPlanFactory(api=ticker_api, name="Beta", is_approved=False)
+    app = ApplicationFactory(owner=bob)
+    response = client.post(f"/api/v1/applications/{app.pk}/subscriptions/", {"plan": draft.pk}, **basic(bob))
+    assert response.status_code == 400
+    assert response.json() == {"plan": ["The plan “Beta” is not available yet."]}
+
+
+def test_session_login_works_as_in_the_browser(client, bob):
+    ApplicationFactory(owner=bob, name="Web")
+    client.force_login(bob)
+    assert [app["name"] for app in client.get("/api/v1/applications/").json()] == ["Web"]
+
+
+def test_wrong_password_is_refused(client, bob):
+    token = base64.b64encode(f"{bob.email}:wrong".encode()).decode()
+    response = client.get("/api/v1/applications/", HTTP_AUTHORIZATION=f"Basic {token}")
+    assert response.status_code == 401
+
+
+def test_openapi_schema_documents_the_v1_endpoints(client):
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert "/api/v1/apis/import" in paths
+    assert "/api/v1/applications/{id}/keys/" in paths
+    assert set(paths["/api/v1/apis/import"]["post"]["requestBody"]["content"]) == {
+        "multipart/form-data",
+        "application/json",
+    }
