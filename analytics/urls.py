@@ -1,4 +1,11 @@
+"""Usage pages, mounted at /usage/."""
 from __future__ import annotations
 
+from django.urls import path
+
+from analytics import views
+
 app_name = "analytics"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.usage, name="usage"),
+]

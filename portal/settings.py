@@ -98,6 +98,8 @@ GATEWAY_FLUSH_INTERVAL = env.float("GATEWAY_FLUSH_INTERVAL", default=5.0)
 # Celery: tasks travel over RabbitMQ; results are not stored.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=AMQP_URL)
 CELERY_TASK_IGNORE_RESULT = True
+# The queue workers consume; tests use their own so a running `make run` worker can't steal tasks.
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE = {
     "invoice-closed-periods": {
