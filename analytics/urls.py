@@ -1,4 +1,5 @@
 """Usage pages, mounted at /usage/."""
+
 from __future__ import annotations
 
 from django.urls import path

@@ -80,14 +80,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Broker: RabbitMQ carries provider events (topic exchange) and Celery tasks.
 AMQP_URL = env("AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672/")
-# The topic exchange providers publish events to; routing key "<api>.<version>.<channel address>".
+# The topic exchange providers publish events to; routing key "<api>.<version>.<address words>"
+# with "%", ".", "*", "#" percent-encoded in each word (docs/gateway.md).
 EVENTGATE_EXCHANGE = env("EVENTGATE_EXCHANGE", default="eventgate.events")
 
 # Channels: Redis channel layer for control messages; in-memory (one process only) without REDIS_URL.
 REDIS_URL = env("REDIS_URL", default="")
 if REDIS_URL:
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # redis-py's 5 s read timeout equals the layer's 5 s blocking receive: raise it, or
+            # every consumer dies with 1011 after about 5 s.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
+        }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

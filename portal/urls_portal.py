@@ -1,4 +1,5 @@
 """Portal HTML pages."""
+
 from __future__ import annotations
 
 from django.urls import path

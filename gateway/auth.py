@@ -1,0 +1,153 @@
+"""Handshake authentication and authorization for gateway connections.
+
+``credential_from_scope`` finds the credential in an ASGI scope; ``handshake_authorize`` (sync,
+ORM) turns credential + URL into a ``Grant`` or raises ``HandshakeRefused`` with a reason that is
+safe to log (it never contains the credential).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from gateway.publishing import address_normalize, routing_key
+from portal.models import API, APIKey, APIVersion, Channel, Operation, Subscription
+
+
+class HandshakeRefused(Exception):
+    """The handshake must be refused; ``str(exc)`` is the reason, safe to log."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What an accepted connection may do, decided once at the handshake."""
+
+    key_id: int
+    application_id: int
+    subscription_id: int
+    api_slug: str
+    version: str
+    address: str  # concrete, normalised: "prices/ACME"
+    channel_template: str  # the AsyncAPI address template: "prices/{symbol}"
+    routing_key: str
+
+
+def credential_from_scope(scope: Mapping[str, Any]) -> str | None:
+    """The credential of a WebSocket handshake, or None.
+
+    Sources, in order: ``Authorization: Bearer <token>`` (RFC 6750 §2.1), then the
+    ``access_token`` query parameter (RFC 6750 §2.3; browsers cannot set headers on a WebSocket
+    handshake). Never log the result.
+    """
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    tokens = query.get("access_token")
+    return tokens[0] if tokens and tokens[0] else None
+
+
+def handshake_authorize(*, secret: str | None, api_slug: str, version: str, address: str) -> Grant:
+    """Check a handshake for ``/ws/<api_slug>/<version>/<address>``; return its ``Grant``.
+
+    The credential is checked first, so unauthenticated clients learn nothing about which APIs
+    and channels exist. Raises ``HandshakeRefused`` when: the credential is missing, unknown,
+    revoked or expired; the API is not published; the application has no active subscription to
+    it (pending ones included); the version is unknown or not published; no channel template of
+    the version matches ``address`` with valid parameters and a ``receive`` operation.
+    """
+    if not secret:
+        raise HandshakeRefused("no credential")
+    key = APIKey.objects.for_secret(secret)
+    if key is None:
+        raise HandshakeRefused("unknown, revoked or expired API key")
+    api = API.objects.filter(slug=api_slug, status=API.Status.PUBLISHED).first()
+    if api is None:
+        raise HandshakeRefused(f"key {key.pk}: unknown or unpublished API {api_slug!r}")
+    subscription = _active_subscription(key=key, api=api)
+    api_version = api.versions.filter(version=version, status=APIVersion.Status.PUBLISHED).first()
+    if api_version is None:
+        raise HandshakeRefused(f"key {key.pk}: unknown or unpublished version {version!r} of {api_slug}")
+    address = address_normalize(address)
+    channels = api_version.channels.prefetch_related("operations")
+    channel = channel_match(channels, address)
+    if channel is None:
+        raise HandshakeRefused(f"key {key.pk}: no receivable channel {address!r} in {api_slug} {version}")
+    return Grant(
+        key_id=key.pk,
+        application_id=key.application_id,
+        subscription_id=subscription.pk,
+        api_slug=api.slug,
+        version=api_version.version,
+        address=address,
+        channel_template=channel.address,
+        routing_key=routing_key(api=api.slug, version=api_version.version, address=address),
+    )
+
+
+def _active_subscription(*, key: APIKey, api: API) -> Subscription:
+    subscriptions = Subscription.objects.filter(application_id=key.application_id, api=api)
+    subscription = subscriptions.active().first()
+    if subscription is not None:
+        return subscription
+    if subscriptions.pending().exists():
+        raise HandshakeRefused(f"key {key.pk}: subscription to {api.slug} is pending approval")
+    raise HandshakeRefused(f"key {key.pk}: application {key.application_id} is not subscribed to {api.slug}")
+
+
+def channel_match(channels: Iterable[Channel], address: str) -> Channel | None:
+    """The channel whose template matches the concrete ``address`` and lets consumers receive.
+
+    A template's leading ``/`` is optional in the address (``/v1/marketdata/{symbol}`` matches
+    ``v1/marketdata/btcusd``). Parameters are checked against their ``enum`` and ``pattern``
+    (AsyncAPI 3.0 §Parameter Object; 2.x keeps them under ``schema``). With several matches
+    the template with the fewest parameters (the most specific) wins.
+    """
+    candidates = []
+    for channel in channels:
+        values = _template_values(channel, address)
+        if values is None or not _parameters_valid(channel.parameters or {}, values):
+            continue
+        if any(op.action == Operation.Action.RECEIVE for op in channel.operations.all()):
+            candidates.append((len(values), channel.pk, channel))
+    return min(candidates, key=lambda item: item[:2])[2] if candidates else None
+
+
+def _template_values(channel: Channel, address: str) -> dict[str, str] | None:
+    """Parameter name → value if ``address`` matches ``channel``'s template, else None."""
+    template = address_normalize(channel.address)
+    names = re.findall(r"\{([^}]+)\}", template)
+    try:
+        match = Channel(address=template).address_regex().match(address)
+    except re.error:  # e.g. two parameter names that differ only in punctuation
+        return None
+    if match is None:
+        return None
+    return {name: match.group(re.sub(r"\W", "_", name)) for name in names}
+
+
+def _parameters_valid(parameters: Mapping[str, Any], values: Mapping[str, str]) -> bool:
+    for name, value in values.items():
+        spec = parameters.get(name) or {}
+        schema = spec.get("schema")
+        schema = schema if isinstance(schema, dict) else {}
+        enum = spec.get("enum") or schema.get("enum")
+        if enum and value not in [str(item) for item in enum]:
+            return False
+        pattern = spec.get("pattern") or schema.get("pattern")
+        if pattern and not _pattern_matches(pattern, value):
+            return False
+    return True
+
+
+def _pattern_matches(pattern: str, value: str) -> bool:
+    # JSON Schema patterns are ECMA-262 and unanchored (JSON Schema Validation §6.3.3);
+    # Python's re agrees on the common subset. An unparsable pattern does not block access.
+    try:
+        return re.search(pattern, value) is not None
+    except re.error:
+        return True

@@ -1,0 +1,130 @@
+"""Usage metering: events and bytes delivered, counted in process memory, flushed in batches.
+
+Per delivery the gateway adds to one flat dict keyed by
+``(subscription id, channel template, direction, minute)`` where ``minute`` is Unix time // 60;
+values are ``[events, bytes]``. Every ``settings.GATEWAY_FLUSH_INTERVAL`` seconds the dict is
+swapped for an empty one and written through ``analytics.services.usage_record_batch`` in a
+worker thread, so the event loop never waits for the database.
+
+Durability: a failed write is merged back and retried at the next flush; on a clean shutdown
+(SIGTERM/SIGINT, the process exits normally) an ``atexit`` hook writes what is left. A crash
+(SIGKILL, OOM) loses at most the counts of the last flush interval.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+from datetime import UTC, datetime
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+from analytics.services import UsageRow, usage_record_batch
+
+log = logging.getLogger(__name__)
+
+# (subscription id, channel template, direction "out"/"in", minute = Unix seconds // 60)
+MeterKey = tuple[int, str, str, int]
+
+
+class Meter:
+    """In-memory usage counters of one process (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[MeterKey, list[int]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._atexit_registered = False
+
+    def add(self, key: MeterKey, size: int) -> None:
+        """Count one event of ``size`` bytes. Hot path: one dict lookup, no I/O."""
+        entry = self.counts.get(key)
+        if entry is None:
+            self.counts[key] = [1, size]
+        else:
+            entry[0] += 1
+            entry[1] += size
+
+    def take_rows(self) -> list[UsageRow]:
+        """Swap the counters for empty ones; return them as ``usage_record_batch`` rows."""
+        counts, self.counts = self.counts, {}
+        return [
+            (subscription_id, datetime.fromtimestamp(minute * 60, UTC), template, direction, events, size)
+            for (subscription_id, template, direction, minute), (events, size) in counts.items()
+        ]
+
+    def restore_rows(self, rows: list[UsageRow]) -> None:
+        """Merge rows a failed write could not store back into the counters."""
+        for subscription_id, bucket, template, direction, events, size in rows:
+            key = (subscription_id, template, direction, int(bucket.timestamp()) // 60)
+            entry = self.counts.setdefault(key, [0, 0])
+            entry[0] += events
+            entry[1] += size
+
+    async def flush(self) -> int:
+        """Write the counters to analytics from a worker thread; returns rows written.
+
+        On a database error the rows are kept for the next flush and 0 is returned.
+        """
+        rows = self.take_rows()
+        if not rows:
+            return 0
+        try:
+            return await sync_to_async(_usage_write, thread_sensitive=False)(rows)
+        except Exception:
+            log.exception("Usage flush of %d rows failed; keeping them for the next flush", len(rows))
+            self.restore_rows(rows)
+            return 0
+
+    def flush_sync(self) -> None:
+        """Final synchronous flush, for ``atexit`` (the event loop has stopped by then)."""
+        rows = self.take_rows()
+        if rows:
+            try:
+                _usage_write(rows)
+            except Exception:
+                log.exception("Final usage flush lost %d rows", len(rows))
+
+    def ensure_flushing(self) -> None:
+        """Start the periodic flush on the running loop unless it already runs there."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
+            return
+        self._task = loop.create_task(self._flush_forever(), name="eventgate-meter-flush")
+        if not self._atexit_registered:
+            atexit.register(self.flush_sync)
+            self._atexit_registered = True
+
+    async def stop(self) -> None:
+        """Stop the periodic flush and write what is left (tests, orderly shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.flush()
+
+    async def _flush_forever(self) -> None:
+        interval = float(settings.GATEWAY_FLUSH_INTERVAL)
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()
+
+
+def _usage_write(rows: list[UsageRow]) -> int:
+    # Runs in a worker thread: drop the thread's connection afterwards like a request would.
+    try:
+        return usage_record_batch(rows=rows)
+    finally:
+        close_old_connections()
+
+
+_meter = Meter()
+
+
+def get_meter() -> Meter:
+    """The process's meter (counters are shared by every consumer in the process)."""
+    return _meter

@@ -1,0 +1,177 @@
+"""Template helpers for the portal: money in minor units, byte counts, JSON schemas, form fields."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from django import forms, template
+from django.utils.html import format_html, linebreaks
+from django.utils.safestring import SafeString, mark_safe
+
+register = template.Library()
+
+CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
+BYTE_UNITS = ["B", "KB", "MB", "GB", "TB", "PB"]
+COMBINATORS = {"oneOf": "one of", "anyOf": "any of", "allOf": "all of"}
+# A fenced code block in a Markdown description (CommonMark §4.5, backtick fences only).
+CODE_FENCE = re.compile(r"^```[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+@register.filter
+def money(minor: int | None, currency: str = "usd") -> str:
+    """Format an amount in minor units (cents): ``4900, "usd"`` → ``$49.00``."""
+    major = (minor or 0) / 100
+    symbol = CURRENCY_SYMBOLS.get((currency or "").lower())
+    if symbol:
+        return f"{symbol}{major:,.2f}"
+    return f"{major:,.2f} {(currency or '').upper()}"
+
+
+@register.filter
+def doc_text(value: str | None) -> SafeString:
+    """A Markdown description shown without a Markdown renderer: escaped paragraphs, with
+    fenced code blocks as ``<pre>``. Everything is escaped; nothing in ``value`` becomes markup."""
+    text = value or ""
+    parts: list[str] = []
+    position = 0
+    for match in CODE_FENCE.finditer(text):
+        if text[position : match.start()].strip():
+            parts.append(linebreaks(text[position : match.start()].strip(), autoescape=True))
+        parts.append(format_html('<pre class="eg-pre eg-wrap my-3">{}</pre>', match.group(1).rstrip("\n")))
+        position = match.end()
+    if text[position:].strip():
+        parts.append(linebreaks(text[position:].strip(), autoescape=True))
+    return mark_safe("".join(parts))  # noqa: S308 - every part above is escaped
+
+
+@register.filter
+def human_bytes(value: int | None) -> str:
+    """A byte count in decimal units, as a person reads it: ``1536000`` → ``1.5 MB``."""
+    amount = float(value or 0)
+    for unit in BYTE_UNITS:
+        if amount < 1000 or unit == BYTE_UNITS[-1]:
+            return f"{int(amount)} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1000
+    raise AssertionError("unreachable")
+
+
+@register.filter
+def pretty_json(value: Any) -> str:
+    """Indented JSON for a ``<pre>``; returned unsafe so the template escapes it."""
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _schema_type(schema: dict[str, Any]) -> str:
+    """A short type label for a JSON Schema: ``string (date-time)``, ``array of number``, ``one of 2``."""
+    if "enum" in schema:
+        return "enum"
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        label = " | ".join(str(k) for k in kind)
+    elif kind == "array" and isinstance(schema.get("items"), dict):
+        label = f"array of {_schema_type(schema['items'])}"
+    elif kind:
+        label = str(kind)
+    elif "$ref" in schema:
+        label = str(schema["$ref"]).rsplit("/", 1)[-1]
+    elif combinator := next((key for key in COMBINATORS if key in schema), None):
+        label = f"{COMBINATORS[combinator]} {len(schema[combinator])}"
+    else:
+        label = "any"
+    if schema.get("format"):
+        label += f" ({schema['format']})"
+    return label
+
+
+@register.filter
+def schema_properties(payload: Any) -> list[dict[str, Any]]:
+    """Top-level fields of an object payload schema, for a readable table; [] for other shapes.
+
+    Each row: ``name``, ``type`` (see ``_schema_type``), ``description``, ``required``, ``enum``.
+    """
+    if not isinstance(payload, dict) or not isinstance(payload.get("properties"), dict):
+        return []
+    required = set(payload.get("required") or [])
+    rows = []
+    for name, schema in payload["properties"].items():
+        schema = schema if isinstance(schema, dict) else {}
+        rows.append(
+            {
+                "name": name,
+                "type": _schema_type(schema),
+                "description": str(schema.get("description") or schema.get("title") or ""),
+                "required": name in required,
+                "enum": list(schema.get("enum") or []),
+            }
+        )
+    # Required fields first, then in the order the schema gives (jsonb storage may have reordered them).
+    return sorted(rows, key=lambda row: not row["required"])
+
+
+@register.filter
+def parameter_enum(spec: Any) -> list[Any]:
+    """The allowed values of a channel parameter (AsyncAPI 3 ``enum``, or 2.x ``schema.enum``)."""
+    if not isinstance(spec, dict):
+        return []
+    schema = spec.get("schema") if isinstance(spec.get("schema"), dict) else {}
+    return list(spec.get("enum") or schema.get("enum") or [])
+
+
+@register.filter
+def parameter_description(spec: Any) -> str:
+    if not isinstance(spec, dict):
+        return ""
+    schema = spec.get("schema") if isinstance(spec.get("schema"), dict) else {}
+    return str(spec.get("description") or schema.get("description") or "")
+
+
+@register.filter
+def status_color(status: str) -> str:
+    """Bootstrap colour for a subscription, API or version status."""
+    return {
+        "active": "success",
+        "published": "success",
+        "pending": "warning",
+        "draft": "secondary",
+        "deprecated": "warning",
+        "rejected": "danger",
+        "retired": "dark",
+        "cancelled": "secondary",
+    }.get(status, "secondary")
+
+
+@register.simple_tag(takes_context=True)
+def nav_active(context: template.Context, prefix: str) -> str:
+    """``active`` when the current path starts with ``prefix`` (``/`` matches only the home page)."""
+    request = context.get("request")
+    if request is None:
+        return ""
+    path = request.path
+    matched = path == "/" if prefix == "/" else path.startswith(prefix)
+    return "active" if matched else ""
+
+
+@register.filter
+def bootstrap(field: forms.BoundField) -> SafeString:
+    """Render a form field's widget with Bootstrap classes (and ``is-invalid`` when it has errors)."""
+    widget = field.field.widget
+    if isinstance(widget, forms.CheckboxInput | forms.RadioSelect | forms.CheckboxSelectMultiple):
+        css = "form-check-input"
+    elif isinstance(widget, forms.Select):
+        css = "form-select"
+    else:
+        css = "form-control"
+    if field.errors:
+        css += " is-invalid"
+    existing = widget.attrs.get("class", "")
+    return field.as_widget(attrs={"class": f"{existing} {css}".strip()})
+
+
+@register.simple_tag
+def channel_ws_url(api: Any, version: Any, address: str) -> str:
+    """The gateway's public WebSocket URL for ``address`` of ``api`` ``version`` (no credential)."""
+    from portal.views.applications import gateway_ws_url
+
+    return gateway_ws_url(api_slug=api.slug, version=version.version, address=address)

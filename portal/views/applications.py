@@ -1,0 +1,142 @@
+"""A consumer's applications: subscriptions, API keys (shown once) and the live-events console."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from portal.forms import ApplicationForm, add_service_errors
+from portal.models import APIKey, Application, Channel, Subscription
+from portal.services.subscriptions import api_key_create, api_key_revoke, application_create
+
+# The secret of a just-generated key waits here for exactly one page view, then is deleted.
+NEW_KEY_SESSION_KEY = "eventgate:new-api-key:{application_id}"
+# APIs can have hundreds of channels; the live-events picker offers the first ones.
+MAX_LIVE_TARGETS = 50
+
+
+def _get_application_for_user(request: HttpRequest, pk: int) -> Application:
+    """The user's own application ``pk``, or 404 (never another user's)."""
+    return get_object_or_404(Application, pk=pk, owner=request.user)
+
+
+def _get_api_key_for_user(request: HttpRequest, application: Application, key_id: int) -> APIKey:
+    """Key ``key_id`` of the user's ``application``, or 404."""
+    return get_object_or_404(APIKey, pk=key_id, application=application, application__owner=request.user)
+
+
+def gateway_ws_url(*, api_slug: str, version: str, address: str, secret: str | None = None) -> str:
+    """The public WebSocket URL of a channel: ``ws://<host>/ws/<api>/<version>/<address>``.
+
+    The base comes from ``EVENTGATE_PUBLIC_URL`` (http → ws, https → wss); the key, if given,
+    travels in the ``access_token`` query parameter because browsers cannot set handshake headers.
+    """
+    base = urlsplit(settings.EVENTGATE_PUBLIC_URL)
+    scheme = "wss" if base.scheme == "https" else "ws"
+    address = quote(address.lstrip("/"), safe="/")
+    path = f"{base.path.rstrip('/')}/ws/{quote(api_slug)}/{quote(version)}/{address}"
+    query = urlencode({"access_token": secret}) if secret else ""
+    return urlunsplit((scheme, base.netloc, path, query, ""))
+
+
+@dataclass(frozen=True)
+class LiveTarget:
+    """A channel a subscribed application can connect to, with a concrete example address."""
+
+    subscription: Subscription
+    channel: Channel
+    address: str
+    url: str
+
+
+def _live_targets(application: Application, secret: str) -> list[LiveTarget]:
+    """Receivable channels of the application's live subscriptions, active ones first."""
+    targets = []
+    subscriptions = application.subscriptions.filter(
+        status__in=[Subscription.Status.ACTIVE, Subscription.Status.PENDING]
+    ).select_related("api", "plan")
+    for subscription in sorted(subscriptions, key=lambda s: s.status != Subscription.Status.ACTIVE):
+        version = subscription.api.latest_version()
+        if version is None:
+            continue
+        channels = list(version.channels.prefetch_related("operations"))
+        for channel in sorted(channels, key=lambda c: not c.can_receive):
+            address = channel.example_address()
+            url = gateway_ws_url(
+                api_slug=subscription.api.slug, version=version.version, address=address, secret=secret
+            )
+            targets.append(LiveTarget(subscription=subscription, channel=channel, address=address, url=url))
+    return targets[:MAX_LIVE_TARGETS]
+
+
+@login_required
+def application_list(request: HttpRequest) -> HttpResponse:
+    """The user's applications; POST creates one and opens it."""
+    form = ApplicationForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            application = application_create(owner=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"Created {application.name}. Subscribe it to an API from the catalog.")
+            return redirect(application)
+    applications = Application.objects.filter(owner=request.user).annotate(
+        live_subscriptions=Count(
+            "subscriptions", filter=Q(subscriptions__status=Subscription.Status.ACTIVE), distinct=True
+        ),
+        pending_subscriptions=Count(
+            "subscriptions", filter=Q(subscriptions__status=Subscription.Status.PENDING), distinct=True
+        ),
+        usable_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True),
+    )
+    return render(request, "portal/application_list.html", {"applications": applications, "form": form})
+
+
+@login_required
+def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """Subscriptions and keys of one application; shows a new key's secret once."""
+    application = _get_application_for_user(request, pk)
+    secret = request.session.pop(NEW_KEY_SESSION_KEY.format(application_id=application.pk), None)
+    subscriptions = application.subscriptions.select_related("api", "plan")
+    targets = _live_targets(application, secret) if secret else []
+    context = {
+        "application": application,
+        "subscriptions": subscriptions,
+        "has_live_subscription": any(s.status in ("active", "pending") for s in subscriptions),
+        "keys": application.api_keys.all(),
+        "secret": secret,
+        "targets": targets,
+        "first_target": targets[0] if targets else None,
+    }
+    return render(request, "portal/application_detail.html", context)
+
+
+@login_required
+@require_POST
+def key_generate(request: HttpRequest, pk: int) -> HttpResponse:
+    """Create a key and redirect to the application page, which shows its secret once."""
+    application = _get_application_for_user(request, pk)
+    key, secret = api_key_create(application=application)
+    request.session[NEW_KEY_SESSION_KEY.format(application_id=application.pk)] = secret
+    messages.success(request, f"Generated key {key.prefix}… — copy it now: it will not be shown again.")
+    return redirect(application)
+
+
+@login_required
+@require_POST
+def key_revoke(request: HttpRequest, pk: int, key_id: int) -> HttpResponse:
+    application = _get_application_for_user(request, pk)
+    key = _get_api_key_for_user(request, application, key_id)
+    api_key_revoke(key=key)
+    messages.success(request, f"Revoked key {key.prefix}… — connections using it are refused from now on.")
+    return redirect(application)

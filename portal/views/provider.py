@@ -1,0 +1,119 @@
+"""Provider pages: my APIs, AsyncAPI import, channels preview, publishing and business plans."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Count, Prefetch, Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from portal.asyncapi import AsyncAPIError
+from portal.forms import ImportForm, PlanForm
+from portal.models import API, APIVersion, BusinessPlan, Subscription
+from portal.services.apis import api_import, api_publish
+from portal.views.catalog import channels_of
+from portal.views.decorators import provider_required
+
+
+def _get_api_for_provider(request: HttpRequest, slug: str) -> API:
+    """The provider's own API ``slug`` (any status), or 404 (never another provider's)."""
+    return get_object_or_404(API, slug=slug, provider=request.user)
+
+
+def _get_version_for_provider(request: HttpRequest, api: API, version_id: int) -> APIVersion:
+    return get_object_or_404(APIVersion, pk=version_id, api=api, api__provider=request.user)
+
+
+@provider_required
+def provider_api_list(request: HttpRequest) -> HttpResponse:
+    apis = (
+        API.objects.filter(provider=request.user)
+        .prefetch_related(Prefetch("versions", queryset=APIVersion.objects.order_by("-created")))
+        .annotate(
+            plan_count=Count("plans", distinct=True),
+            subscriber_count=Count(
+                "subscriptions", filter=Q(subscriptions__status=Subscription.Status.ACTIVE), distinct=True
+            ),
+        )
+    )
+    return render(request, "portal/provider/api_list.html", {"apis": apis})
+
+
+@provider_required
+def provider_api_import(request: HttpRequest) -> HttpResponse:
+    """Upload or paste an AsyncAPI document; ``?api=<slug>`` adds a new version to that API."""
+    api = _get_api_for_provider(request, request.GET["api"]) if request.GET.get("api") else None
+    form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
+    import_error: AsyncAPIError | None = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            # The service stores nothing on error; the transaction makes that hold for any failure.
+            with transaction.atomic():
+                version = api_import(
+                    provider=request.user,
+                    content=form.cleaned_data["document"],
+                    filename=form.cleaned_data["filename"],
+                    api=api,
+                )
+        except AsyncAPIError as error:
+            import_error = error
+            form.add_error(None, error.message)
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            channel_count = version.channels.count()
+            messages.success(
+                request,
+                f"Imported {version.api.name} {version.version} with {channel_count} "
+                f"channel{pluralize(channel_count)}. Check them, add a plan, then publish.",
+            )
+            return redirect("portal:provider_api_detail", slug=version.api.slug)
+    context = {"form": form, "api": api, "import_error": import_error}
+    return render(request, "portal/provider/api_import.html", context)
+
+
+@provider_required
+def provider_api_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    """One of the provider's APIs: versions (publish), channels of the newest, plans; POST adds a plan."""
+    api = _get_api_for_provider(request, slug)
+    form = PlanForm(request.POST if request.method == "POST" else None, api=api)
+    if request.method == "POST" and form.is_valid():
+        plan = BusinessPlan.objects.create(api=api, **form.plan_fields())
+        messages.success(
+            request, f"Added the plan {plan.name}. An admin approves it before consumers can pick it."
+        )
+        return redirect(reverse("portal:provider_api_detail", args=[api.slug]) + "#plans")
+    versions = list(api.versions.order_by("-created"))
+    version = versions[0] if versions else None
+    context = {
+        "api": api,
+        "versions": versions,
+        "version": version,
+        "channels": channels_of(version) if version else [],
+        "plans": api.plans.annotate(
+            subscriber_count=Count(
+                "subscriptions", filter=Q(subscriptions__status=Subscription.Status.ACTIVE)
+            )
+        ),
+        "form": form,
+    }
+    return render(request, "portal/provider/api_detail.html", context)
+
+
+@provider_required
+@require_POST
+def provider_version_publish(request: HttpRequest, slug: str, version_id: int) -> HttpResponse:
+    api = _get_api_for_provider(request, slug)
+    version = _get_version_for_provider(request, api, version_id)
+    try:
+        api_publish(api_version=version)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"Published {api.name} {version.version}. It is now in the catalog.")
+    return redirect("portal:provider_api_detail", slug=api.slug)

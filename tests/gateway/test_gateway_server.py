@@ -1,0 +1,128 @@
+"""The gateway end to end: a real daphne process, real ``websockets`` clients, events published
+to the real RabbitMQ through ``gateway.publishing`` (the path providers and the demo backend
+use), usage flushed to analytics."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from analytics.services import usage_for_subscription
+from gateway.publishing import EventPublisher
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+async def receive_frames(client, count: int) -> list[str]:
+    return [await asyncio.wait_for(client.recv(), timeout=10) for _ in range(count)]
+
+
+async def stream_scenario(base: str, slug: str, secret: str) -> dict[str, list[str]]:
+    """Two clients on prices/ACME, one on prices/GLOBEX; 6 ACME and 5 GLOBEX events published."""
+    url = f"{base}/ws/{slug}/1.0.0/prices/%s?access_token={secret}"
+    origin = "http" + base.removeprefix("ws")  # as a browser on the portal's own pages would send
+    async with (
+        connect(url % "ACME", origin=origin) as acme_1,
+        connect(url % "ACME", origin=origin) as acme_2,
+        connect(url % "GLOBEX", origin=origin) as globex,
+        EventPublisher() as publisher,
+    ):
+        sent: dict[str, list[str]] = {"ACME": [], "GLOBEX": []}
+        for n in range(11):
+            symbol = "ACME" if n % 2 == 0 else "GLOBEX"
+            event_id = await publisher.publish(
+                api=slug, version="1.0.0", address=f"prices/{symbol}", payload={"symbol": symbol, "n": n}
+            )
+            sent[symbol].append(event_id)
+        frames = {
+            "ACME-1": await receive_frames(acme_1, 6),
+            "ACME-2": await receive_frames(acme_2, 6),
+            "GLOBEX": await receive_frames(globex, 5),
+        }
+        # RabbitMQ keeps one publisher's order within a queue: had a GLOBEX event been routed
+        # to an ACME client, it would have come before the last ACME frame.
+        for client in (acme_1, acme_2, globex):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.recv(), timeout=0.3)
+        frames["sent-ACME"], frames["sent-GLOBEX"] = sent["ACME"], sent["GLOBEX"]
+        return frames
+
+
+def test_subscribed_clients_receive_their_channel_and_usage_is_recorded(
+    daphne_server, stream_api, bob_subscribed
+):
+    started = time.time()
+    frames = asyncio.run(stream_scenario(daphne_server.ws_url, stream_api.slug, bob_subscribed.secret))
+
+    for name, symbol in [("ACME-1", "ACME"), ("ACME-2", "ACME"), ("GLOBEX", "GLOBEX")]:
+        events = [json.loads(frame) for frame in frames[name]]
+        assert [event["id"] for event in events] == frames[f"sent-{symbol}"]
+        assert {event["channel"] for event in events} == {f"prices/{symbol}"}
+        assert all(event["payload"]["symbol"] == symbol for event in events)
+        assert all(started <= event["published_at"] <= time.time() for event in events)
+    assert frames["ACME-1"] == frames["ACME-2"]
+
+    delivered = frames["ACME-1"] + frames["ACME-2"] + frames["GLOBEX"]
+    expected = (len(delivered), sum(len(frame.encode()) for frame in delivered))
+    usage = wait_for(
+        lambda: (u := usage_for_subscription(subscription=bob_subscribed.subscription)).events == 17 and u
+    )
+    assert usage and (usage.events, usage.bytes) == expected, daphne_server.log()
+
+
+def test_refused_handshake_gets_http_403(daphne_server, stream_api, bob_subscribed):
+    async def attempt(path: str) -> int:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with connect(daphne_server.ws_url + path):
+                pass
+        return refused.value.response.status_code
+
+    assert asyncio.run(attempt(f"/ws/{stream_api.slug}/1.0.0/prices/ACME")) == 403
+    assert (
+        asyncio.run(attempt(f"/ws/{stream_api.slug}/1.0.0/prices/NOPE?access_token={bob_subscribed.secret}"))
+        == 403
+    )
+    assert bob_subscribed.secret not in daphne_server.log()
+
+
+def test_client_without_origin_header_connects(daphne_server, stream_api, bob_subscribed):
+    """Non-browser clients send no Origin (RFC 6455 §4.1): the README's `python -m websockets`
+    command must get through."""
+
+    async def attempt() -> bool:
+        path = f"/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+        url = daphne_server.ws_url + path
+        async with connect(url) as client:
+            return client.protocol.state.name == "OPEN"
+
+    assert asyncio.run(attempt())
+
+
+def test_idle_connection_stays_open_and_receives_later_events(daphne_server, stream_api, bob_subscribed):
+    """An idle client still gets events after 6 s (longer than the channel layer's 5 s Redis
+    BZPOPMIN: a Redis socket timeout at or under it closes every consumer with 1011)."""
+
+    async def scenario() -> dict:
+        path = f"/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+        url = daphne_server.ws_url + path
+        async with connect(url, origin=daphne_server.url) as client, EventPublisher() as publisher:
+            await asyncio.sleep(6.5)
+            await publisher.publish(
+                api=stream_api.slug, version="1.0.0", address="prices/ACME", payload={"late": 1}
+            )
+            return json.loads(await asyncio.wait_for(client.recv(), timeout=5))
+
+    assert asyncio.run(scenario())["payload"] == {"late": 1}, daphne_server.log()

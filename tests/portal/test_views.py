@@ -1,0 +1,536 @@
+"""Portal pages through the test client, by their public URLs: catalog, applications, keys,
+provider import and publishing, and the admins' approval queue."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from portal.models import API, APIKey, APIVersion, Application, BusinessPlan, Subscription
+from tests.factories import (
+    APIFactory,
+    APIVersionFactory,
+    ApplicationFactory,
+    BusinessPlanFactory,
+    SubscriptionFactory,
+    UserFactory,
+)
+
+SECRET = re.compile(r"eg_[A-Za-z0-9_-]{40}")
+
+TRAINS_YAML = b"""asyncapi: 3.0.0
+info:
+  title: Train departures
+  version: 2.1.0
+  description: Live departures from every station.
+channels:
+  departures:
+    address: stations/{station}/departures
+    parameters:
+      station:
+        enum: [AMS, UTR]
+    messages:
+      departure:
+        payload:
+          type: object
+          properties:
+            platform: {type: string}
+operations:
+  announceDeparture:
+    action: send
+    channel: {$ref: '#/channels/departures'}
+"""
+
+# Line 5 holds the key the AsyncAPI 3.0.0 schema does not allow.
+BROKEN_YAML = b"""asyncapi: 3.0.0
+info:
+  title: Broken
+  version: 1.0.0
+  dupa: true
+channels: {}
+"""
+
+
+@pytest.fixture
+def gold(ticker_api):
+    return ticker_api.plans.get(name="Gold")
+
+
+@pytest.fixture
+def free(ticker_api):
+    return ticker_api.plans.get(name="Free")
+
+
+@pytest.fixture
+def bob_app(bob):
+    return ApplicationFactory(owner=bob, name="Bob's dashboard")
+
+
+def _content(response) -> str:
+    return response.content.decode()
+
+
+# Catalog
+
+
+def test_catalog_lists_only_published_apis(client, ticker_api):
+    APIFactory(name="Secret draft", status=API.Status.DRAFT)
+    unpublished_version = APIFactory(name="Version still draft")
+    APIVersionFactory(api=unpublished_version, status=APIVersion.Status.DRAFT)
+
+    page = _content(client.get("/apis/"))
+
+    assert "Ticker" in page
+    assert "Secret draft" not in page
+    assert "Version still draft" not in page
+
+
+def test_catalog_cards_show_channel_count_and_plan_prices(client, ticker_api):
+    page = _content(client.get("/apis/"))
+    assert "1 channel" in page
+    assert "$49.00/month" in page
+
+
+def test_catalog_search_finds_apis_by_channel(client, ticker_api):
+    assert "Ticker" in _content(client.get("/apis/?q=prices"))
+    assert "No APIs match" in _content(client.get("/apis/?q=weather"))
+
+
+def test_draft_api_page_is_not_found(client, db):
+    APIFactory(slug="hidden", status=API.Status.DRAFT)
+    assert client.get("/apis/hidden/").status_code == 404
+
+
+def test_api_page_shows_channels_operations_payloads_and_plans(client, ticker_api):
+    operation = ticker_api.versions.get().channels.get().operations.get()
+    operation.messages = [
+        {
+            "name": "price",
+            "title": "Price tick",
+            "summary": "",
+            "content_type": "application/json",
+            "payload": {"type": "object", "properties": {"bid_price": {"type": "number"}}},
+        }
+    ]
+    operation.save()
+    BusinessPlanFactory(
+        api=ticker_api, name="Metered", price_per_1000_events_minor=50, included_events=100_000
+    )
+    BusinessPlanFactory(api=ticker_api, name="Unapproved", is_approved=False)
+
+    page = _content(client.get("/apis/ticker/"))
+
+    assert "prices/{symbol}" in page
+    assert "ACME" in page and "GLOBEX" in page  # parameter enum
+    assert "You can receive" in page
+    assert "Price tick" in page
+    assert "&quot;bid_price&quot;: {" in page  # pretty-printed, escaped payload schema
+    assert "ws://127.0.0.1:8000/ws/ticker/1.0.0/prices/ACME" in page
+    assert "Free" in page and "Gold" in page
+    assert "$49.00" in page
+    assert "$0.50 per 1,000 events beyond that" in page
+    assert "100,000 events included" in page
+    assert "requires approval" in page
+    assert "Unapproved" not in page
+
+
+def test_api_description_is_escaped(client, ticker_api):
+    ticker_api.description = "Prices <script>alert(1)</script>\n\nSecond paragraph."
+    ticker_api.save()
+    page = _content(client.get("/apis/ticker/"))
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;" in page
+    assert "<p>Second paragraph.</p>" in page
+
+
+def test_code_blocks_in_the_description_are_preformatted_and_escaped(client, ticker_api):
+    ticker_api.description = "Try it:\n\n```bash\nwebsocat 'ws://x/<b>'\n```\n\nThen enjoy."
+    ticker_api.save()
+    page = _content(client.get("/apis/ticker/"))
+    assert "websocat &#x27;ws://x/&lt;b&gt;&#x27;</pre>" in page
+    assert "```" not in page
+    assert "<p>Then enjoy.</p>" in page
+
+
+def test_anonymous_visitor_is_asked_to_sign_up_to_subscribe(client, ticker_api):
+    page = _content(client.get("/apis/ticker/"))
+    assert "Sign up to subscribe" in page
+    assert "/accounts/signup/?next=/apis/ticker/" in page
+
+
+def test_anonymous_subscribe_goes_to_sign_in(client, free):
+    response = client.post(
+        "/apis/ticker/", {"application": "new", "new_application_name": "x", "plan": free.pk}
+    )
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+    assert not Subscription.objects.exists()
+
+
+# Applications
+
+
+def test_applications_page_invites_to_create_the_first_one(client, bob):
+    client.force_login(bob)
+    assert "No applications yet" in _content(client.get("/apps/"))
+
+
+def test_create_application(client, bob):
+    client.force_login(bob)
+    response = client.post("/apps/", {"name": "Trading dashboard", "description": "Shows prices"})
+    application = Application.objects.get(owner=bob)
+    assert response["Location"] == f"/apps/{application.pk}/"
+    assert "Trading dashboard" in _content(client.get("/apps/"))
+
+
+def test_duplicate_application_name_is_a_form_error(client, bob, bob_app):
+    client.force_login(bob)
+    response = client.post("/apps/", {"name": bob_app.name})
+    assert response.status_code == 200
+    assert "You already have an application called" in _content(response)
+    assert Application.objects.filter(owner=bob).count() == 1
+
+
+def test_subscribe_to_free_plan_is_active_at_once(client, bob, bob_app, free):
+    client.force_login(bob)
+    response = client.post("/apis/ticker/", {"application": bob_app.pk, "plan": free.pk})
+    assert response["Location"] == f"/apps/{bob_app.pk}/"
+    assert Subscription.objects.get(application=bob_app).status == Subscription.Status.ACTIVE
+    page = _content(client.get(response["Location"]))
+    assert "is subscribed to Ticker" in page
+    assert ">Active<" in page
+
+
+def test_subscribe_to_plan_requiring_approval_stays_pending_and_says_so(client, bob, bob_app, gold):
+    client.force_login(bob)
+    response = client.post("/apis/ticker/", {"application": bob_app.pk, "plan": gold.pk})
+    assert Subscription.objects.get(application=bob_app).status == Subscription.Status.PENDING
+    page = _content(client.get(response["Location"]))
+    assert "Pending approval" in page
+    assert "An admin reviews subscriptions to the Gold plan" in page
+
+
+def test_subscribe_creates_the_application_inline(client, bob, free):
+    client.force_login(bob)
+    response = client.post(
+        "/apis/ticker/", {"application": "new", "new_application_name": "Quick start", "plan": free.pk}
+    )
+    application = Application.objects.get(owner=bob, name="Quick start")
+    assert response["Location"] == f"/apps/{application.pk}/"
+    assert application.subscriptions.get().plan == free
+
+
+def test_subscribing_twice_is_a_form_error_not_a_crash(client, bob, bob_app, free, gold):
+    client.force_login(bob)
+    client.post("/apis/ticker/", {"application": bob_app.pk, "plan": free.pk})
+    response = client.post("/apis/ticker/", {"application": bob_app.pk, "plan": gold.pk})
+    assert response.status_code == 200
+    assert "already has a subscription to Ticker" in _content(response)
+    assert Subscription.objects.filter(application=bob_app).count() == 1
+
+
+def test_failed_subscription_does_not_leave_a_new_application_behind(client, bob, bob_app, free):
+    client.force_login(bob)
+    # The new application's name is taken: nothing at all is created.
+    response = client.post(
+        "/apis/ticker/", {"application": "new", "new_application_name": bob_app.name, "plan": free.pk}
+    )
+    assert response.status_code == 200
+    assert "You already have an application called" in _content(response)
+    assert not Subscription.objects.exists()
+
+
+def test_generated_key_is_shown_once_with_ready_to_run_snippets(client, bob, bob_app, free):
+    SubscriptionFactory(application=bob_app, plan=free)
+    client.force_login(bob)
+
+    response = client.post(f"/apps/{bob_app.pk}/keys/", follow=True)
+
+    page = _content(response)
+    secret = SECRET.search(page).group(0)
+    assert APIKey.objects.for_secret(secret).application == bob_app
+    url = f"ws://127.0.0.1:8000/ws/ticker/1.0.0/prices/ACME?access_token={secret}"
+    assert f"python -m websockets '{url}'" in page
+    assert f'new WebSocket("{url}")' in page
+    assert "data-live-panel" in page
+    again = _content(client.get(f"/apps/{bob_app.pk}/"))
+    assert secret not in again
+    assert secret[:11] in again  # the key is still listed by its prefix
+
+
+def test_snippet_uses_the_public_url_from_settings(client, settings, bob, bob_app, free):
+    settings.EVENTGATE_PUBLIC_URL = "https://events.example.com"
+    SubscriptionFactory(application=bob_app, plan=free)
+    client.force_login(bob)
+    page = _content(client.post(f"/apps/{bob_app.pk}/keys/", follow=True))
+    assert "wss://events.example.com/ws/ticker/1.0.0/prices/ACME?access_token=eg_" in page
+
+
+def test_key_without_subscription_points_to_the_catalog(client, bob, bob_app):
+    client.force_login(bob)
+    page = _content(client.post(f"/apps/{bob_app.pk}/keys/", follow=True))
+    assert SECRET.search(page)
+    assert "to get a ready-to-run command" in page
+
+
+def test_bob_revokes_his_key(client, bob, bob_app):
+    key, _ = APIKey.generate(application=bob_app)
+    client.force_login(bob)
+    response = client.post(f"/apps/{bob_app.pk}/keys/{key.pk}/revoke/", follow=True)
+    key.refresh_from_db()
+    assert not key.is_usable
+    assert "Revoked key" in _content(response)
+
+
+def test_carol_gets_404_on_bobs_application(client, carol, bob_app):
+    client.force_login(carol)
+    assert client.get(f"/apps/{bob_app.pk}/").status_code == 404
+    assert client.post(f"/apps/{bob_app.pk}/keys/").status_code == 404
+    assert not bob_app.api_keys.exists()
+    assert "Bob&#x27;s dashboard" not in _content(client.get("/apps/"))
+
+
+def test_carol_cannot_revoke_bobs_key(client, carol, bob_app):
+    key, _ = APIKey.generate(application=bob_app)
+    carol_app = ApplicationFactory(owner=carol)
+    client.force_login(carol)
+    assert client.post(f"/apps/{bob_app.pk}/keys/{key.pk}/revoke/").status_code == 404
+    assert client.post(f"/apps/{carol_app.pk}/keys/{key.pk}/revoke/").status_code == 404
+    key.refresh_from_db()
+    assert key.is_usable
+
+
+def test_carol_cannot_subscribe_bobs_application(client, carol, bob_app, free):
+    client.force_login(carol)
+    response = client.post("/apis/ticker/", {"application": bob_app.pk, "plan": free.pk})
+    assert response.status_code == 200
+    assert "Select a valid choice" in _content(response)
+    assert not Subscription.objects.exists()
+
+
+def test_applications_need_sign_in(client, bob_app):
+    assert client.get("/apps/")["Location"].startswith("/accounts/login/")
+    assert client.get(f"/apps/{bob_app.pk}/")["Location"].startswith("/accounts/login/")
+
+
+# Provider pages
+
+
+def test_provider_imports_a_document_sees_its_channels_and_publishes(client, alice):
+    client.force_login(alice)
+
+    upload = SimpleUploadedFile("trains.yaml", TRAINS_YAML, content_type="application/yaml")
+    response = client.post("/provider/apis/import/", {"file": upload})
+
+    api = API.objects.get(name="Train departures")
+    assert response["Location"] == f"/provider/apis/{api.slug}/"
+    page = _content(client.get(response["Location"]))
+    assert "stations/{station}/departures" in page
+    assert "You can receive" in page
+    assert "Publish" in page
+    assert client.get(f"/apis/{api.slug}/").status_code == 404  # a draft is not in the catalog yet
+
+    version = api.versions.get()
+    client.post(f"/provider/apis/{api.slug}/versions/{version.pk}/publish/")
+
+    assert "Train departures" in _content(client.get("/apis/"))
+    assert "stations/{station}/departures" in _content(client.get(f"/apis/{api.slug}/"))
+
+
+def test_provider_imports_a_pasted_document(client, alice):
+    client.force_login(alice)
+    response = client.post("/provider/apis/import/", {"content": TRAINS_YAML.decode()})
+    assert response.status_code == 302
+    assert API.objects.get(provider=alice).versions.get().source_filename == "pasted document"
+
+
+def test_invalid_document_shows_file_line_and_pointer_and_stores_nothing(client, alice):
+    client.force_login(alice)
+    upload = SimpleUploadedFile("broken.yaml", BROKEN_YAML, content_type="application/yaml")
+
+    response = client.post("/provider/apis/import/", {"file": upload})
+
+    assert response.status_code == 200
+    page = _content(response)
+    assert "The document was not imported" in page
+    assert "unknown key &quot;dupa&quot;" in page
+    assert "broken.yaml" in page
+    assert ">5<" in page  # the line
+    assert ">/info<" in page  # the JSON pointer
+    assert not API.objects.exists()
+    assert not APIVersion.objects.exists()
+
+
+def test_import_without_a_document_asks_for_one(client, alice):
+    client.force_login(alice)
+    response = client.post("/provider/apis/import/", {})
+    assert "Choose a file to upload or paste a document" in _content(response)
+
+
+def test_import_refuses_other_file_types(client, alice):
+    client.force_login(alice)
+    upload = SimpleUploadedFile("notes.txt", TRAINS_YAML)
+    response = client.post("/provider/apis/import/", {"file": upload})
+    assert "Upload a .yaml, .yml or .json file" in _content(response)
+    assert not API.objects.exists()
+
+
+@pytest.mark.parametrize("url", ["/provider/apis/", "/provider/apis/import/", "/provider/apis/ticker/"])
+def test_non_provider_gets_403_on_provider_pages(client, bob, ticker_api, url):
+    client.force_login(bob)
+    response = client.get(url)
+    assert response.status_code == 403
+    assert "provider account" in _content(response)
+
+
+def test_anonymous_visitor_is_sent_to_sign_in_from_provider_pages(client):
+    assert client.get("/provider/apis/")["Location"].startswith("/accounts/login/?next=/provider/apis/")
+
+
+def test_provider_cannot_see_or_publish_another_providers_api(client, ticker_api):
+    other = UserFactory(is_provider=True)
+    draft = APIVersionFactory(api=ticker_api, version="2.0.0", status=APIVersion.Status.DRAFT)
+    client.force_login(other)
+    assert "Ticker" not in _content(client.get("/provider/apis/"))
+    assert client.get("/provider/apis/ticker/").status_code == 404
+    assert client.post(f"/provider/apis/ticker/versions/{draft.pk}/publish/").status_code == 404
+    assert client.get("/provider/apis/import/?api=ticker").status_code == 404
+    draft.refresh_from_db()
+    assert draft.status == APIVersion.Status.DRAFT
+
+
+def test_provider_adds_a_plan_that_waits_for_approval(client, alice, ticker_api):
+    client.force_login(alice)
+    response = client.post(
+        "/provider/apis/ticker/",
+        {
+            "name": "Platinum",
+            "description": "For trading desks",
+            "flat_fee": "99.50",
+            "included_events": "1000000",
+            "price_per_1000_events": "0.25",
+            "requires_approval": "on",
+        },
+    )
+    assert response.status_code == 302
+    plan = BusinessPlan.objects.get(name="Platinum")
+    assert (plan.flat_fee_minor, plan.included_events, plan.price_per_1000_events_minor) == (
+        9950,
+        1_000_000,
+        25,
+    )
+    assert plan.requires_approval and not plan.is_approved
+    assert "awaiting admin approval" in _content(client.get("/provider/apis/ticker/"))
+    assert "Platinum" not in _content(client.get("/apis/ticker/"))
+
+
+def test_duplicate_plan_name_is_a_form_error(client, alice, ticker_api):
+    client.force_login(alice)
+    response = client.post(
+        "/provider/apis/ticker/",
+        {"name": "Free", "flat_fee": "0", "included_events": "0", "price_per_1000_events": "0"},
+    )
+    assert response.status_code == 200
+    assert "already has a plan called" in _content(response)
+
+
+# Approvals
+
+
+def test_admin_approves_a_pending_subscription(client, admin_user, bob_app, gold):
+    subscription = SubscriptionFactory(application=bob_app, plan=gold, status=Subscription.Status.PENDING)
+    client.force_login(admin_user)
+
+    page = _content(client.get("/staff/approvals/"))
+    assert "Bob&#x27;s dashboard" in page and "bob@example.com" in page and "Gold" in page
+
+    client.post(f"/staff/subscriptions/{subscription.pk}/approve/")
+    subscription.refresh_from_db()
+    assert subscription.status == Subscription.Status.ACTIVE
+    assert subscription.decided_by == admin_user
+    assert "No subscriptions are waiting" in _content(client.get("/staff/approvals/"))
+
+
+def test_admin_rejects_a_pending_subscription(client, admin_user, bob_app, gold):
+    subscription = SubscriptionFactory(application=bob_app, plan=gold, status=Subscription.Status.PENDING)
+    client.force_login(admin_user)
+    client.post(f"/staff/subscriptions/{subscription.pk}/reject/")
+    subscription.refresh_from_db()
+    assert subscription.status == Subscription.Status.REJECTED
+
+
+def test_deciding_twice_is_a_message_not_a_crash(client, admin_user, bob_app, gold):
+    subscription = SubscriptionFactory(application=bob_app, plan=gold, status=Subscription.Status.PENDING)
+    client.force_login(admin_user)
+    client.post(f"/staff/subscriptions/{subscription.pk}/approve/")
+    response = client.post(f"/staff/subscriptions/{subscription.pk}/reject/", follow=True)
+    assert "no longer pending" in _content(response)
+    subscription.refresh_from_db()
+    assert subscription.status == Subscription.Status.ACTIVE
+
+
+def test_admin_approves_a_plan_and_consumers_can_pick_it(client, admin_user, ticker_api):
+    plan = BusinessPlanFactory(api=ticker_api, name="Platinum", is_approved=False)
+    client.force_login(admin_user)
+    assert "Platinum" in _content(client.get("/staff/approvals/"))
+    client.post(f"/staff/plans/{plan.pk}/approve/")
+    plan.refresh_from_db()
+    assert plan.is_approved
+    assert "Platinum" in _content(client.get("/apis/ticker/"))
+
+
+def test_non_staff_cannot_see_or_use_approvals(client, bob, alice, bob_app, gold):
+    subscription = SubscriptionFactory(application=bob_app, plan=gold, status=Subscription.Status.PENDING)
+    plan = BusinessPlanFactory(api=gold.api, name="Platinum", is_approved=False)
+    for user in (bob, alice):
+        client.force_login(user)
+        assert client.get("/staff/approvals/").status_code == 403
+        assert client.post(f"/staff/subscriptions/{subscription.pk}/approve/").status_code == 403
+        assert client.post(f"/staff/plans/{plan.pk}/approve/").status_code == 403
+    subscription.refresh_from_db()
+    plan.refresh_from_db()
+    assert subscription.status == Subscription.Status.PENDING
+    assert not plan.is_approved
+
+
+def test_navigation_shows_links_by_role(client, bob, alice, admin_user):
+    assert "Sign up" in _content(client.get("/"))
+    client.force_login(bob)
+    page = _content(client.get("/"))
+    assert 'href="/apps/"' in page and 'href="/billing/invoices/"' in page
+    assert 'href="/provider/apis/"' not in page and 'href="/staff/approvals/"' not in page
+    client.force_login(alice)
+    assert 'href="/provider/apis/"' in _content(client.get("/"))
+    client.force_login(admin_user)
+    assert 'href="/staff/approvals/"' in _content(client.get("/"))
+
+
+def test_sign_up_lands_on_applications(client, db):
+    response = client.post(
+        "/accounts/signup/",
+        {
+            "email": "dana@example.com",
+            "password1": "a long passphrase 42",
+            "password2": "a long passphrase 42",
+        },
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/apps/"
+
+
+def test_sign_up_and_sign_in_pages_render_in_the_portal_layout(client, db):
+    for url in ("/accounts/signup/", "/accounts/login/"):
+        page = _content(client.get(url))
+        assert "eg-navbar" in page
+        assert 'class="form-control' in page
+
+
+def test_other_account_pages_render_in_the_portal_layout(client, bob):
+    assert "eg-navbar" in _content(client.get("/accounts/password/reset/"))
+    client.force_login(bob)
+    for url in ("/accounts/email/", "/accounts/password/change/", "/accounts/logout/"):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert "eg-navbar" in _content(response), url
