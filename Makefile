@@ -22,7 +22,7 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 var/.dir:
-	mkdir -p var && touch $@
+	mkdir -p var/staticfiles && touch $@
 
 # Debian's Chromium for the browser tests (Playwright cannot download its own browser here).
 /usr/bin/chromium:
