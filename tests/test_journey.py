@@ -232,7 +232,7 @@ def test_provider_to_consumer_to_invoice(
         stop_process(worker)
     blocks = -(-usage.events // 1000)
     assert invoice.total_minor == 4900 + 150 * blocks
-    stripe_invoice = stripe_client.invoices.retrieve(invoice.stripe_invoice_id)
+    stripe_invoice = stripe_client.v1.invoices.retrieve(invoice.stripe_invoice_id)
     assert stripe_invoice.customer == invoice.account.stripe_customer_id
     assert stripe_invoice.subtotal == invoice.total_minor
 
