@@ -4,6 +4,7 @@ The gateway counts in memory and flushes in batches (``analytics.services.usage_
 billing reads the same rows through ``analytics.services.usage_for_subscription``, so what a
 consumer is billed for is what their usage page shows.
 """
+
 from __future__ import annotations
 
 from django.db import models
@@ -16,7 +17,9 @@ class UsageRecord(models.Model):
         OUT = "out", "Server → client"
         IN = "in", "Client → server"
 
-    subscription = models.ForeignKey("portal.Subscription", on_delete=models.CASCADE, related_name="usage_records")
+    subscription = models.ForeignKey(
+        "portal.Subscription", on_delete=models.CASCADE, related_name="usage_records"
+    )
     bucket_start = models.DateTimeField(help_text="Start of the minute (UTC) this row counts.")
     channel = models.CharField(max_length=1000, help_text="Channel address template, not the raw path.")
     direction = models.CharField(max_length=3, choices=Direction.choices, default=Direction.OUT)
@@ -33,4 +36,6 @@ class UsageRecord(models.Model):
         ordering = ["-bucket_start"]
 
     def __str__(self) -> str:
-        return f"{self.subscription_id} {self.bucket_start:%Y-%m-%d %H:%M} {self.channel} {self.events} events"
+        return (
+            f"{self.subscription_id} {self.bucket_start:%Y-%m-%d %H:%M} {self.channel} {self.events} events"
+        )

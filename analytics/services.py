@@ -3,6 +3,7 @@
 Billing reads usage only through ``usage_for_subscription`` so invoices and the consumer's usage
 page are computed from the same rows.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -53,7 +54,11 @@ def usage_record_batch(*, rows: Iterable[UsageRow]) -> int:
 
 
 def usage_for_subscription(
-    *, subscription: Subscription, start: datetime | None = None, end: datetime | None = None, direction: str = "out"
+    *,
+    subscription: Subscription,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    direction: str = "out",
 ) -> UsageTotals:
     """Total events and bytes of ``subscription`` in ``[start, end)`` (bucket starts), one direction."""
     records = UsageRecord.objects.filter(subscription=subscription, direction=direction)

@@ -4,6 +4,7 @@
 ORM) turns credential + URL into a ``Grant`` or raises ``HandshakeRefused`` with a reason that is
 safe to log (it never contains the credential).
 """
+
 from __future__ import annotations
 
 import re

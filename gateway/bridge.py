@@ -19,6 +19,7 @@ Frame (one WebSocket text frame, RFC 6455 §5.6)::
 
 Events published while the connection is down are lost for this process (they are live data).
 """
+
 from __future__ import annotations
 
 import asyncio

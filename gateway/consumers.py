@@ -11,6 +11,7 @@ RFC 6455 §11.7):
 - 1008 policy violation: the client sent a data frame (sending is not offered yet);
 - 1013 try again later: RabbitMQ is unreachable, so no events could flow.
 """
+
 from __future__ import annotations
 
 import logging

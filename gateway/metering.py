@@ -10,6 +10,7 @@ Durability: a failed write is merged back and retried at the next flush; on a cl
 (SIGTERM/SIGINT, the process exits normally) an ``atexit`` hook writes what is left. A crash
 (SIGKILL, OOM) loses at most the counts of the last flush interval.
 """
+
 from __future__ import annotations
 
 import asyncio

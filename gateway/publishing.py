@@ -19,6 +19,7 @@ message per event (the full contract is in ``docs/gateway.md``):
 - ``content_type`` ``application/json``; body: the event payload as UTF-8 JSON bytes.
 - delivery mode 1 (transient): events are live data, the gateway keeps no backlog.
 """
+
 from __future__ import annotations
 
 import json

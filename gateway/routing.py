@@ -4,6 +4,7 @@ The address is the concrete channel address, parameters filled in, e.g.
 ``/ws/stock-prices/1.0.0/prices/ACME``. Any other WebSocket path is refused with HTTP 403.
 ``portal/asgi.py`` wraps these routes in an origin validator.
 """
+
 from __future__ import annotations
 
 from django.urls import re_path

@@ -6,6 +6,7 @@ clients (``python -m websockets``, provider SDKs, curl) send no ``Origin`` and c
 anyway; the gateway authenticates them by their credential, so a missing ``Origin`` is allowed.
 A present ``Origin`` must match ``ALLOWED_HOSTS``, as with Channels' ``AllowedHostsOriginValidator``.
 """
+
 from __future__ import annotations
 
 from typing import Any

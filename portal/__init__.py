@@ -1,4 +1,5 @@
 """Eventgate's Django project and developer portal."""
+
 from portal.celery import app as celery_app
 
 __all__ = ("celery_app",)

@@ -1,7 +1,17 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from portal.models import API, APIKey, APIVersion, Application, BusinessPlan, Channel, Operation, Subscription, User
+from portal.models import (
+    API,
+    APIKey,
+    APIVersion,
+    Application,
+    BusinessPlan,
+    Channel,
+    Operation,
+    Subscription,
+    User,
+)
 
 
 @admin.register(User)

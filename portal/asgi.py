@@ -1,4 +1,5 @@
 """ASGI entry point: HTTP to Django, WebSocket to the gateway (served by daphne)."""
+
 from __future__ import annotations
 
 import os

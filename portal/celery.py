@@ -1,4 +1,5 @@
 """The Celery application: configuration comes from Django settings (``CELERY_*``)."""
+
 from __future__ import annotations
 
 import os

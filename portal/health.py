@@ -3,6 +3,7 @@
 ``/healthz`` answers 200 whenever the process serves HTTP. ``/readyz`` answers 200 only when the
 database, RabbitMQ and (if configured) Redis answer, else 503 with a JSON body naming what is down.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -50,6 +51,8 @@ def _redis_ok() -> bool:
     import redis
 
     try:
-        return bool(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2).ping())
+        return bool(
+            redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2).ping()
+        )
     except Exception:  # noqa: BLE001
         return False

@@ -4,6 +4,7 @@ business plans, applications, subscriptions and API keys.
 Operations are stored from the *consumer's* point of view (AsyncAPI 2.x ``subscribe`` and 3.x
 ``send`` by the provider both become ``receive`` for the consumer); see ``portal.asyncapi``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,7 +64,9 @@ class User(AbstractUser):
 class APIQuerySet(models.QuerySet["API"]):
     def published(self) -> APIQuerySet:
         """APIs visible in the catalog: published, with at least one published version."""
-        return self.filter(status=API.Status.PUBLISHED, versions__status=APIVersion.Status.PUBLISHED).distinct()
+        return self.filter(
+            status=API.Status.PUBLISHED, versions__status=APIVersion.Status.PUBLISHED
+        ).distinct()
 
 
 class API(models.Model):
@@ -78,7 +81,9 @@ class API(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True, help_text="Used in gateway URLs: /ws/<slug>/...")
     summary = models.CharField(max_length=300, blank=True)
-    description = models.TextField(blank=True, help_text="Markdown from the AsyncAPI document's info.description.")
+    description = models.TextField(
+        blank=True, help_text="Markdown from the AsyncAPI document's info.description."
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     created = models.DateTimeField(default=timezone.now)
 
@@ -115,7 +120,9 @@ class APIVersion(models.Model):
         DEPRECATED = "deprecated", "Deprecated"
 
     api = models.ForeignKey(API, on_delete=models.CASCADE, related_name="versions")
-    version = models.CharField(max_length=64, help_text="info.version of the AsyncAPI document; used in gateway URLs.")
+    version = models.CharField(
+        max_length=64, help_text="info.version of the AsyncAPI document; used in gateway URLs."
+    )
     asyncapi_version = models.CharField(max_length=16)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     document = models.JSONField()
@@ -226,12 +233,22 @@ class BusinessPlan(models.Model):
     api = models.ForeignKey(API, on_delete=models.CASCADE, related_name="plans")
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True)
-    requires_approval = models.BooleanField(default=False, help_text="Subscriptions stay pending until an admin approves.")
-    is_approved = models.BooleanField(default=False, help_text="Approved by an admin; only approved plans are offered.")
+    requires_approval = models.BooleanField(
+        default=False, help_text="Subscriptions stay pending until an admin approves."
+    )
+    is_approved = models.BooleanField(
+        default=False, help_text="Approved by an admin; only approved plans are offered."
+    )
     currency = models.CharField(max_length=3, default="usd")
-    flat_fee_minor = models.PositiveIntegerField(default=0, help_text="Fee per billing period, in minor units.")
-    included_events = models.PositiveBigIntegerField(default=0, help_text="Events per period included in the flat fee.")
-    price_per_1000_events_minor = models.PositiveIntegerField(default=0, help_text="Per 1,000 events over the included amount.")
+    flat_fee_minor = models.PositiveIntegerField(
+        default=0, help_text="Fee per billing period, in minor units."
+    )
+    included_events = models.PositiveBigIntegerField(
+        default=0, help_text="Events per period included in the flat fee."
+    )
+    price_per_1000_events_minor = models.PositiveIntegerField(
+        default=0, help_text="Per 1,000 events over the included amount."
+    )
 
     class Meta:
         ordering = ["api", "flat_fee_minor", "name"]

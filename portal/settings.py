@@ -3,6 +3,7 @@
 Every variable is listed in README.md with its default. Defaults work on a developer's machine
 with no configuration: SQLite, the in-memory channel layer, and RabbitMQ on localhost.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,9 @@ env = environ.Env()
 SECRET_KEY = env("SECRET_KEY", default="dev-only-insecure-secret-key-change-me")
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=["http://127.0.0.1:8000", "http://localhost:8000"])
+CSRF_TRUSTED_ORIGINS = env.list(
+    "CSRF_TRUSTED_ORIGINS", default=["http://127.0.0.1:8000", "http://localhost:8000"]
+)
 # The public base URL of the portal and gateway, used in client snippets shown to consumers.
 EVENTGATE_PUBLIC_URL = env("EVENTGATE_PUBLIC_URL", default="http://127.0.0.1:8000")
 
@@ -141,7 +144,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 
-# REST API: HTTP Basic (email + password) for scripts, session auth for the browser, schema by drf-spectacular.
+# REST API: HTTP Basic (email + password) for scripts, session auth for the browser;
+# OpenAPI schema by drf-spectacular.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.BasicAuthentication",
@@ -152,7 +156,9 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Eventgate API",
-    "DESCRIPTION": "API management for event-driven APIs: catalog, applications, subscriptions, usage, invoices.",
+    "DESCRIPTION": (
+        "API management for event-driven APIs: catalog, applications, subscriptions, usage, invoices."
+    ),
     "VERSION": "1.0.0",
 }
 

@@ -1,5 +1,6 @@
 """Top-level URLs. The public contract (README): catalog at /apis/, REST API under /api/v1/,
 OpenAPI schema at /api/schema/, health at /healthz and /readyz, gateway under /ws/."""
+
 from __future__ import annotations
 
 from django.contrib import admin

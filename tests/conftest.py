@@ -1,10 +1,9 @@
 """Shared fixtures: personas (alice the provider, bob a consumer, carol who sees none of their
 data, admin the platform admin) and a published API with one receive channel."""
+
 from __future__ import annotations
 
 import pytest
-
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.stripe"]
 
 from tests.factories import (
     APIFactory,
@@ -14,6 +13,8 @@ from tests.factories import (
     OperationFactory,
     UserFactory,
 )
+
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.stripe"]
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ localstripe, which the consumer sees in the portal.
 Everything goes over HTTP to the daphne process (REST API with HTTP Basic, HTML forms with a
 session and CSRF token), as a user's scripts and browser would.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -146,8 +147,13 @@ def test_provider_to_consumer_to_invoice(
     post_form(
         provider_session,
         f"{base}/provider/apis/stock-prices/",
-        {"name": "Pro", "flat_fee": "49.00", "included_events": "0", "price_per_1000_events": "1.50",
-         "requires_approval": "on"},
+        {
+            "name": "Pro",
+            "flat_fee": "49.00",
+            "included_events": "0",
+            "price_per_1000_events": "1.50",
+            "requires_approval": "on",
+        },
     )
     plan = BusinessPlan.objects.get(api__slug="stock-prices", name="Pro")
     assert (plan.flat_fee_minor, plan.price_per_1000_events_minor, plan.is_approved) == (4900, 150, False)
@@ -161,11 +167,15 @@ def test_provider_to_consumer_to_invoice(
         f"{base}/api/v1/applications/", auth=consumer_auth, json={"name": "Trading screen"}
     ).json()
     response = requests.post(
-        f"{base}/api/v1/applications/{application['id']}/subscriptions/", auth=consumer_auth, json={"plan": plan.pk}
+        f"{base}/api/v1/applications/{application['id']}/subscriptions/",
+        auth=consumer_auth,
+        json={"plan": plan.pk},
     )
     assert response.status_code == 201, response.text
     assert response.json()["status"] == "pending"
-    response = requests.post(f"{base}/api/v1/applications/{application['id']}/keys/", auth=consumer_auth, json={})
+    response = requests.post(
+        f"{base}/api/v1/applications/{application['id']}/keys/", auth=consumer_auth, json={}
+    )
     assert response.status_code == 201, response.text
     secret = response.json()["key"]
     url = f"{daphne_server.ws_url}/ws/stock-prices/1.0.0/prices/ACME?access_token={secret}"
@@ -181,8 +191,17 @@ def test_provider_to_consumer_to_invoice(
 
     # 5. The demo provider backend publishes; the client receives live ACME ticks.
     demo = start_process(
-        [str(BIN / "python"), "manage.py", "demo_backend", "--stock-rate", "40", "--departure-rate", "0",
-         "--seconds", "60"],
+        [
+            str(BIN / "python"),
+            "manage.py",
+            "demo_backend",
+            "--stock-rate",
+            "40",
+            "--departure-rate",
+            "0",
+            "--seconds",
+            "60",
+        ],
         tmp_path / "demo.log",
     )
     try:
@@ -211,8 +230,20 @@ def test_provider_to_consumer_to_invoice(
     # 7. A real Celery worker closes this month into an invoice and pushes it to localstripe.
     queue = f"journey-{uuid.uuid4().hex[:8]}"
     worker = start_process(
-        [str(BIN / "celery"), "-A", "portal", "worker", "--pool=solo", "--loglevel=INFO", "-Q", queue,
-         "--hostname", f"{queue}@%h", "--without-mingle", "--without-gossip"],
+        [
+            str(BIN / "celery"),
+            "-A",
+            "portal",
+            "worker",
+            "--pool=solo",
+            "--loglevel=INFO",
+            "-Q",
+            queue,
+            "--hostname",
+            f"{queue}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
         tmp_path / "worker.log",
         CELERY_TASK_DEFAULT_QUEUE=queue,
         STRIPE_API_KEY=stripe_settings.STRIPE_API_KEY,
@@ -221,7 +252,11 @@ def test_provider_to_consumer_to_invoice(
     try:
         now = datetime.now(UTC)
         start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+        end = (
+            start.replace(year=start.year + 1, month=1)
+            if start.month == 12
+            else start.replace(month=start.month + 1)
+        )
         invoice_period_task.apply_async(args=[start.isoformat(), end.isoformat()], queue=queue)
         invoice = wait_for(
             lambda: Invoice.objects.filter(account__owner=consumer).exclude(stripe_invoice_id="").first(),

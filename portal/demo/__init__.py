@@ -4,6 +4,7 @@
 (``departures/{station}``) are imported by ``manage.py load_demo``; ``portal.demo.feeds``
 simulates their events for ``manage.py demo_backend``. Demo only: no real market or rail data.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

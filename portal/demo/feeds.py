@@ -3,6 +3,7 @@
 ``StockTicker.tick()`` and ``DepartureBoard.update()`` each return ``(channel address, payload)``
 for one event; ``manage.py demo_backend`` publishes them. Pure Python, no I/O.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Applications, subscriptions, approvals and API keys."""
+
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
@@ -58,12 +59,16 @@ def _subscription_decide(*, subscription: Subscription, approver: User, status: 
 
 def subscription_approve(*, subscription: Subscription, approver: User) -> Subscription:
     """Make a pending subscription active. Raises ``ValidationError`` if it is not pending."""
-    return _subscription_decide(subscription=subscription, approver=approver, status=Subscription.Status.ACTIVE)
+    return _subscription_decide(
+        subscription=subscription, approver=approver, status=Subscription.Status.ACTIVE
+    )
 
 
 def subscription_reject(*, subscription: Subscription, approver: User) -> Subscription:
     """Reject a pending subscription. Raises ``ValidationError`` if it is not pending."""
-    return _subscription_decide(subscription=subscription, approver=approver, status=Subscription.Status.REJECTED)
+    return _subscription_decide(
+        subscription=subscription, approver=approver, status=Subscription.Status.REJECTED
+    )
 
 
 def plan_approve(*, plan: BusinessPlan, approver: User) -> BusinessPlan:

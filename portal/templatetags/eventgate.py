@@ -10,6 +10,8 @@ from django import forms, template
 from django.utils.html import format_html, linebreaks
 from django.utils.safestring import SafeString, mark_safe
 
+from portal.links import gateway_ws_url
+
 register = template.Library()
 
 CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
@@ -172,6 +174,5 @@ def bootstrap(field: forms.BoundField) -> SafeString:
 @register.simple_tag
 def channel_ws_url(api: Any, version: Any, address: str) -> str:
     """The gateway's public WebSocket URL for ``address`` of ``api`` ``version`` (no credential)."""
-    from portal.views.applications import gateway_ws_url
 
     return gateway_ws_url(api_slug=api.slug, version=version.version, address=address)

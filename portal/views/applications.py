@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -15,6 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from portal.forms import ApplicationForm, add_service_errors
+from portal.links import gateway_ws_url
 from portal.models import APIKey, Application, Channel, Subscription
 from portal.services.subscriptions import api_key_create, api_key_revoke, application_create
 
@@ -32,20 +31,6 @@ def _get_application_for_user(request: HttpRequest, pk: int) -> Application:
 def _get_api_key_for_user(request: HttpRequest, application: Application, key_id: int) -> APIKey:
     """Key ``key_id`` of the user's ``application``, or 404."""
     return get_object_or_404(APIKey, pk=key_id, application=application, application__owner=request.user)
-
-
-def gateway_ws_url(*, api_slug: str, version: str, address: str, secret: str | None = None) -> str:
-    """The public WebSocket URL of a channel: ``ws://<host>/ws/<api>/<version>/<address>``.
-
-    The base comes from ``EVENTGATE_PUBLIC_URL`` (http → ws, https → wss); the key, if given,
-    travels in the ``access_token`` query parameter because browsers cannot set handshake headers.
-    """
-    base = urlsplit(settings.EVENTGATE_PUBLIC_URL)
-    scheme = "wss" if base.scheme == "https" else "ws"
-    address = quote(address.lstrip("/"), safe="/")
-    path = f"{base.path.rstrip('/')}/ws/{quote(api_slug)}/{quote(version)}/{address}"
-    query = urlencode({"access_token": secret}) if secret else ""
-    return urlunsplit((scheme, base.netloc, path, query, ""))
 
 
 @dataclass(frozen=True)

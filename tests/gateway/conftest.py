@@ -1,6 +1,7 @@
 """Gateway fixtures: a published API with a unique slug (the RabbitMQ exchange is shared with
 other test runs), bob's application subscribed to it with an API key, and clean-up of the
 process-wide bridge and meter after each test."""
+
 from __future__ import annotations
 
 import asyncio

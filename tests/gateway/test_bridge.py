@@ -1,5 +1,6 @@
 """The broker bridge against the real RabbitMQ: bindings follow local demand, one frame is shared
 by all local subscribers, the connection recovers when RabbitMQ drops it; and the meter's flush."""
+
 from __future__ import annotations
 
 import asyncio

@@ -4,6 +4,7 @@ application (origin validation included) with Channels' ``WebsocketCommunicator`
 Refused handshakes must not connect (daphne turns a close before accept into HTTP 403);
 accepted ones receive events published to the real RabbitMQ through ``gateway.publishing``.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """The demo: its AsyncAPI documents, simulated feeds, `load_demo`, and the banner's client
 command run for real against a daphne process while the demo backend publishes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -97,13 +98,17 @@ def test_load_demo_is_idempotent_and_issues_a_fresh_key(db, tmp_path):
     assert APIKey.objects.for_secret(first_key) is None, "the previous demo key must be revoked"
     assert (credentials.stat().st_mode & 0o777) == 0o600
     assert demo["channels"] == [
-        "/ws/stock-prices/1.0.0/prices/ACME",
-        "/ws/train-departures/1.0.0/departures/KGX",
+        {"api": "stock-prices", "version": "1.0.0", "address": "prices/ACME"},
+        {"api": "train-departures", "version": "1.0.0", "address": "departures/KGX"},
     ]
-    for path in demo["channels"]:
-        _, _, slug, version, address = path.split("/", 4)
-        grant = handshake_authorize(secret=demo["api_key"], api_slug=slug, version=version, address=address)
-        assert grant.api_slug == slug
+    for channel in demo["channels"]:
+        grant = handshake_authorize(
+            secret=demo["api_key"],
+            api_slug=channel["api"],
+            version=channel["version"],
+            address=channel["address"],
+        )
+        assert grant.api_slug == channel["api"]
 
 
 def client_output(command_url: str, lines: list[str], connected: threading.Event) -> subprocess.Popen[str]:

@@ -1,6 +1,7 @@
 """The gateway end to end: a real daphne process, real ``websockets`` clients, events published
 to the real RabbitMQ through ``gateway.publishing`` (the path providers and the demo backend
 use), usage flushed to analytics."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """The event publishing contract (routing keys, headers) and the client frame built from it."""
+
 from __future__ import annotations
 
 import json

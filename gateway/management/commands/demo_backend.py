@@ -6,6 +6,7 @@ Stock ticks for every symbol of ``stock-prices`` (default 20 events/s in all, so
 real provider uses. It survives RabbitMQ restarts: while the broker is away, events are
 dropped (they are live data) and publishing resumes once the robust connection is back.
 """
+
 from __future__ import annotations
 
 import asyncio

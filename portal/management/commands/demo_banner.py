@@ -5,6 +5,7 @@ accounts and ready-to-paste client commands carrying the demo API key from
 ``var/demo-credentials.json`` (written by ``manage.py load_demo``), then sleeps forever: it runs
 under honcho, which stops every process as soon as one exits.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from portal.links import gateway_ws_url
 from portal.management.commands.load_demo import CREDENTIALS_PATH
 
 POLL_SECONDS = 1.0
@@ -100,13 +102,18 @@ def banner(*, base: str, credentials: dict[str, Any] | None) -> str:
     accounts = credentials["accounts"]
     lines += ["", f" Demo accounts (demo only; password for all: {accounts[0]['password']}):"]
     lines += [f"   {account['email']:<28} {account['role']}" for account in accounts]
-    ws_base = "ws" + base.removeprefix("http")
     lines += [
         "",
         f' Live events with the API key of "{credentials["application"]}" (new on every `make run`):',
     ]
-    for path in credentials["channels"]:
-        url = f"{ws_base}{path}?access_token={credentials['api_key']}"
+    for channel in credentials["channels"]:
+        url = gateway_ws_url(
+            api_slug=channel["api"],
+            version=channel["version"],
+            address=channel["address"],
+            secret=credentials["api_key"],
+            base_url=base,
+        )
         lines.append(f"   .venv/bin/python -m websockets {shlex.quote(url)}")
     lines += [" (Ctrl-D or Ctrl-C ends the client.)", rule]
     return "\n".join(lines)

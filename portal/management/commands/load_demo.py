@@ -6,6 +6,7 @@ plan for each, the consumer's application "Demo dashboard" subscribed to both fr
 new API key for it (the previous demo key is revoked). The key is written to
 ``var/demo-credentials.json`` (mode 0600; ``var/`` is git-ignored) for ``manage.py demo_banner``.
 """
+
 from __future__ import annotations
 
 import json
@@ -185,7 +186,7 @@ def _credentials(*, versions: list[APIVersion], application: Application, secret
         channel = version.channels.order_by("address").first()
         if channel is not None:
             channels.append(
-                f"/ws/{version.api.slug}/{version.version}/{channel.example_address().lstrip('/')}"
+                {"api": version.api.slug, "version": version.version, "address": channel.example_address()}
             )
     return {
         "note": "Demo only. Regenerated (and the previous key revoked) by every `manage.py load_demo`.",
