@@ -155,16 +155,6 @@ class PlanForm(forms.Form):
         required=False, help_text="Subscriptions stay pending until an admin approves them."
     )
 
-    def __init__(self, *args: Any, api: API, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.api = api
-
-    def clean_name(self) -> str:
-        name = self.cleaned_data["name"].strip()
-        if self.api.plans.filter(name=name).exists():
-            raise ValidationError(f"{self.api.name} already has a plan called “{name}”.")
-        return name
-
     def plan_fields(self) -> dict[str, Any]:
         """The cleaned data as ``BusinessPlan`` field values (minor units)."""
         data = self.cleaned_data

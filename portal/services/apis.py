@@ -75,10 +75,14 @@ def _version_exists(api: API, parsed: ParsedDocument, filename: str) -> AsyncAPI
     )
 
 
+# Slugs that would collide with portal URLs such as /provider/apis/import/.
+RESERVED_SLUGS = frozenset({"import", "new", "api", "apis"})
+
+
 def _api_create(*, provider: User, parsed: ParsedDocument) -> API:
     base = slugify(parsed.title)[: _SLUG_MAX - 4].strip("-") or "api"
     slug, number = base, 1
-    while API.objects.filter(slug=slug).exists():
+    while slug in RESERVED_SLUGS or API.objects.filter(slug=slug).exists():
         number += 1
         slug = f"{base[: _SLUG_MAX - len(str(number)) - 1]}-{number}"
     return API.objects.create(

@@ -71,6 +71,18 @@ def subscription_reject(*, subscription: Subscription, approver: User) -> Subscr
     )
 
 
+def plan_create(*, api: API, name: str, **fields: object) -> BusinessPlan:
+    """Add a business plan to ``api``; it is offered only after an admin approves it.
+
+    ``fields`` are ``BusinessPlan`` fields (prices in minor units). Raises ``ValidationError``
+    (field ``name``) when the API already has a plan of that name.
+    """
+    name = name.strip()
+    if api.plans.filter(name=name).exists():
+        raise ValidationError({"name": f"{api.name} already has a plan called “{name}”."})
+    return BusinessPlan.objects.create(api=api, name=name, is_approved=False, **fields)
+
+
 def plan_approve(*, plan: BusinessPlan, approver: User) -> BusinessPlan:
     """Offer a business plan to consumers (admins only; the view checks ``is_staff``)."""
     BusinessPlan.objects.filter(pk=plan.pk).update(is_approved=True)

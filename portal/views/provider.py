@@ -13,9 +13,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from portal.asyncapi import AsyncAPIError
-from portal.forms import ImportForm, PlanForm
-from portal.models import API, APIVersion, BusinessPlan, Subscription
+from portal.forms import ImportForm, PlanForm, add_service_errors
+from portal.models import API, APIVersion, Subscription
 from portal.services.apis import api_import, api_publish
+from portal.services.subscriptions import plan_create
 from portal.views.catalog import channels_of
 from portal.views.decorators import provider_required
 
@@ -81,13 +82,17 @@ def provider_api_import(request: HttpRequest) -> HttpResponse:
 def provider_api_detail(request: HttpRequest, slug: str) -> HttpResponse:
     """One of the provider's APIs: versions (publish), channels of the newest, plans; POST adds a plan."""
     api = _get_api_for_provider(request, slug)
-    form = PlanForm(request.POST if request.method == "POST" else None, api=api)
+    form = PlanForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
-        plan = BusinessPlan.objects.create(api=api, **form.plan_fields())
-        messages.success(
-            request, f"Added the plan {plan.name}. An admin approves it before consumers can pick it."
-        )
-        return redirect(reverse("portal:provider_api_detail", args=[api.slug]) + "#plans")
+        try:
+            plan = plan_create(api=api, **form.plan_fields())
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(
+                request, f"Added the plan {plan.name}. An admin approves it before consumers can pick it."
+            )
+            return redirect(reverse("portal:provider_api_detail", args=[api.slug]) + "#plans")
     versions = list(api.versions.order_by("-created"))
     version = versions[0] if versions else None
     context = {

@@ -364,6 +364,14 @@ def test_same_title_twice_gets_a_unique_slug(alice):
     assert (first.slug, second.slug) == ("rpc-server-example", "rpc-server-example-2")
 
 
+def test_an_api_titled_import_does_not_hide_the_import_page(alice, client):
+    document = "asyncapi: 3.0.0\ninfo:\n  title: Import\n  version: 1.0.0\nchannels: {}\n"
+    api = api_import(provider=alice, content=document, filename="import.yaml").api
+    assert api.slug == "import-2"
+    client.force_login(alice)
+    assert "Import an AsyncAPI document" in client.get("/provider/apis/import/").content.decode()
+
+
 def test_failure_while_storing_rolls_back_the_new_api(alice, monkeypatch):
     def fail(**kwargs):
         raise RuntimeError("database connection lost")
