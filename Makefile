@@ -33,13 +33,15 @@ demo-data: setup
 	$(PY) manage.py collectstatic --noinput -v 0
 	$(PY) manage.py load_demo
 
+# honcho sets PORT for each process (5000, 5100, ...), so the portal's port travels as EVENTGATE_PORT.
 # Without STRIPE_API_KEY, a local fake Stripe (localstripe) runs as one of the processes.
 run: demo-data
 ifeq ($(STRIPE_API_KEY),)
-	STRIPE_API_KEY=sk_test_localstripe STRIPE_API_BASE=http://127.0.0.1:8420 PORT=$(PORT) \
+	STRIPE_API_KEY=sk_test_localstripe STRIPE_API_BASE=http://127.0.0.1:8420 EVENTGATE_PORT=$(PORT) EVENTGATE_PUBLIC_URL=http://127.0.0.1:$(PORT) \
 	  $(VENV)/bin/honcho start -f Procfile
 else
-	PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile web worker beat demo banner
+	EVENTGATE_PORT=$(PORT) EVENTGATE_PUBLIC_URL=http://127.0.0.1:$(PORT) \
+	  $(VENV)/bin/honcho start -f Procfile web worker beat demo banner
 endif
 
 test: setup /usr/bin/chromium

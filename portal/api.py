@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers, status
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
@@ -68,6 +69,31 @@ def django_errors_as_400() -> Iterator[None]:
         if hasattr(error, "error_dict"):
             raise serializers.ValidationError(error.message_dict) from None
         raise serializers.ValidationError({"non_field_errors": error.messages}) from None
+
+
+class APIRootView(APIView):
+    """``GET /api/v1/``: links to the v1 resources and to the OpenAPI schema and docs."""
+
+    authentication_classes = [BasicAuthentication, SessionAuthentication]
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(
+        responses={200: OpenApiResponse(description="Links to the v1 resources.")}, operation_id="api_root"
+    )
+    def get(self, request: Request) -> Response:
+        def link(name: str) -> str:
+            return request.build_absolute_uri(reverse(name))
+
+        return Response(
+            {
+                "apis": link("api:api_list"),
+                "api_import": link("api:api_import"),
+                "applications": link("api:application_list"),
+                "subscriptions": link("api:subscription_list"),
+                "schema": link("schema"),
+                "docs": link("api-docs"),
+            }
+        )
 
 
 # --- access helpers: the object or 404 ---------------------------------------------------------

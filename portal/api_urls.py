@@ -8,6 +8,7 @@ from portal import api
 
 app_name = "api"
 urlpatterns = [
+    path("", api.APIRootView.as_view(), name="root"),
     path("apis/", api.APIListView.as_view(), name="api_list"),
     path("apis/import", api.APIImportView.as_view(), name="api_import"),
     path("apis/<slug:slug>/", api.APIDetailView.as_view(), name="api_detail"),

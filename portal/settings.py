@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "allauth",
     "allauth.account",
     "portal",
@@ -117,6 +118,9 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Demo: where `manage.py load_demo` writes the demo consumer's fresh API key (read by demo_banner).
+DEMO_CREDENTIALS_PATH = env.path("DEMO_CREDENTIALS_PATH", default=BASE_DIR / "var" / "demo-credentials.json")
+
 # Billing: how long after a period ends (seconds) before it is closed, for late gateway flushes.
 BILLING_GRACE_SECONDS = env.int("BILLING_GRACE_SECONDS", default=3600)
 
@@ -160,6 +164,10 @@ SPECTACULAR_SETTINGS = {
         "API management for event-driven APIs: catalog, applications, subscriptions, usage, invoices."
     ),
     "VERSION": "1.0.0",
+    # Swagger UI and Redoc from the pinned sidecar package, not a CDN (no internet in many sites).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Static files: served by WhiteNoise from daphne.

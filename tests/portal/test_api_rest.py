@@ -252,3 +252,18 @@ def test_openapi_schema_documents_the_v1_endpoints(client):
         "multipart/form-data",
         "application/json",
     }
+
+
+def test_api_root_links_every_resource_and_the_schema(client):
+    response = client.get("/api/v1/")
+    assert response.status_code == 200
+    links = response.json()
+    assert links["apis"] == "http://testserver/api/v1/apis/"
+    assert links["schema"] == "http://testserver/api/schema/"
+    assert client.get("/api/schema/").status_code == 200
+
+
+def test_api_docs_load_swagger_ui_from_this_server_not_a_cdn(client):
+    page = client.get("/api/docs/").content.decode()
+    assert "cdn." not in page and "jsdelivr" not in page
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in page

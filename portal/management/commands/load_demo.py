@@ -30,7 +30,7 @@ from portal.services.subscriptions import api_key_create, api_key_revoke, subscr
 DEMO_PASSWORD = "eventgate-demo"
 DEMO_KEY_NAME = "demo"
 APPLICATION_NAME = "Demo dashboard"
-CREDENTIALS_PATH = Path(settings.BASE_DIR) / "var" / "demo-credentials.json"
+CREDENTIALS_PATH = Path(settings.DEMO_CREDENTIALS_PATH)
 
 
 @dataclass(frozen=True)
