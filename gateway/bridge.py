@@ -84,11 +84,15 @@ def timestamp_json(value: Any) -> str:
 def frame_build(*, event_id: str, channel_fragment: str, published_at: Any, body: bytes) -> str:
     """The client frame for one event, by concatenation around the raw JSON ``body``.
 
-    ``published_at`` is the ``eg-published-at`` header (see ``timestamp_json``).
-    Raises ``UnicodeDecodeError`` if the body is not UTF-8 (RFC 6455 §5.6: text frames are UTF-8).
+    ``published_at`` is the ``eg-published-at`` header (see ``timestamp_json``). The body is
+    parsed once (not re-serialized) so that only one whole JSON value is spliced in: a body such
+    as ``0,"channel":"other"`` could otherwise forge frame fields. Raises ``ValueError`` if the
+    body is not UTF-8 (RFC 6455 §5.6: text frames are UTF-8) or not exactly one JSON value.
     """
+    text = body.decode() if body else "null"
+    json.loads(text)
     head = '{"id":' + _json_str(event_id) + channel_fragment + timestamp_json(published_at)
-    return head + ',"payload":' + (body.decode() if body else "null") + "}"
+    return head + ',"payload":' + text + "}"
 
 
 class Bridge:
@@ -227,8 +231,12 @@ class Bridge:
                 published_at=message.headers.get("eg-published-at"),
                 body=message.body,
             )
-        except UnicodeDecodeError:
-            log.warning("Dropped event %s on %s: body is not UTF-8", message.message_id, message.routing_key)
+        except ValueError:
+            log.warning(
+                "Dropped event %s on %s: body is not one UTF-8 JSON value",
+                message.message_id,
+                message.routing_key,
+            )
             return
         outgoing = {"type": "websocket.send", "text": frame}
         size = len(frame) if frame.isascii() else len(frame.encode())

@@ -2,14 +2,15 @@
 
 ``EventStreamConsumer`` serves ``/ws/<api slug>/<version>/<channel address>``: it authorizes the
 handshake, binds the channel on the broker bridge, accepts, then receives the events the bridge
-fans out. Close codes (RFC 6455 §7.4.1; 1013 from the IANA WebSocket close code registry,
-RFC 6455 §11.7):
+fans out. Refused handshakes (no/unknown/revoked credential, not subscribed, subscription
+pending, unknown API, version or channel, bad parameter) are closed before ``accept``, so daphne
+answers HTTP 403 and no broker resources are created. Once open, connections close with
+application codes from the 4000–4999 range (RFC 6455 §7.4.2): daphne's WebSocket stack refuses
+to send registered codes such as 1008 or 1013, so each mirrors the registered code it stands for:
 
-- refused handshake (no/unknown/revoked credential, not subscribed, subscription pending,
-  unknown API, version or channel, bad parameter): closed before ``accept`` → HTTP 403, no
-  broker resources created;
-- 1008 policy violation: the client sent a data frame (sending is not offered yet);
-- 1013 try again later: RabbitMQ is unreachable, so no events could flow.
+- 4008 (as 1008 policy violation): the client sent a data frame (sending is not offered yet);
+- 4013 (as 1013 try again later): RabbitMQ is unreachable, so no events could flow;
+- 4401 (as HTTP 401): the API key was revoked while the connection was open.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from gateway.auth import Grant, HandshakeRefused, credential_from_scope, handshake_authorize
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
+from gateway.control import api_key_group
 from gateway.metering import get_meter
 
 log = logging.getLogger(__name__)
 
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_POLICY_VIOLATION = 4008
+CLOSE_TRY_AGAIN_LATER = 4013
+CLOSE_REVOKED = 4401
 REASON_NO_CLIENT_EVENTS = "This channel does not accept events from clients."
 REASON_BROKER_DOWN = "Event backbone unavailable; try again later."
 
@@ -76,6 +79,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         self._meter_add = meter.add
         self._subscription_id = grant.subscription_id
         self._channel_template = grant.channel_template
+        await self.channel_layer.group_add(api_key_group(grant.key_id), self.channel_name)
         await self.accept()
         # Attached only once accepted: the bridge never sends on a socket still in the handshake.
         self.bridge.attach(grant.routing_key, grant.address, self)
@@ -86,10 +90,16 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             return
         self.bridge.detach(self.grant.routing_key, self)
         self._bound = False
+        await self.channel_layer.group_discard(api_key_group(self.grant.key_id), self.channel_name)
         await self.bridge.unbind(self.grant.routing_key)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         await self.close(code=CLOSE_POLICY_VIOLATION, reason=REASON_NO_CLIENT_EVENTS)
+
+    async def gateway_revoke(self, event: dict[str, Any]) -> None:
+        """Control message ``gateway.revoke``: this connection's API key was revoked."""
+        log.info("Closing WebSocket of subscription %s: API key revoked", self._subscription_id)
+        await self.close(code=CLOSE_REVOKED, reason="API key revoked.")
 
     async def deliver(self, message: dict[str, Any], size: int, minute: int) -> None:
         """Send one event frame (``gateway.bridge.Subscriber``) and meter it. Hot path: no I/O wait."""

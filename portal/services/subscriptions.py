@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from gateway.control import api_key_revoked_notify
 from portal.models import API, APIKey, Application, BusinessPlan, Subscription, User
 
 
@@ -99,7 +100,9 @@ def api_key_create(*, application: Application, name: str = "default") -> tuple[
 
 
 def api_key_revoke(*, key: APIKey) -> APIKey:
-    """Revoke ``key``; handshakes with it are refused from now on."""
+    """Revoke ``key``: handshakes with it are refused from now on, and once the revocation
+    commits, every gateway process closes the key's open connections (close code 4401)."""
     APIKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    transaction.on_commit(lambda: api_key_revoked_notify(key_id=key.pk))
     key.refresh_from_db()
     return key

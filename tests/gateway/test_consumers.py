@@ -124,7 +124,7 @@ async def test_client_frame_closes_with_policy_violation(stream_api, bob_subscri
     await client.send_to(text_data="hello")
     assert await client.receive_output(timeout=2) == {
         "type": "websocket.close",
-        "code": 1008,
+        "code": 4008,
         "reason": "This channel does not accept events from clients.",
     }
     await client.disconnect()

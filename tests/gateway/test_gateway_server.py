@@ -127,3 +127,63 @@ def test_idle_connection_stays_open_and_receives_later_events(daphne_server, str
             return json.loads(await asyncio.wait_for(client.recv(), timeout=5))
 
     assert asyncio.run(scenario())["payload"] == {"late": 1}, daphne_server.log()
+
+
+def test_client_frame_closes_with_4008_and_leaves_no_metered_ghost(daphne_server, stream_api, bob_subscribed):
+    """A client that sends a frame is closed with 4008; events published afterwards are not
+    delivered to (nor billed for) the closed connection."""
+    url = (
+        f"{daphne_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+    )
+
+    async def scenario() -> int | None:
+        async with connect(url) as client:
+            await client.send("hello")
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(client.recv(), timeout=5)
+        async with EventPublisher() as publisher:
+            for n in range(5):
+                await publisher.publish(
+                    api=stream_api.slug, version="1.0.0", address="prices/ACME", payload=n
+                )
+        return closed.value.rcvd.code if closed.value.rcvd else None
+
+    assert asyncio.run(scenario()) == 4008, daphne_server.log()
+    time.sleep(1.5)  # three flush intervals
+    assert usage_for_subscription(subscription=bob_subscribed.subscription).events == 0
+    assert "Traceback" not in daphne_server.log()
+
+
+def test_revoking_a_key_closes_its_live_connections_with_4401(daphne_server, stream_api, bob_subscribed):
+    from portal.services.subscriptions import api_key_revoke
+
+    url = (
+        f"{daphne_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+    )
+
+    async def scenario() -> int | None:
+        async with connect(url) as client:
+            await asyncio.to_thread(api_key_revoke, key=bob_subscribed.key)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(client.recv(), timeout=5)
+        return closed.value.rcvd.code if closed.value.rcvd else None
+
+    assert asyncio.run(scenario()) == 4401, daphne_server.log()
+
+
+def test_event_body_that_is_not_one_json_value_is_dropped(daphne_server, stream_api, bob_subscribed):
+    """A publisher cannot forge frame fields by splicing: ``0,"id":"spoofed"`` is dropped."""
+    url = (
+        f"{daphne_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+    )
+
+    async def scenario() -> dict:
+        async with connect(url) as client, EventPublisher() as publisher:
+            for body in (b'0,"id":"spoofed"', b'{"unterminated":', b'{"ok":true}'):
+                await publisher.publish(
+                    api=stream_api.slug, version="1.0.0", address="prices/ACME", payload=body
+                )
+            return json.loads(await asyncio.wait_for(client.recv(), timeout=5))
+
+    event = asyncio.run(scenario())
+    assert event["payload"] == {"ok": True} and event["id"] != "spoofed"
