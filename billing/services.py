@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from analytics.services import UsageTotals, usage_for_subscription
 from billing.models import BillingAccount, Invoice, InvoiceLine
@@ -66,17 +67,18 @@ def billing_period_containing(moment: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
+def grace_period() -> timedelta:
+    """How long after a period ends it stays open for late gateway flushes (``BILLING_GRACE_SECONDS``)."""
+    return timedelta(seconds=getattr(settings, "BILLING_GRACE_SECONDS", DEFAULT_GRACE_PERIOD.total_seconds()))
+
+
 def last_closed_period(*, now: datetime, grace: timedelta | None = None) -> tuple[datetime, datetime]:
     """The most recent calendar month (UTC) that ended at least ``grace`` before ``now``.
 
     ``grace`` defaults to ``settings.BILLING_GRACE_SECONDS`` (seconds) or one hour, so usage that
     gateway processes flush late still lands on the invoice.
     """
-    if grace is None:
-        grace = timedelta(
-            seconds=getattr(settings, "BILLING_GRACE_SECONDS", DEFAULT_GRACE_PERIOD.total_seconds())
-        )
-    current_start, _ = billing_period_containing(now - grace)
+    current_start, _ = billing_period_containing(now - (grace if grace is not None else grace_period()))
     return billing_period_containing(current_start - timedelta(days=1))
 
 
@@ -110,7 +112,9 @@ def billable_subscriptions(*, period_start: datetime, period_end: datetime) -> l
     )
 
 
-def invoice_period_close(*, period_start: datetime, period_end: datetime) -> list[Invoice]:
+def invoice_period_close(
+    *, period_start: datetime, period_end: datetime, allow_open: bool = False
+) -> list[Invoice]:
     """Create the invoices of the billing period ``[period_start, period_end)`` (aware datetimes).
 
     One invoice per (billing account, period, currency); a billing account is a consumer user who
@@ -123,11 +127,21 @@ def invoice_period_close(*, period_start: datetime, period_end: datetime) -> lis
     ``unique_invoice_per_period`` constraint, each together with its lines in one transaction, and
     an invoice that already exists is left untouched (issued invoices are immutable).
 
+    A period that has not ended ``grace_period()`` ago is refused: its invoice would be issued
+    (and immutable) before all its usage is in. ``allow_open=True`` closes it anyway (operators'
+    tests and demos; later usage in that period is then never billed).
+
     Returns the invoices this call created (empty when the period was already closed).
-    Raises ``ValueError`` if the bounds are naive or not increasing.
+    Raises ``ValueError`` if the bounds are naive or not increasing, or the period is still open.
     """
     if period_start.tzinfo is None or period_end.tzinfo is None or period_start >= period_end:
         raise ValueError(f"Invalid billing period {period_start!r} – {period_end!r}.")
+    closes_at = period_end + grace_period()
+    if not allow_open and closes_at > timezone.now():
+        raise ValueError(
+            f"The billing period ending {period_end:%Y-%m-%d %H:%M} UTC is still open: it can be closed "
+            f"from {closes_at:%Y-%m-%d %H:%M} UTC, after the grace period for late usage."
+        )
 
     by_owner: dict[int, list[Subscription]] = defaultdict(list)
     for subscription in billable_subscriptions(period_start=period_start, period_end=period_end):

@@ -32,11 +32,13 @@ def invoice_closed_periods_task() -> list[int]:
 
 
 @shared_task
-def invoice_period_task(period_start_iso: str, period_end_iso: str) -> list[int]:
+def invoice_period_task(period_start_iso: str, period_end_iso: str, allow_open: bool = False) -> list[int]:
     """Close the billing period ``[start, end)`` given as ISO 8601 dates or datetimes (UTC if
-    naive); returns the new invoices' ids."""
+    naive); returns the new invoices' ids. See ``invoice_period_close`` for ``allow_open``."""
     invoices = invoice_period_close(
-        period_start=parse_period_bound(period_start_iso), period_end=parse_period_bound(period_end_iso)
+        period_start=parse_period_bound(period_start_iso),
+        period_end=parse_period_bound(period_end_iso),
+        allow_open=allow_open,
     )
     enqueue_stripe_sync()
     return [invoice.pk for invoice in invoices]

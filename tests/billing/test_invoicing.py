@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from billing.models import BillingAccount, Invoice, InvoiceLine
 from billing.services import events_charge, invoice_closed_periods, invoice_period_close, last_closed_period
@@ -228,3 +229,14 @@ def test_users_without_subscriptions_get_no_billing_account(db):
     UserFactory()
     assert close_october() == []
     assert not BillingAccount.objects.exists()
+
+
+def test_a_period_that_has_not_ended_is_refused_unless_closed_early_on_purpose(
+    bob_subscription, record_usage
+):
+    now = timezone.now()
+    start, end = now - timedelta(days=1), now + timedelta(days=1)
+    with pytest.raises(ValueError, match="still open"):
+        invoice_period_close(period_start=start, period_end=end)
+    assert not Invoice.objects.exists()
+    assert len(invoice_period_close(period_start=start, period_end=end, allow_open=True)) == 1

@@ -27,11 +27,18 @@ class Command(BaseCommand):
         parser.add_argument("--start", required=True, help="Period start, e.g. 2026-10-01 (UTC).")
         parser.add_argument("--end", required=True, help="Period end (exclusive), e.g. 2026-11-01 (UTC).")
         parser.add_argument("--sync", action="store_true", help="Push the period's invoices to Stripe now.")
+        parser.add_argument(
+            "--allow-open",
+            action="store_true",
+            help="Close a period that has not ended yet (demos; later usage in it is never billed).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             start, end = parse_period_bound(options["start"]), parse_period_bound(options["end"])
-            created = invoice_period_close(period_start=start, period_end=end)
+            created = invoice_period_close(
+                period_start=start, period_end=end, allow_open=options["allow_open"]
+            )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
 
