@@ -28,21 +28,26 @@ var/.dir:
 /usr/bin/chromium:
 	(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
+# honcho sets PORT for each process (5000, 5100, ...), so the portal's port travels as EVENTGATE_PORT.
+run: export EVENTGATE_PORT := $(PORT)
+run: export EVENTGATE_PUBLIC_URL := http://127.0.0.1:$(PORT)
+# Without STRIPE_API_KEY, a local fake Stripe (localstripe) runs as one of the processes.
+ifeq ($(STRIPE_API_KEY),)
+run: export STRIPE_API_KEY := sk_test_localstripe
+run: export STRIPE_API_BASE := http://127.0.0.1:8420
+RUN_PROCESSES :=
+else
+RUN_PROCESSES := web worker beat demo banner
+endif
+
 demo-data: setup
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v 0
 	$(PY) manage.py load_demo
+	$(PY) manage.py load_demo_billing
 
-# honcho sets PORT for each process (5000, 5100, ...), so the portal's port travels as EVENTGATE_PORT.
-# Without STRIPE_API_KEY, a local fake Stripe (localstripe) runs as one of the processes.
 run: demo-data
-ifeq ($(STRIPE_API_KEY),)
-	STRIPE_API_KEY=sk_test_localstripe STRIPE_API_BASE=http://127.0.0.1:8420 EVENTGATE_PORT=$(PORT) EVENTGATE_PUBLIC_URL=http://127.0.0.1:$(PORT) \
-	  $(VENV)/bin/honcho start -f Procfile
-else
-	EVENTGATE_PORT=$(PORT) EVENTGATE_PUBLIC_URL=http://127.0.0.1:$(PORT) \
-	  $(VENV)/bin/honcho start -f Procfile web worker beat demo banner
-endif
+	$(VENV)/bin/honcho start -f Procfile $(RUN_PROCESSES)
 
 test: setup /usr/bin/chromium
 	$(VENV)/bin/ruff check .
