@@ -78,8 +78,12 @@ TEMPLATES = [
 # Database: PostgreSQL in tests and production (DATABASE_URL), SQLite file by default.
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Several processes (web, worker, demo) share the file under `make run`: wait for locks.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Several processes (web, worker, beat) share the file under `make run`: wait for locks, take
+    # the write lock when a transaction starts (a deferred one that later writes fails at once with
+    # "database is locked"), and let readers go on while one process writes (WAL).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=20, transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Broker: RabbitMQ carries provider events (topic exchange) and Celery tasks.
@@ -152,7 +156,7 @@ AUTH_PASSWORD_VALIDATORS = [
 # OpenAPI schema by drf-spectacular.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.BasicAuthentication",
+        "portal.authentication.RateLimitedBasicAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
