@@ -151,8 +151,11 @@ class PlanForm(forms.Form):
         decimal_places=2,
         initial=Decimal(0),
     )
+    # Not to be confused with the plan's own approval, which every new plan needs.
     requires_approval = forms.BooleanField(
-        required=False, help_text="Subscriptions stay pending until an admin approves them."
+        required=False,
+        label="Subscriptions need an admin's approval",
+        help_text="Consumers who pick this plan wait until an admin approves their subscription.",
     )
 
     def plan_fields(self) -> dict[str, Any]:

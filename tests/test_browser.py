@@ -109,12 +109,20 @@ def browser_context_args():
 @pytest.fixture
 def stock_api(transactional_db, ticker_api):
     """The conftest's Ticker API with documentation a consumer would expect to read."""
-    ticker_api.summary = "Real-time stock prices for every listed symbol."
+    # As the importer stores the demo document: Markdown, wrapped mid-sentence, and a summary
+    # that is the description's first sentence (so the page must not say it twice).
+    ticker_api.summary = "Real-time stock prices for every listed symbol, several ticks per second."
     ticker_api.description = (
-        "Streams a price event for each trade on the exchange.\n\n"
-        "Prices are in USD; timestamps are RFC 3339 in UTC."
+        "Real-time stock prices for every listed symbol, several ticks per\nsecond.\n\n"
+        "**Demo data.** Prices are simulated; the companies are fictional. See\n"
+        "[AsyncAPI](https://www.asyncapi.com/docs) for the document format.\n\n"
+        'Each WebSocket text frame is one event:\n`{"id": "...", "channel": "prices/ACME", '
+        '"published_at": 1764400000.123, "payload": {...}}`.'
     )
     ticker_api.save()
+    channel = ticker_api.versions.get().channels.get()
+    channel.description = "Every trade of the symbol, in **publication order**."
+    channel.save()
     operation = ticker_api.versions.get().channels.get().operations.get()
     operation.summary = "Every trade of the symbol, as it happens."
     operation.messages = [
@@ -157,6 +165,7 @@ def shoot(page: Page, step: str) -> None:
 def test_new_consumer_signs_up_subscribes_and_sees_their_key(page: Page, live_server, stock_api, train_api):
     page.goto(live_server.url + "/")
     expect(page.get_by_role("heading", level=1)).to_contain_text("Live events")
+    expect(page.get_by_test_id("home-example")).to_contain_text("pip install websockets")
     shoot(page, "01-home")
 
     page.get_by_role("link", name="Sign up", exact=True).click()
@@ -181,6 +190,10 @@ def test_new_consumer_signs_up_subscribes_and_sees_their_key(page: Page, live_se
     page.get_by_role("link", name="Ticker").click()
     expect(page.get_by_text("You can receive")).to_be_visible()
     expect(page.locator(".eg-schema", has_text="Last trade price in USD")).to_be_visible()
+    description = page.get_by_test_id("api-description")
+    expect(description.locator("strong")).to_have_text("Demo data.")
+    expect(description.get_by_role("link", name="AsyncAPI")).to_have_attribute("rel", "nofollow noopener")
+    expect(page.get_by_test_id("api-summary")).to_have_count(0)  # the description starts with it
     shoot(page, "06-api")
 
     page.locator(".eg-plan-option", has_text="Free").click()
@@ -191,12 +204,24 @@ def test_new_consumer_signs_up_subscribes_and_sees_their_key(page: Page, live_se
     page.get_by_role("button", name="Generate API key").click()
     secret = page.get_by_test_id("api-key-secret")
     expect(secret).to_have_text(re.compile(r"^eg_[A-Za-z0-9_-]{40}$"))
-    expect(page.locator("#snippet-cli")).to_contain_text("python -m websockets 'ws://")
+    expect(page.locator("#snippet-cli")).to_contain_text(
+        "pip install websockets\npython -m websockets 'ws://"
+    )
     expect(page.locator("[data-live-panel]")).to_be_visible()
+    expect(page.get_by_label("API key")).to_have_value(secret.inner_text())
+    expect(page.get_by_label("Address")).to_have_value("prices/ACME")
     shoot(page, "08-key")
 
     page.reload()
     expect(page.get_by_test_id("api-key-secret")).to_have_count(0)
+    # The live panel stays, and asks for the key instead of knowing it.
+    expect(page.get_by_label("API key")).to_have_value("")
+    page.get_by_role("button", name="GLOBEX").click()
+    expect(page.get_by_label("Address")).to_have_value("prices/GLOBEX")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(page.locator("[data-live-log]")).to_contain_text("Enter an API key of this application first")
+    expect(page.get_by_label("API key")).to_be_focused()
+    shoot(page, "08b-application-live-panel")
     assert Subscription.objects.get(application__owner__email="dana@example.com").status == "active"
 
 
@@ -248,7 +273,16 @@ def test_live_events_arrive_in_the_browser(page: Page, live_server, daphne_serve
     )
 
     expect(page.locator("[data-live-status]")).to_have_text("Connected · 3 events", timeout=10_000)
-    expect(page.locator("[data-live-log]")).to_contain_text('prices/ACME  {"symbol":"ACME","price":133}')
+    newest = page.locator("[data-live-log] li").first
+    expect(newest.locator(".eg-channel")).to_have_text("prices/ACME")
+    expect(newest.locator(".eg-json")).to_have_text('{"symbol": "ACME", "price": 133}')
+
+    # Another symbol: the address field takes any allowed value, and the panel reconnects to it.
+    page.get_by_role("button", name="GLOBEX").click()
+    expect(page.locator("[data-live-status]")).to_have_text("Connected", timeout=10_000)
+    _publish_in_thread(api=slug, address="prices/GLOBEX", payloads=[{"symbol": "GLOBEX", "price": 64.15}])
+    expect(page.locator("[data-live-status]")).to_have_text("Connected · 1 event", timeout=10_000)
+    expect(page.locator("[data-live-log] li").first).to_contain_text('{"symbol": "GLOBEX", "price": 64.15}')
     shoot(page, "09-live-events")
 
 
@@ -290,9 +324,14 @@ def test_consumer_sees_pending_subscription_and_usage(page: Page, live_server, s
     expect(page.locator("canvas").first).to_be_visible()
     shoot(page, "13-usage")
 
+    page.goto(live_server.url + "/apps/999999/")
+    expect(page.get_by_role("heading", name="This page does not exist")).to_be_visible()
+    shoot(page, "14-not-found")
 
-def test_provider_and_admin_pages(page: Page, live_server, stock_api, admin_user, bob):
+
+def test_provider_and_admin_pages(page: Page, live_server, settings, stock_api, admin_user, bob):
     """A provider's import error, API page and plans; an admin's approval queue."""
+    settings.ACCOUNT_ADAPTER = "portal.adapters.AccountAdapter"  # until portal/settings.py sets it
     stock_api.provider.set_password("correct horse battery")
     stock_api.provider.save()
     SubscriptionFactory(
@@ -306,7 +345,7 @@ def test_provider_and_admin_pages(page: Page, live_server, stock_api, admin_user
     page.get_by_label("Email").fill(stock_api.provider.email)
     page.get_by_label("Password").fill("correct horse battery")
     page.get_by_role("button", name="Sign in").click()
-    page.get_by_role("navigation").get_by_role("link", name="Provider").click()
+    expect(page).to_have_url(re.compile(r"/provider/apis/$"))  # providers land on their APIs
     expect(page.get_by_role("heading", name="My APIs")).to_be_visible()
     shoot(page, "20-provider-apis")
 
@@ -320,6 +359,10 @@ def test_provider_and_admin_pages(page: Page, live_server, stock_api, admin_user
 
     page.goto(live_server.url + "/provider/apis/ticker/")
     expect(page.get_by_role("heading", name="Business plans")).to_be_visible()
+    platinum = page.get_by_test_id("plan").filter(has_text="Platinum")
+    expect(platinum).to_contain_text("Awaiting admin approval")
+    expect(platinum).to_contain_text("Hidden from consumers")
+    expect(page.get_by_test_id("api-description").locator("strong")).to_have_text("Demo data.")
     shoot(page, "22-provider-api")
 
     page.context.clear_cookies()
@@ -327,7 +370,7 @@ def test_provider_and_admin_pages(page: Page, live_server, stock_api, admin_user
     page.get_by_label("Email").fill(admin_user.email)
     page.get_by_label("Password").fill("correct horse battery")
     page.get_by_role("button", name="Sign in").click()
-    page.get_by_role("navigation").get_by_role("link", name="Approvals").click()
+    expect(page).to_have_url(re.compile(r"/staff/approvals/$"))  # admins land on the queue
     expect(page.get_by_text("Back office")).to_be_visible()
     shoot(page, "23-approvals")
     page.get_by_role("button", name="Approve").first.click()

@@ -1,14 +1,15 @@
-"""Template helpers for the portal: money in minor units, byte counts, JSON schemas, form fields."""
+"""Template helpers for the portal: Markdown, money in minor units, byte counts, JSON schemas, form fields."""
 
 from __future__ import annotations
 
+import functools
 import json
-import re
 from typing import Any
 
+import nh3
 from django import forms, template
-from django.utils.html import format_html, linebreaks
 from django.utils.safestring import SafeString, mark_safe
+from markdown_it import MarkdownIt
 
 from portal.links import gateway_ws_url
 
@@ -17,8 +18,6 @@ register = template.Library()
 CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
 BYTE_UNITS = ["B", "KB", "MB", "GB", "TB", "PB"]
 COMBINATORS = {"oneOf": "one of", "anyOf": "any of", "allOf": "all of"}
-# A fenced code block in a Markdown description (CommonMark §4.5, backtick fences only).
-CODE_FENCE = re.compile(r"^```[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
 @register.filter
@@ -31,21 +30,73 @@ def money(minor: int | None, currency: str = "usd") -> str:
     return f"{major:,.2f} {(currency or '').upper()}"
 
 
+# Descriptions in AsyncAPI documents are CommonMark (AsyncAPI 3.0 §Info Object, §Channel Object,
+# §Schema Object). Raw HTML is off, so markup in the text is shown as text; nh3 then sanitizes
+# the output anyway, as a second line of defence should a renderer bug let something through.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
+MARKDOWN_TAGS = {
+    "p", "br", "hr", "strong", "em", "code", "pre", "blockquote", "ul", "ol", "li", "a", "img",
+    "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td",
+}  # fmt: skip
+MARKDOWN_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "title"},
+    "ol": {"start"},
+    "th": {"style"},
+    "td": {"style"},
+}
+MARKDOWN_URL_SCHEMES = {"http", "https", "mailto"}
+# A description's "# Heading" sits below the page's <h1> and the section's <h2>: start at <h3>.
+MARKDOWN_HEADING_OFFSET = 2
+
+
+def sanitize_html(html: str, tags: set[str] = MARKDOWN_TAGS) -> SafeString:
+    """``html`` with only ``tags``, no scripts or event handlers, http(s)/mailto URLs only, and
+    ``rel="nofollow noopener"`` on every link (the providers' links are not ours to vouch for)."""
+    clean = nh3.clean(
+        html,
+        tags=tags,
+        attributes=MARKDOWN_ATTRIBUTES,
+        url_schemes=MARKDOWN_URL_SCHEMES,
+        link_rel="nofollow noopener",
+        filter_style_properties={"text-align"},
+    )
+    return mark_safe(clean)  # noqa: S308 - sanitized by nh3 just above
+
+
+@functools.lru_cache(maxsize=1024)
+def render_markdown(text: str) -> SafeString:
+    """CommonMark ``text`` (plus GFM tables) as sanitized HTML; headings start at ``<h3>``."""
+    env: dict[str, Any] = {}
+    tokens = _MARKDOWN.parse(text, env)
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(int(token.tag[1]) + MARKDOWN_HEADING_OFFSET, 6)}"
+    return sanitize_html(_MARKDOWN.renderer.render(tokens, _MARKDOWN.options, env))
+
+
+@functools.lru_cache(maxsize=1024)
+def render_markdown_inline(text: str) -> SafeString:
+    """CommonMark ``text`` as inline HTML (emphasis, code, links) for one-line places."""
+    return sanitize_html(_MARKDOWN.renderInline(text))
+
+
 @register.filter
-def doc_text(value: str | None) -> SafeString:
-    """A Markdown description shown without a Markdown renderer: escaped paragraphs, with
-    fenced code blocks as ``<pre>``. Everything is escaped; nothing in ``value`` becomes markup."""
-    text = value or ""
-    parts: list[str] = []
-    position = 0
-    for match in CODE_FENCE.finditer(text):
-        if text[position : match.start()].strip():
-            parts.append(linebreaks(text[position : match.start()].strip(), autoescape=True))
-        parts.append(format_html('<pre class="eg-pre eg-wrap my-3">{}</pre>', match.group(1).rstrip("\n")))
-        position = match.end()
-    if text[position:].strip():
-        parts.append(linebreaks(text[position:].strip(), autoescape=True))
-    return mark_safe("".join(parts))  # noqa: S308 - every part above is escaped
+def markdown(value: str | None) -> SafeString:
+    """A Markdown description as sanitized HTML paragraphs, lists, code blocks and tables."""
+    return render_markdown(value or "")
+
+
+@register.filter
+def markdown_inline(value: str | None) -> SafeString:
+    """A one-line Markdown text (a summary, a field description) as sanitized inline HTML."""
+    return render_markdown_inline(value or "")
+
+
+@register.filter
+def markdown_text(value: str | None) -> SafeString:
+    """A one-line Markdown text without its markup, for places that are links themselves (cards)."""
+    return sanitize_html(render_markdown_inline(value or ""), tags=set())
 
 
 @register.filter

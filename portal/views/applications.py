@@ -16,11 +16,14 @@ from portal.forms import ApplicationForm, add_service_errors
 from portal.links import gateway_ws_url
 from portal.models import APIKey, Application, Channel, Subscription
 from portal.services.subscriptions import api_key_create, api_key_revoke, application_create
+from portal.templatetags.eventgate import parameter_enum
 
 # The secret of a just-generated key waits here for exactly one page view, then is deleted.
 NEW_KEY_SESSION_KEY = "eventgate:new-api-key:{application_id}"
 # APIs can have hundreds of channels; the live-events picker offers the first ones.
 MAX_LIVE_TARGETS = 50
+# Parameters can have hundreds of allowed values; the address field suggests the first ones.
+MAX_HINTS_PER_PARAMETER = 12
 
 
 def _get_application_for_user(request: HttpRequest, pk: int) -> Application:
@@ -34,17 +37,54 @@ def _get_api_key_for_user(request: HttpRequest, application: Application, key_id
 
 
 @dataclass(frozen=True)
+class AddressHint:
+    """One allowed value of a channel parameter and the concrete address that uses it."""
+
+    parameter: str
+    value: str
+    address: str
+
+
+@dataclass(frozen=True)
 class LiveTarget:
-    """A channel a subscribed application can connect to, with a concrete example address."""
+    """A receivable channel of one of the application's subscriptions, ready to connect to.
+
+    ``base_url`` is the gateway URL up to the channel address (``ws://…/ws/<api>/<version>/``);
+    the page appends an address and the key the user enters, so no key is ever needed here.
+    """
 
     subscription: Subscription
+    version: str
     channel: Channel
     address: str
-    url: str
+    hints: list[AddressHint]
+
+    @property
+    def base_url(self) -> str:
+        return gateway_ws_url(api_slug=self.subscription.api.slug, version=self.version, address="")
+
+    def url(self, secret: str) -> str:
+        """The full WebSocket URL of the example address, carrying ``secret``."""
+        return gateway_ws_url(
+            api_slug=self.subscription.api.slug, version=self.version, address=self.address, secret=secret
+        )
 
 
-def _live_targets(application: Application, secret: str) -> list[LiveTarget]:
-    """Receivable channels of the application's live subscriptions, active ones first."""
+def _address_hints(channel: Channel) -> list[AddressHint]:
+    """Concrete addresses for the first enum values of each parameter (the others at their example)."""
+    hints = []
+    for name, spec in channel.parameters.items():
+        for value in parameter_enum(spec)[:MAX_HINTS_PER_PARAMETER]:
+            # Fill this parameter; the model fills the others as it does for the example address.
+            partial = Channel(
+                address=channel.address.replace(f"{{{name}}}", str(value)), parameters=channel.parameters
+            )
+            hints.append(AddressHint(parameter=name, value=str(value), address=partial.example_address()))
+    return hints
+
+
+def _live_targets(application: Application) -> list[LiveTarget]:
+    """Receivable channels of the application's active and pending subscriptions, active first."""
     targets = []
     subscriptions = application.subscriptions.filter(
         status__in=[Subscription.Status.ACTIVE, Subscription.Status.PENDING]
@@ -53,13 +93,18 @@ def _live_targets(application: Application, secret: str) -> list[LiveTarget]:
         version = subscription.api.latest_version()
         if version is None:
             continue
-        channels = list(version.channels.prefetch_related("operations"))
-        for channel in sorted(channels, key=lambda c: not c.can_receive):
-            address = channel.example_address()
-            url = gateway_ws_url(
-                api_slug=subscription.api.slug, version=version.version, address=address, secret=secret
+        for channel in version.channels.prefetch_related("operations"):
+            if not channel.can_receive:
+                continue
+            targets.append(
+                LiveTarget(
+                    subscription=subscription,
+                    version=version.version,
+                    channel=channel,
+                    address=channel.example_address(),
+                    hints=_address_hints(channel),
+                )
             )
-            targets.append(LiveTarget(subscription=subscription, channel=channel, address=address, url=url))
     return targets[:MAX_LIVE_TARGETS]
 
 
@@ -89,19 +134,23 @@ def application_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    """Subscriptions and keys of one application; shows a new key's secret once."""
+    """Subscriptions and keys of one application, and the live-events console; shows a new
+    key's secret once (the console takes it from the page, never from the server)."""
     application = _get_application_for_user(request, pk)
     secret = request.session.pop(NEW_KEY_SESSION_KEY.format(application_id=application.pk), None)
     subscriptions = application.subscriptions.select_related("api", "plan")
-    targets = _live_targets(application, secret) if secret else []
+    targets = _live_targets(application)
+    first_target = targets[0] if targets else None
     context = {
         "application": application,
         "subscriptions": subscriptions,
         "has_live_subscription": any(s.status in ("active", "pending") for s in subscriptions),
         "keys": application.api_keys.all(),
         "secret": secret,
-        "targets": targets,
-        "first_target": targets[0] if targets else None,
+        "snippet_url": first_target.url(secret) if first_target and secret else "",
+        "first_target": first_target,
+        # The console only offers what the gateway would accept: active subscriptions.
+        "live_targets": [t for t in targets if t.subscription.status == Subscription.Status.ACTIVE],
     }
     return render(request, "portal/application_detail.html", context)
 

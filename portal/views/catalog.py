@@ -11,8 +11,15 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from portal.forms import NEW_APPLICATION, SubscribeForm, add_service_errors
+from portal.links import gateway_ws_url
 from portal.models import API, APIVersion, BusinessPlan, Channel, Operation, Subscription
 from portal.services.subscriptions import application_create, subscription_create
+
+# The demo API that `make run` loads (portal/demo/stock-prices.asyncapi.yaml); the home page's
+# terminal example connects to it.
+DEMO_API_SLUG = "stock-prices"
+DEMO_API_VERSION = "1.0.0"
+DEMO_ADDRESS = "prices/ACME"
 
 
 def _get_published_api(slug: str) -> API:
@@ -29,9 +36,24 @@ def channels_of(version: APIVersion) -> list[Channel]:
     )
 
 
+def summary_repeats_description(api: API) -> bool:
+    """Whether the API's description starts with its summary, so showing both says it twice.
+
+    The importer takes the summary from the description's first sentence with its line breaks
+    collapsed (``first_sentence``), and cuts long ones with "…"; compare the same way.
+    """
+    summary = " ".join(api.summary.rstrip("…").split())
+    return bool(summary) and " ".join(api.description.split()).startswith(summary)
+
+
 def home(request: HttpRequest) -> HttpResponse:
     featured = API.objects.published().order_by("-created")[:3]
-    return render(request, "portal/home.html", {"featured": featured})
+    context = {
+        "featured": featured,
+        "example_url": gateway_ws_url(api_slug=DEMO_API_SLUG, version=DEMO_API_VERSION, address=DEMO_ADDRESS),
+        "demo_api": API.objects.published().filter(slug=DEMO_API_SLUG).first(),
+    }
+    return render(request, "portal/home.html", context)
 
 
 def api_list(request: HttpRequest) -> HttpResponse:
@@ -77,8 +99,7 @@ def api_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
     context = {
         "api": api,
-        # The importer takes the summary from the description's first sentence; say it once.
-        "summary_repeats_description": api.description.strip().startswith(api.summary.rstrip("…").strip()),
+        "summary_repeats_description": summary_repeats_description(api),
         "version": version,
         "versions": versions,
         "channels": channels_of(version),

@@ -17,7 +17,7 @@ from portal.forms import ImportForm, PlanForm, add_service_errors
 from portal.models import API, APIVersion, Subscription
 from portal.services.apis import api_import, api_publish
 from portal.services.subscriptions import plan_create
-from portal.views.catalog import channels_of
+from portal.views.catalog import channels_of, summary_repeats_description
 from portal.views.decorators import provider_required
 
 
@@ -36,7 +36,8 @@ def provider_api_list(request: HttpRequest) -> HttpResponse:
         API.objects.filter(provider=request.user)
         .prefetch_related(Prefetch("versions", queryset=APIVersion.objects.order_by("-created")))
         .annotate(
-            plan_count=Count("plans", distinct=True),
+            approved_plan_count=Count("plans", filter=Q(plans__is_approved=True), distinct=True),
+            awaiting_plan_count=Count("plans", filter=Q(plans__is_approved=False), distinct=True),
             subscriber_count=Count(
                 "subscriptions", filter=Q(subscriptions__status=Subscription.Status.ACTIVE), distinct=True
             ),
@@ -68,11 +69,17 @@ def provider_api_import(request: HttpRequest) -> HttpResponse:
             form.add_error(None, error)
         else:
             channel_count = version.channels.count()
-            messages.success(
-                request,
+            imported = (
                 f"Imported {version.api.name} {version.version} with {channel_count} "
-                f"channel{pluralize(channel_count)}. Check them, add a plan, then publish.",
+                f"channel{pluralize(channel_count)} as a draft. Check the channels below, then publish "
+                "the version to list it in the catalog."
             )
+            if not version.api.plans.filter(is_approved=True).exists():
+                imported += (
+                    " Consumers can subscribe once an admin has approved one of your plans; publishing "
+                    "and plan approval are independent, in either order."
+                )
+            messages.success(request, imported)
             return redirect("portal:provider_api_detail", slug=version.api.slug)
     context = {"form": form, "api": api, "import_error": import_error}
     return render(request, "portal/provider/api_import.html", context)
@@ -95,16 +102,24 @@ def provider_api_detail(request: HttpRequest, slug: str) -> HttpResponse:
             return redirect(reverse("portal:provider_api_detail", args=[api.slug]) + "#plans")
     versions = list(api.versions.order_by("-created"))
     version = versions[0] if versions else None
-    context = {
-        "api": api,
-        "versions": versions,
-        "version": version,
-        "channels": channels_of(version) if version else [],
-        "plans": api.plans.annotate(
+    plans = list(
+        api.plans.annotate(
             subscriber_count=Count(
                 "subscriptions", filter=Q(subscriptions__status=Subscription.Status.ACTIVE)
             )
-        ),
+        )
+    )
+    context = {
+        "api": api,
+        "summary_repeats_description": summary_repeats_description(api),
+        "versions": versions,
+        "version": version,
+        "channels": channels_of(version) if version else [],
+        "plans": plans,
+        # Consumers see the API once a version is published, and can subscribe once a plan is approved.
+        "is_listed": api.status == API.Status.PUBLISHED
+        and any(v.status == APIVersion.Status.PUBLISHED for v in versions),
+        "has_approved_plan": any(plan.is_approved for plan in plans),
         "form": form,
     }
     return render(request, "portal/provider/api_detail.html", context)
@@ -120,5 +135,11 @@ def provider_version_publish(request: HttpRequest, slug: str, version_id: int) -
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
     else:
-        messages.success(request, f"Published {api.name} {version.version}. It is now in the catalog.")
+        if api.plans.filter(is_approved=True).exists():
+            next_step = "Consumers can subscribe to its approved plans."
+        else:
+            next_step = "Consumers can subscribe once an admin has approved one of its plans."
+        messages.success(
+            request, f"Published {api.name} {version.version}: it is in the catalog. {next_step}"
+        )
     return redirect("portal:provider_api_detail", slug=api.slug)

@@ -7,13 +7,17 @@ import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import RequestFactory
+from django.views.defaults import permission_denied, server_error
 
-from portal.models import API, APIKey, APIVersion, Application, BusinessPlan, Subscription
+from portal.models import API, APIKey, APIVersion, Application, BusinessPlan, Operation, Subscription
 from tests.factories import (
     APIFactory,
     APIVersionFactory,
     ApplicationFactory,
     BusinessPlanFactory,
+    ChannelFactory,
+    OperationFactory,
     SubscriptionFactory,
     UserFactory,
 )
@@ -68,8 +72,36 @@ def bob_app(bob):
     return ApplicationFactory(owner=bob, name="Bob's dashboard")
 
 
+@pytest.fixture
+def account_adapter(settings):
+    """The portal's allauth adapter, until ``ACCOUNT_ADAPTER`` is set in portal/settings.py."""
+    settings.ACCOUNT_ADAPTER = "portal.adapters.AccountAdapter"
+
+
 def _content(response) -> str:
     return response.content.decode()
+
+
+def _live_key_field(page: str) -> str:
+    """The live-events panel's key <input> tag."""
+    return re.search(r'<input[^>]*id="live-key"[^>]*>', page).group(0)
+
+
+# Home
+
+
+def test_home_example_connects_to_the_demo_api_and_shows_the_gateways_frame(client, db):
+    page = _content(client.get("/"))
+    assert "$ pip install websockets\n$ python -m websockets " in page
+    assert "'ws://127.0.0.1:8000/ws/stock-prices/1.0.0/prices/ACME?access_token=eg_…'" in page
+    # The frame as gateway/bridge.py builds it (compact JSON), wrappable after each comma.
+    frame = '{"id":"…","channel":"prices/ACME","published_at":1764400000.123,"payload":{"symbol":"ACME",'
+    assert frame in page.replace("<wbr>", "")
+    assert "/ws/ticker/" not in page and '"ts"' not in page
+
+
+def test_footer_has_no_link_to_the_raw_health_endpoint(client, db):
+    assert 'href="/healthz"' not in _content(client.get("/"))
 
 
 # Catalog
@@ -149,9 +181,84 @@ def test_code_blocks_in_the_description_are_preformatted_and_escaped(client, tic
     ticker_api.description = "Try it:\n\n```bash\nwebsocat 'ws://x/<b>'\n```\n\nThen enjoy."
     ticker_api.save()
     page = _content(client.get("/apis/ticker/"))
-    assert "websocat &#x27;ws://x/&lt;b&gt;&#x27;</pre>" in page
+    assert "<pre><code>websocat 'ws://x/&lt;b&gt;'\n</code></pre>" in page
     assert "```" not in page
     assert "<p>Then enjoy.</p>" in page
+
+
+def test_api_description_is_rendered_as_markdown(client, ticker_api):
+    ticker_api.description = (
+        "**Demo data.** Prices are\nsimulated; see [the docs](https://example.com/docs).\n\n"
+        "Connect to `prices/{symbol}`.\n\n# Frames"
+    )
+    ticker_api.save()
+    page = _content(client.get("/apis/ticker/"))
+    assert "<strong>Demo data.</strong> Prices are\nsimulated" in page  # a soft break, not a <br>
+    assert '<a href="https://example.com/docs" rel="nofollow noopener">the docs</a>' in page
+    assert "<code>prices/{symbol}</code>" in page
+    assert "<h3>Frames</h3>" in page  # below the page's own <h1> and <h2>
+    assert "**" not in page and "`" not in page
+
+
+def test_channel_operation_and_field_descriptions_are_rendered_as_markdown(client, ticker_api):
+    channel = ticker_api.versions.get().channels.get()
+    channel.description = "Every trade of **one** symbol."
+    channel.save()
+    operation = channel.operations.get()
+    operation.summary = "Ticks in `publication` order."
+    operation.messages = [
+        {
+            "name": "tick",
+            "title": "Tick",
+            "summary": "One *trade*.",
+            "content_type": "application/json",
+            "payload": {
+                "type": "object",
+                "properties": {"price": {"type": "number", "description": "In `currency`."}},
+            },
+        }
+    ]
+    operation.save()
+    page = _content(client.get("/apis/ticker/"))
+    assert "<p>Every trade of <strong>one</strong> symbol.</p>" in page
+    assert "Ticks in <code>publication</code> order." in page
+    assert "One <em>trade</em>." in page
+    assert "In <code>currency</code>." in page
+
+
+def test_markup_in_descriptions_never_reaches_the_api_page(client, ticker_api):
+    attack = (
+        "<script>alert(1)</script> [click](javascript:alert(2)) <img src=x onerror=alert(3)>\n\n"
+        "<javascript:alert(4)> [again](JaVaScRiPt:alert(5))"
+    )
+    ticker_api.description = attack
+    ticker_api.save()
+    channel = ticker_api.versions.get().channels.get()
+    channel.description = attack
+    channel.save()
+    channel.operations.update(summary=attack)
+
+    page = _content(client.get("/apis/ticker/"))
+
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown as the text it is
+    assert not re.search(r'href="\s*javascript:', page, re.IGNORECASE)
+    assert not re.search(r"<[a-z][^>]*\son[a-z]+=", page, re.IGNORECASE)  # no event handler on any tag
+
+
+def test_summary_is_not_repeated_when_the_description_starts_with_it(client, ticker_api):
+    # As the importer makes it: the first sentence, with the description's line break collapsed.
+    ticker_api.summary = "Live price ticks for eight fictional equities, several per second."
+    ticker_api.description = "Live price ticks for eight fictional\nequities, several per second. More."
+    ticker_api.save()
+    assert 'data-testid="api-summary"' not in _content(client.get("/apis/ticker/"))
+
+    ticker_api.summary = "Stock prices, live."
+    ticker_api.save()
+    page = _content(client.get("/apis/ticker/"))
+    assert (
+        '<p class="lead text-body-secondary mb-3" data-testid="api-summary">Stock prices, live.</p>' in page
+    )
 
 
 def test_anonymous_visitor_is_asked_to_sign_up_to_subscribe(client, ticker_api):
@@ -175,6 +282,11 @@ def test_anonymous_subscribe_goes_to_sign_in(client, free):
 def test_applications_page_invites_to_create_the_first_one(client, bob):
     client.force_login(bob)
     assert "No applications yet" in _content(client.get("/apps/"))
+
+
+def test_empty_applications_page_offers_one_way_to_the_catalog(client, bob):
+    client.force_login(bob)
+    assert _content(client.get("/apps/")).count(">Browse APIs</a>") == 1
 
 
 def test_create_application(client, bob):
@@ -252,12 +364,50 @@ def test_generated_key_is_shown_once_with_ready_to_run_snippets(client, bob, bob
     secret = SECRET.search(page).group(0)
     assert APIKey.objects.for_secret(secret).application == bob_app
     url = f"ws://127.0.0.1:8000/ws/ticker/1.0.0/prices/ACME?access_token={secret}"
-    assert f"python -m websockets '{url}'" in page
+    # A new user has no websockets package: the copied snippet installs it first.
+    assert f"pip install websockets\npython -m websockets '{url}'" in page
     assert f'new WebSocket("{url}")' in page
     assert "data-live-panel" in page
     again = _content(client.get(f"/apps/{bob_app.pk}/"))
     assert secret not in again
     assert secret[:11] in again  # the key is still listed by its prefix
+
+
+def test_live_panel_is_on_the_application_page_without_a_new_key(client, bob, bob_app, free):
+    SubscriptionFactory(application=bob_app, plan=free)
+    version = free.api.versions.get()
+    send_only = ChannelFactory(api_version=version, key="orders", address="orders/new", parameters={})
+    OperationFactory(channel=send_only, action=Operation.Action.SEND)
+    client.force_login(bob)
+
+    page = _content(client.get(f"/apps/{bob_app.pk}/"))
+
+    assert "data-live-panel" in page
+    assert 'value=""' in _live_key_field(page)  # the user pastes their key; the server has none
+    assert "access_token=" not in page
+    assert 'data-base-url="ws://127.0.0.1:8000/ws/ticker/1.0.0/"' in page
+    assert re.search(r'<input[^>]*id="live-address"[^>]*value="prices/ACME"', page)
+    assert 'data-live-hint="prices/GLOBEX"' in page  # the parameter's other allowed values
+    assert "Ticker · prices/{symbol}</option>" in page
+    assert "orders/new</option>" not in page  # nothing to receive there
+
+
+def test_live_panel_carries_the_key_just_generated(client, bob, bob_app, free):
+    SubscriptionFactory(application=bob_app, plan=free)
+    client.force_login(bob)
+    page = _content(client.post(f"/apps/{bob_app.pk}/keys/", follow=True))
+    secret = SECRET.search(page).group(0)
+    assert f'value="{secret}"' in _live_key_field(page)
+    again = _content(client.get(f"/apps/{bob_app.pk}/"))
+    assert 'value=""' in _live_key_field(again)
+
+
+@pytest.mark.parametrize("status", [None, Subscription.Status.PENDING, Subscription.Status.REJECTED])
+def test_live_panel_needs_an_active_subscription(client, bob, bob_app, gold, status):
+    if status:
+        SubscriptionFactory(application=bob_app, plan=gold, status=status)
+    client.force_login(bob)
+    assert "data-live-panel" not in _content(client.get(f"/apps/{bob_app.pk}/"))
 
 
 def test_snippet_uses_the_public_url_from_settings(client, settings, bob, bob_app, free):
@@ -337,6 +487,46 @@ def test_provider_imports_a_document_sees_its_channels_and_publishes(client, ali
 
     assert "Train departures" in _content(client.get("/apis/"))
     assert "stations/{station}/departures" in _content(client.get(f"/apis/{api.slug}/"))
+
+
+def test_provider_is_told_that_plans_need_approval_whether_or_not_the_api_is_published(client, alice):
+    client.force_login(alice)
+    page = _content(client.post("/provider/apis/import/", {"content": TRAINS_YAML.decode()}, follow=True))
+    assert "add a plan, then publish" not in page
+    assert "Consumers can subscribe once an admin has approved one of your plans" in page
+    assert "Not in the catalog yet" in page and "No plan to subscribe to yet" in page
+
+    api = API.objects.get(provider=alice)
+    response = client.post(
+        f"/provider/apis/{api.slug}/versions/{api.versions.get().pk}/publish/", follow=True
+    )
+    page = _content(response)
+    assert (
+        "it is in the catalog. Consumers can subscribe once an admin has approved one of its plans." in page
+    )
+    assert "Listed in the catalog" in page and "No plan to subscribe to yet" in page
+
+
+def test_provider_page_shows_each_plans_approval_state(client, alice, ticker_api):
+    BusinessPlanFactory(api=ticker_api, name="Platinum", is_approved=False)
+    client.force_login(alice)
+    page = _content(client.get("/provider/apis/ticker/"))
+    plans = dict(
+        re.findall(r'<span class="fw-semibold">(\w+)</span>\s*<span class="badge [^"]*">([^<]+)<', page)
+    )
+    assert plans == {"Free": "Approved", "Gold": "Approved", "Platinum": "Awaiting admin approval"}
+    assert "Hidden from consumers until an admin approves it." in page
+    assert "Open for subscriptions" in page
+    assert "1 awaiting admin approval" in _content(client.get("/provider/apis/"))
+
+
+def test_provider_page_renders_the_description_as_markdown(client, alice, ticker_api):
+    ticker_api.description = "**Demo data.** <script>alert(1)</script>"
+    ticker_api.save()
+    client.force_login(alice)
+    page = _content(client.get("/provider/apis/ticker/"))
+    assert "<strong>Demo data.</strong>" in page
+    assert "<script>alert" not in page
 
 
 def test_provider_imports_a_pasted_document(client, alice):
@@ -422,7 +612,7 @@ def test_provider_adds_a_plan_that_waits_for_approval(client, alice, ticker_api)
         25,
     )
     assert plan.requires_approval and not plan.is_approved
-    assert "awaiting admin approval" in _content(client.get("/provider/apis/ticker/"))
+    assert "Awaiting admin approval" in _content(client.get("/provider/apis/ticker/"))
     assert "Platinum" not in _content(client.get("/apis/ticker/"))
 
 
@@ -534,3 +724,52 @@ def test_other_account_pages_render_in_the_portal_layout(client, bob):
         response = client.get(url)
         assert response.status_code == 200, url
         assert "eg-navbar" in _content(response), url
+
+
+@pytest.mark.parametrize(
+    ("persona", "landing"),
+    [("bob", "/apps/"), ("alice", "/provider/apis/"), ("admin_user", "/staff/approvals/")],
+)
+def test_sign_in_lands_on_the_page_for_the_users_role(client, account_adapter, request, persona, landing):
+    user = request.getfixturevalue(persona)
+    response = client.post("/accounts/login/", {"login": user.email, "password": "correct horse battery"})
+    assert response.status_code == 302
+    assert response["Location"] == landing
+
+
+@pytest.mark.parametrize("persona", ["bob", "alice", "admin_user"])
+def test_sign_in_returns_to_the_page_it_started_from(client, account_adapter, request, persona, ticker_api):
+    user = request.getfixturevalue(persona)
+    response = client.post(
+        "/accounts/login/",
+        {"login": user.email, "password": "correct horse battery", "next": "/apis/ticker/"},
+    )
+    assert response["Location"] == "/apis/ticker/"
+
+
+# Error pages
+
+
+def test_unknown_page_is_a_404_in_the_portal_layout(client, bob):
+    client.force_login(bob)
+    response = client.get("/no-such-page/")
+    assert response.status_code == 404
+    page = _content(response)
+    assert "This page does not exist" in page
+    assert "eg-navbar" in page and "bob@example.com" in page
+
+
+def test_403_page_is_in_the_portal_layout(rf: RequestFactory, bob):
+    request = rf.get("/somewhere/")
+    request.user = bob
+    response = permission_denied(request, PermissionError("no"))
+    assert response.status_code == 403
+    page = _content(response)
+    assert "You cannot open this page" in page and "eg-navbar" in page
+
+
+def test_500_page_renders_without_a_request_context(rf: RequestFactory, db):
+    response = server_error(rf.get("/"))
+    assert response.status_code == 500
+    page = _content(response)
+    assert "Something went wrong on our side" in page and "eg-navbar" in page
