@@ -136,17 +136,23 @@ class PlanForm(forms.Form):
 
     name = forms.CharField(max_length=100, widget=forms.TextInput(attrs={"placeholder": "e.g. Gold"}))
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    # Upper bounds keep minor units inside the model's integer columns (PositiveIntegerField:
+    # 2,147,483,647 cents; PositiveBigIntegerField for events).
     flat_fee = forms.DecimalField(
         label="Flat fee per month ($)",
         min_value=Decimal(0),
+        max_value=Decimal("1000000.00"),
         max_digits=10,
         decimal_places=2,
         initial=Decimal(0),
     )
-    included_events = forms.IntegerField(label="Included events per month", min_value=0, initial=0)
+    included_events = forms.IntegerField(
+        label="Included events per month", min_value=0, max_value=10**15, initial=0
+    )
     price_per_1000_events = forms.DecimalField(
         label="Price per 1,000 further events ($)",
         min_value=Decimal(0),
+        max_value=Decimal("100000.00"),
         max_digits=10,
         decimal_places=2,
         initial=Decimal(0),

@@ -61,7 +61,10 @@ def api_list(request: HttpRequest) -> HttpResponse:
     apis = API.objects.published().prefetch_related(
         Prefetch(
             "versions",
+            # The stored document and source can be megabytes: never load them for a list (and on
+            # SQLite, GROUP BY would include them and take seconds).
             queryset=APIVersion.objects.filter(status=APIVersion.Status.PUBLISHED)
+            .defer("document", "source")
             .annotate(channel_count=Count("channels"))
             .order_by("-created"),
             to_attr="published_versions",
@@ -80,7 +83,11 @@ def api_list(request: HttpRequest) -> HttpResponse:
 def api_detail(request: HttpRequest, slug: str) -> HttpResponse:
     """An API's documentation, plans and subscribe form; POST subscribes an application."""
     api = _get_published_api(slug)
-    versions = list(api.versions.filter(status=APIVersion.Status.PUBLISHED).order_by("-created"))
+    versions = list(
+        api.versions.filter(status=APIVersion.Status.PUBLISHED)
+        .defer("document", "source")
+        .order_by("-created")
+    )
     version = versions[0]
     if requested := request.GET.get("version"):
         version = next((v for v in versions if v.version == requested), None)

@@ -626,6 +626,25 @@ def test_duplicate_plan_name_is_a_form_error(client, alice, ticker_api):
     assert "already has a plan called" in _content(response)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("flat_fee", "99999999.99"), ("included_events", "9" * 30), ("price_per_1000_events", "-1")],
+)
+def test_out_of_range_plan_prices_are_form_errors_not_500s(client, alice, ticker_api, field, value):
+    client.force_login(alice)
+    data = {
+        "name": "Huge",
+        "flat_fee": "1",
+        "included_events": "0",
+        "price_per_1000_events": "0",
+        field: value,
+    }
+    response = client.post("/provider/apis/ticker/", data)
+    assert response.status_code == 200
+    assert not BusinessPlan.objects.filter(name="Huge").exists()
+    assert "Ensure this value is" in _content(response)
+
+
 # Approvals
 
 
