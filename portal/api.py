@@ -11,19 +11,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers, status
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.asyncapi import AsyncAPIError
+from portal.asyncapi import MAX_DOCUMENT_BYTES, AsyncAPIError, DocumentTooLargeError, check_document_size
+from portal.authentication import RateLimitedBasicAuthentication
 from portal.models import API, APIVersion, Application, Channel, Operation, Subscription, User
 from portal.serializers import (
     APIDetailSerializer,
@@ -46,10 +49,11 @@ from portal.services.subscriptions import api_key_create, application_create, su
 class V1View(APIView):
     """Base of the v1 views: HTTP Basic (email + password) or session authentication.
 
-    Basic comes first so an unauthenticated request gets 401 with ``WWW-Authenticate``.
+    Basic comes first so an unauthenticated request gets 401 with ``WWW-Authenticate``; failed
+    passwords count against the same rate limit as the sign-in page (``portal.authentication``).
     """
 
-    authentication_classes = [BasicAuthentication, SessionAuthentication]
+    authentication_classes = [RateLimitedBasicAuthentication, SessionAuthentication]
     permission_classes = [permissions.IsAuthenticated]
 
 
@@ -74,7 +78,7 @@ def django_errors_as_400() -> Iterator[None]:
 class APIRootView(APIView):
     """``GET /api/v1/``: links to the v1 resources and to the OpenAPI schema and docs."""
 
-    authentication_classes = [BasicAuthentication, SessionAuthentication]
+    authentication_classes = [RateLimitedBasicAuthentication, SessionAuthentication]
     permission_classes = [permissions.AllowAny]
 
     @extend_schema(
@@ -149,7 +153,12 @@ class APIDetailView(V1View):
 
 
 class APIImportView(V1View):
-    """Import an AsyncAPI 2.0–2.6, 3.0 or 3.1 document (YAML or JSON) as a draft API or version."""
+    """Import an AsyncAPI 2.0–2.6, 3.0 or 3.1 document (YAML or JSON) as a draft API or version.
+
+    Every refusal answers ``{"error", "pointer", "line", "file"}``: 400 for a bad document, 413
+    for one over ``MAX_DOCUMENT_BYTES`` or a request body over Django's
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (which would otherwise be Django's HTML 400 page).
+    """
 
     permission_classes = [IsProvider]
     parser_classes = [MultiPartParser, FormParser, JSONParser]
@@ -165,6 +174,11 @@ class APIImportView(V1View):
             400: OpenApiResponse(
                 APIImportErrorSerializer, description="The document was refused; nothing was stored."
             ),
+            413: OpenApiResponse(
+                APIImportErrorSerializer,
+                description=f"The document is over {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB, or the request "
+                "body over the server's limit; nothing was stored.",
+            ),
         },
     )
     def post(self, request: Request) -> Response:
@@ -177,16 +191,42 @@ class APIImportView(V1View):
             upload = APIImportUploadSerializer(data=request.data)
             upload.is_valid(raise_exception=True)
             file = upload.validated_data["file"]
-            content, filename, slug = file.read(), file.name, upload.validated_data.get("api")
+            filename, slug = file.name, upload.validated_data.get("api")
+            try:
+                check_document_size(file.size)  # before reading a huge upload into memory
+            except AsyncAPIError as error:
+                error.filename = filename
+                return _import_error(error)
+            content = file.read()
         api = _get_api_for_owner(request.user, slug) if slug else None
         try:
             version = api_import(provider=request.user, content=content, filename=filename, api=api)
         except AsyncAPIError as error:
-            return Response(
-                APIImportErrorSerializer(error.as_dict()).data, status=status.HTTP_400_BAD_REQUEST
-            )
+            return _import_error(error)
         version = APIVersion.objects.prefetch_related(_channels_prefetch()).get(pk=version.pk)
         return Response(APIVersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # Django raises this while reading a body over DATA_UPLOAD_MAX_MEMORY_SIZE (JSON or form
+        # fields; files do not count), from request.data or the session's CSRF check.
+        if isinstance(exc, RequestDataTooBig):
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0
+            return _import_error(
+                DocumentTooLargeError(
+                    f"the request body is larger than the {limit / (1024 * 1024):g} MB this server reads; "
+                    f"documents may be up to {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB, so upload a large one "
+                    "as a multipart file"
+                )
+            )
+        return super().handle_exception(exc)
+
+
+def _import_error(error: AsyncAPIError) -> Response:
+    too_large = isinstance(error, DocumentTooLargeError)
+    return Response(
+        APIImportErrorSerializer(error.as_dict()).data,
+        status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if too_large else status.HTTP_400_BAD_REQUEST,
+    )
 
 
 class APIVersionPublishView(V1View):

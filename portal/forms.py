@@ -9,11 +9,10 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from portal.asyncapi import MAX_DOCUMENT_BYTES
 from portal.models import API, Application, BusinessPlan, User
 
 NEW_APPLICATION = "new"
-# AsyncAPI documents are text; this is far above the largest real one we know (about 500 KB).
-MAX_DOCUMENT_BYTES = 5 * 1024 * 1024
 DOCUMENT_EXTENSIONS = (".yaml", ".yml", ".json")
 
 

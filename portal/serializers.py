@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from portal.asyncapi import MAX_DOCUMENT_BYTES
 from portal.models import API, APIKey, APIVersion, Application, BusinessPlan, Channel, Operation, Subscription
 
 # --- catalog ---------------------------------------------------------------------------------
@@ -93,7 +94,9 @@ class APIDetailSerializer(serializers.ModelSerializer[API]):
 class APIImportUploadSerializer(serializers.Serializer[Any]):
     """Multipart upload of an AsyncAPI document; ``api`` (a slug of yours) adds a new version."""
 
-    file = serializers.FileField()
+    file = serializers.FileField(
+        help_text=f"YAML or JSON, at most {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB (larger answers 413)."
+    )
     api = serializers.SlugField(
         required=False, help_text="Slug of your API to add this document as a new version."
     )
@@ -103,14 +106,19 @@ class APIImportTextSerializer(serializers.Serializer[Any]):
     """An AsyncAPI document (YAML or JSON text) in a JSON body."""
 
     filename = serializers.CharField(max_length=255, required=False, default="asyncapi.yaml")
-    content = serializers.CharField(trim_whitespace=False)
+    content = serializers.CharField(
+        trim_whitespace=False,
+        help_text=f"YAML or JSON text, at most {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB as UTF-8 "
+        "(larger answers 413); use a multipart upload for large documents.",
+    )
     api = serializers.SlugField(
         required=False, help_text="Slug of your API to add this document as a new version."
     )
 
 
 class APIImportErrorSerializer(serializers.Serializer[Any]):
-    """Why a document was refused: ``pointer`` is a JSON pointer, ``line`` 1-based in the file."""
+    """Why a document was refused (400, or 413 when too large): ``pointer`` is a JSON pointer
+    (RFC 6901, ``""`` for the whole document), ``line`` 1-based in the file or null."""
 
     error = serializers.CharField()
     pointer = serializers.CharField(allow_blank=True)

@@ -85,6 +85,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         timeout=20, transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Request bodies Django reads into memory: a 5 MB AsyncAPI document escaped in a JSON body is ~6.7 MB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
 
 # Broker: RabbitMQ carries provider events (topic exchange) and Celery tasks.
 AMQP_URL = env("AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672/")

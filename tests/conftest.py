@@ -53,3 +53,12 @@ def ticker_api(alice):
 def _fast_password_hashing(settings):
     # Every HTTP Basic request hashes the password; PBKDF2 would make the REST tests crawl.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    # Rate-limit counters (allauth) live in the cache: one test's failed sign-ins must not lock
+    # out the next test's user.
+    from django.core.cache import cache
+
+    cache.clear()

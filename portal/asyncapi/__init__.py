@@ -5,16 +5,21 @@ Public names:
 
 - ``parse_document(*, content, filename) -> ParsedDocument`` (``portal.asyncapi.parser``)
 - ``ParsedDocument``, ``ParsedChannel``, ``ParsedOperation``: frozen dataclasses
-- ``AsyncAPIError``: any problem in a document, with ``message``, ``pointer``, ``line``, ``filename``
+- ``AsyncAPIError``: any problem in a document, with ``message``, ``pointer``, ``line``, ``filename``;
+  ``DocumentTooLargeError`` (a subclass) when the document or its expansion is too large
 - ``SUPPORTED_VERSIONS``: the ``asyncapi`` versions accepted
+- ``MAX_DOCUMENT_BYTES``: the one size limit of an uploaded document (every entry point uses it),
+  ``check_document_size(size)`` to refuse an upload before reading it
+- ``EXPANSION_BUDGET_BYTES``, ``MAX_EXPANDED_BYTES``: how much a document's resolved ``$ref``s
+  may store (see ``portal.asyncapi.refs``)
 
 Storing a parsed document is ``portal.services.apis.api_import``. See docs/asyncapi-import.md.
 """
 
 from __future__ import annotations
 
-from portal.asyncapi.errors import AsyncAPIError
-from portal.asyncapi.locations import decode_source
+from portal.asyncapi.errors import AsyncAPIError, DocumentTooLargeError
+from portal.asyncapi.locations import MAX_DOCUMENT_BYTES, check_document_size, decode_source
 from portal.asyncapi.parser import (
     ParsedChannel,
     ParsedDocument,
@@ -22,14 +27,20 @@ from portal.asyncapi.parser import (
     first_sentence,
     parse_document,
 )
+from portal.asyncapi.refs import EXPANSION_BUDGET_BYTES, MAX_EXPANDED_BYTES
 from portal.asyncapi.validation import SUPPORTED_VERSIONS
 
 __all__ = [
+    "EXPANSION_BUDGET_BYTES",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_EXPANDED_BYTES",
     "SUPPORTED_VERSIONS",
     "AsyncAPIError",
+    "DocumentTooLargeError",
     "ParsedChannel",
     "ParsedDocument",
     "ParsedOperation",
+    "check_document_size",
     "decode_source",
     "first_sentence",
     "parse_document",

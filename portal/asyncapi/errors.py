@@ -44,3 +44,7 @@ class AsyncAPIError(Exception):
     def as_dict(self) -> dict[str, Any]:
         """The error as JSON for the REST API: ``{"error", "pointer", "line", "file"}``."""
         return {"error": self.message, "pointer": self.pointer, "line": self.line, "file": self.filename}
+
+
+class DocumentTooLargeError(AsyncAPIError):
+    """The upload, or what it expands to, is larger than Eventgate accepts (the REST API answers 413)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from json.decoder import scanstring  # type: ignore[attr-defined]
@@ -19,12 +20,15 @@ from typing import Any
 
 import yaml
 
-from portal.asyncapi.errors import AsyncAPIError
+from portal.asyncapi.errors import AsyncAPIError, DocumentTooLargeError
 
-# Uploads past this size are refused before parsing (issue 3 expects ~500 KB documents).
-MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
-# YAML aliases can expand a small file into a huge tree ("billion laughs"); cap the values read.
+# The one size limit of an uploaded document, in bytes of the file (UTF-8 for pasted text). Every
+# entry point (REST, HTML form, service) uses it; the largest real document we know is ~500 KB.
+MAX_DOCUMENT_BYTES = 5 * 1024 * 1024
+# YAML aliases can expand a small file into a huge tree ("billion laughs"); cap the values read
+# and their size as JSON (aliased long strings cost bytes, not values).
 MAX_VALUES = 1_000_000
+MAX_DATA_BYTES = 2 * MAX_DOCUMENT_BYTES
 
 _TAG = "tag:yaml.org,2002:"
 
@@ -67,20 +71,30 @@ def line_for(lines: dict[str, int], pointer: str) -> int | None:
 def decode_source(content: bytes | str) -> str:
     """The upload as text: UTF-8 (a BOM is dropped) or UTF-16/32 with a BOM, per RFC 8259 §8.1.
 
-    Raises ``AsyncAPIError`` for empty, oversized or undecodable uploads.
+    Raises ``DocumentTooLargeError`` past ``MAX_DOCUMENT_BYTES`` (bytes of the file, or of the
+    text as UTF-8) and ``AsyncAPIError`` for empty or undecodable uploads.
     """
     if isinstance(content, str):
+        # A character is at least one UTF-8 byte, so a long text is refused before encoding it.
+        check_document_size(len(content))
+        check_document_size(len(content.encode("utf-8", "surrogatepass")))
         text = content
     else:
-        if len(content) > MAX_DOCUMENT_BYTES:
-            raise AsyncAPIError(f"the file is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB")
+        check_document_size(len(content))
         text = _decode_bytes(content)
-    if len(text) > MAX_DOCUMENT_BYTES:
-        raise AsyncAPIError(f"the file is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB")
     text = text.removeprefix("\ufeff")
     if not text.strip():
         raise AsyncAPIError("the file is empty")
     return text
+
+
+def check_document_size(size: int) -> None:
+    """Raise ``DocumentTooLargeError`` if a document of ``size`` bytes is over ``MAX_DOCUMENT_BYTES``."""
+    if size > MAX_DOCUMENT_BYTES:
+        raise DocumentTooLargeError(
+            f"the document is {size:,} bytes, larger than the {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB "
+            "Eventgate accepts for an AsyncAPI document"
+        )
 
 
 def _decode_bytes(content: bytes) -> str:
@@ -103,13 +117,15 @@ def _decode_bytes(content: bytes) -> str:
 def load_text(text: str) -> LoadedDocument:
     """Parse ``text`` as JSON (when it starts with ``{`` or ``[``) or else as YAML.
 
-    Raises ``AsyncAPIError`` with the line of the syntax error. Text that looks like JSON but is
-    not valid JSON is tried as YAML (flow style); if that fails too, the JSON error is reported.
+    Raises ``AsyncAPIError`` with the line of the syntax error, and with pointer and line for
+    values no database can store: duplicate keys, U+0000, lone surrogates and numbers beyond
+    JSON's range (``1e999``, ``.inf``, ``.nan``). Text that looks like JSON but is not valid JSON
+    is tried as YAML (flow style); if that fails too, the JSON error is reported.
     """
     if text.lstrip()[:1] in ("{", "["):
         try:
             return _load_json(text)
-        except AsyncAPIError as json_error:
+        except _JSONSyntaxError as json_error:
             try:
                 return _load_yaml(text)
             except AsyncAPIError:
@@ -117,28 +133,47 @@ def load_text(text: str) -> LoadedDocument:
     return _load_yaml(text)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unstorable_text(value: str) -> str | None:
+    """Why ``value`` cannot be stored, or None: PostgreSQL's jsonb refuses U+0000, and UTF-8 has
+    no lone surrogates (JSON's unpaired ``\\ud800`` escapes produce them)."""
+    if "\x00" in value:
+        return "the character U+0000, which cannot be stored"
+    if _SURROGATE.search(value):
+        return "a lone UTF-16 surrogate (an unpaired \\ud800–\\udfff escape), which is not text"
+    return None
+
+
+def _check_finite(number: float, written: str, *, pointer: str, line: int) -> None:
+    """Refuse a number that overflowed to infinity (``1e999``): JSON (RFC 8259 §6), PostgreSQL's
+    jsonb and SQLite's JSON have no infinities."""
+    if not math.isfinite(number):
+        raise AsyncAPIError(
+            f"the number {written[:40]} is beyond the range of JSON numbers (about ±1.8e308)",
+            pointer=pointer,
+            line=line,
+        )
+
+
 # --- JSON -------------------------------------------------------------------------------------
 
 _JSON_SCALAR = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|null")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
-# An escaped U+0000 (not preceded by another backslash, which would make it literal text).
-_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+class _JSONSyntaxError(AsyncAPIError):
+    """Text that is not JSON at all (as opposed to JSON holding values Eventgate refuses)."""
 
 
 def _load_json(text: str) -> LoadedDocument:
     try:
         data = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise AsyncAPIError(f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+        raise _JSONSyntaxError(f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
     except ValueError as exc:
-        raise AsyncAPIError(f"not valid JSON: {exc}") from None
-    nul = _JSON_NUL.search(text)
-    if nul:
-        # PostgreSQL's jsonb cannot hold U+0000; refuse it here rather than fail while storing.
-        raise AsyncAPIError(
-            "the document contains the character U+0000, which cannot be stored",
-            line=text.count("\n", 0, nul.start()) + 1,
-        )
+        raise _JSONSyntaxError(f"not valid JSON: {exc}") from None
     scanner = _JSONLineScanner(text)
     scanner.value(0, "")
     return LoadedDocument(data=data, text=text, lines=scanner.lines)
@@ -150,7 +185,9 @@ def _reject_constant(name: str) -> Any:
 
 
 class _JSONLineScanner:
-    """Walks text that :func:`json.loads` accepted and records the line of every value."""
+    """Walks text that :func:`json.loads` accepted, records the line of every value and refuses
+    what :mod:`json` lets through but Eventgate cannot store: duplicate keys (the last would
+    silently win), U+0000, lone surrogates and numbers that overflow to infinity (``1e999``)."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -173,17 +210,29 @@ class _JSONLineScanner:
         if char == "[":
             return self.items(pos + 1, pointer)
         if char == '"':
-            return int(scanstring(self.text, pos + 1)[1])
-        return _JSON_SCALAR.match(self.text, pos).end()  # type: ignore[union-attr]
+            string, end = scanstring(self.text, pos + 1)
+            self.check_text(string, pos, pointer)
+            return int(end)
+        end = _JSON_SCALAR.match(self.text, pos).end()  # type: ignore[union-attr]
+        number = self.text[pos:end]
+        if char in "-0123456789" and any(mark in number for mark in ".eE"):
+            _check_finite(float(number), number, pointer=pointer, line=self.line(pos))
+        return end
 
     def members(self, pos: int, pointer: str) -> int:
         pos = self.skip(pos)
         if self.text[pos] == "}":
             return pos + 1
+        seen: set[str] = set()
         while True:
             pos = self.skip(pos)
             key, end = scanstring(self.text, pos + 1)
             child = pointer_join(pointer, key)
+            self.check_text(key, pos, child)
+            if key in seen:
+                # As YAML documents are treated (and as RFC 8259 §4 says names SHOULD be unique).
+                raise AsyncAPIError(f'duplicate key "{key}"', pointer=child, line=self.line(pos))
+            seen.add(key)
             self.lines[child] = self.line(pos)
             pos = self.value(self.skip(end) + 1, child)  # + 1 steps over the ':'
             pos = self.skip(pos)
@@ -202,6 +251,11 @@ class _JSONLineScanner:
                 return pos + 1
             pos += 1
             index += 1
+
+    def check_text(self, value: str, pos: int, pointer: str) -> None:
+        problem = _unstorable_text(value)
+        if problem is not None:
+            raise AsyncAPIError(f"the document contains {problem}", pointer=pointer, line=self.line(pos))
 
 
 # --- YAML -------------------------------------------------------------------------------------
@@ -258,24 +312,35 @@ def _load_yaml(text: str) -> LoadedDocument:
 
 
 class _YamlWalker:
-    """Turns composed YAML nodes into JSON data, recording each value's line by JSON pointer."""
+    """Turns composed YAML nodes into JSON data, recording each value's line by JSON pointer.
+
+    Aliases are expanded, so the walker counts values and their size as JSON and refuses
+    documents past ``MAX_VALUES`` or ``MAX_DATA_BYTES``.
+    """
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
         self.lines: dict[str, int] = {}
         self.count = 0
+        self.size = 0
         self.path: set[int] = set()
 
     def value(self, node: yaml.Node, pointer: str) -> Any:
         self.count += 1
         if self.count > MAX_VALUES:
-            raise AsyncAPIError(f"the document expands to more than {MAX_VALUES:,} values (YAML aliases?)")
+            raise DocumentTooLargeError(
+                f"the document expands to more than {MAX_VALUES:,} values (YAML aliases?)",
+                pointer=pointer,
+                line=node.start_mark.line + 1,
+            )
         self.lines.setdefault(pointer, node.start_mark.line + 1)
         if isinstance(node, yaml.ScalarNode):
-            return self.scalar(node)
+            return self.scalar(node, pointer)
         if id(node) in self.path:
             raise AsyncAPIError(
-                "a YAML alias refers to its own ancestor (recursive data)", line=node.start_mark.line + 1
+                "a YAML alias refers to its own ancestor (recursive data)",
+                pointer=pointer,
+                line=node.start_mark.line + 1,
             )
         self.path.add(id(node))
         try:
@@ -292,25 +357,23 @@ class _YamlWalker:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                raise AsyncAPIError("mapping keys must be plain strings", line=key_node.start_mark.line + 1)
+                raise AsyncAPIError(
+                    "mapping keys must be plain strings", pointer=pointer, line=key_node.start_mark.line + 1
+                )
             key = str(key_node.value)
             child = pointer_join(pointer, key)
+            line = key_node.start_mark.line + 1
+            self.check_text(key, child, line)
             if key in result:
-                raise AsyncAPIError(
-                    f'duplicate key "{key}"', pointer=child, line=key_node.start_mark.line + 1
-                )
-            self.lines[child] = key_node.start_mark.line + 1
+                raise AsyncAPIError(f'duplicate key "{key}"', pointer=child, line=line)
+            self.lines[child] = line
             result[key] = self.value(value_node, child)
         return result
 
-    def scalar(self, node: yaml.ScalarNode) -> Any:
+    def scalar(self, node: yaml.ScalarNode, pointer: str) -> Any:
         tag, value = node.tag, node.value
-        if "\x00" in value:
-            # A "\0" escape; PostgreSQL's jsonb cannot hold U+0000.
-            raise AsyncAPIError(
-                "the document contains the character U+0000, which cannot be stored",
-                line=node.start_mark.line + 1,
-            )
+        line = node.start_mark.line + 1
+        self.check_text(value, pointer, line)
         if tag == _TAG + "str":
             return value
         if tag == _TAG + "null":
@@ -321,15 +384,33 @@ class _YamlWalker:
             if tag == _TAG + "int":
                 return _yaml12_int(value)
             if tag == _TAG + "float":
-                return _yaml12_float(value)
+                number = float(value)
         except ValueError:
             raise AsyncAPIError(
-                f"{value!r} is not a number JSON can hold", line=node.start_mark.line + 1
+                f"{value!r} is not a number JSON can hold", pointer=pointer, line=line
             ) from None
+        if tag == _TAG + "float":
+            _check_finite(number, value, pointer=pointer, line=line)
+            return number
         raise AsyncAPIError(
             f"the YAML tag {tag} is not supported (AsyncAPI documents hold JSON data)",
-            line=node.start_mark.line + 1,
+            pointer=pointer,
+            line=line,
         )
+
+    def check_text(self, value: str, pointer: str, line: int) -> None:
+        # Keys and scalars as JSON text: quotes, a separator; aliased strings count each time.
+        self.size += len(value) + 3
+        if self.size > MAX_DATA_BYTES:
+            raise DocumentTooLargeError(
+                f"the document expands to more than {MAX_DATA_BYTES // (1024 * 1024)} MB of data "
+                "(YAML aliases?)",
+                pointer=pointer,
+                line=line,
+            )
+        problem = _unstorable_text(value)
+        if problem is not None:
+            raise AsyncAPIError(f"the document contains {problem}", pointer=pointer, line=line)
 
 
 def _yaml12_int(value: str) -> int:
@@ -338,10 +419,3 @@ def _yaml12_int(value: str) -> int:
     if value.startswith("0x"):
         return int(value[2:], 16)
     return int(value, 10)
-
-
-def _yaml12_float(value: str) -> float:
-    # JSON (and PostgreSQL's jsonb) has no infinities or NaN.
-    if value.lower().endswith((".inf", ".nan")):
-        raise ValueError(value)
-    return float(value)

@@ -14,13 +14,15 @@ AsyncAPI document describes, so every operation is turned around:
 
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from portal.asyncapi.errors import AsyncAPIError
 from portal.asyncapi.locations import LoadedDocument, decode_source, line_for, load_text, pointer_join
-from portal.asyncapi.refs import Resolver, is_internal, is_ref, ref_tokens
+from portal.asyncapi.refs import Resolver, describe, is_internal, is_ref, ref_tokens
 from portal.asyncapi.validation import check_version, validate_document
 
 # Column sizes of portal.models, checked here so every document that parses can be stored.
@@ -123,18 +125,49 @@ def _parse_valid(loaded: LoadedDocument, version: str) -> ParsedDocument:
     info = data["info"]
     title = _text(info.get("title"))
     _check_length(title, MAX_TITLE, "/info/title", "the title")
-    _check_length(_text(info.get("version")), MAX_VERSION, "/info/version", "the version")
+    api_version = _api_version(info.get("version"))
     resolver = Resolver(data)
     channels = _channels_v2(data, resolver) if version.startswith("2.") else _channels_v3(data, resolver)
     return ParsedDocument(
         asyncapi_version=version,
         title=title,
-        version=_text(info.get("version")),
+        version=api_version,
         description=_text(info.get("description")),
         document=data,
         channels=channels,
         lines=loaded.lines,
     )
+
+
+def _api_version(value: Any) -> str:
+    """``info.version`` if the gateway and REST URLs can carry it as one path segment.
+
+    It appears in ``/ws/<api>/<version>/<channel>`` (gateway/routing.py, ``[^/]+``) and
+    ``/api/v1/apis/<api>/versions/<version>/publish``, so it must be non-empty, must not be
+    ``.`` or ``..`` (which URL normalization removes, RFC 3986 §5.2.4) and must not contain ``/``,
+    whitespace or control characters. The schema already requires a string.
+    """
+    version = value if isinstance(value, str) else ""
+    problem = None
+    if not version:
+        problem = "it is empty"
+    elif version in (".", ".."):
+        problem = f'"{version}" is a relative path segment that URLs drop'
+    elif "/" in version:
+        problem = 'it contains "/"'
+    elif any(char.isspace() for char in version):
+        problem = "it contains whitespace"
+    elif any(unicodedata.category(char) in ("Cc", "Cf") for char in version):
+        problem = "it contains control characters"
+    if problem:
+        raise AsyncAPIError(
+            f"the version {json.dumps(version, ensure_ascii=False)} cannot be used: {problem}; "
+            "info.version is part of the API's gateway URLs (/ws/<api>/<version>/<channel>), "
+            "so use something like 1.0.0",
+            pointer="/info/version",
+        )
+    _check_length(version, MAX_VERSION, "/info/version", "the version")
+    return version
 
 
 # --- AsyncAPI 2.x ------------------------------------------------------------------------------
@@ -145,12 +178,12 @@ def _channels_v2(data: dict[str, Any], resolver: Resolver) -> list[ParsedChannel
     channels = []
     for key, raw in (data.get("channels") or {}).items():
         at = pointer_join("/channels", key)
-        item = _object(resolver.deref(raw, at=at), at, "a Channel Item Object")
+        item = _mapping(resolver, raw, at, "a Channel Item Object")
         operations = []
         for field_name, action in _V2_ACTIONS:
             if field_name in item:
                 op_at = pointer_join(at, field_name)
-                operation = _object(resolver.deref(item[field_name], at=op_at), op_at, "an Operation Object")
+                operation = _mapping(resolver, item[field_name], op_at, "an Operation Object")
                 operations.append(_operation_v2(operation, action, data, resolver, op_at))
         channels.append(
             _channel(key, key, {"description": item.get("description")}, item, operations, resolver, at)
@@ -165,10 +198,12 @@ def _operation_v2(
     operation = _apply_traits(operation, resolver, at, object_wins=False)
     key = _text(operation.get("operationId"))
     _check_length(key, MAX_OPERATION_KEY, pointer_join(at, "operationId"), "the operationId")
+    summary = _summary(operation)
+    resolver.charge(len(key) + len(summary) + 64, at=at)
     messages = []
     if "message" in operation:
         message_at = pointer_join(at, "message")
-        message = resolver.deref(operation["message"], at=message_at)
+        message = _mapping(resolver, operation["message"], message_at, "a Message Object")
         # 2.x §Operation Object: "message" is one Message Object or {"oneOf": [...]}.
         if isinstance(message.get("oneOf"), list):
             candidates = [
@@ -182,7 +217,7 @@ def _operation_v2(
             messages.append(
                 _message(candidate, data, resolver, candidate_at, fallback=fallback, object_wins=False)
             )
-    return ParsedOperation(key=key, action=action, summary=_summary(operation), messages=messages)
+    return ParsedOperation(key=key, action=action, summary=summary, messages=messages)
 
 
 # --- AsyncAPI 3.x ------------------------------------------------------------------------------
@@ -193,22 +228,21 @@ def _channels_v3(data: dict[str, Any], resolver: Resolver) -> list[ParsedChannel
     channel_items = {}
     for key, raw in (data.get("channels") or {}).items():
         at = pointer_join("/channels", key)
-        channel_items[key] = _object(resolver.deref(raw, at=at), at, "a Channel Object")
+        channel_items[key] = _mapping(resolver, raw, at, "a Channel Object")
     operations: dict[str, list[ParsedOperation]] = {key: [] for key in channel_items}
     for op_key, raw in (data.get("operations") or {}).items():
         at = pointer_join("/operations", op_key)
-        raw = _object(resolver.deref(raw, at=at), at, "an Operation Object")
+        raw = _mapping(resolver, raw, at, "an Operation Object")
         channel_key, operation = _operation_v3(op_key, raw, channel_items, data, resolver, at)
         operations[channel_key].append(operation)
     channels = []
     for key, item in channel_items.items():
         # 3.0 §Channel Object: a null or absent address means it is "unknown or dynamic"; the
         # gateway still needs something to route on, so the channel key stands in for it.
-        address = item.get("address")
+        at = pointer_join("/channels", key)
+        address = _field(item, "address", str, at, "a string")
         address = key if address is None else address
-        channels.append(
-            _channel(key, address, item, item, operations[key], resolver, pointer_join("/channels", key))
-        )
+        channels.append(_channel(key, address, item, item, operations[key], resolver, at))
     return channels
 
 
@@ -227,6 +261,18 @@ def _operation_v3(
     """
     _check_length(key, MAX_OPERATION_KEY, at, "the operation key")
     operation = _apply_traits(operation, resolver, at, object_wins=True)
+    # The schema checks operations written in place; one reached by a $ref may be anything.
+    action = operation.get("action")
+    if not isinstance(action, str) or action not in _V3_ACTIONS:
+        raise AsyncAPIError(
+            f'an operation\'s "action" must be "send" or "receive", found {describe(action)}',
+            pointer=pointer_join(at, "action"),
+        )
+    if not is_ref(operation.get("channel")):
+        raise AsyncAPIError(
+            'an operation needs "channel": {"$ref": "#/channels/<key>"} (AsyncAPI 3.0 §Operation Object)',
+            pointer=pointer_join(at, "channel"),
+        )
     channel_ref = operation["channel"]["$ref"]
     tokens = _tokens(channel_ref)
     if len(tokens) != 2 or tokens[0] != "channels" or tokens[1] not in channels:
@@ -236,21 +282,33 @@ def _operation_v3(
             pointer=pointer_join(pointer_join(at, "channel"), "$ref"),
         )
     channel_key = tokens[1]
-    if "messages" in operation:
+    summary = _summary(operation)
+    resolver.charge(len(key) + len(summary) + 64, at=at)
+    if operation.get("messages") is not None:
         messages_at = pointer_join(at, "messages")
         messages = [
             _message(item, data, resolver, pointer_join(messages_at, index), object_wins=True)
-            for index, item in enumerate(operation["messages"])
+            for index, item in enumerate(
+                _field(operation, "messages", list, at, "a list of message references")
+            )
         ]
     else:
-        channel_at = pointer_join(pointer_join("/channels", channel_key), "messages")
+        channel_at = pointer_join("/channels", channel_key)
+        channel_messages = _field(
+            channels[channel_key], "messages", dict, channel_at, "a mapping of messages"
+        )
         messages = [
-            _message(item, data, resolver, pointer_join(channel_at, name), key=name, object_wins=True)
-            for name, item in (channels[channel_key].get("messages") or {}).items()
+            _message(
+                item,
+                data,
+                resolver,
+                pointer_join(pointer_join(channel_at, "messages"), name),
+                key=name,
+                object_wins=True,
+            )
+            for name, item in (channel_messages or {}).items()
         ]
-    parsed = ParsedOperation(
-        key=key, action=_V3_ACTIONS[operation["action"]], summary=_summary(operation), messages=messages
-    )
+    parsed = ParsedOperation(key=key, action=_V3_ACTIONS[action], summary=summary, messages=messages)
     return channel_key, parsed
 
 
@@ -268,21 +326,69 @@ def _channel(
 ) -> ParsedChannel:
     _check_length(key, MAX_CHANNEL_KEY, at, "the channel key")
     _check_length(address, MAX_ADDRESS, pointer_join(at, "address"), "the channel address")
+    title = _text(texts.get("title"))[:MAX_CHANNEL_TITLE]
+    description = _text(texts.get("description"))
+    resolver.charge(len(key) + len(address) + len(title) + len(description) + 64, at=at)
     parameters_at = pointer_join(at, "parameters")
+    raw_parameters = _field(item, "parameters", dict, at, "a mapping of parameter names to Parameter Objects")
     parameters = {
-        name: resolver.resolve(value, at=pointer_join(parameters_at, name))
-        for name, value in (item.get("parameters") or {}).items()
+        name: _parameter(value, resolver, pointer_join(parameters_at, name))
+        for name, value in (raw_parameters or {}).items()
     }
-    bindings = resolver.resolve(item.get("bindings") or {}, at=pointer_join(at, "bindings"))
+    bindings: dict[str, Any] = {}
+    if item.get("bindings") is not None:
+        bindings_at = pointer_join(at, "bindings")
+        bindings = resolver.resolve(
+            _mapping(resolver, item["bindings"], bindings_at, "a Channel Bindings Object"), at=bindings_at
+        )
     return ParsedChannel(
         key=key,
         address=address,
-        title=_text(texts.get("title"))[:MAX_CHANNEL_TITLE],
-        description=_text(texts.get("description")),
+        title=title,
+        description=description,
         parameters=parameters,
-        bindings=bindings if isinstance(bindings, dict) else {},
+        bindings=bindings,
         operations=operations,
     )
+
+
+def _parameter(raw: Any, resolver: Resolver, at: str) -> dict[str, Any]:
+    """A Parameter Object with refs resolved, in the shape the gateway and pages read.
+
+    2.x §Parameter Object keeps ``enum``, ``pattern``, ``default`` and ``examples`` under
+    ``schema``; 3.0 §Parameter Object has ``enum``, ``default`` and ``examples`` itself. A ``$ref``
+    may lead anywhere, so the types those readers rely on are checked here: the parameter and its
+    ``schema`` are mappings (``schema: true``, "any value", becomes ``{}``), ``enum`` and
+    ``examples`` are lists, ``pattern`` a string.
+    """
+    parameter = _mapping(resolver, raw, at, "a Parameter Object")
+    result = {
+        key: resolver.resolve(value, at=pointer_join(at, key), schema=key == "schema")
+        for key, value in parameter.items()
+    }
+    if "schema" in result:
+        schema_at = pointer_join(at, "schema")
+        if result["schema"] is True:
+            result["schema"] = {}
+        elif result["schema"] is False:
+            raise AsyncAPIError("a parameter schema of false allows no value at all", pointer=schema_at)
+        elif not isinstance(result["schema"], dict):
+            raise AsyncAPIError(
+                f"a parameter's schema must be a mapping, found {describe(result['schema'])}",
+                pointer=schema_at,
+            )
+        _check_parameter_fields(result["schema"], schema_at)
+    _check_parameter_fields(result, at)
+    return result
+
+
+def _check_parameter_fields(spec: dict[str, Any], at: str) -> None:
+    for key, kind, what in (
+        ("enum", list, "a list"),
+        ("examples", list, "a list"),
+        ("pattern", str, "a string"),
+    ):
+        _field(spec, key, kind, at, what)
 
 
 def _message(
@@ -302,16 +408,44 @@ def _message(
     ``#/channels/<c>/messages/<key>``), else ``fallback``. ``content_type`` falls back to the
     document's ``defaultContentType`` (2.x §Message Object, 3.0 §Message Object).
     """
-    message = _object(resolver.deref(raw, at=at), at, "a Message Object")
+    message = _mapping(resolver, raw, at, "a Message Object")
     message = _apply_traits(message, resolver, at, object_wins=object_wins)
-    payload = message.get("payload")
-    return {
+    result = {
         "name": _text(message.get("name") or message.get("messageId") or key or _ref_name(raw) or fallback),
         "title": _text(message.get("title")),
         "summary": _text(message.get("summary") or message.get("description")),
         "content_type": _text(message.get("contentType") or data.get("defaultContentType")),
-        "payload": None if payload is None else resolver.resolve(payload, at=pointer_join(at, "payload")),
     }
+    resolver.charge(sum(len(text) for text in result.values()) + 64, at=at)
+    result["payload"] = _payload(message, resolver, pointer_join(at, "payload"))
+    return result
+
+
+# Schema formats whose payloads are JSON Schema (2.6.0 §Message Object schemaFormat, 3.0.0
+# §Multi Format Schema Object); Avro, RAML or Protobuf payloads may legitimately be strings.
+_JSON_SCHEMA_FORMATS = ("application/vnd.aai.asyncapi", "application/schema+json", "application/schema+yaml")
+
+
+def _payload(message: dict[str, Any], resolver: Resolver, at: str) -> Any:
+    """The message's payload with refs resolved; None when absent.
+
+    A JSON Schema payload (the default format) must be a schema, a mapping or a boolean, and so
+    must every reference in it; otherwise ``AsyncAPIError`` at the reference.
+    """
+    payload = message.get("payload")
+    if payload is None:
+        return None
+    target = resolver.deref(payload, at=at) if is_ref(payload) and is_internal(payload["$ref"]) else payload
+    schema_format = message.get("schemaFormat")
+    if isinstance(target, dict) and "schema" in target and "schemaFormat" in target:
+        schema_format = target["schemaFormat"]  # 3.x Multi Format Schema Object
+    json_schema = schema_format is None or str(schema_format).startswith(_JSON_SCHEMA_FORMATS)
+    resolved = resolver.resolve(payload, at=at, schema=json_schema)
+    if json_schema and not isinstance(resolved, dict | bool):
+        raise AsyncAPIError(
+            f"a message payload must be a schema (a mapping), found {describe(resolved)}", pointer=at
+        )
+    return resolved
 
 
 def _apply_traits(obj: dict[str, Any], resolver: Resolver, at: str, *, object_wins: bool) -> dict[str, Any]:
@@ -325,9 +459,8 @@ def _apply_traits(obj: dict[str, Any], resolver: Resolver, at: str, *, object_wi
         return obj
     result = {key: value for key, value in obj.items() if key != "traits"}
     for index, raw in enumerate(traits):
-        trait = resolver.deref(raw, at=pointer_join(pointer_join(at, "traits"), index))
-        if isinstance(trait, dict):
-            result = _merge_patch(trait, result) if object_wins else _merge_patch(result, trait)
+        trait = _mapping(resolver, raw, pointer_join(pointer_join(at, "traits"), index), "a trait")
+        result = _merge_patch(trait, result) if object_wins else _merge_patch(result, trait)
     return result
 
 
@@ -357,12 +490,30 @@ def _tokens(ref: str) -> list[str]:
         return []
 
 
-def _object(node: Any, at: str, what: str) -> dict[str, Any]:
-    """``node`` if it is a mapping; a ``$ref`` may lead to anything, so say so if not."""
-    if not isinstance(node, dict):
-        found = "a list" if isinstance(node, list) else repr(node)[:40]
-        raise AsyncAPIError(f"expected {what} (a mapping) here, found {found}", pointer=at)
-    return node
+def _mapping(resolver: Resolver, raw: Any, at: str, what: str) -> dict[str, Any]:
+    """``raw``, or what its (chain of) references points to, if that is a mapping.
+
+    A ``$ref`` may point anywhere in the document (``#/info/title``), so the target's type is
+    checked here; raises ``AsyncAPIError`` at the reference (``<at>/$ref``) or at ``at``.
+    """
+    node = resolver.deref(raw, at=at)
+    if isinstance(node, dict):
+        return node
+    if is_ref(raw):
+        raise AsyncAPIError(
+            f'the reference "{raw["$ref"]}" points to {describe(node)}, but {what} (a mapping) belongs here',
+            pointer=pointer_join(at, "$ref"),
+        )
+    raise AsyncAPIError(f"expected {what} (a mapping) here, found {describe(node)}", pointer=at)
+
+
+def _field(obj: dict[str, Any], key: str, kind: type, at: str, what: str) -> Any:
+    """``obj[key]`` if it is a ``kind`` or null/absent (None). Objects reached through a ``$ref``
+    escaped schema validation, so fields that later code relies on are checked here."""
+    value = obj.get(key)
+    if value is None or isinstance(value, kind):
+        return value
+    raise AsyncAPIError(f'"{key}" must be {what}, found {describe(value)}', pointer=pointer_join(at, key))
 
 
 def _summary(obj: dict[str, Any]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
@@ -22,15 +24,20 @@ def api_import(*, provider: User, content: bytes | str, filename: str, api: API 
     of the document and one Operation per consumer action (see ``portal.asyncapi.parser``).
     Everything happens in one transaction: on any error nothing is stored.
 
+    Every entry point comes through here, so this is where the size limit holds: ``content`` may
+    be at most ``MAX_DOCUMENT_BYTES`` (bytes, or UTF-8 bytes of text).
+
     Raises:
         AsyncAPIError: the document is unreadable, unsupported or invalid (see
-            ``parse_document``), or ``api`` already has a version ``info.version``.
+            ``parse_document``), or ``api`` already has a version ``info.version``;
+            ``DocumentTooLargeError`` (a subclass) when it or its expansion is too large.
         PermissionDenied: ``provider`` may not publish APIs, or ``api`` is another provider's.
     """
     if not provider.is_provider:
         raise PermissionDenied("Only providers can import APIs.")
     if api is not None and api.provider_id != provider.pk:
         raise PermissionDenied("This API belongs to another provider.")
+    filename = _storable_filename(filename)
     parsed = parse_document(content=content, filename=filename)
     source = decode_source(content)
     for attempt in range(3):
@@ -45,6 +52,13 @@ def api_import(*, provider: User, content: bytes | str, filename: str, api: API 
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _storable_filename(filename: str) -> str:
+    """The upload's name without control characters or lone surrogates, which PostgreSQL
+    cannot store (a multipart name or a JSON ``filename`` may hold anything)."""
+    cleaned = "".join(char for char in filename if unicodedata.category(char) not in ("Cc", "Cs"))
+    return cleaned[:255]
 
 
 def _version_create(

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
 
+from portal.asyncapi import MAX_DOCUMENT_BYTES
 from portal.models import API, APIKey, APIVersion, Subscription
 from portal.services.apis import api_import
 from tests.factories import ApplicationFactory, BusinessPlanFactory
@@ -127,6 +129,83 @@ def test_refused_document_answers_400_with_pointer_line_and_file(client, alice):
         "file": name,
     }
     assert not APIVersion.objects.exists()
+
+
+def import_json(client, user, content: str, filename: str = "api.json"):
+    body = json.dumps({"filename": filename, "content": content})
+    return client.post("/api/v1/apis/import", body, content_type="application/json", **basic(user))
+
+
+@pytest.mark.parametrize(
+    ("content", "pointer", "line"),
+    [
+        # Duplicate keys in JSON, as YAML already refused them (the last "title" used to win).
+        ('{"asyncapi": "3.0.0",\n "info": {"title": "a",\n "title": "b", "version": "1"}}', "/info/title", 3),
+        ('{"asyncapi": "3.0.0", "info": {"title": "T", "version": "1", "x-big": 1e999}}', "/info/x-big", 1),
+        # A message that is a $ref to a string used to be an AttributeError (500).
+        (
+            "asyncapi: 2.6.0\ninfo: {title: T, version: '1'}\nchannels:\n  c:\n"
+            "    subscribe: {message: {$ref: '#/info/title'}}\n",
+            "/channels/c/subscribe/message/$ref",
+            5,
+        ),
+        ("asyncapi: 3.0.0\ninfo: {title: T, version: 1.0/../../x}\n", "/info/version", 2),
+    ],
+)
+def test_documents_that_once_broke_import_answer_400_with_where(client, alice, content, pointer, line):
+    response = import_json(client, alice, content)
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert (body["pointer"], body["line"], body["file"]) == (pointer, line, "api.json")
+    assert body["error"]
+    assert not APIVersion.objects.exists()
+
+
+def test_upload_over_the_size_limit_answers_413_json(client, alice):
+    upload = SimpleUploadedFile("huge.yaml", b"#" * (MAX_DOCUMENT_BYTES + 1))
+    response = client.post("/api/v1/apis/import", {"file": upload}, **basic(alice))
+    assert response.status_code == 413
+    body = response.json()
+    assert set(body) == {"error", "pointer", "line", "file"}
+    assert body["file"] == "huge.yaml"
+    assert f"{MAX_DOCUMENT_BYTES // (1024 * 1024)} MB" in body["error"]
+    assert not APIVersion.objects.exists()
+
+
+@pytest.mark.parametrize("size", [6 * 1024 * 1024, 9 * 1024 * 1024])
+def test_json_body_over_the_size_limits_answers_413_json_not_an_html_page(client, alice, size):
+    # Over Django's DATA_UPLOAD_MAX_MEMORY_SIZE the body is never read (Django's bare HTML 400
+    # page before); over MAX_DOCUMENT_BYTES the service refuses it. Either way: JSON, 413.
+    response = import_json(client, alice, "#" * size, filename="big.yaml")
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+    assert set(response.json()) == {"error", "pointer", "line", "file"}
+    assert "MB" in response.json()["error"]
+    assert not APIVersion.objects.exists()
+
+
+def test_nested_shared_schemas_keep_the_public_api_small(client, alice):
+    schemas = ["components:", "  schemas:"]
+    for level in range(1, 9):
+        inner = "{type: string}" if level == 8 else f"{{$ref: '#/components/schemas/S{level + 1}'}}"
+        schemas += [f"    S{level}:", "      type: object", "      properties:"]
+        schemas += [f"        p{name}: {inner}" for name in range(10)]
+    channels = [
+        f"  c{n}:\n    subscribe:\n      message:\n        payload: {{$ref: '#/components/schemas/S1'}}"
+        for n in range(20)
+    ]
+    document = (
+        "asyncapi: 2.6.0\ninfo: {title: Nested, version: '1'}\nchannels:\n"
+        + "\n".join(channels + schemas)
+        + "\n"
+    )
+    response = import_json(client, alice, document, filename="nested.yaml")
+    assert response.status_code == 201
+    slug = response.json()["api"]
+    assert client.post(f"/api/v1/apis/{slug}/versions/1/publish", **basic(alice)).status_code == 200
+    response = client.get(f"/api/v1/apis/{slug}/")
+    assert response.status_code == 200
+    assert len(response.content) < 2_000_000  # was 22 MB
 
 
 def test_import_without_a_document_answers_400(client, alice):

@@ -10,7 +10,16 @@ import pytest
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 
-from portal.asyncapi import SUPPORTED_VERSIONS, AsyncAPIError, parse_document
+from portal.asyncapi import (
+    EXPANSION_BUDGET_BYTES,
+    MAX_DOCUMENT_BYTES,
+    MAX_EXPANDED_BYTES,
+    SUPPORTED_VERSIONS,
+    AsyncAPIError,
+    DocumentTooLargeError,
+    parse_document,
+)
+from portal.management.commands.bench_import import fleet_document
 from portal.models import API, APIVersion, Channel, Operation
 from portal.services.apis import api_import, api_publish
 
@@ -411,3 +420,295 @@ def test_json_and_yaml_are_told_apart_by_content_not_extension():
         content="asyncapi: 2.6.0\ninfo: {title: Y, version: '1'}\nchannels: {}\n", filename="x.json"
     )
     assert parsed.title == "Y"
+
+
+# --- hostile and careless documents: refused with a place, never a 500, nothing stored ---------
+
+
+def nested_schemas_document(*, channels: int, depth: int = 8, width: int = 10) -> str:
+    """A few KB of YAML: every channel's payload is schema S1, whose `width` properties are each
+    S2, and so on `depth` levels down; copied blindly that is width**depth values per payload."""
+    lines = ["asyncapi: 2.6.0", "info: {title: Nested, version: '1'}", "channels:"]
+    for index in range(channels):
+        lines += [f"  c{index}:", "    subscribe:", "      message:"]
+        lines += ["        payload: {$ref: '#/components/schemas/S1'}"]
+    lines += ["components:", "  schemas:"]
+    for level in range(1, depth + 1):
+        lines += [f"    S{level}:", "      type: object", "      properties:"]
+        leaf = "{type: string, description: a leaf field}"
+        inner = leaf if level == depth else f"{{$ref: '#/components/schemas/S{level + 1}'}}"
+        lines += [f"        p{name}: {inner}" for name in range(width)]
+    return "\n".join(lines) + "\n"
+
+
+def stored_messages_bytes(version: APIVersion) -> int:
+    operations = Operation.objects.filter(channel__api_version=version)
+    return sum(len(json.dumps(operation.messages)) for operation in operations)
+
+
+def test_shared_schemas_share_one_expansion_budget_per_document(alice, client):
+    document = nested_schemas_document(channels=20)
+    assert len(document) < 8_000
+    version = api_import(provider=alice, content=document, filename="nested.yaml")
+    # Once 22 MB; now the budget for the whole document plus the references kept after it.
+    assert stored_messages_bytes(version) < EXPANSION_BUDGET_BYTES + 100_000
+    first = version.channels.get(key="c0").operations.get().messages[0]["payload"]
+    assert first["properties"]["p0"]["properties"]["p0"]["type"] == "object"
+    # The schema was expanded once; later channels keep it as the reference they wrote.
+    last = version.channels.get(key="c19").operations.get().messages[0]["payload"]
+    assert last == {"$ref": "#/components/schemas/S1", "x-truncated": True}
+    api_publish(api_version=version)
+    page = client.get(f"/apis/{version.api.slug}/")
+    assert page.status_code == 200
+    assert len(page.content) < 8_000_000  # was 149 MB
+
+
+def test_payloads_expanding_past_the_document_limit_are_refused_naming_where(alice):
+    # 300 messages on one channel, each carried by each of 300 operations: 90,000 messages.
+    summary = "A reading. " * 30
+    lines = ["asyncapi: 3.0.0", "info: {title: Fan-out, version: '1'}", "channels:", "  readings:"]
+    lines += ["    messages:"]
+    lines += [f"      m{n}: {{summary: '{summary}', payload: {{type: string}}}}" for n in range(300)]
+    lines += ["operations:"]
+    lines += [f"  o{n}: {{action: send, channel: {{$ref: '#/channels/readings'}}}}" for n in range(300)]
+    before = row_counts()
+    with pytest.raises(DocumentTooLargeError) as caught:
+        api_import(provider=alice, content="\n".join(lines) + "\n", filename="fan-out.yaml")
+    assert caught.value.pointer.startswith("/channels/readings/messages/m")
+    assert caught.value.line is not None
+    assert f"more than {MAX_EXPANDED_BYTES // (1024 * 1024)} MB" in caught.value.message
+    assert row_counts() == before
+
+
+def test_yaml_aliases_cannot_expand_into_huge_data(alice):
+    levels = ["  x-a: &a " + "x" * 10_000]
+    for name, below in zip("bcd", "abc", strict=True):
+        levels.append(f"  x-{name}: &{name} [{', '.join([f'*{below}'] * 10)}]")
+    levels.append(f"  x-e: [{', '.join(['*d'] * 10)}]")  # 10,000 copies: 100 MB from 11 KB
+    document = "asyncapi: 3.0.0\ninfo:\n  title: Laughs\n  version: '1'\n" + "\n".join(levels) + "\n"
+    with pytest.raises(DocumentTooLargeError) as caught:
+        api_import(provider=alice, content=document, filename="laughs.yaml")
+    assert "YAML aliases" in caught.value.message
+    assert caught.value.pointer.startswith("/info/x-")
+    assert caught.value.line in (5, 6, 7, 8, 9)
+
+
+def test_references_nested_past_200_levels_are_kept_as_references(alice, client):
+    schemas = [
+        f"    S{n}: {{type: object, properties: {{next: {{$ref: '#/components/schemas/S{n + 1}'}}}}}}"
+        for n in range(300)
+    ]
+    document = (
+        "asyncapi: 2.6.0\ninfo: {title: Chain, version: '1'}\nchannels:\n  c:\n    subscribe:\n"
+        "      message: {payload: {$ref: '#/components/schemas/S0'}}\ncomponents:\n  schemas:\n"
+        + "\n".join(schemas)
+        + "\n    S300: {type: string}\n"
+    )
+    version = api_import(provider=alice, content=document, filename="chain.yaml")
+    node, levels = version.channels.get().operations.get().messages[0]["payload"], 0
+    while "properties" in node:
+        node, levels = node["properties"]["next"], levels + 1
+    assert node == {"$ref": f"#/components/schemas/S{levels}", "x-truncated": True}
+    assert 50 < levels < 100
+    # Pages and JSON encoders recurse per level; the kept reference keeps them within bounds.
+    api_publish(api_version=version)
+    assert client.get(f"/apis/{version.api.slug}/").status_code == 200
+
+
+V26 = "asyncapi: 2.6.0\ninfo:\n  title: T\n  version: '1'\n"
+V30 = "asyncapi: 3.0.0\ninfo:\n  title: T\n  version: '1'\n"
+V30_OPERATION = "operations:\n  o:\n    action: send\n    channel: {$ref: '#/channels/c'}\n"
+
+
+@pytest.mark.parametrize(
+    ("document", "pointer", "line", "fragment"),
+    [
+        (
+            V26 + "channels:\n  c:\n    subscribe:\n      message:\n        $ref: '#/info/title'\n",
+            "/channels/c/subscribe/message/$ref",
+            9,
+            'points to a string ("T"), but a Message Object',
+        ),
+        (
+            V26 + "tags: [{name: a}]\nchannels:\n  c:\n    subscribe:\n      message: {$ref: '#/tags'}\n",
+            "/channels/c/subscribe/message/$ref",
+            9,
+            "points to a list, but a Message Object",
+        ),
+        (
+            V26 + "channels:\n  c/{x}:\n    parameters:\n      x:\n        schema: {$ref: '#/info/title'}\n",
+            "/channels/c~1{x}/parameters/x/schema/$ref",
+            9,
+            'points to a string ("T"), not to a schema',
+        ),
+        (
+            V26 + "channels:\n  c:\n    subscribe:\n      traits: [{$ref: '#/info/version'}]\n",
+            "/channels/c/subscribe/traits/0/$ref",
+            8,
+            "but a trait (a mapping)",
+        ),
+        (
+            V30 + "channels:\n  c:\n    address: c/{x}\n    parameters:\n      x: {$ref: '#/info/title'}\n",
+            "/channels/c/parameters/x/$ref",
+            9,
+            "but a Parameter Object (a mapping)",
+        ),
+        (
+            V30
+            + "channels:\n  c:\n    address: c/{x}\n    parameters:\n"
+            + "      x: {$ref: '#/components/schemas/S/properties'}\n"
+            + "components:\n  schemas:\n    S:\n      properties:\n        enum: {type: string}\n",
+            "/channels/c/parameters/x/enum",
+            9,
+            '"enum" must be a list, found a mapping',
+        ),
+        (
+            V30 + "channels:\n  c:\n    bindings: {$ref: '#/info/title'}\n",
+            "/channels/c/bindings/$ref",
+            7,
+            "but a Channel Bindings Object",
+        ),
+        (
+            V30 + "channels:\n  c:\n    address: c\noperations:\n  o: {$ref: '#/info'}\n",
+            "/operations/o/action",
+            9,
+            '"action" must be "send" or "receive"',
+        ),
+        (
+            V30
+            + "channels:\n  c:\n    messages:\n      m:\n        payload: {$ref: '#/info/title'}\n"
+            + V30_OPERATION,
+            "/channels/c/messages/m/payload/$ref",
+            9,
+            "not to a schema",
+        ),
+    ],
+)
+def test_references_to_the_wrong_kind_of_value_are_refused_at_the_reference(
+    alice, document, pointer, line, fragment
+):
+    before = row_counts()
+    with pytest.raises(AsyncAPIError) as caught:
+        api_import(provider=alice, content=document, filename="refs.yaml")
+    assert (caught.value.pointer, caught.value.line) == (pointer, line)
+    assert fragment in caught.value.message
+    assert row_counts() == before
+
+
+def test_stored_parameters_are_always_mappings(alice):
+    document = V26 + (
+        "channels:\n  c/{x}/{y}:\n    parameters:\n      x: {$ref: '#/components/parameters/x'}\n"
+        "      y: {schema: true}\n    subscribe: {message: {payload: {type: string}}}\n"
+        "components:\n  parameters:\n    x: {schema: {$ref: '#/components/schemas/Id'}}\n"
+        "  schemas:\n    Id: {type: string, enum: [a1, b2]}\n"
+    )
+    channel = api_import(provider=alice, content=document, filename="params.yaml").channels.get()
+    assert channel.parameters == {
+        "x": {"schema": {"type": "string", "enum": ["a1", "b2"]}},
+        "y": {"schema": {}},
+    }
+    assert channel.example_address() == "c/a1/y"
+
+
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (V30.replace("  version", "  x-big: 1e999\n  version"), 4),
+        (V30.replace("  version", "  x-big: -1e999\n  version"), 4),
+        ('{"asyncapi": "3.0.0",\n "info": {"title": "T", "version": "1",\n "x-big": 1e999}}', 3),
+        (
+            '{"asyncapi": "3.0.0",\n "info": {"title": "T", "version": "1",\n "x-big": 1'
+            + "0" * 400
+            + ".5}}",
+            3,
+        ),
+    ],
+)
+def test_numbers_beyond_json_range_are_refused_with_pointer_and_line(alice, content, line):
+    before = row_counts()
+    with pytest.raises(AsyncAPIError) as caught:
+        api_import(provider=alice, content=content, filename="big.json")
+    assert (caught.value.pointer, caught.value.line) == ("/info/x-big", line)
+    assert "beyond the range of JSON numbers" in caught.value.message
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize(
+    ("content", "pointer", "line", "fragment"),
+    [
+        (
+            '{"asyncapi": "3.0.0",\n "info": {"title": "a",\n  "title": "b", "version": "1"}}',
+            "/info/title",
+            3,
+            'duplicate key "title"',
+        ),
+        (
+            '{"asyncapi": "3.0.0", "info": {"title": "a\\ud800", "version": "1"}}',
+            "/info/title",
+            1,
+            "lone UTF-16 surrogate",
+        ),
+        (
+            '{"asyncapi": "3.0.0",\n "info": {"title": "a\\u0000", "version": "1"}}',
+            "/info/title",
+            2,
+            "U+0000",
+        ),
+    ],
+)
+def test_json_values_that_cannot_be_stored_are_refused_with_pointer_and_line(
+    alice, content, pointer, line, fragment
+):
+    before = row_counts()
+    with pytest.raises(AsyncAPIError) as caught:
+        api_import(provider=alice, content=content, filename="api.json")
+    assert (caught.value.pointer, caught.value.line) == (pointer, line)
+    assert fragment in caught.value.message
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize("version", ["1.0/../../x", "", " ", ".", "..", "1.0 beta", "1.0\t", "1\u0007"])
+def test_versions_unusable_in_gateway_urls_are_refused(alice, version):
+    document = V30.replace("version: '1'", f"version: {json.dumps(version)}")
+    before = row_counts()
+    with pytest.raises(AsyncAPIError) as caught:
+        api_import(provider=alice, content=document, filename="v.yaml")
+    assert (caught.value.pointer, caught.value.line) == ("/info/version", 4)
+    assert "gateway URLs" in caught.value.message
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize("version", ["2024-01-01", "v1.0.0-rc.1+build.5", "1.0_β"])
+def test_unusual_but_usable_versions_import(alice, version):
+    document = V30.replace("version: '1'", f"version: {json.dumps(version)}")
+    assert api_import(provider=alice, content=document, filename="v.yaml").version == version
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"#" * (MAX_DOCUMENT_BYTES + 1), "é" * (MAX_DOCUMENT_BYTES // 2 + 1)],
+    ids=["bytes", "text-counted-as-utf8"],
+)
+def test_documents_over_the_size_limit_are_refused(alice, content):
+    with pytest.raises(DocumentTooLargeError) as caught:
+        api_import(provider=alice, content=content, filename="huge.yaml")
+    assert f"larger than the {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB" in caught.value.message
+    assert caught.value.filename == "huge.yaml"
+
+
+def test_file_names_are_stored_without_characters_the_database_refuses(alice):
+    # A multipart file name or a direct call may carry NUL or a lone surrogate; PostgreSQL
+    # refuses both (a DataError or UnicodeEncodeError, a 500, before).
+    version = api_import(provider=alice, content=RECURSIVE, filename="org\x00\ud800.yaml")
+    assert version.source_filename == "org.yaml"
+
+
+def test_a_document_with_700_channels_imports_completely(alice):
+    """Speed is measured by `manage.py bench_import`, not asserted here."""
+    document = fleet_document(700)
+    assert len(document.encode()) > 500_000
+    version = api_import(provider=alice, content=document, filename="fleet.yaml")
+    assert version.channels.count() == 700
+    assert Operation.objects.filter(channel__api_version=version).count() == 700
+    last = version.channels.get(key="vehicle699").operations.get().messages[0]["payload"]
+    assert last["properties"]["header"]["properties"]["field9"]["type"] == "string"

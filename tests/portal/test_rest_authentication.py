@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import base64
+
+
+def basic(email: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{email}:{password}".encode()).decode()
+    return {"HTTP_AUTHORIZATION": f"Basic {token}"}
+
+
+def test_basic_auth_with_email_and_password(client, bob):
+    assert client.get("/api/v1/applications/", **basic(bob.email, "correct horse battery")).status_code == 200
+    assert client.get("/api/v1/applications/", **basic(bob.email, "wrong")).status_code == 401
+
+
+def test_password_guessing_is_rate_limited_like_the_sign_in_page(client, bob):
+    statuses = [
+        client.get("/api/v1/applications/", **basic(bob.email, f"guess{n}")).status_code for n in range(8)
+    ]
+    assert statuses[:5] == [401] * 5
+    assert set(statuses[5:]) == {429}
+    # Even the right password is refused until the window passes: guessing gains nothing.
+    response = client.get("/api/v1/applications/", **basic(bob.email, "correct horse battery"))
+    assert response.status_code == 429
+    assert "Too many failed sign-in attempts" in response.json()["detail"]
