@@ -76,7 +76,7 @@ def django_errors_as_400() -> Iterator[None]:
 
 
 class APIRootView(APIView):
-    """``GET /api/v1/``: links to the v1 resources and to the OpenAPI schema and docs."""
+    """Links to the v1 resources, the OpenAPI schema and the interactive docs."""
 
     authentication_classes = [RateLimitedBasicAuthentication, SessionAuthentication]
     permission_classes = [permissions.AllowAny]

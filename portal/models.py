@@ -173,7 +173,11 @@ class Channel(models.Model):
         return re.compile(f"^{pattern}$")
 
     def example_address(self) -> str:
-        """The address with each parameter filled by its first enum value, default, or name."""
+        """The address with each parameter filled by its first enum value, default or example.
+
+        A parameter with none of those stays a ``{placeholder}``, so nobody mistakes its name for
+        a value to send.
+        """
 
         def fill(match: re.Match[str]) -> str:
             spec = self.parameters.get(match.group(1)) or {}
@@ -185,7 +189,7 @@ class Channel(models.Model):
             examples = spec.get("examples") or schema.get("examples")
             if examples:
                 return str(examples[0])
-            return match.group(1)
+            return match.group(0)
 
         return re.sub(r"\{([^}]+)\}", fill, self.address)
 

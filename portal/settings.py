@@ -169,7 +169,8 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Eventgate API",
     "DESCRIPTION": (
-        "API management for event-driven APIs: catalog, applications, subscriptions, usage, invoices."
+        "API management for event-driven APIs: the catalog, AsyncAPI import and publishing, "
+        "applications, subscriptions and API keys."
     ),
     "VERSION": "1.0.0",
     # Swagger UI and Redoc from the pinned sidecar package, not a CDN (no internet in many sites).

@@ -3,7 +3,11 @@ data, admin the platform admin) and a published API with one receive channel."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+from django.conf import settings
 
 from tests.factories import (
     APIFactory,
@@ -15,6 +19,20 @@ from tests.factories import (
 )
 
 pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.stripe"]
+
+# Real AsyncAPI documents written by others, read in place (never copied into the repository):
+# the team's `shared/` folder lies beside the repository; EVENTGATE_SHARED_DIR overrides it.
+SHARED_ASYNCAPI = (
+    Path(os.environ.get("EVENTGATE_SHARED_DIR", Path(settings.BASE_DIR).parent / "shared")) / "asyncapi"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not SHARED_ASYNCAPI.is_dir():
+        raise pytest.UsageError(
+            f"The shared AsyncAPI documents are not at {SHARED_ASYNCAPI}: clone the repository next to "
+            "the team's shared/ folder, or set EVENTGATE_SHARED_DIR to that folder."
+        )
 
 
 @pytest.fixture

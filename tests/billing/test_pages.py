@@ -43,7 +43,8 @@ def test_invoice_page_shows_lines_usage_totals_and_stripe_status(client, bob, bo
     page = response.content.decode()
     assert "Base fee" in page and "$49.00" in page
     assert "Events" in page and "$4.50" in page and "$1.50" in page
-    assert "12,345" in page and "2.4\xa0MB" in page
+    # Decimal units, as on the usage page: 2,500,000 bytes.
+    assert "12,345" in page and "2.5 MB" in page
     assert "$53.50" in page
     assert "in_test123" in page and "Open" in page
     assert "Ticker" in page and "Metered" in page and "Trading bot" in page

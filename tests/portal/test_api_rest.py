@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES
 from portal.models import API, APIKey, APIVersion, Subscription
 from portal.services.apis import api_import
+from tests.conftest import SHARED_ASYNCAPI
 from tests.factories import ApplicationFactory, BusinessPlanFactory
 
-SHARED = Path(settings.BASE_DIR).parent / "shared" / "asyncapi"
 PASSWORD = "correct horse battery"  # tests/factories.py UserFactory
 
 SMALL = """asyncapi: 3.0.0
@@ -71,7 +69,7 @@ def test_draft_api_detail_is_not_found(client, alice):
 
 
 def test_provider_uploads_a_document_then_publishes_it(client, alice):
-    path = SHARED / "spec_websocket-gemini-asyncapi.yml"
+    path = SHARED_ASYNCAPI / "spec_websocket-gemini-asyncapi.yml"
     with path.open("rb") as upload:
         response = client.post("/api/v1/apis/import", {"file": upload}, **basic(alice))
     assert response.status_code == 201, response.content
@@ -119,7 +117,7 @@ def test_provider_imports_json_body_and_adds_a_version(client, alice):
 
 def test_refused_document_answers_400_with_pointer_line_and_file(client, alice):
     name = "spec-json-schemas_asyncapi.yml"
-    with (SHARED / name).open("rb") as upload:
+    with (SHARED_ASYNCAPI / name).open("rb") as upload:
         response = client.post("/api/v1/apis/import", {"file": upload}, **basic(alice))
     assert response.status_code == 400
     assert response.json() == {

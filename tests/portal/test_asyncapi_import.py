@@ -4,10 +4,8 @@ and over small documents written here for the edge cases: cycles, 1.x, broken YA
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.core.exceptions import PermissionDenied
 
 from portal.asyncapi import (
@@ -22,8 +20,8 @@ from portal.asyncapi import (
 from portal.management.commands.bench_import import fleet_document
 from portal.models import API, APIVersion, Channel, Operation
 from portal.services.apis import api_import, api_publish
+from tests.conftest import SHARED_ASYNCAPI
 
-SHARED = Path(settings.BASE_DIR).parent / "shared" / "asyncapi"
 INVALID = "spec-json-schemas_asyncapi.yml"
 ELEVATOR = "apim/elevator-co/api/V1/json/{resource_region_id}/{equipment_type}/{event_type}/{resource_type}"
 
@@ -58,11 +56,13 @@ EXPECTED = {
 
 
 def shared_documents() -> list[str]:
-    return sorted(path.name for path in SHARED.iterdir() if path.suffix in {".yml", ".yaml", ".json"})
+    return sorted(
+        path.name for path in SHARED_ASYNCAPI.iterdir() if path.suffix in {".yml", ".yaml", ".json"}
+    )
 
 
 def import_shared(provider, name: str) -> APIVersion:
-    return api_import(provider=provider, content=(SHARED / name).read_bytes(), filename=name)
+    return api_import(provider=provider, content=(SHARED_ASYNCAPI / name).read_bytes(), filename=name)
 
 
 def actions(version: APIVersion) -> dict[str, list[str]]:
@@ -77,7 +77,7 @@ def row_counts() -> tuple[int, ...]:
 
 
 def test_every_shared_document_has_an_expectation():
-    assert shared_documents(), f"no AsyncAPI documents found in {SHARED}"
+    assert shared_documents(), f"no AsyncAPI documents found in {SHARED_ASYNCAPI}"
     assert sorted(EXPECTED) == shared_documents()
 
 
@@ -93,7 +93,7 @@ def test_shared_document_imports_with_its_channels_and_actions(alice, name):
     found = actions(version)
     for address, expected in expected_actions.items():
         assert found[address] == expected, address
-    assert version.source == (SHARED / name).read_text(encoding="utf-8")
+    assert version.source == (SHARED_ASYNCAPI / name).read_text(encoding="utf-8")
     assert version.source_filename == name
     assert version.status == APIVersion.Status.DRAFT
     assert version.api.status == API.Status.DRAFT
@@ -216,7 +216,7 @@ def test_product_apim_20_ref_parameters_import_despite_schema_defect(alice):
     ]
     assert (
         maintenance.example_address()
-        == "apim/elevator-co/api/V1/json/fr/elevator/maintenace/elev-make-1/resource_id"
+        == "apim/elevator-co/api/V1/json/fr/elevator/maintenace/elev-make-1/{resource_id}"
     )
     # The spec decides, not the prose: this Solace export's summaries are written from the
     # client's side ("subscribe to maintenance events" on `publish`), but 2.0.0 §Channel Item
@@ -607,7 +607,7 @@ def test_stored_parameters_are_always_mappings(alice):
         "x": {"schema": {"type": "string", "enum": ["a1", "b2"]}},
         "y": {"schema": {}},
     }
-    assert channel.example_address() == "c/a1/y"
+    assert channel.example_address() == "c/a1/{y}"
 
 
 @pytest.mark.parametrize(

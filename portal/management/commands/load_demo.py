@@ -53,7 +53,7 @@ ACCOUNTS = (
     ),
     DemoAccount(
         "consumer@eventgate.local",
-        f'consumer; owns the application "{APPLICATION_NAME}"',
+        f'consumer; owns "{APPLICATION_NAME}" (free plans) and "Demo backtesting" (paid, invoiced)',
         {"is_staff": False, "is_superuser": False, "is_provider": False},
     ),
 )
