@@ -129,10 +129,13 @@ def invoice_period_close(
 
     A period that has not ended ``grace_period()`` ago is refused: its invoice would be issued
     (and immutable) before all its usage is in. ``allow_open=True`` closes it anyway (operators'
-    tests and demos; later usage in that period is then never billed).
+    tests and demos; later usage in that period is then never billed). A period that overlaps an
+    invoiced period of any account without being that same period is refused too: its flat fees
+    and the events in the overlap would be billed a second time.
 
     Returns the invoices this call created (empty when the period was already closed).
-    Raises ``ValueError`` if the bounds are naive or not increasing, or the period is still open.
+    Raises ``ValueError`` if the bounds are naive or not increasing, the period is still open, or
+    it overlaps an invoiced period.
     """
     if period_start.tzinfo is None or period_end.tzinfo is None or period_start >= period_end:
         raise ValueError(f"Invalid billing period {period_start!r} – {period_end!r}.")
@@ -142,6 +145,7 @@ def invoice_period_close(
             f"The billing period ending {period_end:%Y-%m-%d %H:%M} UTC is still open: it can be closed "
             f"from {closes_at:%Y-%m-%d %H:%M} UTC, after the grace period for late usage."
         )
+    _check_no_overlap(period_start=period_start, period_end=period_end)
 
     by_owner: dict[int, list[Subscription]] = defaultdict(list)
     for subscription in billable_subscriptions(period_start=period_start, period_end=period_end):
@@ -154,6 +158,28 @@ def invoice_period_close(
         )
     logger.info("Closed billing period %s – %s: %d new invoices", period_start, period_end, len(created))
     return created
+
+
+def _check_no_overlap(*, period_start: datetime, period_end: datetime) -> None:
+    """Raise ``ValueError`` naming an invoiced period that overlaps ``[period_start, period_end)``
+    but is not exactly it (the same period again is fine: closing is idempotent)."""
+    overlapping = (
+        Invoice.objects.filter(period_start__lt=period_end, period_end__gt=period_start)
+        .exclude(period_start=period_start, period_end=period_end)
+        .order_by("period_start", "pk")
+        .first()
+    )
+    if overlapping is not None:
+        raise ValueError(
+            f"The billing period {_utc(period_start)} – {_utc(period_end)} UTC overlaps the period "
+            f"{_utc(overlapping.period_start)} – {_utc(overlapping.period_end)} UTC already invoiced "
+            f"(invoice {overlapping.pk}): closing it would bill flat fees and events a second time. "
+            "Close that same period, or one that starts where it ends."
+        )
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M}"
 
 
 def invoice_closed_periods(*, now: datetime, grace: timedelta | None = None) -> list[Invoice]:

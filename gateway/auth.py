@@ -63,6 +63,9 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
     """
     if not secret:
         raise HandshakeRefused("no credential")
+    if "\x00" in secret + api_slug + version + address:
+        # PostgreSQL text cannot hold NUL: refuse before any query (else a 500).
+        raise HandshakeRefused("NUL character in the credential or path")
     key = APIKey.objects.for_secret(secret)
     if key is None:
         raise HandshakeRefused("unknown, revoked or expired API key")
@@ -87,6 +90,14 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
         address=address,
         channel_template=channel.address,
         routing_key=routing_key(api=api.slug, version=api_version.version, address=address),
+    )
+
+
+def grant_still_allowed(grant: Grant) -> bool:
+    """Whether ``grant``'s key is still usable and its subscription still active (2 queries)."""
+    return (
+        APIKey.objects.usable().filter(pk=grant.key_id).exists()
+        and Subscription.objects.active().filter(pk=grant.subscription_id).exists()
     )
 
 

@@ -81,16 +81,24 @@ def timestamp_json(value: Any) -> str:
     return repr(seconds) if math.isfinite(seconds) else "null"
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def frame_build(*, event_id: str, channel_fragment: str, published_at: Any, body: bytes) -> str:
     """The client frame for one event, by concatenation around the raw JSON ``body``.
 
     ``published_at`` is the ``eg-published-at`` header (see ``timestamp_json``). The body is
     parsed once (not re-serialized) so that only one whole JSON value is spliced in: a body such
     as ``0,"channel":"other"`` could otherwise forge frame fields. Raises ``ValueError`` if the
-    body is not UTF-8 (RFC 6455 §5.6: text frames are UTF-8) or not exactly one JSON value.
+    body is not UTF-8 (RFC 6455 §5.6: text frames are UTF-8) or not exactly one JSON value
+    (RFC 8259: ``NaN`` and ``Infinity`` are not JSON; nesting too deep to parse is refused too).
     """
     text = body.decode() if body else "null"
-    json.loads(text)
+    try:
+        json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("event body nested too deeply") from None
     head = '{"id":' + _json_str(event_id) + channel_fragment + timestamp_json(published_at)
     return head + ',"payload":' + text + "}"
 

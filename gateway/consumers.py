@@ -10,7 +10,8 @@ to send registered codes such as 1008 or 1013, so each mirrors the registered co
 
 - 4008 (as 1008 policy violation): the client sent a data frame (sending is not offered yet);
 - 4013 (as 1013 try again later): RabbitMQ is unreachable, so no events could flow;
-- 4401 (as HTTP 401): the API key was revoked while the connection was open.
+- 4401 (as HTTP 401): the API key was revoked while the connection was open;
+- 4403 (as HTTP 403): the subscription stopped being active (cancelled, suspended).
 """
 
 from __future__ import annotations
@@ -21,9 +22,15 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from gateway.auth import Grant, HandshakeRefused, credential_from_scope, handshake_authorize
+from gateway.auth import (
+    Grant,
+    HandshakeRefused,
+    credential_from_scope,
+    grant_still_allowed,
+    handshake_authorize,
+)
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
-from gateway.control import api_key_group
+from gateway.control import api_key_group, subscription_group
 from gateway.metering import get_meter
 
 log = logging.getLogger(__name__)
@@ -31,6 +38,7 @@ log = logging.getLogger(__name__)
 CLOSE_POLICY_VIOLATION = 4008
 CLOSE_TRY_AGAIN_LATER = 4013
 CLOSE_REVOKED = 4401
+CLOSE_SUBSCRIPTION_ENDED = 4403
 REASON_NO_CLIENT_EVENTS = "This channel does not accept events from clients."
 REASON_BROKER_DOWN = "Event backbone unavailable; try again later."
 
@@ -50,17 +58,25 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         route = self.scope["url_route"]["kwargs"]
         try:
-            self.grant = await self._authorize(
+            grant = await self._authorize(
                 secret=credential_from_scope(self.scope),
                 api_slug=route["api"],
                 version=route["version"],
                 address=route["address"],
             )
+            # Join the control groups, then look again: a revocation that committed after the
+            # check above but before the join would otherwise never reach this connection.
+            await self._groups_join(grant)
+            if not await self._still_allowed(grant):
+                raise HandshakeRefused(
+                    f"key {grant.key_id}: revoked or subscription ended during the handshake"
+                )
         except HandshakeRefused as refusal:
-            log.info("Refused handshake for %s from %s: %s", self.scope["path"], self._peer(), refusal)
+            # %r: the path comes from the client; repr keeps it on one log line.
+            log.info("Refused handshake for %r from %s: %s", self.scope["path"], self._peer(), refusal)
             await self.close()  # before accept: daphne answers HTTP 403
             return
-        await self._stream(self.grant)
+        await self._stream(grant)
 
     async def _stream(self, grant: Grant) -> None:
         """Bind the channel on the bridge, accept, then start receiving its events."""
@@ -68,7 +84,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         try:
             await self.bridge.bind(grant.routing_key)
         except BrokerUnavailable as exc:
-            log.warning("WebSocket %s closed with 1013: %s", self.scope["path"], exc)
+            log.warning("WebSocket %r closed with 4013: %s", self.scope["path"], exc)
             await self.accept()
             await self.close(code=CLOSE_TRY_AGAIN_LATER, reason=REASON_BROKER_DOWN)
             return
@@ -79,32 +95,56 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         self._meter_add = meter.add
         self._subscription_id = grant.subscription_id
         self._channel_template = grant.channel_template
-        await self.channel_layer.group_add(api_key_group(grant.key_id), self.channel_name)
         await self.accept()
         # Attached only once accepted: the bridge never sends on a socket still in the handshake.
         self.bridge.attach(grant.routing_key, grant.address, self)
         log.info("WebSocket open: subscription %s on %s", grant.subscription_id, grant.routing_key)
 
     async def disconnect(self, code: int) -> None:
+        if self.grant is not None:
+            for group in self._groups(self.grant):
+                await self.channel_layer.group_discard(group, self.channel_name)
         if self.bridge is None or self.grant is None or not self._bound:
             return
         self.bridge.detach(self.grant.routing_key, self)
         self._bound = False
-        await self.channel_layer.group_discard(api_key_group(self.grant.key_id), self.channel_name)
         await self.bridge.unbind(self.grant.routing_key)
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        await self.close(code=CLOSE_POLICY_VIOLATION, reason=REASON_NO_CLIENT_EVENTS)
+    @staticmethod
+    def _groups(grant: Grant) -> tuple[str, str]:
+        return api_key_group(grant.key_id), subscription_group(grant.subscription_id)
+
+    async def _groups_join(self, grant: Grant) -> None:
+        self.grant = grant
+        for group in self._groups(grant):
+            await self.channel_layer.group_add(group, self.channel_name)
 
     async def gateway_revoke(self, event: dict[str, Any]) -> None:
         """Control message ``gateway.revoke``: this connection's API key was revoked."""
-        log.info("Closing WebSocket of subscription %s: API key revoked", self._subscription_id)
+        log.info(
+            "Closing WebSocket of subscription %s: API key revoked", self.grant and self.grant.subscription_id
+        )
         await self.close(code=CLOSE_REVOKED, reason="API key revoked.")
+
+    async def gateway_subscription_ended(self, event: dict[str, Any]) -> None:
+        """Control message ``gateway.subscription_ended``: the subscription is no longer active."""
+        log.info(
+            "Closing WebSocket of subscription %s: no longer active",
+            self.grant and self.grant.subscription_id,
+        )
+        await self.close(code=CLOSE_SUBSCRIPTION_ENDED, reason="Subscription no longer active.")
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        await self.close(code=CLOSE_POLICY_VIOLATION, reason=REASON_NO_CLIENT_EVENTS)
 
     async def deliver(self, message: dict[str, Any], size: int, minute: int) -> None:
         """Send one event frame (``gateway.bridge.Subscriber``) and meter it. Hot path: no I/O wait."""
         await self.base_send(message)
         self._meter_add((self._subscription_id, self._channel_template, "out", minute), size)
+
+    @database_sync_to_async
+    def _still_allowed(self, grant: Grant) -> bool:
+        return grant_still_allowed(grant)
 
     @database_sync_to_async
     def _authorize(self, *, secret: str | None, api_slug: str, version: str, address: str) -> Grant:

@@ -1,11 +1,16 @@
 """Control messages to live gateway connections, over the Channels layer (never the data path).
 
-Each accepted connection joins the group of the API key it authenticated with; services call
-``api_key_revoked_notify`` after a revocation commits, and every gateway process closes that
-key's connections with close code 4401 (``gateway.consumers.CLOSE_REVOKED``).
+Each accepted connection joins the group of its API key and the group of its subscription. When
+a key stops being usable (revoked, expired by an admin) or a subscription stops being active
+(cancelled, suspended), ``gateway.signals`` sends a message once the change commits, and every
+gateway process closes those connections: 4401 for a key (``gateway.consumers.CLOSE_REVOKED``),
+4403 for a subscription (``CLOSE_SUBSCRIPTION_ENDED``). Saves through the ORM (services, Django
+admin) are covered; raw ``QuerySet.update()`` calls must call these functions themselves.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -16,8 +21,34 @@ def api_key_group(key_id: int) -> str:
     return f"gateway.apikey.{key_id}"
 
 
+def subscription_group(subscription_id: int) -> str:
+    """The Channels group of connections of subscription ``subscription_id``."""
+    return f"gateway.subscription.{subscription_id}"
+
+
+def _group_send(group: str, message: dict[str, str]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: sync code (views, admin, Celery) with no loop here
+        async_to_sync(layer.group_send)(group, message)
+    else:  # called from async code: async_to_sync would refuse, so send in the background
+        task = loop.create_task(layer.group_send(group, message))
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+
+
+_pending: set[asyncio.Task[None]] = set()  # keeps background sends alive until they finish
+
+
 def api_key_revoked_notify(*, key_id: int) -> None:
     """Tell every gateway process to close the live connections of key ``key_id`` (sync code)."""
-    layer = get_channel_layer()
-    if layer is not None:
-        async_to_sync(layer.group_send)(api_key_group(key_id), {"type": "gateway.revoke"})
+    _group_send(api_key_group(key_id), {"type": "gateway.revoke"})
+
+
+def subscription_ended_notify(*, subscription_id: int) -> None:
+    """Tell every gateway process to close the live connections of a subscription that is no
+    longer active (sync code)."""
+    _group_send(subscription_group(subscription_id), {"type": "gateway.subscription_ended"})

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -126,6 +127,17 @@ def _get_api_for_owner(user: User, slug: str) -> API:
     return get_object_or_404(API, slug=slug, provider=user)
 
 
+def _get_version_of(api: API, version: str) -> APIVersion:
+    """Version ``version`` of ``api`` (any status), or 404.
+
+    ``version`` is a ``<str:>`` URL segment, so it may hold NUL, which PostgreSQL cannot compare
+    (DataError); no stored version holds control characters (the importer refuses them).
+    """
+    if "\x00" in version:
+        raise Http404("No such version.")
+    return get_object_or_404(api.versions, version=version)
+
+
 def _get_application_for_user(user: User, pk: int) -> Application:
     return get_object_or_404(Application, pk=pk, owner=user)
 
@@ -233,7 +245,7 @@ class APIVersionPublishView(V1View):
     @extend_schema(request=None, responses=APIVersionSerializer, summary="Publish a version of your API")
     def post(self, request: Request, slug: str, version: str) -> Response:
         api = _get_api_for_owner(request.user, slug)
-        api_version = get_object_or_404(api.versions, version=version)
+        api_version = _get_version_of(api, version)
         with django_errors_as_400():
             api_publish(api_version=api_version)
         api_version = APIVersion.objects.prefetch_related(_channels_prefetch()).get(pk=api_version.pk)

@@ -26,6 +26,10 @@ class RateLimitedBasicAuthentication(BasicAuthentication):
     """
 
     def authenticate_credentials(self, userid: str, password: str, request: Request | None = None) -> Any:
+        if "\x00" in userid or "\x00" in password:
+            # No account has NUL in its email (PostgreSQL text cannot hold it, and looking it up
+            # would raise DataError, a 500) or its password (forms refuse it).
+            raise exceptions.AuthenticationFailed("Invalid username/password.")
         django_request = request._request if request is not None else None
         usage = None
         if django_request is not None:

@@ -94,7 +94,8 @@ AMQP_URL = env("AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672/")
 # with "%", ".", "*", "#" percent-encoded in each word (docs/gateway.md).
 EVENTGATE_EXCHANGE = env("EVENTGATE_EXCHANGE", default="eventgate.events")
 
-# Channels: Redis channel layer for control messages; in-memory (one process only) without REDIS_URL.
+# Channels and cache: Redis for control messages and the cache; in-memory (one process only)
+# without REDIS_URL.
 REDIS_URL = env("REDIS_URL", default="")
 if REDIS_URL:
     CHANNEL_LAYERS = {
@@ -105,6 +106,8 @@ if REDIS_URL:
             "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
         }
     }
+    # Shared by all processes: sign-in rate limits (allauth) must not reset per process or restart.
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

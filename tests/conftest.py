@@ -74,9 +74,11 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
-def _empty_cache():
+def _empty_cache(settings):
     # Rate-limit counters (allauth) live in the cache: one test's failed sign-ins must not lock
-    # out the next test's user.
+    # out the next test's user. A fresh in-process cache per test, so clearing it never flushes
+    # the Redis database that channel layers of running servers share.
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     from django.core.cache import cache
 
     cache.clear()

@@ -12,6 +12,7 @@ Public names:
   ``check_document_size(size)`` to refuse an upload before reading it
 - ``EXPANSION_BUDGET_BYTES``, ``MAX_EXPANDED_BYTES``: how much a document's resolved ``$ref``s
   may store (see ``portal.asyncapi.refs``)
+- ``MAX_MESSAGES``: how many messages all operations of a document may carry together
 
 Storing a parsed document is ``portal.services.apis.api_import``. See docs/asyncapi-import.md.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 from portal.asyncapi.errors import AsyncAPIError, DocumentTooLargeError
 from portal.asyncapi.locations import MAX_DOCUMENT_BYTES, check_document_size, decode_source
 from portal.asyncapi.parser import (
+    MAX_MESSAGES,
     ParsedChannel,
     ParsedDocument,
     ParsedOperation,
@@ -34,6 +36,7 @@ __all__ = [
     "EXPANSION_BUDGET_BYTES",
     "MAX_DOCUMENT_BYTES",
     "MAX_EXPANDED_BYTES",
+    "MAX_MESSAGES",
     "SUPPORTED_VERSIONS",
     "AsyncAPIError",
     "DocumentTooLargeError",

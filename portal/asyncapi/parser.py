@@ -20,7 +20,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from portal.asyncapi.errors import AsyncAPIError
+from portal.asyncapi.errors import AsyncAPIError, DocumentTooLargeError
 from portal.asyncapi.locations import LoadedDocument, decode_source, line_for, load_text, pointer_join
 from portal.asyncapi.refs import Resolver, describe, is_internal, is_ref, ref_tokens
 from portal.asyncapi.validation import check_version, validate_document
@@ -32,6 +32,10 @@ MAX_CHANNEL_KEY = 255
 MAX_ADDRESS = 1000
 MAX_CHANNEL_TITLE = 255
 MAX_OPERATION_KEY = 255
+# Messages all operations of one document may carry together. A 3.x operation without
+# ``messages`` carries every message of its channel, so 230 operations on a channel of 230
+# messages (a 43 KB document) once stored 52,900 messages and rendered a 79 MB API page.
+MAX_MESSAGES = 2000
 
 Action = Literal["receive", "send"]
 # AsyncAPI 2.x Channel Item field → the consumer's action.
@@ -120,6 +124,27 @@ def parse_document(*, content: bytes | str, filename: str) -> ParsedDocument:
         raise AsyncAPIError("the document is nested too deeply to read", filename=filename) from None
 
 
+class _MessageBudget:
+    """Counts the messages a document's operations carry; refuses the document past
+    ``MAX_MESSAGES`` (each is stored with its operation and shown on the API's page)."""
+
+    def __init__(self) -> None:
+        self.carried = 0
+
+    def spend(self, count: int, *, at: str, what: str) -> None:
+        """Add ``count`` messages of the operation at ``at``, described by ``what`` (a clause
+        naming the operation); raises ``DocumentTooLargeError`` at ``at`` past the limit."""
+        self.carried += count
+        if self.carried > MAX_MESSAGES:
+            raise DocumentTooLargeError(
+                f"{what}, which brings the document's operations to {self.carried:,} messages; "
+                f"Eventgate takes at most {MAX_MESSAGES:,} per document, because every message of every "
+                "operation is stored and shown on the API's page. List in each operation only the "
+                "messages it uses, or split the document",
+                pointer=at,
+            )
+
+
 def _parse_valid(loaded: LoadedDocument, version: str) -> ParsedDocument:
     data: dict[str, Any] = loaded.data
     info = data["info"]
@@ -176,6 +201,7 @@ def _api_version(value: Any) -> str:
 def _channels_v2(data: dict[str, Any], resolver: Resolver) -> list[ParsedChannel]:
     """2.x §Channels Object: the key is the channel's address (a relative path with {params})."""
     channels = []
+    budget = _MessageBudget()
     for key, raw in (data.get("channels") or {}).items():
         at = pointer_join("/channels", key)
         item = _mapping(resolver, raw, at, "a Channel Item Object")
@@ -184,7 +210,7 @@ def _channels_v2(data: dict[str, Any], resolver: Resolver) -> list[ParsedChannel
             if field_name in item:
                 op_at = pointer_join(at, field_name)
                 operation = _mapping(resolver, item[field_name], op_at, "an Operation Object")
-                operations.append(_operation_v2(operation, action, data, resolver, op_at))
+                operations.append(_operation_v2(operation, action, data, resolver, op_at, budget))
         channels.append(
             _channel(key, key, {"description": item.get("description")}, item, operations, resolver, at)
         )
@@ -192,7 +218,12 @@ def _channels_v2(data: dict[str, Any], resolver: Resolver) -> list[ParsedChannel
 
 
 def _operation_v2(
-    operation: dict[str, Any], action: Action, data: dict[str, Any], resolver: Resolver, at: str
+    operation: dict[str, Any],
+    action: Action,
+    data: dict[str, Any],
+    resolver: Resolver,
+    at: str,
+    budget: _MessageBudget,
 ) -> ParsedOperation:
     """2.x §Operation Object; its traits are JSON-Merge-Patched over it in order (trait wins)."""
     operation = _apply_traits(operation, resolver, at, object_wins=False)
@@ -212,6 +243,9 @@ def _operation_v2(
             ]
         else:
             candidates = [(operation["message"], message_at)]
+        budget.spend(
+            len(candidates), at=message_at, what=f"the operation at {at} carries {len(candidates):,} messages"
+        )
         for index, (candidate, candidate_at) in enumerate(candidates):
             fallback = f"message{index + 1}" if len(candidates) > 1 else "message"
             messages.append(
@@ -230,10 +264,11 @@ def _channels_v3(data: dict[str, Any], resolver: Resolver) -> list[ParsedChannel
         at = pointer_join("/channels", key)
         channel_items[key] = _mapping(resolver, raw, at, "a Channel Object")
     operations: dict[str, list[ParsedOperation]] = {key: [] for key in channel_items}
+    budget = _MessageBudget()
     for op_key, raw in (data.get("operations") or {}).items():
         at = pointer_join("/operations", op_key)
         raw = _mapping(resolver, raw, at, "an Operation Object")
-        channel_key, operation = _operation_v3(op_key, raw, channel_items, data, resolver, at)
+        channel_key, operation = _operation_v3(op_key, raw, channel_items, data, resolver, at, budget)
         operations[channel_key].append(operation)
     channels = []
     for key, item in channel_items.items():
@@ -253,11 +288,13 @@ def _operation_v3(
     data: dict[str, Any],
     resolver: Resolver,
     at: str,
+    budget: _MessageBudget,
 ) -> tuple[str, ParsedOperation]:
     """3.x §Operation Object → (channel key, operation); traits merge under it (object wins).
 
     ``channel`` MUST point to a channel in the root channels object; ``messages`` MUST point to
-    messages of that channel and, when absent, means all of them.
+    messages of that channel and, when absent, means all of them. The messages count towards
+    ``budget`` before any is read.
     """
     _check_length(key, MAX_OPERATION_KEY, at, "the operation key")
     operation = _apply_traits(operation, resolver, at, object_wins=True)
@@ -286,16 +323,23 @@ def _operation_v3(
     resolver.charge(len(key) + len(summary) + 64, at=at)
     if operation.get("messages") is not None:
         messages_at = pointer_join(at, "messages")
+        listed = _field(operation, "messages", list, at, "a list of message references")
+        budget.spend(len(listed), at=messages_at, what=f'operation "{key}" lists {len(listed):,} messages')
         messages = [
             _message(item, data, resolver, pointer_join(messages_at, index), object_wins=True)
-            for index, item in enumerate(
-                _field(operation, "messages", list, at, "a list of message references")
-            )
+            for index, item in enumerate(listed)
         ]
     else:
         channel_at = pointer_join("/channels", channel_key)
         channel_messages = _field(
             channels[channel_key], "messages", dict, channel_at, "a mapping of messages"
+        )
+        count = len(channel_messages or {})
+        budget.spend(
+            count,
+            at=at,
+            what=f'operation "{key}" lists no "messages", so it carries all {count:,} messages of '
+            f'channel "{channel_key}"',
         )
         messages = [
             _message(

@@ -6,21 +6,30 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from gateway.control import api_key_revoked_notify
 from portal.models import API, APIKey, Application, BusinessPlan, Subscription, User
 
 
 def application_create(*, owner: User, name: str, description: str = "") -> Application:
     """Create an application for ``owner``.
 
-    Raises ``ValidationError`` (field ``name``) when the owner already has one of that name.
+    Raises ``ValidationError`` (field ``name``) when the owner already has one of that name,
+    also when a concurrent request created it after the check (``unique_application_name``).
     """
     name = name.strip()
     if not name:
         raise ValidationError({"name": "Give the application a name."})
-    if Application.objects.filter(owner=owner, name=name).exists():
-        raise ValidationError({"name": f"You already have an application called “{name}”."})
-    return Application.objects.create(owner=owner, name=name, description=description.strip())
+    same_name = Application.objects.filter(owner=owner, name=name)
+    duplicate = ValidationError({"name": f"You already have an application called “{name}”."})
+    if same_name.exists():
+        raise duplicate
+    try:
+        # A savepoint, so a caller's transaction stays usable after the duplicate is refused.
+        with transaction.atomic():
+            return Application.objects.create(owner=owner, name=name, description=description.strip())
+    except IntegrityError:
+        if same_name.exists():
+            raise duplicate from None
+        raise
 
 
 def subscription_create(*, application: Application, plan: BusinessPlan) -> Subscription:
@@ -30,13 +39,13 @@ def subscription_create(*, application: Application, plan: BusinessPlan) -> Subs
     until an admin calls ``subscription_approve``.
 
     Raises ``ValidationError`` (field ``plan``) if the API is not published, the plan is not
-    approved, or the application already has a pending or active subscription to the API.
+    approved, or the application already has a pending or active subscription to the API. The
+    first two both read "This plan is not available.": a plan id must not reveal the name of an
+    API or plan that its provider has not released.
     """
     api = plan.api
-    if not API.objects.published().filter(pk=api.pk).exists():
-        raise ValidationError({"plan": f"{api.name} is not published."})
-    if not plan.is_approved:
-        raise ValidationError({"plan": f"The plan “{plan.name}” is not available yet."})
+    if not plan.is_approved or not API.objects.published().filter(pk=api.pk).exists():
+        raise ValidationError({"plan": "This plan is not available."})
     status = Subscription.Status.PENDING if plan.requires_approval else Subscription.Status.ACTIVE
     try:
         with transaction.atomic():
@@ -76,12 +85,22 @@ def plan_create(*, api: API, name: str, **fields: object) -> BusinessPlan:
     """Add a business plan to ``api``; it is offered only after an admin approves it.
 
     ``fields`` are ``BusinessPlan`` fields (prices in minor units). Raises ``ValidationError``
-    (field ``name``) when the API already has a plan of that name.
+    (field ``name``) when the API already has a plan of that name, also when a concurrent request
+    created it after the check (``unique_plan_name``).
     """
     name = name.strip()
-    if api.plans.filter(name=name).exists():
-        raise ValidationError({"name": f"{api.name} already has a plan called “{name}”."})
-    return BusinessPlan.objects.create(api=api, name=name, is_approved=False, **fields)
+    same_name = api.plans.filter(name=name)
+    duplicate = ValidationError({"name": f"{api.name} already has a plan called “{name}”."})
+    if same_name.exists():
+        raise duplicate
+    try:
+        # A savepoint, so a caller's transaction stays usable after the duplicate is refused.
+        with transaction.atomic():
+            return BusinessPlan.objects.create(api=api, name=name, is_approved=False, **fields)
+    except IntegrityError:
+        if same_name.exists():
+            raise duplicate from None
+        raise  # another constraint (a negative price from a direct call) is a bug, not a duplicate
 
 
 def plan_approve(*, plan: BusinessPlan, approver: User) -> BusinessPlan:
@@ -101,8 +120,9 @@ def api_key_create(*, application: Application, name: str = "default") -> tuple[
 
 def api_key_revoke(*, key: APIKey) -> APIKey:
     """Revoke ``key``: handshakes with it are refused from now on, and once the revocation
-    commits, every gateway process closes the key's open connections (close code 4401)."""
-    APIKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    transaction.on_commit(lambda: api_key_revoked_notify(key_id=key.pk))
-    key.refresh_from_db()
+    commits, every gateway process closes the key's open connections (close code 4401, through
+    ``gateway.signals`` on save). Revoking twice keeps the first time."""
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
     return key

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import nh3
 from django import forms, template
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
+from markdown_it.utils import EnvType, OptionsDict
 
 from portal.links import gateway_ws_url
 
@@ -30,17 +35,38 @@ def money(minor: int | None, currency: str = "usd") -> str:
     return f"{major:,.2f} {(currency or '').upper()}"
 
 
+def _render_image(
+    renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType
+) -> str:
+    """``![alt](url "title")`` as a link to the image with ``alt`` (else the URL) as its words.
+
+    An ``<img>`` would make every visitor's browser fetch the provider's URL: a tracking pixel on
+    Eventgate's pages. Inside a link (``[![alt](img)](url)``) the alt text alone, as links do
+    not nest. markdown-it has already refused unsafe URLs (``javascript:``) and escaped the rest.
+    """
+    token = tokens[idx]
+    alt = escapeHtml(renderer.renderInlineAsText(token.children or [], options, env))
+    depth = sum({"link_open": 1, "link_close": -1}.get(before.type, 0) for before in tokens[:idx])
+    if depth > 0:
+        return alt
+    src = escapeHtml(str(token.attrGet("src") or ""))
+    title = token.attrGet("title")
+    title_attribute = f' title="{escapeHtml(str(title))}"' if title else ""
+    return f'<a href="{src}"{title_attribute}>{alt or src}</a>'
+
+
 # Descriptions in AsyncAPI documents are CommonMark (AsyncAPI 3.0 §Info Object, §Channel Object,
 # §Schema Object). Raw HTML is off, so markup in the text is shown as text; nh3 then sanitizes
 # the output anyway, as a second line of defence should a renderer bug let something through.
+# No <img>: images become links (``_render_image``).
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
+_MARKDOWN.add_render_rule("image", _render_image)
 MARKDOWN_TAGS = {
-    "p", "br", "hr", "strong", "em", "code", "pre", "blockquote", "ul", "ol", "li", "a", "img",
+    "p", "br", "hr", "strong", "em", "code", "pre", "blockquote", "ul", "ol", "li", "a",
     "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td",
 }  # fmt: skip
 MARKDOWN_ATTRIBUTES = {
     "a": {"href", "title"},
-    "img": {"src", "alt", "title"},
     "ol": {"start"},
     "th": {"style"},
     "td": {"style"},

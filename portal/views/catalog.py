@@ -57,7 +57,10 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def api_list(request: HttpRequest) -> HttpResponse:
-    query = request.GET.get("q", "").strip()
+    """The published APIs; ``?q=`` keeps those whose name, summary or a channel address of a
+    published version contains the text (case-insensitive)."""
+    # PostgreSQL text cannot hold NUL: a filter with "\x00" would raise DataError (a 500).
+    query = request.GET.get("q", "").replace("\x00", "").strip()
     apis = API.objects.published().prefetch_related(
         Prefetch(
             "versions",
@@ -72,11 +75,15 @@ def api_list(request: HttpRequest) -> HttpResponse:
         Prefetch("plans", queryset=BusinessPlan.objects.filter(is_approved=True), to_attr="approved_plans"),
     )
     if query:
+        # Only published versions' channels: a draft version's channels are not public yet.
+        matching_channels = Channel.objects.filter(
+            api_version__status=APIVersion.Status.PUBLISHED, address__icontains=query
+        )
         apis = apis.filter(
             Q(name__icontains=query)
             | Q(summary__icontains=query)
-            | Q(versions__channels__address__icontains=query)
-        ).distinct()
+            | Q(pk__in=matching_channels.values("api_version__api"))
+        )
     return render(request, "portal/api_list.html", {"apis": apis, "query": query})
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.db import transaction
 from django.db.models import Count, Prefetch, Q
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
+from django.urls.converters import SlugConverter
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from portal.asyncapi import AsyncAPIError
+from portal.asyncapi import MAX_DOCUMENT_BYTES, AsyncAPIError, DocumentTooLargeError
 from portal.forms import ImportForm, PlanForm, add_service_errors
 from portal.models import API, APIVersion, Subscription
 from portal.services.apis import api_import, api_publish
@@ -22,7 +27,13 @@ from portal.views.decorators import provider_required
 
 
 def _get_api_for_provider(request: HttpRequest, slug: str) -> API:
-    """The provider's own API ``slug`` (any status), or 404 (never another provider's)."""
+    """The provider's own API ``slug`` (any status), or 404 (never another provider's).
+
+    ``slug`` may come from the query string (``?api=``), where no URL converter checked it: what
+    is not a slug is a 404 before it reaches PostgreSQL, which cannot compare text with NUL.
+    """
+    if not re.fullmatch(SlugConverter.regex, slug):
+        raise Http404("No such API.")
     return get_object_or_404(API, slug=slug, provider=request.user)
 
 
@@ -46,13 +57,41 @@ def provider_api_list(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/provider/api_list.html", {"apis": apis})
 
 
+def _csrf_rejection(request: HttpRequest) -> HttpResponse | None:
+    """The CSRF middleware's verdict on ``request``: None when it passes, else its 403 page.
+
+    Run inside a ``csrf_exempt`` view, as DRF's ``SessionAuthentication.enforce_csrf`` does. It
+    reads the token from ``request.POST``, so it raises ``RequestDataTooBig`` for form fields over
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE``, which the view can then answer on its own page.
+    """
+    check = CsrfViewMiddleware(lambda request: HttpResponse())
+    check.process_request(request)
+    return check.process_view(request, None, (), {})
+
+
+# The CSRF middleware would read a pasted document over DATA_UPLOAD_MAX_MEMORY_SIZE before the
+# view and answer Django's bare "Bad Request (400)"; the view runs the same check itself instead.
+@csrf_exempt
 @provider_required
 def provider_api_import(request: HttpRequest) -> HttpResponse:
     """Upload or paste an AsyncAPI document; ``?api=<slug>`` adds a new version to that API."""
     api = _get_api_for_provider(request, request.GET["api"]) if request.GET.get("api") else None
-    form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
+    form = ImportForm()
     import_error: AsyncAPIError | None = None
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST":
+        try:
+            if (rejection := _csrf_rejection(request)) is not None:
+                return rejection
+            form = ImportForm(request.POST, request.FILES)
+        except RequestDataTooBig:
+            # Files do not count towards Django's limit, so this is pasted text. The token was
+            # never read, and need not be: this answer stores and changes nothing.
+            import_error = DocumentTooLargeError(
+                f"the pasted document is larger than the {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB "
+                "Eventgate accepts for an AsyncAPI document",
+                filename="pasted document",
+            )
+    if form.is_bound and form.is_valid():
         try:
             # The service stores nothing on error; the transaction makes that hold for any failure.
             with transaction.atomic():

@@ -22,6 +22,7 @@
     4008: "policy violation: this channel does not accept events from clients",
     4013: "the event backbone is unavailable; try again later",
     4401: "key revoked",
+    4403: "subscription no longer active",
   };
   let socket = null;
   let count = 0;

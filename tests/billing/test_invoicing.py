@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from io import StringIO
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
@@ -85,6 +87,45 @@ def test_closing_a_period_twice_creates_one_invoice(bob_subscription, record_usa
     invoice = Invoice.objects.get()
     assert invoice.lines.count() == 2
     assert invoice.total_minor == 5350  # issued invoices are not recomputed
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (datetime(2026, 10, 15, tzinfo=UTC), OCTOBER[1]),  # the tester's second half of October
+        (datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 2, tzinfo=UTC)),
+        (datetime(2026, 10, 10, tzinfo=UTC), datetime(2026, 10, 20, tzinfo=UTC)),
+        (datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)),
+    ],
+)
+def test_a_period_overlapping_an_invoiced_one_is_refused(bob_subscription, record_usage, start, end):
+    record_usage(bob_subscription, datetime(2026, 10, 20, tzinfo=UTC), 12_345)
+    [invoice] = close_october()
+
+    with pytest.raises(ValueError) as caught:
+        invoice_period_close(period_start=start, period_end=end, allow_open=True)
+
+    assert "overlaps the period 2026-10-01 00:00 – 2026-11-01 00:00 UTC already invoiced" in str(caught.value)
+    assert f"(invoice {invoice.pk})" in str(caught.value)
+    assert Invoice.objects.count() == 1
+    assert InvoiceLine.objects.count() == 2
+
+
+def test_periods_next_to_an_invoiced_one_are_closed(bob_subscription, record_usage):
+    record_usage(bob_subscription, datetime(2026, 11, 3, tzinfo=UTC), 12_345)
+    close_october()
+    [november] = invoice_period_close(period_start=NOVEMBER[0], period_end=NOVEMBER[1], allow_open=True)
+    [september] = invoice_period_close(period_start=datetime(2026, 9, 1, tzinfo=UTC), period_end=OCTOBER[0])
+    assert november.total_minor == 5350
+    assert september.total_minor == 4900
+    assert close_october() == []  # the same period again is still fine
+
+
+def test_invoice_period_command_refuses_an_overlapping_period(bob_subscription):
+    call_command("invoice_period", "--start", "2026-10-01", "--end", "2026-11-01", stdout=StringIO())
+    with pytest.raises(CommandError, match="overlaps the period 2026-10-01 00:00 – 2026-11-01 00:00 UTC"):
+        call_command("invoice_period", "--start", "2026-10-15", "--end", "2026-11-01", stdout=StringIO())
+    assert Invoice.objects.count() == 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -14,6 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
+from gateway.consumers import EventStreamConsumer
 from gateway.metering import get_meter
 from gateway.publishing import event_publish
 from gateway.routing import websocket_urlpatterns
@@ -140,3 +141,23 @@ async def test_gateway_origin_validator_allows_clients_without_origin_but_checks
         connected, _ = await client.connect()
         await client.disconnect()
         assert connected is expected, headers
+
+
+async def test_revocation_landing_mid_handshake_is_not_missed(stream_api, bob_subscribed, monkeypatch):
+    """The key is revoked after the credential check but before the connection joins its
+    control groups (so the 4401 message would reach nobody): the second check refuses it."""
+    original = EventStreamConsumer._groups_join
+
+    async def revoke_then_join(self, grant):
+        await sync_to_async(api_key_revoke)(key=bob_subscribed.key)
+        await original(self, grant)
+
+    monkeypatch.setattr(EventStreamConsumer, "_groups_join", revoke_then_join)
+    assert await handshake(prices(stream_api), secret=bob_subscribed.secret) is False
+
+
+async def test_nul_in_the_path_is_refused_not_a_server_error(stream_api, bob_subscribed):
+    assert (
+        await handshake(f"/ws/{stream_api.slug}\x00/1.0.0/prices/ACME", secret=bob_subscribed.secret) is False
+    )
+    assert await handshake(prices(stream_api, "AC\x00ME"), secret=bob_subscribed.secret) is False

@@ -179,7 +179,8 @@ def test_event_body_that_is_not_one_json_value_is_dropped(daphne_server, stream_
 
     async def scenario() -> dict:
         async with connect(url) as client, EventPublisher() as publisher:
-            for body in (b'0,"id":"spoofed"', b'{"unterminated":', b'{"ok":true}'):
+            deep = b"[" * 100_000 + b"]" * 100_000
+            for body in (b'0,"id":"spoofed"', b'{"unterminated":', b"NaN", deep, b'{"ok":true}'):
                 await publisher.publish(
                     api=stream_api.slug, version="1.0.0", address="prices/ACME", payload=body
                 )
@@ -187,3 +188,25 @@ def test_event_body_that_is_not_one_json_value_is_dropped(daphne_server, stream_
 
     event = asyncio.run(scenario())
     assert event["payload"] == {"ok": True} and event["id"] != "spoofed"
+
+
+def test_cancelling_a_subscription_in_admin_closes_its_connections_with_4403(
+    daphne_server, stream_api, bob_subscribed
+):
+    url = (
+        f"{daphne_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+    )
+    subscription = bob_subscribed.subscription
+
+    def cancel() -> None:  # as Django admin does: a model save, not a service call
+        subscription.status = "cancelled"
+        subscription.save()
+
+    async def scenario() -> int | None:
+        async with connect(url) as client:
+            await asyncio.to_thread(cancel)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(client.recv(), timeout=5)
+        return closed.value.rcvd.code if closed.value.rcvd else None
+
+    assert asyncio.run(scenario()) == 4403, daphne_server.log()

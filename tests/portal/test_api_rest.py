@@ -10,10 +10,10 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES
-from portal.models import API, APIKey, APIVersion, Subscription
+from portal.models import API, APIKey, APIVersion, Application, Subscription
 from portal.services.apis import api_import
 from tests.conftest import SHARED_ASYNCAPI
-from tests.factories import ApplicationFactory, BusinessPlanFactory
+from tests.factories import APIFactory, APIVersionFactory, ApplicationFactory, BusinessPlanFactory
 
 PASSWORD = "correct horse battery"  # tests/factories.py UserFactory
 
@@ -299,12 +299,40 @@ def test_subscribing_to_an_unknown_plan_answers_400(client, bob, plan):
     assert response.json()["plan"]
 
 
-def test_unapproved_plan_answers_400_with_the_reason(client, bob, ticker_api):
-    draft = BusinessPlanFactory(api=ticker_api, name="Beta", is_approved=False)
+@pytest.mark.parametrize("unreleased", ["plan awaiting approval", "draft API", "no published version"])
+def test_plans_not_on_offer_answer_one_400_that_names_nothing(client, alice, bob, unreleased):
+    api = APIFactory(
+        provider=alice,
+        name="Project Nightjar",
+        status=API.Status.DRAFT if unreleased == "draft API" else API.Status.PUBLISHED,
+    )
+    version_status = (
+        APIVersion.Status.DRAFT if unreleased == "no published version" else APIVersion.Status.PUBLISHED
+    )
+    APIVersionFactory(api=api, status=version_status)
+    plan = BusinessPlanFactory(
+        api=api, name="Early access", is_approved=unreleased != "plan awaiting approval"
+    )
     app = ApplicationFactory(owner=bob)
-    response = client.post(f"/api/v1/applications/{app.pk}/subscriptions/", {"plan": draft.pk}, **basic(bob))
+
+    response = client.post(f"/api/v1/applications/{app.pk}/subscriptions/", {"plan": plan.pk}, **basic(bob))
+
     assert response.status_code == 400
-    assert response.json() == {"plan": ["The plan “Beta” is not available yet."]}
+    assert response.json() == {"plan": ["This plan is not available."]}
+    assert not Subscription.objects.exists()
+
+
+def test_application_name_taken_by_a_concurrent_request_answers_400(client, bob, rival_creates):
+    rival_creates(ApplicationFactory, owner=bob, name="R1")
+    response = client.post("/api/v1/applications/", {"name": "R1"}, **basic(bob))
+    assert response.status_code == 400
+    assert response.json() == {"name": ["You already have an application called “R1”."]}
+    assert Application.objects.filter(owner=bob, name="R1").count() == 1
+
+
+def test_publishing_a_version_named_with_nul_is_404_not_500(client, alice, ticker_api):
+    assert client.post("/api/v1/apis/ticker/versions/1.0%000/publish", **basic(alice)).status_code == 404
+    assert client.post("/api/v1/apis/ticker/versions/%00/publish", **basic(alice)).status_code == 404
 
 
 def test_session_login_works_as_in_the_browser(client, bob):

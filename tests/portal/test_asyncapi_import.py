@@ -3,6 +3,7 @@ and over small documents written here for the edge cases: cycles, 1.x, broken YA
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from portal.asyncapi import (
     EXPANSION_BUDGET_BYTES,
     MAX_DOCUMENT_BYTES,
     MAX_EXPANDED_BYTES,
+    MAX_MESSAGES,
     SUPPORTED_VERSIONS,
     AsyncAPIError,
     DocumentTooLargeError,
@@ -463,21 +465,79 @@ def test_shared_schemas_share_one_expansion_budget_per_document(alice, client):
     assert len(page.content) < 8_000_000  # was 149 MB
 
 
-def test_payloads_expanding_past_the_document_limit_are_refused_naming_where(alice):
-    # 300 messages on one channel, each carried by each of 300 operations: 90,000 messages.
-    summary = "A reading. " * 30
+def fan_out_document(*, messages: int, operations: int, summary: str = "A reading.") -> str:
+    """One 3.0 channel of ``messages`` messages and ``operations`` operations on it that list no
+    messages, so each carries all of them: ``messages * operations`` in all."""
     lines = ["asyncapi: 3.0.0", "info: {title: Fan-out, version: '1'}", "channels:", "  readings:"]
     lines += ["    messages:"]
-    lines += [f"      m{n}: {{summary: '{summary}', payload: {{type: string}}}}" for n in range(300)]
+    lines += [f"      m{n}: {{summary: '{summary}', payload: {{type: string}}}}" for n in range(messages)]
     lines += ["operations:"]
-    lines += [f"  o{n}: {{action: send, channel: {{$ref: '#/channels/readings'}}}}" for n in range(300)]
+    lines += [
+        f"  o{n}: {{action: send, channel: {{$ref: '#/channels/readings'}}}}" for n in range(operations)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_payloads_expanding_past_the_document_limit_are_refused_naming_where(alice):
+    # 40 messages of 6 KB, each carried by each of 50 operations: 2,000 messages, 12 MB.
+    document = fan_out_document(messages=40, operations=50, summary="A reading. " * 550)
+    assert len(document) < 300_000
     before = row_counts()
     with pytest.raises(DocumentTooLargeError) as caught:
-        api_import(provider=alice, content="\n".join(lines) + "\n", filename="fan-out.yaml")
+        api_import(provider=alice, content=document, filename="fan-out.yaml")
     assert caught.value.pointer.startswith("/channels/readings/messages/m")
     assert caught.value.line is not None
     assert f"more than {MAX_EXPANDED_BYTES // (1024 * 1024)} MB" in caught.value.message
     assert row_counts() == before
+
+
+def test_operations_carrying_more_than_2000_messages_are_refused_at_the_operation(alice, client):
+    # 230 operations × all 230 messages of their channel: 52,900 messages from 43 KB, which
+    # once rendered a 79 MB API page. The ninth operation (o8) takes the count past 2,000.
+    document = fan_out_document(messages=230, operations=230)
+    assert len(document) < 50_000
+    before = row_counts()
+    with pytest.raises(DocumentTooLargeError) as caught:
+        api_import(provider=alice, content=document, filename="fan-out.yaml")
+    assert caught.value.pointer == "/operations/o8"
+    assert caught.value.line == 245  # o0 is on line 237, after the 230 messages
+    assert 'operation "o8" lists no "messages", so it carries all 230 messages' in caught.value.message
+    assert f"at most {MAX_MESSAGES:,} per document" in caught.value.message
+    assert row_counts() == before
+    response = client.post(
+        "/api/v1/apis/import",
+        json.dumps({"filename": "fan-out.yaml", "content": document}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"alice@example.com:correct horse battery").decode(),
+    )
+    assert response.status_code == 413
+    assert response.json()["pointer"] == "/operations/o8"
+    assert row_counts() == before
+
+
+def test_operations_listing_more_than_2000_messages_are_refused_at_their_messages(alice):
+    lines = ["asyncapi: 3.0.0", "info: {title: Listed, version: '1'}", "channels:", "  readings:"]
+    lines += ["    messages:", "      m: {payload: {type: string}}", "operations:"]
+    refs = ", ".join(["{$ref: '#/channels/readings/messages/m'}"] * 700)
+    lines += [
+        f"  o{n}: {{action: send, channel: {{$ref: '#/channels/readings'}}, messages: [{refs}]}}"
+        for n in range(3)
+    ]
+    with pytest.raises(DocumentTooLargeError) as caught:
+        api_import(provider=alice, content="\n".join(lines) + "\n", filename="listed.yaml")
+    assert caught.value.pointer == "/operations/o2/messages"
+    assert caught.value.line == 10
+    assert 'operation "o2" lists 700 messages' in caught.value.message
+
+
+def test_a_document_with_2000_messages_imports(alice):
+    version = api_import(
+        provider=alice, content=fan_out_document(messages=200, operations=10), filename="fan-out.yaml"
+    )
+    assert (
+        sum(len(operation.messages) for operation in Operation.objects.filter(channel__api_version=version))
+        == 2000
+    )
 
 
 def test_yaml_aliases_cannot_expand_into_huge_data(alice):

@@ -92,3 +92,24 @@ def test_card_text_drops_markup_but_keeps_words():
     assert markdown_text("Prices in `USD`, see [docs](https://example.com) <b>") == (
         "Prices in USD, see docs &lt;b&gt;"
     )
+
+
+def test_images_become_links_so_no_url_loads_with_the_page():
+    # An <img> would fetch the provider's URL for every visitor: a tracking pixel.
+    assert markdown("![i](http://host/x.png)") == (
+        '<p><a href="http://host/x.png" rel="nofollow noopener">i</a></p>\n'
+    )
+    assert markdown_inline('![](https://host/x.png "Status")') == (
+        '<a href="https://host/x.png" title="Status" rel="nofollow noopener">https://host/x.png</a>'
+    )
+    assert markdown_text("Status ![*green*](https://host/x.png)") == "Status green"
+
+
+def test_an_image_inside_a_link_becomes_the_links_words():
+    assert markdown_inline("[![build passing](https://ci.example/badge.svg)](https://ci.example)") == (
+        '<a href="https://ci.example" rel="nofollow noopener">build passing</a>'
+    )
+
+
+def test_sanitizer_drops_img_tags():
+    assert "<img" not in sanitize_html('<p><img src="http://host/x.png" alt="i"></p>')

@@ -23,3 +23,11 @@ def test_password_guessing_is_rate_limited_like_the_sign_in_page(client, bob):
     response = client.get("/api/v1/applications/", **basic(bob.email, "correct horse battery"))
     assert response.status_code == 429
     assert "Too many failed sign-in attempts" in response.json()["detail"]
+
+
+def test_nul_in_the_basic_user_id_or_password_answers_401(client, bob):
+    # PostgreSQL text cannot hold NUL: looking the user up raised DataError, a 500.
+    for credentials in ("a\x00b@x:y", f"{bob.email}\x00:correct horse battery", f"{bob.email}:x\x00y"):
+        token = base64.b64encode(credentials.encode()).decode()
+        response = client.get("/api/v1/applications/", HTTP_AUTHORIZATION=f"Basic {token}")
+        assert response.status_code == 401, credentials

@@ -7,9 +7,10 @@ import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import RequestFactory
+from django.test import Client, RequestFactory
 from django.views.defaults import permission_denied, server_error
 
+from portal.asyncapi import MAX_DOCUMENT_BYTES
 from portal.models import API, APIKey, APIVersion, Application, BusinessPlan, Operation, Subscription
 from tests.factories import (
     APIFactory,
@@ -130,6 +131,21 @@ def test_catalog_search_finds_apis_by_channel(client, ticker_api):
     assert "No APIs match" in _content(client.get("/apis/?q=weather"))
 
 
+def test_catalog_search_skips_channels_of_unpublished_versions(client, ticker_api):
+    draft = APIVersionFactory(api=ticker_api, version="2.0.0", status=APIVersion.Status.DRAFT)
+    ChannelFactory(api_version=draft, key="launch", address="secret-launch/{day}")
+    assert "No APIs match" in _content(client.get("/apis/?q=secret-launch"))
+    assert "Ticker" in _content(client.get("/apis/?q=prices"))
+
+
+def test_catalog_search_with_nul_bytes_is_not_a_500(client, ticker_api):
+    # PostgreSQL text cannot hold NUL; the search drops it (a DataError, a 500, before).
+    response = client.get("/apis/?q=%00")
+    assert response.status_code == 200
+    assert "Ticker" in _content(response)
+    assert "Ticker" in _content(client.get("/apis/?q=pri%00ces"))
+
+
 def test_draft_api_page_is_not_found(client, db):
     APIFactory(slug="hidden", status=API.Status.DRAFT)
     assert client.get("/apis/hidden/").status_code == 404
@@ -246,6 +262,20 @@ def test_markup_in_descriptions_never_reaches_the_api_page(client, ticker_api):
     assert not re.search(r"<[a-z][^>]*\son[a-z]+=", page, re.IGNORECASE)  # no event handler on any tag
 
 
+def test_images_in_descriptions_are_links_not_tracking_pixels(client, ticker_api):
+    ticker_api.description = "Status: ![i](http://host/x.png)"
+    ticker_api.save()
+    channel = ticker_api.versions.get().channels.get()
+    channel.description = "![pixel](https://tracker.example/p.gif)"
+    channel.save()
+
+    page = _content(client.get("/apis/ticker/"))
+
+    assert "<img" not in page.split("<main", 1)[1]  # the site's own logo sits in the header
+    assert '<a href="http://host/x.png" rel="nofollow noopener">i</a>' in page
+    assert '<a href="https://tracker.example/p.gif" rel="nofollow noopener">pixel</a>' in page
+
+
 def test_summary_is_not_repeated_when_the_description_starts_with_it(client, ticker_api):
     # As the importer makes it: the first sentence, with the description's line break collapsed.
     ticker_api.summary = "Live price ticks for eight fictional equities, several per second."
@@ -351,6 +381,17 @@ def test_failed_subscription_does_not_leave_a_new_application_behind(client, bob
     )
     assert response.status_code == 200
     assert "You already have an application called" in _content(response)
+    assert not Subscription.objects.exists()
+
+
+def test_new_application_name_taken_by_a_concurrent_request_is_a_form_error(client, bob, free, rival_creates):
+    client.force_login(bob)
+    rival_creates(ApplicationFactory, owner=bob, name="R1")
+    response = client.post(
+        "/apis/ticker/", {"application": "new", "new_application_name": "R1", "plan": free.pk}
+    )
+    assert response.status_code == 200
+    assert "You already have an application called “R1”." in _content(response)
     assert not Subscription.objects.exists()
 
 
@@ -567,6 +608,45 @@ def test_import_refuses_other_file_types(client, alice):
     assert not API.objects.exists()
 
 
+def test_pasting_more_than_the_request_limit_is_a_form_error_naming_5_mb(alice, settings):
+    # As in a browser: the CSRF check is on, and it reads the form before the view does.
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    client.get("/provider/apis/import/")
+    token = client.cookies[settings.CSRF_COOKIE_NAME].value
+    pasted = "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+
+    response = client.post("/provider/apis/import/", {"csrfmiddlewaretoken": token, "content": pasted})
+
+    assert response.status_code == 200
+    page = _content(response)
+    assert "The document was not imported" in page
+    assert f"larger than the {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB Eventgate accepts" in page
+    assert 'name="content"' in page  # the form, to try again
+    assert not API.objects.exists()
+
+
+def test_import_still_checks_the_csrf_token(alice, settings):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    client.get("/provider/apis/import/")
+    token = client.cookies[settings.CSRF_COOKIE_NAME].value
+    assert client.post("/provider/apis/import/", {"content": TRAINS_YAML.decode()}).status_code == 403
+    assert not API.objects.exists()
+    response = client.post(
+        "/provider/apis/import/", {"csrfmiddlewaretoken": token, "content": TRAINS_YAML.decode()}
+    )
+    assert response.status_code == 302
+    assert API.objects.get().name == "Train departures"
+
+
+def test_import_page_for_an_api_query_that_is_no_slug_is_404(client, alice, ticker_api):
+    client.force_login(alice)
+    assert client.get("/provider/apis/import/?api=ticker").status_code == 200
+    assert client.get("/provider/apis/import/?api=%00").status_code == 404
+    assert client.get("/provider/apis/import/?api=tick%00er").status_code == 404
+
+
 @pytest.mark.parametrize("url", ["/provider/apis/", "/provider/apis/import/", "/provider/apis/ticker/"])
 def test_non_provider_gets_403_on_provider_pages(client, bob, ticker_api, url):
     client.force_login(bob)
@@ -624,6 +704,18 @@ def test_duplicate_plan_name_is_a_form_error(client, alice, ticker_api):
     )
     assert response.status_code == 200
     assert "already has a plan called" in _content(response)
+
+
+def test_plan_name_taken_by_a_concurrent_request_is_a_form_error(client, alice, ticker_api, rival_creates):
+    client.force_login(alice)
+    rival_creates(BusinessPlanFactory, api=ticker_api, name="Platinum", is_approved=False)
+    response = client.post(
+        "/provider/apis/ticker/",
+        {"name": "Platinum", "flat_fee": "1", "included_events": "0", "price_per_1000_events": "0"},
+    )
+    assert response.status_code == 200
+    assert "Ticker already has a plan called “Platinum”." in _content(response)
+    assert BusinessPlan.objects.filter(name="Platinum").count() == 1
 
 
 @pytest.mark.parametrize(
