@@ -81,6 +81,10 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
     channel = channel_match(channels, address)
     if channel is None:
         raise HandshakeRefused(f"key {key.pk}: no receivable channel {address!r} in {api_slug} {version}")
+    try:
+        key_words = routing_key(api=api.slug, version=api_version.version, address=address)
+    except ValueError as too_long:  # AMQP routing keys hold 255 bytes at most
+        raise HandshakeRefused(f"key {key.pk}: {too_long}") from None
     return Grant(
         key_id=key.pk,
         application_id=key.application_id,
@@ -89,7 +93,7 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
         version=api_version.version,
         address=address,
         channel_template=channel.address,
-        routing_key=routing_key(api=api.slug, version=api_version.version, address=address),
+        routing_key=key_words,
     )
 
 
@@ -99,6 +103,21 @@ def grant_still_allowed(grant: Grant) -> bool:
         APIKey.objects.usable().filter(pk=grant.key_id).exists()
         and Subscription.objects.active().filter(pk=grant.subscription_id).exists()
     )
+
+
+def grants_allowed(grants: Iterable[Grant]) -> tuple[set[int], set[int]]:
+    """Of the keys and subscriptions of ``grants``: the ids of those still usable / active.
+
+    Two queries for any number of grants (the gateway's periodic audit of live connections).
+    """
+    grants = list(grants)
+    keys = set(APIKey.objects.usable().filter(pk__in={g.key_id for g in grants}).values_list("pk", flat=True))
+    subscriptions = set(
+        Subscription.objects.active()
+        .filter(pk__in={g.subscription_id for g in grants})
+        .values_list("pk", flat=True)
+    )
+    return keys, subscriptions
 
 
 def _active_subscription(*, key: APIKey, api: API) -> Subscription:

@@ -81,6 +81,10 @@ def timestamp_json(value: Any) -> str:
     return repr(seconds) if math.isfinite(seconds) else "null"
 
 
+# Larger bodies are dropped before parsing, so one huge event cannot stall the event loop.
+MAX_EVENT_BYTES = 1024 * 1024
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -94,6 +98,8 @@ def frame_build(*, event_id: str, channel_fragment: str, published_at: Any, body
     body is not UTF-8 (RFC 6455 §5.6: text frames are UTF-8) or not exactly one JSON value
     (RFC 8259: ``NaN`` and ``Infinity`` are not JSON; nesting too deep to parse is refused too).
     """
+    if len(body) > MAX_EVENT_BYTES:
+        raise ValueError(f"body of {len(body):,} bytes is over the {MAX_EVENT_BYTES:,}-byte limit")
     text = body.decode() if body else "null"
     try:
         json.loads(text, parse_constant=_refuse_constant)
@@ -115,6 +121,8 @@ class Bridge:
         self._queue: AbstractRobustQueue | None = None
         self._start_lock = asyncio.Lock()
         self._bind_lock = asyncio.Lock()
+        self.dropped = 0  # events dropped (bad body, failed delivery); analytics will count them
+        self._drop_logged_at = -60.0
         self.queue_name = f"eventgate.gateway.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
     async def start(self) -> None:
@@ -194,10 +202,6 @@ class Bridge:
         if not route.subscribers:
             del self.routes[routing_key]
 
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(route.subscribers) for route in self.routes.values())
-
     async def _reconcile(self, routing_key: str) -> None:
         # Serialised, and decided on the state at the time of the call, so a bind racing an
         # unbind of the same key always ends with the binding the current demand asks for.
@@ -239,12 +243,8 @@ class Bridge:
                 published_at=message.headers.get("eg-published-at"),
                 body=message.body,
             )
-        except ValueError:
-            log.warning(
-                "Dropped event %s on %s: body is not one UTF-8 JSON value",
-                message.message_id,
-                message.routing_key,
-            )
+        except ValueError as invalid:
+            self._drop(message, str(invalid))
             return
         outgoing = {"type": "websocket.send", "text": frame}
         size = len(frame) if frame.isascii() else len(frame.encode())
@@ -252,8 +252,23 @@ class Bridge:
         for subscriber in route.subscribers:
             try:
                 await subscriber.deliver(outgoing, size, minute)
-            except Exception:
-                log.exception("Delivery to %r failed", subscriber)
+            except Exception as exc:  # noqa: BLE001 - one broken socket must not stop the fan-out
+                self._drop(message, f"delivery failed: {exc!r}")
+
+    def _drop(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Count a dropped event; log the first and then one summary a minute, so a misbehaving
+        publisher cannot flood the log from the event loop."""
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at >= 60:
+            log.warning(
+                "Dropped event %s on %s: %s (%d dropped in this process so far)",
+                message.message_id,
+                message.routing_key,
+                reason,
+                self.dropped,
+            )
+            self._drop_logged_at = now
 
 
 _bridges: dict[asyncio.AbstractEventLoop, Bridge] = {}

@@ -11,22 +11,29 @@ to send registered codes such as 1008 or 1013, so each mirrors the registered co
 - 4008 (as 1008 policy violation): the client sent a data frame (sending is not offered yet);
 - 4013 (as 1013 try again later): RabbitMQ is unreachable, so no events could flow;
 - 4401 (as HTTP 401): the API key was revoked while the connection was open;
-- 4403 (as HTTP 403): the subscription stopped being active (cancelled, suspended).
+- 4403 (as HTTP 403): the subscription stopped being active (e.g. cancelled).
+
+Control messages close these at once; a periodic audit (``live_connections_audit``) catches
+what sends none (expiry, deletion, a deactivated owner, a lost message).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from gateway.auth import (
     Grant,
     HandshakeRefused,
     credential_from_scope,
     grant_still_allowed,
+    grants_allowed,
     handshake_authorize,
 )
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
@@ -98,9 +105,12 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         await self.accept()
         # Attached only once accepted: the bridge never sends on a socket still in the handshake.
         self.bridge.attach(grant.routing_key, grant.address, self)
+        _live.add(self)
+        _audit_ensure_running()
         log.info("WebSocket open: subscription %s on %s", grant.subscription_id, grant.routing_key)
 
     async def disconnect(self, code: int) -> None:
+        _live.discard(self)
         if self.grant is not None:
             for group in self._groups(self.grant):
                 await self.channel_layer.group_discard(group, self.channel_name)
@@ -153,6 +163,52 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
     def _peer(self) -> str:
         client = self.scope.get("client") or ("?", 0)
         return f"{client[0]}:{client[1]}"
+
+
+# The accepted connections of this process, for the audit; weak, so a dead one never lingers.
+_live: weakref.WeakSet[EventStreamConsumer] = weakref.WeakSet()
+_audits: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+
+
+def _audit_ensure_running() -> None:
+    loop = asyncio.get_running_loop()
+    task = _audits.get(loop)
+    if task is None or task.done():
+        _audits[loop] = loop.create_task(_audit_forever(), name="eventgate-live-audit")
+
+
+async def _audit_forever() -> None:
+    while True:
+        await asyncio.sleep(float(settings.GATEWAY_AUDIT_INTERVAL))
+        try:
+            await live_connections_audit()
+        except Exception:  # noqa: BLE001 - database down: keep streaming, try again next time
+            log.exception("Live connection audit failed")
+
+
+async def live_connections_audit() -> int:
+    """Close this process's connections whose key is no longer usable (4401) or whose
+    subscription is no longer active (4403). Two queries however many connections; returns the
+    number closed. Catches what sends no control message: expiry, deletion, a deactivated owner.
+    """
+    consumers = [consumer for consumer in list(_live) if consumer.grant is not None]
+    if not consumers:
+        return 0
+    grants = [consumer.grant for consumer in consumers if consumer.grant is not None]
+    usable_keys, active_subscriptions = await database_sync_to_async(grants_allowed)(grants)
+    closed = 0
+    for consumer in consumers:
+        grant = consumer.grant
+        assert grant is not None
+        if grant.key_id not in usable_keys:
+            await consumer.gateway_revoke({"type": "gateway.revoke"})
+        elif grant.subscription_id not in active_subscriptions:
+            await consumer.gateway_subscription_ended({"type": "gateway.subscription_ended"})
+        else:
+            continue
+        _live.discard(consumer)
+        closed += 1
+    return closed
 
 
 class NoRouteConsumer(AsyncWebsocketConsumer):

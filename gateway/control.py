@@ -2,7 +2,7 @@
 
 Each accepted connection joins the group of its API key and the group of its subscription. When
 a key stops being usable (revoked, expired by an admin) or a subscription stops being active
-(cancelled, suspended), ``gateway.signals`` sends a message once the change commits, and every
+(e.g. cancelled), ``gateway.signals`` sends a message once the change commits, and every
 gateway process closes those connections: 4401 for a key (``gateway.consumers.CLOSE_REVOKED``),
 4403 for a subscription (``CLOSE_SUBSCRIPTION_ENDED``). Saves through the ORM (services, Django
 admin) are covered; raw ``QuerySet.update()`` calls must call these functions themselves.
@@ -11,9 +11,12 @@ admin) are covered; raw ``QuerySet.update()`` calls must call these functions th
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
 
 
 def api_key_group(key_id: int) -> str:
@@ -33,7 +36,12 @@ def _group_send(group: str, message: dict[str, str]) -> None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # the usual case: sync code (views, admin, Celery) with no loop here
-        async_to_sync(layer.group_send)(group, message)
+        try:
+            async_to_sync(layer.group_send)(group, message)
+        except Exception:  # noqa: BLE001 - Redis down: the change is committed; the audit closes them
+            log.exception(
+                "Could not send %s to %s; the periodic audit will close them", message["type"], group
+            )
     else:  # called from async code: async_to_sync would refuse, so send in the background
         task = loop.create_task(layer.group_send(group, message))
         _pending.add(task)

@@ -296,7 +296,7 @@ class SubscriptionQuerySet(models.QuerySet["Subscription"]):
 class Subscription(models.Model):
     """An application's subscription to an API under a business plan.
 
-    Usage is counted, throttled and billed per subscription. One live (pending or active)
+    Usage is counted and billed per subscription. One live (pending or active)
     subscription per application and API.
     """
 
@@ -334,9 +334,11 @@ class Subscription(models.Model):
 
 class APIKeyQuerySet(models.QuerySet["APIKey"]):
     def usable(self) -> APIKeyQuerySet:
-        """Keys that are neither revoked nor expired."""
+        """Keys that are neither revoked nor expired, of applications whose owner is active."""
         now = timezone.now()
-        return self.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        return self.filter(revoked_at__isnull=True, application__owner__is_active=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+        )
 
     def for_secret(self, secret: str) -> APIKey | None:
         """The usable key whose hash matches ``secret``, or None."""

@@ -113,6 +113,8 @@ else:
 
 # Gateway: how often (seconds) in-memory usage counters are flushed to analytics.
 GATEWAY_FLUSH_INTERVAL = env.float("GATEWAY_FLUSH_INTERVAL", default=5.0)
+# Gateway: how often (seconds) each process re-checks its live connections' keys and subscriptions.
+GATEWAY_AUDIT_INTERVAL = env.float("GATEWAY_AUDIT_INTERVAL", default=30.0)
 
 # Celery: tasks travel over RabbitMQ; results are not stored.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=AMQP_URL)

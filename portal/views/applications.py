@@ -127,7 +127,11 @@ def application_list(request: HttpRequest) -> HttpResponse:
         pending_subscriptions=Count(
             "subscriptions", filter=Q(subscriptions__status=Subscription.Status.PENDING), distinct=True
         ),
-        usable_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True),
+        usable_keys=Count(
+            "api_keys",
+            filter=Q(api_keys__in=APIKey.objects.usable()),
+            distinct=True,
+        ),
     )
     return render(request, "portal/application_list.html", {"applications": applications, "form": form})
 

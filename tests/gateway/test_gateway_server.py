@@ -180,7 +180,8 @@ def test_event_body_that_is_not_one_json_value_is_dropped(daphne_server, stream_
     async def scenario() -> dict:
         async with connect(url) as client, EventPublisher() as publisher:
             deep = b"[" * 100_000 + b"]" * 100_000
-            for body in (b'0,"id":"spoofed"', b'{"unterminated":', b"NaN", deep, b'{"ok":true}'):
+            huge = b'"' + b"x" * (1024 * 1024) + b'"'  # valid JSON, over the 1 MiB limit
+            for body in (b'0,"id":"spoofed"', b'{"unterminated":', b"NaN", deep, huge, b'{"ok":true}'):
                 await publisher.publish(
                     api=stream_api.slug, version="1.0.0", address="prices/ACME", payload=body
                 )
@@ -210,3 +211,24 @@ def test_cancelling_a_subscription_in_admin_closes_its_connections_with_4403(
         return closed.value.rcvd.code if closed.value.rcvd else None
 
     assert asyncio.run(scenario()) == 4403, daphne_server.log()
+
+
+def test_deactivating_the_owner_closes_live_connections_through_the_audit(
+    daphne_server, stream_api, bob_subscribed, bob
+):
+    """A change that sends no control message (a bulk update, like a deactivation script) is
+    caught by the gateway's periodic audit of live connections (0.5 s in this server)."""
+    from portal.models import User
+
+    url = (
+        f"{daphne_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+    )
+
+    async def scenario() -> int | None:
+        async with connect(url) as client:
+            await asyncio.to_thread(lambda: User.objects.filter(pk=bob.pk).update(is_active=False))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(client.recv(), timeout=5)
+        return closed.value.rcvd.code if closed.value.rcvd else None
+
+    assert asyncio.run(scenario()) == 4401, daphne_server.log()
