@@ -17,12 +17,14 @@ def _get_invoice_for_user(request: HttpRequest, invoice_id: int) -> Invoice:
 
 @login_required
 def invoice_list(request: HttpRequest) -> HttpResponse:
+    """The signed-in user's invoices, newest period first."""
     invoices = Invoice.objects.for_user(request.user).order_by("-period_start", "currency")
     return render(request, "billing/invoice_list.html", {"invoices": invoices})
 
 
 @login_required
 def invoice_detail(request: HttpRequest, invoice_id: int) -> HttpResponse:
+    """One of the user's invoices: lines with the usage behind them, totals, Stripe status."""
     invoice = _get_invoice_for_user(request, invoice_id)
     lines = invoice.lines.select_related(
         "subscription__api", "subscription__plan", "subscription__application"

@@ -12,6 +12,7 @@ from django.http import HttpRequest, JsonResponse
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
+    """200 ``{"status": "ok"}`` whenever the process serves HTTP (liveness; touches nothing)."""
     return JsonResponse({"status": "ok"})
 
 

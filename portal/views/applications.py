@@ -173,6 +173,7 @@ def key_generate(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def key_revoke(request: HttpRequest, pk: int, key_id: int) -> HttpResponse:
+    """POST: revoke one of the user's keys; its live connections close with 4401."""
     application = _get_application_for_user(request, pk)
     key = _get_api_key_for_user(request, application, key_id)
     api_key_revoke(key=key)

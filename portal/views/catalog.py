@@ -47,6 +47,7 @@ def summary_repeats_description(api: API) -> bool:
 
 
 def home(request: HttpRequest) -> HttpResponse:
+    """The landing page: what Eventgate does, the newest APIs and the path to a first event."""
     featured = API.objects.published().order_by("-created")[:3]
     context = {
         "featured": featured,

@@ -43,6 +43,7 @@ def _get_version_for_provider(request: HttpRequest, api: API, version_id: int) -
 
 @provider_required
 def provider_api_list(request: HttpRequest) -> HttpResponse:
+    """The provider's own APIs with their versions, plans and subscriber counts."""
     apis = (
         API.objects.filter(provider=request.user)
         .prefetch_related(Prefetch("versions", queryset=APIVersion.objects.order_by("-created")))
@@ -167,6 +168,7 @@ def provider_api_detail(request: HttpRequest, slug: str) -> HttpResponse:
 @provider_required
 @require_POST
 def provider_version_publish(request: HttpRequest, slug: str, version_id: int) -> HttpResponse:
+    """POST: publish one version of the provider's API (it then appears in the catalog)."""
     api = _get_api_for_provider(request, slug)
     version = _get_version_for_provider(request, api, version_id)
     try:

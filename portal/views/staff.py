@@ -56,6 +56,7 @@ def subscription_decide(request: HttpRequest, pk: int, decision: str) -> HttpRes
 @staff_required
 @require_POST
 def plan_approve_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """POST (staff): offer a business plan to consumers."""
     plan = _get_plan_for_staff(pk)
     plan_approve(plan=plan, approver=request.user)
     messages.success(request, f"Approved the plan {plan.name} of {plan.api.name}; consumers can pick it now.")
