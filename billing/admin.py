@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from billing.models import BillingAccount, Invoice, InvoiceLine
 from billing.stripe_sync import stripe_enabled
-from billing.tasks import invoice_sync_task
+from billing.tasks import enqueue_stripe_sync
 
 
 @admin.register(BillingAccount)
@@ -80,7 +79,5 @@ class InvoiceAdmin(admin.ModelAdmin):
         if not stripe_enabled():
             self.message_user(request, "STRIPE_API_KEY is not set; Stripe sync is off.", messages.WARNING)
             return
-        ids = list(queryset.values_list("pk", flat=True))
-        for invoice_id in ids:
-            transaction.on_commit(lambda invoice_id=invoice_id: invoice_sync_task.delay(invoice_id))
+        ids = enqueue_stripe_sync(invoice_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Queued {len(ids)} invoice(s) for Stripe sync.")

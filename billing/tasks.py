@@ -59,13 +59,14 @@ def invoice_sync_task(self: Task, invoice_id: int) -> None:
         raise self.retry(exc=exc, countdown=countdown) from exc
 
 
-def enqueue_stripe_sync() -> list[int]:
-    """Enqueue ``invoice_sync_task`` for every invoice not yet synced, once the current
-    transaction commits (so the worker sees the rows). This also re-sends invoices whose
-    earlier sync gave up. Returns the invoice ids; none when Stripe is off."""
+def enqueue_stripe_sync(*, invoice_ids: list[int] | None = None) -> list[int]:
+    """Enqueue ``invoice_sync_task`` once the current transaction commits (so the worker sees
+    the rows): for ``invoice_ids``, or by default every invoice not yet synced (which also
+    re-sends those whose earlier sync gave up). Returns the invoice ids; none when Stripe is off."""
     if not stripe_enabled():
         return []
-    ids = list(Invoice.objects.needing_stripe_sync().order_by("pk").values_list("pk", flat=True))
-    for invoice_id in ids:
+    if invoice_ids is None:
+        invoice_ids = list(Invoice.objects.needing_stripe_sync().order_by("pk").values_list("pk", flat=True))
+    for invoice_id in invoice_ids:
         transaction.on_commit(lambda invoice_id=invoice_id: invoice_sync_task.delay(invoice_id))
-    return ids
+    return invoice_ids

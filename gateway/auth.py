@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from gateway.publishing import address_normalize, routing_key
-from portal.models import API, APIKey, APIVersion, Channel, Operation, Subscription
+from portal.models import API, APIKey, APIVersion, Channel, Subscription
 
 
 class HandshakeRefused(Exception):
@@ -143,17 +143,16 @@ def channel_match(channels: Iterable[Channel], address: str) -> Channel | None:
         values = _template_values(channel, address)
         if values is None or not _parameters_valid(channel.parameters or {}, values):
             continue
-        if any(op.action == Operation.Action.RECEIVE for op in channel.operations.all()):
+        if channel.can_receive:
             candidates.append((len(values), channel.pk, channel))
     return min(candidates, key=lambda item: item[:2])[2] if candidates else None
 
 
 def _template_values(channel: Channel, address: str) -> dict[str, str] | None:
     """Parameter name → value if ``address`` matches ``channel``'s template, else None."""
-    template = address_normalize(channel.address)
-    names = re.findall(r"\{([^}]+)\}", template)
+    names = re.findall(r"\{([^}]+)\}", channel.address)
     try:
-        match = Channel(address=template).address_regex().match(address)
+        match = channel.address_regex().match(address)
     except re.error:  # e.g. two parameter names that differ only in punctuation
         return None
     if match is None:

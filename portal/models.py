@@ -161,8 +161,13 @@ class Channel(models.Model):
         return self.address
 
     def address_regex(self) -> re.Pattern[str]:
-        """A regex matching concrete addresses of this template; one named group per parameter."""
-        parts = re.split(r"\{([^}]+)\}", self.address)
+        """A regex matching concrete addresses of this template; one named group per parameter.
+
+        Leading and trailing ``/`` are optional on both sides: ``/v1/marketdata/{symbol}``
+        matches ``v1/marketdata/btcusd`` (the gateway's URLs carry addresses without them).
+        Raises ``re.error`` for parameter names that collide once punctuation becomes ``_``.
+        """
+        parts = re.split(r"\{([^}]+)\}", self.address.strip("/"))
         pattern = ""
         for index, part in enumerate(parts):
             if index % 2:
@@ -170,7 +175,7 @@ class Channel(models.Model):
                 pattern += f"(?P<{group}>[^/]+)"
             else:
                 pattern += re.escape(part)
-        return re.compile(f"^{pattern}$")
+        return re.compile(f"^/?{pattern}/?$")
 
     def example_address(self) -> str:
         """The address with each parameter filled by its first enum value, default or example.

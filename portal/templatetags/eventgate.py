@@ -17,10 +17,10 @@ from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
 from portal.links import gateway_ws_url
+from portal.money import format_money
 
 register = template.Library()
 
-CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
 BYTE_UNITS = ["B", "KB", "MB", "GB", "TB", "PB"]
 COMBINATORS = {"oneOf": "one of", "anyOf": "any of", "allOf": "all of"}
 
@@ -28,11 +28,7 @@ COMBINATORS = {"oneOf": "one of", "anyOf": "any of", "allOf": "all of"}
 @register.filter
 def money(minor: int | None, currency: str = "usd") -> str:
     """Format an amount in minor units (cents): ``4900, "usd"`` → ``$49.00``."""
-    major = (minor or 0) / 100
-    symbol = CURRENCY_SYMBOLS.get((currency or "").lower())
-    if symbol:
-        return f"{symbol}{major:,.2f}"
-    return f"{major:,.2f} {(currency or '').upper()}"
+    return format_money(minor or 0, currency)
 
 
 def _render_image(

@@ -8,7 +8,7 @@ import pytest
 
 from billing.models import Invoice
 from billing.services import invoice_period_close
-from billing.templatetags.billing_tags import format_money
+from portal.money import format_money
 from tests.billing.conftest import OCTOBER
 
 

@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from billing.models import Invoice
 from billing.services import invoice_period_close, parse_period_bound
 from billing.stripe_sync import invoice_sync_stripe, stripe_client, stripe_enabled
-from billing.templatetags.billing_tags import format_money
+from portal.money import format_money
 
 
 class Command(BaseCommand):
