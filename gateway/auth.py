@@ -69,11 +69,11 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
     key = APIKey.objects.for_secret(secret)
     if key is None:
         raise HandshakeRefused("unknown, revoked or expired API key")
-    api = API.objects.filter(slug=api_slug, status=API.Status.PUBLISHED).first()
+    api = API.objects.filter(slug=api_slug, status__in=API.CONNECTABLE_STATUSES).first()
     if api is None:
         raise HandshakeRefused(f"key {key.pk}: unknown or unpublished API {api_slug!r}")
     subscription = _active_subscription(key=key, api=api)
-    api_version = api.versions.filter(version=version, status=APIVersion.Status.PUBLISHED).first()
+    api_version = api.versions.filter(version=version, status__in=APIVersion.LIVE_STATUSES).first()
     if api_version is None:
         raise HandshakeRefused(f"key {key.pk}: unknown or unpublished version {version!r} of {api_slug}")
     address = address_normalize(address)

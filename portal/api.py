@@ -112,7 +112,7 @@ def _channels_prefetch() -> Prefetch:
 
 def _get_published_api(slug: str) -> API:
     """A published API with ``latest`` (its newest published version) and ``approved_plans``."""
-    api = get_object_or_404(API.objects.published(), slug=slug)
+    api = get_object_or_404(API.objects.listed(), slug=slug)
     api.latest = (  # type: ignore[attr-defined]
         api.versions.filter(status=APIVersion.Status.PUBLISHED)
         .order_by("-created")
@@ -150,7 +150,7 @@ class APIListView(V1View):
 
     @extend_schema(responses=APIListSerializer(many=True), summary="Published APIs")
     def get(self, request: Request) -> Response:
-        apis = API.objects.published().order_by("name")
+        apis = API.objects.listed().order_by("name")
         return Response(APIListSerializer(apis, many=True).data)
 
 

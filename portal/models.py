@@ -62,20 +62,50 @@ class User(AbstractUser):
 
 
 class APIQuerySet(models.QuerySet["API"]):
+    def listed(self) -> APIQuerySet:
+        """APIs the catalog lists: published, deprecated or blocked, with at least one published
+        or deprecated version. Blocked APIs stay visible (as in WSO2 API Manager) so subscribers
+        can see why their connections are refused; drafts and retired APIs are not listed."""
+        return self.filter(
+            status__in=API.LISTED_STATUSES, versions__status__in=APIVersion.LIVE_STATUSES
+        ).distinct()
+
     def published(self) -> APIQuerySet:
-        """APIs visible in the catalog: published, with at least one published version."""
+        """APIs that accept new subscriptions: published, with at least one published version."""
         return self.filter(
             status=API.Status.PUBLISHED, versions__status=APIVersion.Status.PUBLISHED
         ).distinct()
 
 
 class API(models.Model):
-    """An async API offered by a provider; its shape lives in its versions' AsyncAPI documents."""
+    """An async API offered by a provider; its shape lives in its versions' AsyncAPI documents.
+
+    Lifecycle (``status``, modelled on WSO2 API Manager's API lifecycle): created as a draft;
+    published (listed, open to subscriptions and connections); deprecated (listed, no new
+    subscriptions, live subscriptions keep working); blocked (listed, connections refused and
+    live ones closed, reversible); retired (unlisted, connections refused, final). Allowed moves
+    are in ``TRANSITIONS``; each move is recorded as an ``APILifecycleEvent``.
+    ``tags`` and ``protocols`` (lists of strings) come from the newest imported version.
+    """
 
     class Status(models.TextChoices):
-        DRAFT = "draft", "Draft"
+        DRAFT = "draft", "Created (draft)"
         PUBLISHED = "published", "Published"
+        DEPRECATED = "deprecated", "Deprecated"
+        BLOCKED = "blocked", "Blocked"
         RETIRED = "retired", "Retired"
+
+    # from → the states it may move to.
+    TRANSITIONS: dict[str, tuple[str, ...]] = {
+        Status.DRAFT: (Status.PUBLISHED, Status.RETIRED),
+        Status.PUBLISHED: (Status.DEPRECATED, Status.BLOCKED, Status.RETIRED),
+        Status.DEPRECATED: (Status.PUBLISHED, Status.BLOCKED, Status.RETIRED),
+        Status.BLOCKED: (Status.PUBLISHED, Status.DEPRECATED, Status.RETIRED),
+        Status.RETIRED: (),
+    }
+    LISTED_STATUSES = (Status.PUBLISHED, Status.DEPRECATED, Status.BLOCKED)
+    # States whose APIs the gateway serves.
+    CONNECTABLE_STATUSES = (Status.PUBLISHED, Status.DEPRECATED)
 
     provider = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="apis")
     name = models.CharField(max_length=200)
@@ -85,6 +115,11 @@ class API(models.Model):
         blank=True, help_text="Markdown from the AsyncAPI document's info.description."
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    tags = models.JSONField(default=list, blank=True, help_text="Tag names from info.tags.")
+    protocols = models.JSONField(
+        default=list, blank=True, help_text="Protocols of the document's servers (ws, mqtt, kafka, ...)."
+    )
     created = models.DateTimeField(default=timezone.now)
 
     objects = APIQuerySet.as_manager()
@@ -100,11 +135,43 @@ class API(models.Model):
         return reverse("portal:api_detail", args=[self.slug])
 
     def latest_version(self, *, published_only: bool = True) -> APIVersion | None:
-        """The most recently created version (published ones only by default), or None."""
+        """The most recently created version (published or deprecated ones only by default), or None."""
         versions = self.versions.all()
         if published_only:
-            versions = versions.filter(status=APIVersion.Status.PUBLISHED)
+            versions = versions.filter(status__in=APIVersion.LIVE_STATUSES)
         return versions.order_by("-created").first()
+
+    def can_move_to(self, status: str) -> bool:
+        """Whether the lifecycle allows moving from the current status to ``status``."""
+        return status in self.TRANSITIONS.get(self.status, ())
+
+
+class APILifecycleEvent(models.Model):
+    """One lifecycle change of an API (or of one of its versions): who, when, from, to, why."""
+
+    api = models.ForeignKey(API, on_delete=models.CASCADE, related_name="lifecycle_events")
+    api_version = models.ForeignKey(
+        "APIVersion",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="lifecycle_events",
+        help_text="Set when the change was to one version rather than the whole API.",
+    )
+    from_status = models.CharField(max_length=16)
+    to_status = models.CharField(max_length=16)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+
+    def __str__(self) -> str:
+        target = f"{self.api} {self.api_version.version}" if self.api_version_id else str(self.api)
+        return f"{target}: {self.from_status} → {self.to_status}"
 
 
 class APIVersion(models.Model):
@@ -118,6 +185,16 @@ class APIVersion(models.Model):
         DRAFT = "draft", "Draft"
         PUBLISHED = "published", "Published"
         DEPRECATED = "deprecated", "Deprecated"
+        RETIRED = "retired", "Retired"
+
+    # Versions the catalog shows and the gateway serves (while their API is connectable).
+    LIVE_STATUSES = (Status.PUBLISHED, Status.DEPRECATED)
+    TRANSITIONS: dict[str, tuple[str, ...]] = {
+        Status.DRAFT: (Status.PUBLISHED, Status.RETIRED),
+        Status.PUBLISHED: (Status.DEPRECATED, Status.RETIRED),
+        Status.DEPRECATED: (Status.PUBLISHED, Status.RETIRED),
+        Status.RETIRED: (),
+    }
 
     api = models.ForeignKey(API, on_delete=models.CASCADE, related_name="versions")
     version = models.CharField(
@@ -128,6 +205,21 @@ class APIVersion(models.Model):
     document = models.JSONField()
     source = models.TextField()
     source_filename = models.CharField(max_length=255, blank=True)
+    source_files = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Other files of a multi-file (.zip) upload: path → text; the root is ``source``.",
+    )
+    servers = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Servers by name: {host, protocol, protocol_version, pathname, description, security, bindings}.",
+    )
+    security_schemes = models.JSONField(
+        default=dict, blank=True, help_text="components.securitySchemes, resolved."
+    )
+    tags = models.JSONField(default=list, blank=True, help_text="info.tags as [{name, description}].")
+    protocols = models.JSONField(default=list, blank=True, help_text="Sorted distinct server protocols.")
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -136,6 +228,10 @@ class APIVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.api.name} {self.version}"
+
+    def can_move_to(self, status: str) -> bool:
+        """Whether the version lifecycle allows moving from the current status to ``status``."""
+        return status in self.TRANSITIONS.get(self.status, ())
 
 
 class Channel(models.Model):
@@ -223,6 +319,7 @@ class Operation(models.Model):
     action = models.CharField(max_length=8, choices=Action.choices)
     summary = models.TextField(blank=True)
     messages = models.JSONField(default=list, blank=True)
+    bindings = models.JSONField(default=dict, blank=True, help_text="Operation Bindings Object, resolved.")
 
     class Meta:
         ordering = ["channel", "action", "key"]
@@ -232,12 +329,28 @@ class Operation(models.Model):
 
 
 class BusinessPlan(models.Model):
-    """A business plan of an API: what a subscription costs and whether it needs approval.
+    """A business plan of an API: its limits, what a subscription costs, and whether it needs approval.
 
     Prices are integer minor units (cents) of ``currency``. A billing period's charge is
     ``flat_fee + ceil(max(0, events - included_events) / 1000) * price_per_1000_events``.
-    Admins approve plans before consumers can pick them.
+    Limits (None = unlimited) are stored here and enforced by the gateway's throttling:
+    ``rate_limit_events`` per ``rate_limit_unit`` with ``burst_events`` extra, ``quota_events``
+    and ``quota_bytes`` per billing period, ``max_connections`` per subscription.
+    Admins approve plans before consumers can pick them, or reject them with a reason the
+    provider sees.
     """
+
+    class RateUnit(models.TextChoices):
+        SECOND = "second", "second"
+        MINUTE = "minute", "minute"
+        HOUR = "hour", "hour"
+        DAY = "day", "day"
+        MONTH = "month", "month"
+
+    class ApprovalStatus(models.TextChoices):
+        PENDING = "pending", "Awaiting approval"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
 
     api = models.ForeignKey(API, on_delete=models.CASCADE, related_name="plans")
     name = models.CharField(max_length=100)
@@ -247,6 +360,28 @@ class BusinessPlan(models.Model):
     )
     is_approved = models.BooleanField(
         default=False, help_text="Approved by an admin; only approved plans are offered."
+    )
+    rejected_at = models.DateTimeField(null=True, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decision_reason = models.TextField(blank=True, help_text="Why the admin rejected (or approved) it.")
+    rate_limit_events = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Events per rate-limit unit; empty for no rate limit."
+    )
+    rate_limit_unit = models.CharField(max_length=8, choices=RateUnit.choices, default=RateUnit.MINUTE)
+    burst_events = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Events allowed above the rate in a burst; empty for none."
+    )
+    quota_events = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Events per billing period; empty for unlimited."
+    )
+    quota_bytes = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Bytes per billing period; empty for unlimited."
+    )
+    max_connections = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Concurrent connections per subscription; empty for unlimited."
     )
     currency = models.CharField(max_length=3, default="usd")
     flat_fee_minor = models.PositiveIntegerField(
@@ -269,6 +404,25 @@ class BusinessPlan(models.Model):
     @property
     def is_free(self) -> bool:
         return self.flat_fee_minor == 0 and self.price_per_1000_events_minor == 0
+
+    @property
+    def approval_status(self) -> str:
+        """``approved``, ``rejected`` or ``pending`` (an ``ApprovalStatus`` value)."""
+        if self.is_approved:
+            return self.ApprovalStatus.APPROVED
+        if self.rejected_at is not None:
+            return self.ApprovalStatus.REJECTED
+        return self.ApprovalStatus.PENDING
+
+    @property
+    def price_model(self) -> str:
+        """``free``, ``flat`` (fee per period), ``per_event`` (per 1,000 events over the
+        included ones) or ``flat_and_per_event``."""
+        if self.is_free:
+            return "free"
+        if self.price_per_1000_events_minor == 0:
+            return "flat"
+        return "per_event" if self.flat_fee_minor == 0 else "flat_and_per_event"
 
 
 class Application(models.Model):
@@ -320,6 +474,7 @@ class Subscription(models.Model):
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    decision_reason = models.TextField(blank=True, help_text="The admin's reason, shown to the consumer.")
 
     objects = SubscriptionQuerySet.as_manager()
 

@@ -24,7 +24,7 @@ DEMO_ADDRESS = "prices/ACME"
 
 def _get_published_api(slug: str) -> API:
     """The published API with ``slug``, or 404 (drafts are visible only on provider pages)."""
-    return get_object_or_404(API.objects.published(), slug=slug)
+    return get_object_or_404(API.objects.listed(), slug=slug)
 
 
 def channels_of(version: APIVersion) -> list[Channel]:
@@ -62,7 +62,7 @@ def api_list(request: HttpRequest) -> HttpResponse:
     published version contains the text (case-insensitive)."""
     # PostgreSQL text cannot hold NUL: a filter with "\x00" would raise DataError (a 500).
     query = request.GET.get("q", "").replace("\x00", "").strip()
-    apis = API.objects.published().prefetch_related(
+    apis = API.objects.listed().prefetch_related(
         Prefetch(
             "versions",
             # The stored document and source can be megabytes: never load them for a list (and on
