@@ -28,6 +28,8 @@ class Grant:
     key_id: int
     application_id: int
     subscription_id: int
+    api_id: int
+    api_version_id: int
     api_slug: str
     version: str
     address: str  # concrete, normalised: "prices/ACME"
@@ -57,8 +59,10 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
 
     The credential is checked first, so unauthenticated clients learn nothing about which APIs
     and channels exist. Raises ``HandshakeRefused`` when: the credential is missing, unknown,
-    revoked or expired; the API is not published; the application has no active subscription to
-    it (pending ones included); the version is unknown or not published; no channel template of
+    revoked or expired; the API is not connectable (``API.CONNECTABLE_STATUSES``: published or
+    deprecated, so draft, blocked and retired APIs are refused); the application has no active subscription to
+    it (pending ones included); the version is unknown or not live (``APIVersion.LIVE_STATUSES``:
+    draft and retired versions are refused); no channel template of
     the version matches ``address`` with valid parameters and a ``receive`` operation.
     """
     if not secret:
@@ -89,6 +93,8 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
         key_id=key.pk,
         application_id=key.application_id,
         subscription_id=subscription.pk,
+        api_id=api.pk,
+        api_version_id=api_version.pk,
         api_slug=api.slug,
         version=api_version.version,
         address=address,
@@ -98,17 +104,29 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
 
 
 def grant_still_allowed(grant: Grant) -> bool:
-    """Whether ``grant``'s key is still usable and its subscription still active (2 queries)."""
+    """Whether ``grant``'s key is still usable, its subscription still active and its API and
+    version still served (3 queries)."""
     return (
         APIKey.objects.usable().filter(pk=grant.key_id).exists()
         and Subscription.objects.active().filter(pk=grant.subscription_id).exists()
+        and _served_versions([grant.api_version_id]) == {grant.api_version_id}
     )
 
 
-def grants_allowed(grants: Iterable[Grant]) -> tuple[set[int], set[int]]:
-    """Of the keys and subscriptions of ``grants``: the ids of those still usable / active.
+@dataclass(frozen=True, slots=True)
+class GrantsAllowed:
+    """Of a set of grants: ids of usable keys, active subscriptions and served API versions."""
 
-    Two queries for any number of grants (the gateway's periodic audit of live connections).
+    key_ids: set[int]
+    subscription_ids: set[int]
+    api_version_ids: set[int]
+
+
+def grants_allowed(grants: Iterable[Grant]) -> GrantsAllowed:
+    """Of the keys, subscriptions and API versions of ``grants``: the ids of those still usable,
+    active, and served (a live version of a connectable API).
+
+    Three queries for any number of grants (the gateway's periodic audit of live connections).
     """
     grants = list(grants)
     keys = set(APIKey.objects.usable().filter(pk__in={g.key_id for g in grants}).values_list("pk", flat=True))
@@ -117,7 +135,19 @@ def grants_allowed(grants: Iterable[Grant]) -> tuple[set[int], set[int]]:
         .filter(pk__in={g.subscription_id for g in grants})
         .values_list("pk", flat=True)
     )
-    return keys, subscriptions
+    versions = _served_versions({g.api_version_id for g in grants})
+    return GrantsAllowed(key_ids=keys, subscription_ids=subscriptions, api_version_ids=versions)
+
+
+def _served_versions(version_ids: Iterable[int]) -> set[int]:
+    """Those of ``version_ids`` the gateway still serves: live versions of connectable APIs."""
+    return set(
+        APIVersion.objects.filter(
+            pk__in=set(version_ids),
+            status__in=APIVersion.LIVE_STATUSES,
+            api__status__in=API.CONNECTABLE_STATUSES,
+        ).values_list("pk", flat=True)
+    )
 
 
 def _active_subscription(*, key: APIKey, api: API) -> Subscription:

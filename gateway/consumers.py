@@ -11,10 +11,12 @@ to send registered codes such as 1008 or 1013, so each mirrors the registered co
 - 4008 (as 1008 policy violation): the client sent a data frame (sending is not offered yet);
 - 4013 (as 1013 try again later): RabbitMQ is unreachable, so no events could flow;
 - 4401 (as HTTP 401): the API key was revoked while the connection was open;
-- 4403 (as HTTP 403): the subscription stopped being active (e.g. cancelled).
+- 4403 (as HTTP 403): the subscription stopped being active (e.g. cancelled);
+- 4410 (as HTTP 410 Gone): the API was blocked or retired, or the version retired.
 
 Control messages close these at once; a periodic audit (``live_connections_audit``) catches
-what sends none (expiry, deletion, a deactivated owner, a lost message).
+what sends none (expiry, deletion, a deactivated owner, a state change by a raw update, a lost
+message).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from gateway.auth import (
     handshake_authorize,
 )
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
-from gateway.control import api_key_group, subscription_group
+from gateway.control import api_group, api_key_group, api_version_group, subscription_group
 from gateway.metering import get_meter
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,16 @@ CLOSE_POLICY_VIOLATION = 4008
 CLOSE_TRY_AGAIN_LATER = 4013
 CLOSE_REVOKED = 4401
 CLOSE_SUBSCRIPTION_ENDED = 4403
+CLOSE_API_UNAVAILABLE = 4410
 REASON_NO_CLIENT_EVENTS = "This channel does not accept events from clients."
 REASON_BROKER_DOWN = "Event backbone unavailable; try again later."
+# Close reasons by the state the API or version moved to (RFC 6455 §5.5.1: at most 123 bytes).
+REASONS_API_UNAVAILABLE = {
+    ("api", "blocked"): "API blocked by its provider or an admin.",
+    ("api", "retired"): "API retired.",
+    ("version", "retired"): "API version retired; connect to a newer version.",
+}
+REASON_API_UNAVAILABLE = "API or API version no longer available."
 
 
 class EventStreamConsumer(AsyncWebsocketConsumer):
@@ -76,7 +86,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             await self._groups_join(grant)
             if not await self._still_allowed(grant):
                 raise HandshakeRefused(
-                    f"key {grant.key_id}: revoked or subscription ended during the handshake"
+                    f"key {grant.key_id}: revoked, subscription ended or API unavailable during the handshake"
                 )
         except HandshakeRefused as refusal:
             # %r: the path comes from the client; repr keeps it on one log line.
@@ -121,8 +131,13 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         await self.bridge.unbind(self.grant.routing_key)
 
     @staticmethod
-    def _groups(grant: Grant) -> tuple[str, str]:
-        return api_key_group(grant.key_id), subscription_group(grant.subscription_id)
+    def _groups(grant: Grant) -> tuple[str, ...]:
+        return (
+            api_key_group(grant.key_id),
+            subscription_group(grant.subscription_id),
+            api_group(grant.api_id),
+            api_version_group(grant.api_version_id),
+        )
 
     async def _groups_join(self, grant: Grant) -> None:
         self.grant = grant
@@ -143,6 +158,20 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             self.grant and self.grant.subscription_id,
         )
         await self.close(code=CLOSE_SUBSCRIPTION_ENDED, reason="Subscription no longer active.")
+
+    async def gateway_api_unavailable(self, event: dict[str, Any]) -> None:
+        """Control message ``gateway.api_unavailable``: the API was blocked or retired
+        (``scope`` absent or ``"api"``), or the version retired (``scope`` ``"version"``);
+        ``status`` is the new state. Closes with 4410."""
+        scope, status = event.get("scope", "api"), event.get("status", "")
+        log.info(
+            "Closing WebSocket of subscription %s: %s %s",
+            self.grant and self.grant.subscription_id,
+            scope,
+            status or "unavailable",
+        )
+        reason = REASONS_API_UNAVAILABLE.get((scope, status), REASON_API_UNAVAILABLE)
+        await self.close(code=CLOSE_API_UNAVAILABLE, reason=reason)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         await self.close(code=CLOSE_POLICY_VIOLATION, reason=REASON_NO_CLIENT_EVENTS)
@@ -187,23 +216,26 @@ async def _audit_forever() -> None:
 
 
 async def live_connections_audit() -> int:
-    """Close this process's connections whose key is no longer usable (4401) or whose
-    subscription is no longer active (4403). Two queries however many connections; returns the
-    number closed. Catches what sends no control message: expiry, deletion, a deactivated owner.
+    """Close this process's connections whose key is no longer usable (4401), whose
+    subscription is no longer active (4403), or whose API or version is no longer served (4410).
+    Three queries however many connections; returns the number closed. Catches what sends no
+    control message: expiry, deletion, a deactivated owner, a raw update, a lost message.
     """
     consumers = [consumer for consumer in list(_live) if consumer.grant is not None]
     if not consumers:
         return 0
     grants = [consumer.grant for consumer in consumers if consumer.grant is not None]
-    usable_keys, active_subscriptions = await database_sync_to_async(grants_allowed)(grants)
+    allowed = await database_sync_to_async(grants_allowed)(grants)
     closed = 0
     for consumer in consumers:
         grant = consumer.grant
         assert grant is not None
-        if grant.key_id not in usable_keys:
+        if grant.key_id not in allowed.key_ids:
             await consumer.gateway_revoke({"type": "gateway.revoke"})
-        elif grant.subscription_id not in active_subscriptions:
+        elif grant.subscription_id not in allowed.subscription_ids:
             await consumer.gateway_subscription_ended({"type": "gateway.subscription_ended"})
+        elif grant.api_version_id not in allowed.api_version_ids:
+            await consumer.gateway_api_unavailable({"type": "gateway.api_unavailable"})
         else:
             continue
         _live.discard(consumer)

@@ -1,10 +1,12 @@
 """Control messages to live gateway connections, over the Channels layer (never the data path).
 
-Each accepted connection joins the group of its API key and the group of its subscription. When
-a key stops being usable (revoked, expired by an admin) or a subscription stops being active
-(e.g. cancelled), ``gateway.signals`` sends a message once the change commits, and every
-gateway process closes those connections: 4401 for a key (``gateway.consumers.CLOSE_REVOKED``),
-4403 for a subscription (``CLOSE_SUBSCRIPTION_ENDED``). Saves through the ORM (services, Django
+Each accepted connection joins the groups of its API key, its subscription, its API and its API
+version. When a key stops being usable (revoked, expired by an admin), a subscription stops being
+active (e.g. cancelled), an API stops being connectable (blocked, retired) or a version is
+retired, ``gateway.signals`` sends a message once the change commits, and every gateway process
+closes those connections: 4401 for a key (``gateway.consumers.CLOSE_REVOKED``), 4403 for a
+subscription (``CLOSE_SUBSCRIPTION_ENDED``), 4410 for an API or version
+(``CLOSE_API_UNAVAILABLE``). Saves through the ORM (services, Django
 admin) are covered; raw ``QuerySet.update()`` calls must call these functions themselves.
 """
 
@@ -27,6 +29,16 @@ def api_key_group(key_id: int) -> str:
 def subscription_group(subscription_id: int) -> str:
     """The Channels group of connections of subscription ``subscription_id``."""
     return f"gateway.subscription.{subscription_id}"
+
+
+def api_group(api_id: int) -> str:
+    """The Channels group of connections to any version of API ``api_id``."""
+    return f"gateway.api.{api_id}"
+
+
+def api_version_group(api_version_id: int) -> str:
+    """The Channels group of connections to API version ``api_version_id``."""
+    return f"gateway.apiversion.{api_version_id}"
 
 
 def _group_send(group: str, message: dict[str, str]) -> None:
@@ -60,3 +72,18 @@ def subscription_ended_notify(*, subscription_id: int) -> None:
     """Tell every gateway process to close the live connections of a subscription that is no
     longer active (sync code)."""
     _group_send(subscription_group(subscription_id), {"type": "gateway.subscription_ended"})
+
+
+def api_unavailable_notify(*, api_id: int, status: str) -> None:
+    """Tell every gateway process to close the live connections of API ``api_id``, which moved
+    to ``status`` (an ``API.Status`` value the gateway does not serve: blocked, retired)."""
+    _group_send(api_group(api_id), {"type": "gateway.api_unavailable", "status": status})
+
+
+def api_version_unavailable_notify(*, api_version_id: int, status: str) -> None:
+    """Tell every gateway process to close the live connections of API version
+    ``api_version_id``, which moved to ``status`` (not live: retired)."""
+    _group_send(
+        api_version_group(api_version_id),
+        {"type": "gateway.api_unavailable", "status": status, "scope": "version"},
+    )

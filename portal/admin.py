@@ -1,9 +1,22 @@
-from django.contrib import admin
+"""Django admin for the portal's models.
+
+An API's and a version's lifecycle state is read-only here: moves go through the admin actions,
+which call ``portal.services.lifecycle`` so the rules hold, the move is recorded and the gateway
+closes live connections.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from portal.models import (
     API,
     APIKey,
+    APILifecycleEvent,
     APIVersion,
     Application,
     BusinessPlan,
@@ -12,6 +25,7 @@ from portal.models import (
     Subscription,
     User,
 )
+from portal.services.lifecycle import api_transition
 
 
 @admin.register(User)
@@ -25,7 +39,71 @@ class UserAdmin(BaseUserAdmin):
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
 
 
-admin.site.register([API, APIVersion, Channel, Operation, BusinessPlan, Application, Subscription])
+def _move_action(to_status: str, label: str):  # type: ignore[no-untyped-def]
+    @admin.action(description=f"{label} selected APIs")
+    def action(modeladmin: admin.ModelAdmin[API], request: HttpRequest, queryset: QuerySet[API]) -> None:
+        for api in queryset:
+            try:
+                api_transition(api=api, to_status=to_status, actor=request.user, reason="Django admin")
+            except (ValidationError, PermissionDenied) as error:
+                text = " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+                modeladmin.message_user(request, f"{api.name}: {text}", messages.ERROR)
+            else:
+                modeladmin.message_user(request, f"{api.name} is now {api.get_status_display().lower()}.")
+
+    action.__name__ = f"move_to_{to_status}"
+    return action
+
+
+class LifecycleEventInline(admin.TabularInline):
+    model = APILifecycleEvent
+    fk_name = "api"
+    extra = 0
+    can_delete = False
+    readonly_fields = ["at", "api_version", "from_status", "to_status", "actor", "reason"]
+
+
+@admin.register(API)
+class APIAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "provider", "status", "status_changed_at"]
+    list_filter = ["status"]
+    search_fields = ["name", "slug", "provider__email"]
+    readonly_fields = ["status", "status_changed_at"]
+    inlines = [LifecycleEventInline]
+    actions = [
+        _move_action(API.Status.BLOCKED, "Block"),
+        _move_action(API.Status.PUBLISHED, "Publish (or unblock)"),
+        _move_action(API.Status.DEPRECATED, "Deprecate"),
+        _move_action(API.Status.RETIRED, "Retire"),
+    ]
+
+
+@admin.register(APIVersion)
+class APIVersionAdmin(admin.ModelAdmin):
+    list_display = ["api", "version", "asyncapi_version", "status", "created"]
+    list_filter = ["status"]
+    readonly_fields = ["status"]
+
+
+@admin.register(APILifecycleEvent)
+class APILifecycleEventAdmin(admin.ModelAdmin):
+    list_display = ["at", "api", "api_version", "from_status", "to_status", "actor", "reason"]
+    list_filter = ["to_status"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: APILifecycleEvent | None = None) -> bool:
+        return False
+
+
+@admin.register(BusinessPlan)
+class BusinessPlanAdmin(admin.ModelAdmin):
+    list_display = ["name", "api", "is_approved", "rejected_at", "rate_limit_events", "rate_limit_unit"]
+    list_filter = ["is_approved"]
+
+
+admin.site.register([Channel, Operation, Application, Subscription])
 
 
 @admin.register(APIKey)

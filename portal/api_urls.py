@@ -1,4 +1,4 @@
-"""REST API v1, mounted at /api/v1/ (views in portal/api.py; schema at /api/schema/)."""
+"""REST API v1, mounted at /api/v1/ (views in portal/api.py; schema at /api/schema/; docs/rest-api.md)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,49 @@ from portal import api
 app_name = "api"
 urlpatterns = [
     path("", api.APIRootView.as_view(), name="root"),
+    # Catalog (anyone) and the provider's own APIs.
     path("apis/", api.APIListView.as_view(), name="api_list"),
     path("apis/import", api.APIImportView.as_view(), name="api_import"),
     path("apis/<slug:slug>/", api.APIDetailView.as_view(), name="api_detail"),
+    path("apis/<slug:slug>/lifecycle", api.APILifecycleView.as_view(), name="api_lifecycle"),
+    path("apis/<slug:slug>/plans/", api.APIPlanListView.as_view(), name="api_plan_list"),
+    path("apis/<slug:slug>/versions/", api.APIVersionListView.as_view(), name="api_version_list"),
+    path(
+        "apis/<slug:slug>/versions/<str:version>/",
+        api.APIVersionDetailView.as_view(),
+        name="api_version_detail",
+    ),
+    path(
+        "apis/<slug:slug>/versions/<str:version>/asyncapi",
+        api.ConsumerDocumentView.as_view(),
+        name="api_version_asyncapi",
+    ),
+    path(
+        "apis/<slug:slug>/versions/<str:version>/source",
+        api.APIVersionSourceView.as_view(),
+        name="api_version_source",
+    ),
     path(
         "apis/<slug:slug>/versions/<str:version>/publish",
         api.APIVersionPublishView.as_view(),
         name="api_version_publish",
     ),
+    path(
+        "apis/<slug:slug>/versions/<str:version>/lifecycle",
+        api.APIVersionLifecycleView.as_view(),
+        name="api_version_lifecycle",
+    ),
+    path("provider/apis/", api.ProviderAPIListView.as_view(), name="provider_api_list"),
+    path("plan-templates/", api.PlanTemplateListView.as_view(), name="plan_template_list"),
+    # Approvals (admins).
+    path("approvals/", api.ApprovalListView.as_view(), name="approval_list"),
+    path("plans/<int:pk>/approve", api.PlanApproveView.as_view(), name="plan_approve"),
+    path("plans/<int:pk>/reject", api.PlanRejectView.as_view(), name="plan_reject"),
+    path(
+        "subscriptions/<int:pk>/approve", api.SubscriptionApproveView.as_view(), name="subscription_approve"
+    ),
+    path("subscriptions/<int:pk>/reject", api.SubscriptionRejectView.as_view(), name="subscription_reject"),
+    # Consumers: their applications, subscriptions and API keys.
     path("applications/", api.ApplicationListView.as_view(), name="application_list"),
     path("applications/<int:pk>/", api.ApplicationDetailView.as_view(), name="application_detail"),
     path(
@@ -27,5 +62,12 @@ urlpatterns = [
     path(
         "applications/<int:pk>/keys/", api.ApplicationKeyCreateView.as_view(), name="application_key_create"
     ),
+    path(
+        "applications/<int:pk>/keys/<int:key_id>/revoke",
+        api.ApplicationKeyRevokeView.as_view(),
+        name="application_key_revoke",
+    ),
     path("subscriptions/", api.SubscriptionListView.as_view(), name="subscription_list"),
+    path("subscriptions/<int:pk>/", api.SubscriptionDetailView.as_view(), name="subscription_detail"),
+    path("subscriptions/<int:pk>/cancel", api.SubscriptionCancelView.as_view(), name="subscription_cancel"),
 ]

@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES
 from portal.models import API, Application, BusinessPlan, User
+from portal.plans import PlanTemplate, PriceModel, plan_fields_validate
 
 NEW_APPLICATION = "new"
 DOCUMENT_EXTENSIONS = (".yaml", ".yml", ".json")
@@ -82,16 +83,21 @@ class SubscribeForm(forms.Form):
 
 
 class ImportForm(forms.Form):
-    """An AsyncAPI document, uploaded as a file or pasted as text.
+    """An AsyncAPI document, uploaded as a file (or a .zip of it and the files it refers to) or
+    pasted as text.
 
     ``cleaned_data["document"]`` is the upload's bytes or the pasted text; ``["filename"]`` names it.
+    The importer tells a zip from a document by its bytes; the name only steers the file picker.
     """
+
+    EXTENSIONS = (*DOCUMENT_EXTENSIONS, ".zip")
 
     file = forms.FileField(
         required=False,
         label="AsyncAPI document",
-        help_text="YAML or JSON, AsyncAPI 2.x or 3.x.",
-        widget=forms.ClearableFileInput(attrs={"accept": ",".join(DOCUMENT_EXTENSIONS)}),
+        help_text="YAML or JSON, AsyncAPI 2.x or 3.x; or a .zip of the document and the files its "
+        "$refs point to.",
+        widget=forms.ClearableFileInput(attrs={"accept": ",".join(EXTENSIONS)}),
     )
     content = forms.CharField(
         required=False,
@@ -115,8 +121,10 @@ class ImportForm(forms.Form):
         if not upload and not pasted:
             raise ValidationError("Choose a file to upload or paste a document.")
         if upload:
-            if not upload.name.lower().endswith(DOCUMENT_EXTENSIONS):
-                self.add_error("file", "Upload a .yaml, .yml or .json file.")
+            if not upload.name.lower().endswith(self.EXTENSIONS):
+                self.add_error(
+                    "file", "Upload a .yaml, .yml or .json file, or a .zip of the document and its files."
+                )
                 return data
             if upload.size > MAX_DOCUMENT_BYTES:
                 self.add_error("file", f"The file is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB.")
@@ -131,10 +139,32 @@ class ImportForm(forms.Form):
 
 
 class PlanForm(forms.Form):
-    """A business plan; prices are entered in major units (dollars) and stored in minor units."""
+    """A business plan: price model and prices (entered in dollars, stored in cents), limits
+    (empty = unlimited; bandwidth entered in MB or GB, stored in bytes, decimal units as
+    everywhere in Eventgate), and whether subscriptions need approval.
+
+    Coherence (a "free" plan with a fee, a burst without a rate) is ``portal.plans``' rule, the
+    same the REST API applies; its errors land on the fields entered here.
+    """
+
+    BYTES_PER_UNIT = {"MB": 10**6, "GB": 10**9}
+    # Service field → form field, for errors.
+    FIELD_MAP = {
+        "flat_fee_minor": "flat_fee",
+        "price_per_1000_events_minor": "price_per_1000_events",
+        "quota_bytes": "bandwidth_quota",
+    }
 
     name = forms.CharField(max_length=100, widget=forms.TextInput(attrs={"placeholder": "e.g. Gold"}))
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    # Optional for clients that post amounts only (the amounts then decide, as for the REST API).
+    price_model = forms.ChoiceField(
+        label="Price model",
+        choices=PriceModel.CHOICES,
+        initial=PriceModel.FREE,
+        required=False,
+        widget=forms.RadioSelect,
+    )
     # Upper bounds keep minor units inside the model's integer columns (PositiveIntegerField:
     # 2,147,483,647 cents; PositiveBigIntegerField for events).
     flat_fee = forms.DecimalField(
@@ -156,6 +186,52 @@ class PlanForm(forms.Form):
         decimal_places=2,
         initial=Decimal(0),
     )
+    rate_limit_events = forms.IntegerField(
+        label="Rate limit (events)",
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="Empty for no rate limit.",
+    )
+    rate_limit_unit = forms.ChoiceField(
+        label="per",
+        choices=BusinessPlan.RateUnit.choices,
+        initial=BusinessPlan.RateUnit.MINUTE,
+        required=False,
+    )
+    burst_events = forms.IntegerField(
+        label="Burst (events above the rate)",
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="Empty for no burst.",
+    )
+    quota_events = forms.IntegerField(
+        label="Event quota per month",
+        required=False,
+        min_value=1,
+        max_value=10**15,
+        help_text="Empty for unlimited.",
+    )
+    bandwidth_quota = forms.DecimalField(
+        label="Bandwidth quota per month",
+        required=False,
+        min_value=Decimal("0.001"),
+        max_value=Decimal(10**6),
+        max_digits=12,
+        decimal_places=3,
+        help_text="Empty for unlimited.",
+    )
+    bandwidth_unit = forms.ChoiceField(
+        label="unit", choices=[("MB", "MB"), ("GB", "GB")], initial="GB", required=False
+    )
+    max_connections = forms.IntegerField(
+        label="Max connections per subscription",
+        required=False,
+        min_value=1,
+        max_value=100_000,
+        help_text="Concurrent WebSocket/SSE connections; empty for unlimited.",
+    )
     # Not to be confused with the plan's own approval, which every new plan needs.
     requires_approval = forms.BooleanField(
         required=False,
@@ -163,9 +239,48 @@ class PlanForm(forms.Form):
         help_text="Consumers who pick this plan wait until an admin approves their subscription.",
     )
 
+    @classmethod
+    def initial_from_template(cls, template: PlanTemplate) -> dict[str, Any]:
+        """Form initial values for ``template`` (a ``portal.plans.PlanTemplate``)."""
+        fields = template.fields
+        initial: dict[str, Any] = {"name": template.name, "description": template.description}
+        for name in (
+            "rate_limit_events",
+            "rate_limit_unit",
+            "burst_events",
+            "quota_events",
+            "max_connections",
+        ):
+            if name in fields:
+                initial[name] = fields[name]
+        if fields.get("quota_bytes"):
+            unit = "GB" if fields["quota_bytes"] % cls.BYTES_PER_UNIT["GB"] == 0 else "MB"
+            initial["bandwidth_quota"] = Decimal(fields["quota_bytes"]) / cls.BYTES_PER_UNIT[unit]
+            initial["bandwidth_unit"] = unit
+        initial["flat_fee"] = Decimal(fields.get("flat_fee_minor", 0)) / 100
+        initial["price_per_1000_events"] = Decimal(fields.get("price_per_1000_events_minor", 0)) / 100
+        initial["included_events"] = fields.get("included_events", 0)
+        initial["price_model"] = BusinessPlan(
+            flat_fee_minor=fields.get("flat_fee_minor", 0),
+            price_per_1000_events_minor=fields.get("price_per_1000_events_minor", 0),
+        ).price_model
+        initial["requires_approval"] = fields.get("requires_approval", False)
+        return initial
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            plan_fields_validate(self.plan_fields(), price_model=data.get("price_model") or None)
+        except ValidationError as error:
+            add_service_errors(self, error, self.FIELD_MAP)
+        return data
+
     def plan_fields(self) -> dict[str, Any]:
-        """The cleaned data as ``BusinessPlan`` field values (minor units)."""
+        """The cleaned data as ``BusinessPlan`` field values (minor units, bytes, None = unlimited)."""
         data = self.cleaned_data
+        bandwidth = data.get("bandwidth_quota")
         return {
             "name": data["name"],
             "description": data["description"],
@@ -173,4 +288,26 @@ class PlanForm(forms.Form):
             "included_events": data["included_events"],
             "price_per_1000_events_minor": int(data["price_per_1000_events"] * 100),
             "requires_approval": data["requires_approval"],
+            "rate_limit_events": data.get("rate_limit_events"),
+            "rate_limit_unit": data.get("rate_limit_unit") or BusinessPlan.RateUnit.MINUTE,
+            "burst_events": data.get("burst_events"),
+            "quota_events": data.get("quota_events"),
+            "quota_bytes": int(bandwidth * self.BYTES_PER_UNIT[data["bandwidth_unit"]])
+            if bandwidth
+            else None,
+            "max_connections": data.get("max_connections"),
         }
+
+
+class ReasonForm(forms.Form):
+    """A reason for a lifecycle move or an approval decision; ``required`` for rejections."""
+
+    reason = forms.CharField(
+        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}), label="Reason"
+    )
+
+    def __init__(self, *args: Any, required: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["reason"].required = required
+        if required:
+            self.fields["reason"].error_messages["required"] = "Give a reason: the requester sees it."

@@ -7,15 +7,40 @@ from typing import Any
 from rest_framework import serializers
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES
-from portal.models import API, APIKey, APIVersion, Application, BusinessPlan, Channel, Operation, Subscription
+from portal.models import (
+    API,
+    APIKey,
+    APILifecycleEvent,
+    APIVersion,
+    Application,
+    BusinessPlan,
+    Channel,
+    Operation,
+    Subscription,
+)
+from portal.plans import PLAN_TEMPLATES, PlanTemplate, PriceModel, plan_template
+
+PRICE_MODELS = PriceModel.CHOICES
+# Bounds of numbers a client may send, so none reaches PostgreSQL out of its column's range
+# (a 500): integer columns hold 2**31 - 1, bigint columns 2**63 - 1. Prices are bounded like the
+# portal's plan form ($1,000,000.00 flat, $100,000.00 per 1,000 events), events to 10**15.
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+MAX_EVENTS = 10**15
+MAX_FLAT_FEE_MINOR = 100_000_000
+MAX_PRICE_PER_1000_MINOR = 10_000_000
 
 # --- catalog ---------------------------------------------------------------------------------
 
 
 class BusinessPlanSerializer(serializers.ModelSerializer[BusinessPlan]):
-    """A business plan; prices in minor units (cents) of ``currency``, usage in events."""
+    """A business plan as consumers see it: prices in minor units (cents) of ``currency``;
+    limits in events (``rate_limit_events`` per ``rate_limit_unit``, ``burst_events`` above it,
+    ``quota_events`` and ``quota_bytes`` per billing period, ``max_connections`` per
+    subscription), null meaning unlimited."""
 
     is_free = serializers.BooleanField(read_only=True)
+    price_model = serializers.ChoiceField(choices=PRICE_MODELS, read_only=True)
 
     class Meta:
         model = BusinessPlan
@@ -29,8 +54,103 @@ class BusinessPlanSerializer(serializers.ModelSerializer[BusinessPlan]):
             "included_events",
             "price_per_1000_events_minor",
             "is_free",
+            "price_model",
+            "rate_limit_events",
+            "rate_limit_unit",
+            "burst_events",
+            "quota_events",
+            "quota_bytes",
+            "max_connections",
         ]
         read_only_fields = fields
+
+
+class BusinessPlanOwnerSerializer(BusinessPlanSerializer):
+    """A plan as its provider (and admins) see it: also where the admin's approval stands and
+    the reason they gave (``decision_reason``, shown to the provider when rejected)."""
+
+    approval_status = serializers.ChoiceField(choices=BusinessPlan.ApprovalStatus.choices, read_only=True)
+    api = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta(BusinessPlanSerializer.Meta):
+        fields = [
+            *BusinessPlanSerializer.Meta.fields,
+            "api",
+            "approval_status",
+            "decided_at",
+            "decision_reason",
+        ]
+        read_only_fields = fields
+
+
+class PlanCreateSerializer(serializers.Serializer[Any]):
+    """A new business plan; an admin approves it before consumers can pick it.
+
+    ``template`` (a key of ``GET /api/v1/plan-templates/``) fills the fields it defines; fields
+    given here win. Prices are integer minor units (cents), bounded like the portal's plan form
+    so the billing ledger can hold them; limits are events (or bytes), null for unlimited.
+    """
+
+    template = serializers.CharField(required=False, max_length=50, help_text="A plan template key.")
+    name = serializers.CharField(max_length=100, required=False, help_text="Required without a template.")
+    description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+    requires_approval = serializers.BooleanField(
+        required=False, help_text="Subscriptions under this plan wait for an admin's approval."
+    )
+    price_model = serializers.ChoiceField(
+        choices=PRICE_MODELS,
+        required=False,
+        help_text="When given, the amounts must fit it (`flat`: a flat fee, no per-event price).",
+    )
+    flat_fee_minor = serializers.IntegerField(required=False, min_value=0, max_value=MAX_FLAT_FEE_MINOR)
+    included_events = serializers.IntegerField(required=False, min_value=0, max_value=MAX_EVENTS)
+    price_per_1000_events_minor = serializers.IntegerField(
+        required=False, min_value=0, max_value=MAX_PRICE_PER_1000_MINOR
+    )
+    rate_limit_events = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=MAX_INT32
+    )
+    rate_limit_unit = serializers.ChoiceField(choices=BusinessPlan.RateUnit.choices, required=False)
+    burst_events = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_INT32)
+    quota_events = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=MAX_EVENTS
+    )
+    quota_bytes = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_INT64)
+    max_connections = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=MAX_INT32
+    )
+
+    def validate_template(self, key: str) -> PlanTemplate:
+        template = plan_template(key)
+        if template is None:
+            keys = ", ".join(template.key for template in PLAN_TEMPLATES)
+            raise serializers.ValidationError(f"There is no plan template “{key}”; choose one of: {keys}.")
+        return template
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if not data.get("name") and "template" not in data:
+            raise serializers.ValidationError({"name": "Give the plan a name, or start from a template."})
+        return data
+
+    def plan_fields(self) -> dict[str, Any]:
+        """``BusinessPlan`` field values (with ``name``), the template's first, then the body's."""
+        data = dict(self.validated_data)
+        template: PlanTemplate | None = data.pop("template", None)
+        fields: dict[str, Any] = {}
+        if template is not None:
+            fields.update(name=template.name, description=template.description, **template.fields)
+        fields.update(data)
+        return fields
+
+
+class PlanTemplateSerializer(serializers.Serializer[Any]):
+    """A shipped plan template (like WSO2 API Manager's async tiers); ``fields`` are
+    ``BusinessPlan`` field values to start a plan from."""
+
+    key = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    fields = serializers.DictField(child=serializers.JSONField())
 
 
 class OperationSerializer(serializers.ModelSerializer[Operation]):
@@ -51,40 +171,168 @@ class ChannelSerializer(serializers.ModelSerializer[Channel]):
         read_only_fields = fields
 
 
+class APIVersionSummarySerializer(serializers.ModelSerializer[APIVersion]):
+    """One version of an API in a list: ``status`` is draft, published, deprecated or retired."""
+
+    class Meta:
+        model = APIVersion
+        fields = ["version", "asyncapi_version", "status", "created", "protocols"]
+        read_only_fields = fields
+
+
 class APIVersionSerializer(serializers.ModelSerializer[APIVersion]):
+    """A version with its channels, operations and messages, servers (by name: ``host``,
+    ``protocol``, ``pathname``, ...), security schemes, tags and protocols as the document
+    declares them (the consumer-facing document is at ``.../asyncapi``)."""
+
     api = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     channels = ChannelSerializer(many=True, read_only=True)
 
     class Meta:
         model = APIVersion
-        fields = ["api", "version", "asyncapi_version", "status", "created", "channels"]
+        fields = [
+            "api",
+            "version",
+            "asyncapi_version",
+            "status",
+            "created",
+            "protocols",
+            "tags",
+            "servers",
+            "security_schemes",
+            "channels",
+        ]
+        read_only_fields = fields
+
+
+class PlanSummarySerializer(serializers.ModelSerializer[BusinessPlan]):
+    price_model = serializers.ChoiceField(choices=PRICE_MODELS, read_only=True)
+
+    class Meta:
+        model = BusinessPlan
+        fields = ["id", "name", "price_model", "requires_approval"]
         read_only_fields = fields
 
 
 class APIListSerializer(serializers.ModelSerializer[API]):
+    """An API in the catalog. ``status`` is published, deprecated (no new subscriptions) or
+    blocked (connections refused); the view prefetches ``live_versions`` and ``approved_plans``."""
+
     latest_version = serializers.SerializerMethodField()
+    provider = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    plans = PlanSummarySerializer(source="approved_plans", many=True, read_only=True)
 
     class Meta:
         model = API
-        # Only published APIs are listed, so there is no status to show.
-        fields = ["slug", "name", "summary", "latest_version"]
+        fields = [
+            "slug",
+            "name",
+            "summary",
+            "status",
+            "provider",
+            "tags",
+            "protocols",
+            "latest_version",
+            "plans",
+        ]
         read_only_fields = fields
 
     def get_latest_version(self, api: API) -> str | None:
-        version = api.latest_version()
+        versions = getattr(api, "live_versions", None)
+        version = versions[0] if versions else (None if versions is not None else api.latest_version())
         return version.version if version else None
 
 
 class APIDetailSerializer(serializers.ModelSerializer[API]):
-    """A published API with its latest published version (set by the view as ``api.latest``) and
-    its approved plans (``api.approved_plans``); plan prices in minor units."""
+    """An API with its latest live version in full (set by the view as ``api.latest``), all
+    versions the reader may see (``api.visible_versions``) and its plans (``api.visible_plans``:
+    approved ones; every plan with its approval for the owner). Prices in minor units."""
 
-    version = APIVersionSerializer(source="latest", read_only=True)
-    plans = BusinessPlanSerializer(source="approved_plans", many=True, read_only=True)
+    provider = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    version = APIVersionSerializer(source="latest", read_only=True, allow_null=True)
+    versions = APIVersionSummarySerializer(source="visible_versions", many=True, read_only=True)
+    plans = BusinessPlanSerializer(source="visible_plans", many=True, read_only=True)
 
     class Meta:
         model = API
-        fields = ["slug", "name", "summary", "description", "version", "plans"]
+        fields = [
+            "slug",
+            "name",
+            "summary",
+            "description",
+            "status",
+            "status_changed_at",
+            "provider",
+            "tags",
+            "protocols",
+            "version",
+            "versions",
+            "plans",
+        ]
+        read_only_fields = fields
+
+
+class ProviderAPISerializer(serializers.ModelSerializer[API]):
+    """One of the provider's own APIs, in any lifecycle state, with all versions and plans."""
+
+    versions = APIVersionSummarySerializer(source="all_versions", many=True, read_only=True)
+    plans = BusinessPlanOwnerSerializer(source="all_plans", many=True, read_only=True)
+
+    class Meta:
+        model = API
+        fields = [
+            "slug",
+            "name",
+            "summary",
+            "status",
+            "status_changed_at",
+            "tags",
+            "protocols",
+            "versions",
+            "plans",
+        ]
+        read_only_fields = fields
+
+
+class CatalogQuerySerializer(serializers.Serializer[Any]):
+    """Query parameters of the catalog search; all optional, combined with AND."""
+
+    q = serializers.CharField(
+        required=False,
+        default="",
+        max_length=200,
+        help_text="Words in name, summary, description, tags or channel addresses.",
+    )
+    tag = serializers.CharField(required=False, default="", max_length=100)
+    protocol = serializers.CharField(
+        required=False, default="", max_length=50, help_text="e.g. ws, mqtt, kafka"
+    )
+    provider = serializers.CharField(
+        required=False, default="", max_length=254, help_text="Provider email or id."
+    )
+    status = serializers.ChoiceField(
+        choices=[(value, API.Status(value).label) for value in API.LISTED_STATUSES],
+        required=False,
+        default="",
+    )
+
+
+class LifecycleTransitionSerializer(serializers.Serializer[Any]):
+    """A lifecycle move: the state to go to and why (recorded with who and when)."""
+
+    status = serializers.CharField(max_length=16, help_text="The state to move to.")
+    reason = serializers.CharField(required=False, default="", allow_blank=True, max_length=2000)
+
+
+class LifecycleEventSerializer(serializers.ModelSerializer[APILifecycleEvent]):
+    """One recorded lifecycle move; ``version`` is null for a move of the whole API."""
+
+    version = serializers.SlugRelatedField(source="api_version", slug_field="version", read_only=True)
+    actor = serializers.SlugRelatedField(slug_field="email", read_only=True)
+
+    class Meta:
+        model = APILifecycleEvent
+        fields = ["version", "from_status", "to_status", "actor", "reason", "at"]
         read_only_fields = fields
 
 
@@ -92,10 +340,12 @@ class APIDetailSerializer(serializers.ModelSerializer[API]):
 
 
 class APIImportUploadSerializer(serializers.Serializer[Any]):
-    """Multipart upload of an AsyncAPI document; ``api`` (a slug of yours) adds a new version."""
+    """Multipart upload of an AsyncAPI document, or of a .zip holding it and the files its
+    ``$ref``s point to; ``api`` (a slug of yours) adds a new version."""
 
     file = serializers.FileField(
-        help_text=f"YAML or JSON, at most {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB (larger answers 413)."
+        help_text=f"YAML, JSON or a .zip of several files, at most {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB "
+        "(larger answers 413)."
     )
     api = serializers.SlugField(
         required=False, help_text="Slug of your API to add this document as a new version."
@@ -130,17 +380,22 @@ class APIImportErrorSerializer(serializers.Serializer[Any]):
 
 
 class SubscriptionSerializer(serializers.ModelSerializer[Subscription]):
+    """A subscription: ``status`` pending (awaiting an admin), active, rejected (see
+    ``decision_reason``) or cancelled."""
+
     api = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     plan = BusinessPlanSerializer(read_only=True)
 
     class Meta:
         model = Subscription
-        fields = ["id", "application", "api", "plan", "status", "created", "decided_at"]
+        fields = ["id", "application", "api", "plan", "status", "created", "decided_at", "decision_reason"]
         read_only_fields = fields
 
 
 class SubscriptionCreateSerializer(serializers.Serializer[Any]):
-    plan = serializers.PrimaryKeyRelatedField(queryset=BusinessPlan.objects.all())
+    plan = serializers.PrimaryKeyRelatedField(
+        queryset=BusinessPlan.objects.all(), help_text="Id of an approved plan of a published API."
+    )
 
 
 class APIKeySerializer(serializers.ModelSerializer[APIKey]):
@@ -181,3 +436,53 @@ class ApplicationDetailSerializer(ApplicationSerializer):
 
     class Meta(ApplicationSerializer.Meta):
         fields = [*ApplicationSerializer.Meta.fields, "subscriptions", "api_keys"]
+
+
+class ApplicationUpdateSerializer(serializers.Serializer[Any]):
+    """New name and/or description of an application (PATCH: give only what changes)."""
+
+    name = serializers.CharField(max_length=100, required=False)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+
+
+# --- approvals -----------------------------------------------------------------------------------
+
+
+class DecisionSerializer(serializers.Serializer[Any]):
+    """An admin's approval, with an optional note for the requester."""
+
+    reason = serializers.CharField(required=False, default="", allow_blank=True, max_length=2000)
+
+
+class RejectionSerializer(serializers.Serializer[Any]):
+    """An admin's rejection; the reason is required and shown to the requester."""
+
+    reason = serializers.CharField(max_length=2000, help_text="Shown to the provider or consumer.")
+
+
+class PendingSubscriptionSerializer(SubscriptionSerializer):
+    """A subscription awaiting an admin, with who asked for it."""
+
+    application_name = serializers.CharField(source="application.name", read_only=True)
+    consumer = serializers.EmailField(source="application.owner.email", read_only=True)
+
+    class Meta(SubscriptionSerializer.Meta):
+        fields = [*SubscriptionSerializer.Meta.fields, "application_name", "consumer"]
+        read_only_fields = fields
+
+
+class PendingPlanSerializer(BusinessPlanOwnerSerializer):
+    """A business plan awaiting an admin, with its provider."""
+
+    provider = serializers.EmailField(source="api.provider.email", read_only=True)
+
+    class Meta(BusinessPlanOwnerSerializer.Meta):
+        fields = [*BusinessPlanOwnerSerializer.Meta.fields, "provider"]
+        read_only_fields = fields
+
+
+class ApprovalQueueSerializer(serializers.Serializer[Any]):
+    """What awaits an admin: plans to offer or refuse, subscriptions to allow or refuse."""
+
+    plans = PendingPlanSerializer(many=True)
+    subscriptions = PendingSubscriptionSerializer(many=True)

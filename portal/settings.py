@@ -182,6 +182,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several models have a "status" field; name each enum after its model in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "APIStatusEnum": "portal.models.API.Status",
+        "APIVersionStatusEnum": "portal.models.APIVersion.Status",
+        "SubscriptionStatusEnum": "portal.models.Subscription.Status",
+    },
 }
 
 # Static files: served by WhiteNoise from daphne.
@@ -193,6 +199,12 @@ STATICFILES_DIRS = [
     BASE_DIR / "static",
     ("vendor/bootstrap", NODE_MODULES_DIR / "bootstrap" / "dist"),
     ("vendor/chart.js", NODE_MODULES_DIR / "chart.js" / "dist"),
+    # The official AsyncAPI web component's standalone browser bundle and its stylesheet.
+    (
+        "vendor/asyncapi-react/standalone",
+        NODE_MODULES_DIR / "@asyncapi" / "react-component" / "browser" / "standalone",
+    ),
+    ("vendor/asyncapi-react/styles", NODE_MODULES_DIR / "@asyncapi" / "react-component" / "styles"),
 ]
 STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
 
@@ -214,3 +226,12 @@ LOGGING = {
         "stripe": {"level": "WARNING"},
     },
 }
+
+# AsyncAPI import: remote (http/https) $refs in uploaded documents, off by default; when enabled,
+# fetched only from these hosts, never from private addresses (docs/asyncapi-import.md).
+ASYNCAPI_REMOTE_REFS_ENABLED = env.bool("ASYNCAPI_REMOTE_REFS_ENABLED", default=False)
+ASYNCAPI_REMOTE_REF_HOSTS = env.list("ASYNCAPI_REMOTE_REF_HOSTS", default=[])
+ASYNCAPI_REMOTE_REF_TIMEOUT = env.float("ASYNCAPI_REMOTE_REF_TIMEOUT", default=5.0)  # seconds
+ASYNCAPI_REMOTE_REF_MAX_BYTES = env.int("ASYNCAPI_REMOTE_REF_MAX_BYTES", default=1024 * 1024)
+# For tests only (they serve references from 127.0.0.1): lifts the public-address check.
+ASYNCAPI_REMOTE_REFS_ALLOW_PRIVATE = env.bool("ASYNCAPI_REMOTE_REFS_ALLOW_PRIVATE", default=False)

@@ -11,10 +11,27 @@ urlpatterns = [
     path("", catalog.home, name="home"),
     path("apis/", catalog.api_list, name="api_list"),
     path("apis/<slug:slug>/", catalog.api_detail, name="api_detail"),
+    path(
+        "apis/<slug:slug>/versions/<str:version>/asyncapi.<str:fmt>",
+        catalog.api_document,
+        name="api_document",
+    ),
+    path(
+        "apis/<slug:slug>/versions/<str:version>/source",
+        catalog.api_version_source,
+        name="api_version_source",
+    ),
     path("apps/", applications.application_list, name="application_list"),
     path("apps/<int:pk>/", applications.application_detail, name="application_detail"),
     path("apps/<int:pk>/keys/", applications.key_generate, name="key_generate"),
     path("apps/<int:pk>/keys/<int:key_id>/revoke/", applications.key_revoke, name="key_revoke"),
+    path("apps/<int:pk>/edit/", applications.application_edit, name="application_edit"),
+    path("apps/<int:pk>/delete/", applications.application_delete_view, name="application_delete"),
+    path(
+        "apps/<int:pk>/subscriptions/<int:subscription_id>/cancel/",
+        applications.subscription_cancel_view,
+        name="subscription_cancel",
+    ),
     path("provider/apis/", provider.provider_api_list, name="provider_api_list"),
     path("provider/apis/import/", provider.provider_api_import, name="provider_api_import"),
     path("provider/apis/<slug:slug>/", provider.provider_api_detail, name="provider_api_detail"),
@@ -22,6 +39,14 @@ urlpatterns = [
         "provider/apis/<slug:slug>/versions/<int:version_id>/publish/",
         provider.provider_version_publish,
         name="provider_version_publish",
+    ),
+    path(
+        "provider/apis/<slug:slug>/lifecycle/", provider.provider_api_lifecycle, name="provider_api_lifecycle"
+    ),
+    path(
+        "provider/apis/<slug:slug>/versions/<int:version_id>/lifecycle/",
+        provider.provider_version_lifecycle,
+        name="provider_version_lifecycle",
     ),
     path("staff/approvals/", staff.approvals, name="approvals"),
     path(
@@ -36,5 +61,8 @@ urlpatterns = [
         {"decision": "reject"},
         name="subscription_reject",
     ),
-    path("staff/plans/<int:pk>/approve/", staff.plan_approve_view, name="plan_approve"),
+    path("staff/plans/<int:pk>/approve/", staff.plan_decide, {"decision": "approve"}, name="plan_approve"),
+    path("staff/plans/<int:pk>/reject/", staff.plan_decide, {"decision": "reject"}, name="plan_reject"),
+    path("staff/apis/", staff.staff_api_list, name="staff_api_list"),
+    path("staff/apis/<slug:slug>/lifecycle/", staff.staff_api_lifecycle, name="staff_api_lifecycle"),
 ]

@@ -1,5 +1,10 @@
 """AsyncAPI import: reading, validating and normalizing AsyncAPI 2.0.0–2.6.0, 3.0.0 and 3.1.0
-documents (YAML or JSON) into channels and the operations a consumer may perform on them.
+documents (YAML or JSON, or a .zip of a document and the files it refers to) into channels and
+the operations a consumer may perform on them, plus servers, security schemes, tags and
+protocols. Modules: ``locations`` (reading text, lines), ``archive`` (zips), ``bundle`` (other
+files and remote refs made part of the document), ``remote`` (fetching remote refs safely),
+``validation`` (official schemas), ``refs`` (internal refs), ``parser`` (channels and
+operations), ``metadata`` (servers, security, tags).
 
 Public names:
 

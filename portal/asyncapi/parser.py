@@ -20,8 +20,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from portal.asyncapi import metadata
+from portal.asyncapi.bundle import Bundle, bundle_document, load_upload
 from portal.asyncapi.errors import AsyncAPIError, DocumentTooLargeError
-from portal.asyncapi.locations import LoadedDocument, decode_source, line_for, load_text, pointer_join
+from portal.asyncapi.locations import line_for, pointer_join
 from portal.asyncapi.refs import Resolver, describe, is_internal, is_ref, ref_tokens
 from portal.asyncapi.validation import check_version, validate_document
 
@@ -49,14 +51,17 @@ class ParsedOperation:
     """What a consumer may do on a channel.
 
     ``key`` is the 2.x ``operationId`` (``""`` if absent) or the 3.x operation key; ``messages``
-    are ``{"name", "title", "summary", "content_type", "payload"}`` dicts: strings (``""`` when
-    absent) and the payload schema with internal refs resolved (None when absent).
+    are ``{"name", "title", "summary", "content_type", "payload", "bindings", "examples"}`` dicts:
+    strings (``""`` when absent), the payload schema with internal refs resolved (None when
+    absent), the Message Bindings Object (``{}`` when absent) and the examples (see
+    ``_examples``). ``bindings`` is the Operation Bindings Object, refs resolved.
     """
 
     key: str
     action: Action
     summary: str
     messages: list[dict[str, Any]]
+    bindings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,14 @@ class ParsedChannel:
 
 @dataclass(frozen=True)
 class ParsedDocument:
-    """A valid AsyncAPI document: its info, the document itself (refs as written) and channels.
+    """A valid AsyncAPI document: its info, the document itself and channels.
 
-    ``lines`` maps JSON pointers to 1-based lines of the upload, for errors found later
-    (``line_of``).
+    ``document`` is self-contained: references to other files of a .zip or to remote URLs are
+    bundled into it (``portal.asyncapi.bundle``); internal ``#/...`` references stay as written.
+    ``source`` is the root file's text, ``source_files`` the other files' (``{path or URL:
+    text}``). ``servers``, ``security_schemes``, ``tags`` and ``protocols`` are described in
+    ``portal.asyncapi.metadata``. ``lines`` maps JSON pointers to 1-based lines of the root
+    file, for errors found later (``line_of``).
     """
 
     asyncapi_version: str
@@ -91,6 +100,12 @@ class ParsedDocument:
     description: str
     document: dict[str, Any]
     channels: list[ParsedChannel]
+    source: str = ""
+    source_files: dict[str, str] = field(default_factory=dict, repr=False)
+    servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    security_schemes: dict[str, Any] = field(default_factory=dict)
+    tags: list[dict[str, str]] = field(default_factory=list)
+    protocols: list[str] = field(default_factory=list)
     lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def line_of(self, pointer: str) -> int | None:
@@ -101,24 +116,36 @@ class ParsedDocument:
 def parse_document(*, content: bytes | str, filename: str) -> ParsedDocument:
     """Read, validate and normalize an AsyncAPI 2.0.0–2.6.0, 3.0.0 or 3.1.0 document.
 
-    ``content`` is YAML or JSON (told apart by content, not by ``filename``); ``filename`` is only
-    used in errors. The document is validated against the official JSON Schema of its version
-    (``@asyncapi/specs``), then its channels and operations are normalized to the consumer's
-    point of view (see the module docstring).
+    ``content`` is YAML or JSON (told apart by content, not by ``filename``), or a .zip (told
+    apart by its magic bytes) holding the document and the files it refers to (see
+    ``portal.asyncapi.archive`` for how the root is chosen and the limits); ``filename`` names
+    the upload in errors. References to other files and (when enabled) remote URLs are bundled
+    into the document (``portal.asyncapi.bundle``), which is then validated against the official
+    JSON Schema of its version (``@asyncapi/specs``); its channels and operations are normalized
+    to the consumer's point of view (see the module docstring).
 
-    Raises ``AsyncAPIError`` (with pointer, line and filename) for unreadable input, an
-    unsupported version, schema violations, dangling internal refs and values too long to store.
+    Raises ``AsyncAPIError`` (with pointer, line and file: ``api.zip:schemas/price.yaml`` for a
+    file of an archive) for unreadable input, an unsupported version, schema violations,
+    dangling or refused refs and values too long to store.
     """
-    loaded: LoadedDocument | None = None
+    bundle: Bundle | None = None
+    root_name = filename
     try:
-        loaded = load_text(decode_source(content))
-        version = check_version(loaded.data)
-        validate_document(loaded, version)
-        return _parse_valid(loaded, version)
-    except AsyncAPIError as error:
-        error.filename = filename
-        if error.line is None and loaded is not None:
+        sources, root = load_upload(content=content, filename=filename)
+        root_name = sources.name(root)
+        loaded = sources.load(root)
+        try:
+            version = check_version(loaded.data)
+        except AsyncAPIError as error:
             error.line = loaded.line_of(error.pointer)
+            raise
+        bundle = bundle_document(sources, root, loaded.data)
+        validate_document(bundle, version)
+        return _parse_valid(bundle, version)
+    except AsyncAPIError as error:
+        if bundle is not None and not error.filename:
+            bundle.place(error)
+        error.filename = error.filename or root_name
         raise
     except RecursionError:
         raise AsyncAPIError("the document is nested too deeply to read", filename=filename) from None
@@ -145,14 +172,16 @@ class _MessageBudget:
             )
 
 
-def _parse_valid(loaded: LoadedDocument, version: str) -> ParsedDocument:
-    data: dict[str, Any] = loaded.data
+def _parse_valid(bundle: Bundle, version: str) -> ParsedDocument:
+    data: dict[str, Any] = bundle.data
     info = data["info"]
     title = _text(info.get("title"))
     _check_length(title, MAX_TITLE, "/info/title", "the title")
     api_version = _api_version(info.get("version"))
     resolver = Resolver(data)
     channels = _channels_v2(data, resolver) if version.startswith("2.") else _channels_v3(data, resolver)
+    schemes = metadata.security_schemes(data, resolver)
+    servers = metadata.servers(data, resolver, schemes)
     return ParsedDocument(
         asyncapi_version=version,
         title=title,
@@ -160,7 +189,13 @@ def _parse_valid(loaded: LoadedDocument, version: str) -> ParsedDocument:
         description=_text(info.get("description")),
         document=data,
         channels=channels,
-        lines=loaded.lines,
+        source=bundle.source,
+        source_files=bundle.source_files,
+        servers=servers,
+        security_schemes=schemes,
+        tags=metadata.tags(data, resolver),
+        protocols=metadata.protocols(servers),
+        lines=bundle.root.lines,
     )
 
 
@@ -251,7 +286,8 @@ def _operation_v2(
             messages.append(
                 _message(candidate, data, resolver, candidate_at, fallback=fallback, object_wins=False)
             )
-    return ParsedOperation(key=key, action=action, summary=summary, messages=messages)
+    bindings = _bindings(operation, resolver, at, "an Operation Bindings Object")
+    return ParsedOperation(key=key, action=action, summary=summary, messages=messages, bindings=bindings)
 
 
 # --- AsyncAPI 3.x ------------------------------------------------------------------------------
@@ -352,7 +388,10 @@ def _operation_v3(
             )
             for name, item in (channel_messages or {}).items()
         ]
-    parsed = ParsedOperation(key=key, action=_V3_ACTIONS[action], summary=summary, messages=messages)
+    bindings = _bindings(operation, resolver, at, "an Operation Bindings Object")
+    parsed = ParsedOperation(
+        key=key, action=_V3_ACTIONS[action], summary=summary, messages=messages, bindings=bindings
+    )
     return channel_key, parsed
 
 
@@ -379,12 +418,7 @@ def _channel(
         name: _parameter(value, resolver, pointer_join(parameters_at, name))
         for name, value in (raw_parameters or {}).items()
     }
-    bindings: dict[str, Any] = {}
-    if item.get("bindings") is not None:
-        bindings_at = pointer_join(at, "bindings")
-        bindings = resolver.resolve(
-            _mapping(resolver, item["bindings"], bindings_at, "a Channel Bindings Object"), at=bindings_at
-        )
+    bindings = _bindings(item, resolver, at, "a Channel Bindings Object")
     return ParsedChannel(
         key=key,
         address=address,
@@ -445,7 +479,8 @@ def _message(
     fallback: str = "message",
     object_wins: bool,
 ) -> dict[str, Any]:
-    """A Message Object as ``{"name", "title", "summary", "content_type", "payload"}``.
+    """A Message Object as ``{"name", "title", "summary", "content_type", "payload", "bindings",
+    "examples"}``.
 
     ``name`` is the message's ``name``, else its 2.4+ ``messageId``, else ``key`` (its key in the
     channel's messages), else the key its ``$ref`` points at (``#/components/messages/<key>``,
@@ -462,6 +497,37 @@ def _message(
     }
     resolver.charge(sum(len(text) for text in result.values()) + 64, at=at)
     result["payload"] = _payload(message, resolver, pointer_join(at, "payload"))
+    result["bindings"] = _bindings(message, resolver, at, "a Message Bindings Object")
+    result["examples"] = _examples(message, resolver, at)
+    return result
+
+
+def _bindings(obj: dict[str, Any], resolver: Resolver, at: str, what: str) -> dict[str, Any]:
+    """``obj["bindings"]`` (a Channel, Operation or Message Bindings Object: protocol name →
+    binding, e.g. ``ws``) with refs resolved; ``{}`` when absent."""
+    if obj.get("bindings") is None:
+        return {}
+    bindings_at = pointer_join(at, "bindings")
+    resolved = resolver.resolve(_mapping(resolver, obj["bindings"], bindings_at, what), at=bindings_at)
+    return resolved if isinstance(resolved, dict) else {}
+
+
+def _examples(message: dict[str, Any], resolver: Resolver, at: str) -> list[dict[str, Any]]:
+    """The message's examples as ``[{"name", "summary", "headers", "payload"}]`` (only the keys
+    given), refs resolved. 3.0 §Message Example Object and 2.3+ §Message Object ``examples``
+    have all four; 2.0–2.2 examples only ``headers`` and ``payload``."""
+    raw = _field(message, "examples", list, at, "a list of Message Example Objects")
+    examples_at = pointer_join(at, "examples")
+    result = []
+    for index, item in enumerate(raw or []):
+        example = _mapping(resolver, item, pointer_join(examples_at, index), "a Message Example Object")
+        keys = [key for key in ("name", "summary", "headers", "payload") if key in example]
+        result.append(
+            {
+                key: resolver.resolve(example[key], at=pointer_join(pointer_join(examples_at, index), key))
+                for key in keys
+            }
+        )
     return result
 
 

@@ -16,7 +16,7 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 from django.conf import settings
@@ -26,7 +26,10 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from portal.asyncapi.errors import AsyncAPIError
-from portal.asyncapi.locations import LoadedDocument, pointer_escape, pointer_join
+from portal.asyncapi.locations import pointer_escape, pointer_join
+
+if TYPE_CHECKING:
+    from portal.asyncapi.bundle import Bundle
 
 SUPPORTED_VERSIONS: tuple[str, ...] = (
     "2.0.0",
@@ -76,20 +79,20 @@ def check_version(data: Any) -> str:
     return version
 
 
-def validate_document(loaded: LoadedDocument, version: str) -> None:
-    """Validate ``loaded.data`` against the official schema of ``version``.
+def validate_document(document: Bundle, version: str) -> None:
+    """Validate ``document.data`` (the bundled document) against the official schema of ``version``.
 
     Raises one ``AsyncAPIError`` for the most relevant problem (``jsonschema``'s ``best_match``),
-    with the pointer of the offending value and its line. For unknown keys the message names the
-    key and the line is the key's own line.
+    with the file the offending value came from, its pointer there and its line. For unknown
+    keys the message names the key and the line is the key's own line.
     """
     validator = _validator(str(settings.NODE_MODULES_DIR), version)
-    error = best_match(validator.iter_errors(loaded.data))
+    error = best_match(validator.iter_errors(document.data))
     if error is None:
         return
     pointer = "".join(f"/{pointer_escape(token)}" for token in error.absolute_path)
     message, line_pointer = _describe(error, version, pointer)
-    raise AsyncAPIError(message, pointer=pointer, line=loaded.line_of(line_pointer))
+    raise document.place(AsyncAPIError(message, pointer=pointer), line_pointer=line_pointer)
 
 
 def schema_path(node_modules: Path, version: str) -> Path:

@@ -4,28 +4,35 @@ from __future__ import annotations
 
 import unicodedata
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
-from portal.asyncapi import AsyncAPIError, ParsedDocument, decode_source, first_sentence, parse_document
+from portal.asyncapi import AsyncAPIError, ParsedDocument, first_sentence, parse_document
 from portal.models import API, APIVersion, Channel, Operation, User
+from portal.services.lifecycle import api_publish_version
 
 _SLUG_MAX = API._meta.get_field("slug").max_length or 100
 _SUMMARY_MAX = API._meta.get_field("summary").max_length or 300
 
 
 def api_import(*, provider: User, content: bytes | str, filename: str, api: API | None = None) -> APIVersion:
-    """Import an AsyncAPI document (YAML or JSON) as a new draft API, or a new version of ``api``.
+    """Import an AsyncAPI document as a new draft API, or a new version of ``api``.
 
-    Without ``api``: creates an API named after ``info.title`` with a unique slug derived from
-    it, ``summary`` = the first sentence of ``info.description``, status draft. With ``api``: adds
-    a version to it. Either way the version (``info.version``, draft) gets one Channel per channel
-    of the document and one Operation per consumer action (see ``portal.asyncapi.parser``).
-    Everything happens in one transaction: on any error nothing is stored.
+    ``content`` is one YAML or JSON document, or the bytes of a .zip holding the document and
+    the files it refers to (see ``portal.asyncapi.parse_document``). Without ``api``: creates an
+    API named after ``info.title`` with a unique slug derived from it, ``summary`` = the first
+    sentence of ``info.description``, status draft. With ``api``: adds a version to it. Either
+    way the version (``info.version``, draft) stores the self-contained document (other files
+    and remote refs bundled in), the root file's text in ``source`` and the others in
+    ``source_files``, its servers, security schemes, tags and protocols, and gets one Channel per
+    channel and one Operation per consumer action (see ``portal.asyncapi.parser``). The API's
+    ``tags`` and ``protocols`` become those of this, its newest imported, version. Everything
+    happens in one transaction: on any error nothing is stored.
 
     Every entry point comes through here, so this is where the size limit holds: ``content`` may
-    be at most ``MAX_DOCUMENT_BYTES`` (bytes, or UTF-8 bytes of text).
+    be at most ``MAX_DOCUMENT_BYTES`` (bytes, or UTF-8 bytes of text; for a zip, of the archive
+    and of its files uncompressed).
 
     Raises:
         AsyncAPIError: the document is unreadable, unsupported or invalid (see
@@ -39,13 +46,10 @@ def api_import(*, provider: User, content: bytes | str, filename: str, api: API 
         raise PermissionDenied("This API belongs to another provider.")
     filename = _storable_filename(filename)
     parsed = parse_document(content=content, filename=filename)
-    source = decode_source(content)
     for attempt in range(3):
         try:
             with transaction.atomic():
-                return _version_create(
-                    provider=provider, api=api, parsed=parsed, source=source, filename=filename
-                )
+                return _version_create(provider=provider, api=api, parsed=parsed, filename=filename)
         except IntegrityError:
             # A concurrent import took the slug (new API) or the version (existing API) between
             # our check and our insert; a retry picks another slug or reports the version.
@@ -61,9 +65,7 @@ def _storable_filename(filename: str) -> str:
     return cleaned[:255]
 
 
-def _version_create(
-    *, provider: User, api: API | None, parsed: ParsedDocument, source: str, filename: str
-) -> APIVersion:
+def _version_create(*, provider: User, api: API | None, parsed: ParsedDocument, filename: str) -> APIVersion:
     if api is None:
         api = _api_create(provider=provider, parsed=parsed)
     elif api.versions.filter(version=parsed.version).exists():
@@ -73,9 +75,19 @@ def _version_create(
         version=parsed.version,
         asyncapi_version=parsed.asyncapi_version,
         document=parsed.document,
-        source=source,
+        source=parsed.source,
         source_filename=filename[:255],
+        source_files=parsed.source_files,
+        servers=parsed.servers,
+        security_schemes=parsed.security_schemes,
+        tags=parsed.tags,
+        protocols=parsed.protocols,
     )
+    # The API shows what its newest imported version declares (catalog filters read these).
+    API.objects.filter(pk=api.pk).update(
+        tags=[tag["name"] for tag in parsed.tags], protocols=parsed.protocols
+    )
+    api.refresh_from_db(fields=["tags", "protocols"])
     _channels_create(version=version, parsed=parsed)
     return version
 
@@ -129,24 +141,21 @@ def _channels_create(*, version: APIVersion, parsed: ParsedDocument) -> None:
             action=operation.action,
             summary=operation.summary,
             messages=operation.messages,
+            bindings=operation.bindings,
         )
         for row, channel in zip(channels, parsed.channels, strict=True)
         for operation in channel.operations
     )
 
 
-def api_publish(*, api_version: APIVersion) -> APIVersion:
-    """Publish ``api_version`` and its API, so the catalog lists them and consumers can subscribe.
+def api_publish(*, api_version: APIVersion, actor: User | None = None) -> APIVersion:
+    """Publish ``api_version`` and, on its first publication, its API, so the catalog lists them
+    and consumers can subscribe; each move is recorded as an ``APILifecycleEvent``.
 
-    Publishing an already published version changes nothing. The view checks that the user
-    owns the API. Raises ``ValidationError`` if the API is retired.
+    Publishing an already published version changes nothing. A deprecated or blocked API keeps
+    its state. ``actor`` is who publishes (None for management commands). Raises
+    ``ValidationError`` if the API is retired or the version cannot be published, and
+    ``PermissionDenied`` if ``actor`` is neither the API's provider nor staff. See
+    ``portal.services.lifecycle`` for the rules.
     """
-    api = api_version.api
-    if api.status == API.Status.RETIRED:
-        raise ValidationError(f"{api.name} is retired and cannot be published again.")
-    with transaction.atomic():
-        APIVersion.objects.filter(pk=api_version.pk).update(status=APIVersion.Status.PUBLISHED)
-        API.objects.filter(pk=api.pk).update(status=API.Status.PUBLISHED)
-    api_version.refresh_from_db()
-    api.refresh_from_db()
-    return api_version
+    return api_publish_version(api_version=api_version, actor=actor)

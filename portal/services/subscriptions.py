@@ -1,12 +1,34 @@
-"""Applications, subscriptions, approvals and API keys."""
+"""Applications, subscriptions, business plans, approvals (with reasons the requester sees) and API keys."""
 
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from portal.models import API, APIKey, Application, BusinessPlan, Subscription, User
+from portal.plans import plan_fields_validate
+
+# What plan_create accepts besides the name: the plan's own terms, never its approval state.
+PLAN_FIELDS = frozenset(
+    {
+        "description",
+        "requires_approval",
+        "rate_limit_events",
+        "rate_limit_unit",
+        "burst_events",
+        "quota_events",
+        "quota_bytes",
+        "max_connections",
+        "currency",
+        "flat_fee_minor",
+        "included_events",
+        "price_per_1000_events_minor",
+    }
+)
 
 
 def application_create(*, owner: User, name: str, description: str = "") -> Application:
@@ -39,13 +61,17 @@ def subscription_create(*, application: Application, plan: BusinessPlan) -> Subs
     until an admin calls ``subscription_approve``.
 
     Raises ``ValidationError`` (field ``plan``) if the API is not published, the plan is not
-    approved, or the application already has a pending or active subscription to the API. The
-    first two both read "This plan is not available.": a plan id must not reveal the name of an
-    API or plan that its provider has not released.
+    approved, or the application already has a pending or active subscription to the API. An
+    unlisted API (draft, retired) or unapproved plan reads "This plan is not available.": a plan
+    id must not reveal the name of an API or plan that its provider has not released. A listed
+    API that is deprecated or blocked says so by name.
     """
     api = plan.api
-    if not plan.is_approved or not API.objects.published().filter(pk=api.pk).exists():
+    if not plan.is_approved or not API.objects.listed().filter(pk=api.pk).exists():
         raise ValidationError({"plan": "This plan is not available."})
+    if not API.objects.published().filter(pk=api.pk).exists():
+        # Listed, so naming it reveals nothing: say why, as the catalog page does.
+        raise ValidationError({"plan": _closed_to_subscriptions(api)})
     status = Subscription.Status.PENDING if plan.requires_approval else Subscription.Status.ACTIVE
     try:
         with transaction.atomic():
@@ -56,10 +82,34 @@ def subscription_create(*, application: Application, plan: BusinessPlan) -> Subs
         ) from None
 
 
-def _subscription_decide(*, subscription: Subscription, approver: User, status: str) -> Subscription:
-    # A conditional update, so two admins deciding at once cannot both win.
+def _closed_to_subscriptions(api: API) -> str:
+    if api.status == API.Status.DEPRECATED:
+        return f"{api.name} is deprecated and accepts no new subscriptions."
+    if api.status == API.Status.BLOCKED:
+        return f"{api.name} is blocked and accepts no new subscriptions."
+    return f"{api.name} has no published version open to new subscriptions; its versions are deprecated."
+
+
+def _check_staff(approver: User) -> None:
+    if not (approver.is_active and approver.is_staff):
+        raise PermissionDenied("Only platform admins approve or reject plans and subscriptions.")
+
+
+def _reason_required(reason: str, what: str) -> str:
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError({"reason": f"Say why you reject {what}: the requester sees your reason."})
+    return reason
+
+
+def _subscription_decide(
+    *, subscription: Subscription, approver: User, status: str, reason: str
+) -> Subscription:
+    _check_staff(approver)
+    # A conditional update, so two admins deciding at once cannot both win. A pending
+    # subscription has no live connections, so the gateway needs no signal from save().
     updated = Subscription.objects.filter(pk=subscription.pk, status=Subscription.Status.PENDING).update(
-        status=status, decided_by=approver, decided_at=timezone.now()
+        status=status, decided_by=approver, decided_at=timezone.now(), decision_reason=reason
     )
     if not updated:
         raise ValidationError("This subscription is no longer pending.")
@@ -67,28 +117,112 @@ def _subscription_decide(*, subscription: Subscription, approver: User, status: 
     return subscription
 
 
-def subscription_approve(*, subscription: Subscription, approver: User) -> Subscription:
-    """Make a pending subscription active. Raises ``ValidationError`` if it is not pending."""
+def subscription_approve(*, subscription: Subscription, approver: User, reason: str = "") -> Subscription:
+    """Make a pending subscription active; ``reason`` (optional) is shown to the consumer.
+
+    Raises ``PermissionDenied`` if ``approver`` is not staff, ``ValidationError`` if the
+    subscription is not pending (also when another admin decided first).
+    """
     return _subscription_decide(
-        subscription=subscription, approver=approver, status=Subscription.Status.ACTIVE
+        subscription=subscription, approver=approver, status=Subscription.Status.ACTIVE, reason=reason.strip()
     )
 
 
-def subscription_reject(*, subscription: Subscription, approver: User) -> Subscription:
-    """Reject a pending subscription. Raises ``ValidationError`` if it is not pending."""
+def subscription_reject(*, subscription: Subscription, approver: User, reason: str) -> Subscription:
+    """Reject a pending subscription; ``reason`` is required and shown to the consumer.
+
+    Raises ``ValidationError`` (field ``reason``) for an empty reason, ``ValidationError`` if it
+    is not pending, ``PermissionDenied`` if ``approver`` is not staff.
+    """
+    _check_staff(approver)
+    reason = _reason_required(reason, "this subscription")
     return _subscription_decide(
-        subscription=subscription, approver=approver, status=Subscription.Status.REJECTED
+        subscription=subscription, approver=approver, status=Subscription.Status.REJECTED, reason=reason
     )
 
 
-def plan_create(*, api: API, name: str, **fields: object) -> BusinessPlan:
-    """Add a business plan to ``api``; it is offered only after an admin approves it.
+def subscription_cancel(*, subscription: Subscription, actor: User) -> Subscription:
+    """Cancel a pending or active subscription (its application's owner, or an admin).
 
-    ``fields`` are ``BusinessPlan`` fields (prices in minor units). Raises ``ValidationError``
-    (field ``name``) when the API already has a plan of that name, also when a concurrent request
-    created it after the check (``unique_plan_name``).
+    Saved with ``save()``: once it commits, ``gateway.signals`` closes its live connections
+    (close code 4403). The application can subscribe to the API again afterwards. Raises
+    ``PermissionDenied`` for anyone else, ``ValidationError`` if it is already rejected or
+    cancelled.
+    """
+    if not (actor.is_staff or subscription.application.owner_id == actor.pk):
+        raise PermissionDenied("Only the application's owner or an admin can cancel its subscription.")
+    with transaction.atomic():
+        locked = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        if locked.status not in (Subscription.Status.PENDING, Subscription.Status.ACTIVE):
+            raise ValidationError(f"This subscription is already {locked.get_status_display().lower()}.")
+        locked.status = Subscription.Status.CANCELLED
+        locked.decided_at = timezone.now()
+        locked.save(update_fields=["status", "decided_at"])
+    subscription.refresh_from_db()
+    return subscription
+
+
+def application_update(*, application: Application, name: str, description: str) -> Application:
+    """Rename ``application`` and change its description.
+
+    Raises ``ValidationError`` (field ``name``) for an empty name or one the owner already uses
+    for another application (also when a concurrent request took it: ``unique_application_name``).
     """
     name = name.strip()
+    if not name:
+        raise ValidationError({"name": "Give the application a name."})
+    duplicate = ValidationError({"name": f"You already have an application called “{name}”."})
+    others = Application.objects.filter(owner_id=application.owner_id, name=name).exclude(pk=application.pk)
+    if others.exists():
+        raise duplicate
+    application.name, application.description = name, description.strip()
+    try:
+        with transaction.atomic():
+            application.save(update_fields=["name", "description"])
+    except IntegrityError:
+        application.refresh_from_db()
+        raise duplicate from None
+    return application
+
+
+def application_delete(*, application: Application) -> None:
+    """Delete ``application`` with its API keys and ended subscriptions.
+
+    Raises ``ValidationError`` while it has a pending or active subscription (cancel those
+    first, so nobody loses access by surprise), and when its subscriptions have been invoiced:
+    invoices are the ledger and keep what they bill for.
+    """
+    live = application.subscriptions.filter(
+        status__in=[Subscription.Status.PENDING, Subscription.Status.ACTIVE]
+    ).select_related("api")
+    if live:
+        names = ", ".join(sorted(s.api.name for s in live))
+        raise ValidationError(f"{application.name} still has subscriptions ({names}): cancel them first.")
+    try:
+        with transaction.atomic():
+            application.delete()
+    except ProtectedError:
+        raise ValidationError(
+            f"{application.name} has invoiced usage; it is kept with the invoices that bill for it."
+        ) from None
+
+
+def plan_create(*, api: API, name: str, price_model: str | None = None, **fields: Any) -> BusinessPlan:
+    """Add a business plan to ``api``; it is offered only after an admin approves it.
+
+    ``fields`` are ``BusinessPlan`` fields (prices in minor units, limits in events and bytes,
+    None for unlimited); ``price_model`` (``portal.plans.PriceModel``), when given, must agree
+    with the amounts. Raises ``ValidationError`` with a field dict: ``name`` when empty or the
+    API already has a plan of that name (also when a concurrent request created it after the
+    check: ``unique_plan_name``), and the fields ``portal.plans.plan_fields_validate`` names.
+    """
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "Give the plan a name."})
+    unknown = set(fields) - PLAN_FIELDS
+    if unknown:
+        raise ValidationError({field: "Not a field of a business plan." for field in sorted(unknown)})
+    plan_fields_validate(fields, price_model=price_model)
     same_name = api.plans.filter(name=name)
     duplicate = ValidationError({"name": f"{api.name} already has a plan called “{name}”."})
     if same_name.exists():
@@ -103,11 +237,39 @@ def plan_create(*, api: API, name: str, **fields: object) -> BusinessPlan:
         raise  # another constraint (a negative price from a direct call) is a bug, not a duplicate
 
 
-def plan_approve(*, plan: BusinessPlan, approver: User) -> BusinessPlan:
-    """Offer a business plan to consumers (admins only; the view checks ``is_staff``)."""
-    BusinessPlan.objects.filter(pk=plan.pk).update(is_approved=True)
+def _plan_decide(*, plan: BusinessPlan, approver: User, approve: bool, reason: str) -> BusinessPlan:
+    now = timezone.now()
+    changes: dict[str, Any] = {"decided_at": now, "decided_by": approver, "decision_reason": reason}
+    changes.update({"is_approved": True} if approve else {"rejected_at": now})
+    # Conditional: only a plan still awaiting a decision changes, so two admins cannot both win.
+    updated = BusinessPlan.objects.filter(pk=plan.pk, is_approved=False, rejected_at__isnull=True).update(
+        **changes
+    )
+    if not updated:
+        raise ValidationError(f"The plan {plan.name} is no longer awaiting approval.")
     plan.refresh_from_db()
     return plan
+
+
+def plan_approve(*, plan: BusinessPlan, approver: User, reason: str = "") -> BusinessPlan:
+    """Offer a pending business plan to consumers; ``reason`` (optional) is shown to the provider.
+
+    Raises ``PermissionDenied`` if ``approver`` is not staff, ``ValidationError`` if the plan
+    was already approved or rejected.
+    """
+    _check_staff(approver)
+    return _plan_decide(plan=plan, approver=approver, approve=True, reason=reason.strip())
+
+
+def plan_reject(*, plan: BusinessPlan, approver: User, reason: str) -> BusinessPlan:
+    """Refuse a pending business plan; consumers never see it, its provider sees ``reason``.
+
+    Raises ``ValidationError`` (field ``reason``) for an empty reason, ``ValidationError`` if
+    the plan was already decided, ``PermissionDenied`` if ``approver`` is not staff.
+    """
+    _check_staff(approver)
+    reason = _reason_required(reason, f"the plan {plan.name}")
+    return _plan_decide(plan=plan, approver=approver, approve=False, reason=reason)
 
 
 def api_key_create(*, application: Application, name: str = "default") -> tuple[APIKey, str]:

@@ -1,4 +1,5 @@
-"""A consumer's applications: subscriptions, API keys (shown once) and the live-events console."""
+"""A consumer's applications: edit and delete them, their subscriptions (cancel; admins' reasons
+shown), API keys (shown once) and the live-events console."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -15,7 +16,14 @@ from django.views.decorators.http import require_POST
 from portal.forms import ApplicationForm, add_service_errors
 from portal.links import gateway_ws_url
 from portal.models import APIKey, Application, Channel, Subscription
-from portal.services.subscriptions import api_key_create, api_key_revoke, application_create
+from portal.services.subscriptions import (
+    api_key_create,
+    api_key_revoke,
+    application_create,
+    application_delete,
+    application_update,
+    subscription_cancel,
+)
 from portal.templatetags.eventgate import parameter_enum
 
 # The secret of a just-generated key waits here for exactly one page view, then is deleted.
@@ -34,6 +42,18 @@ def _get_application_for_user(request: HttpRequest, pk: int) -> Application:
 def _get_api_key_for_user(request: HttpRequest, application: Application, key_id: int) -> APIKey:
     """Key ``key_id`` of the user's ``application``, or 404."""
     return get_object_or_404(APIKey, pk=key_id, application=application, application__owner=request.user)
+
+
+def _get_subscription_for_user(
+    request: HttpRequest, application: Application, subscription_id: int
+) -> Subscription:
+    """Subscription ``subscription_id`` of the user's ``application``, or 404."""
+    return get_object_or_404(
+        Subscription.objects.select_related("api", "application"),
+        pk=subscription_id,
+        application=application,
+        application__owner=request.user,
+    )
 
 
 @dataclass(frozen=True)
@@ -178,4 +198,58 @@ def key_revoke(request: HttpRequest, pk: int, key_id: int) -> HttpResponse:
     key = _get_api_key_for_user(request, application, key_id)
     api_key_revoke(key=key)
     messages.success(request, f"Revoked key {key.prefix}… — connections using it are refused from now on.")
+    return redirect(application)
+
+
+@login_required
+def application_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """Rename one of the user's applications or change its description."""
+    application = _get_application_for_user(request, pk)
+    initial = {"name": application.name, "description": application.description}
+    form = ApplicationForm(request.POST if request.method == "POST" else None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            application_update(application=application, **form.cleaned_data)
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            messages.success(request, f"Saved {application.name}.")
+            return redirect(application)
+    return render(request, "portal/application_edit.html", {"application": application, "form": form})
+
+
+@login_required
+def application_delete_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET: confirm; POST: delete one of the user's applications (refused while it has live
+    subscriptions or invoiced usage, with the reason)."""
+    application = _get_application_for_user(request, pk)
+    if request.method == "POST":
+        name = application.name
+        try:
+            application_delete(application=application)
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+            return redirect(application)
+        messages.success(request, f"Deleted {name} and its API keys.")
+        return redirect("portal:application_list")
+    return render(request, "portal/application_delete.html", {"application": application})
+
+
+@login_required
+@require_POST
+def subscription_cancel_view(request: HttpRequest, pk: int, subscription_id: int) -> HttpResponse:
+    """POST: cancel a subscription of the user's application; its live connections close (4403)."""
+    application = _get_application_for_user(request, pk)
+    subscription = _get_subscription_for_user(request, application, subscription_id)
+    try:
+        subscription_cancel(subscription=subscription, actor=request.user)
+    except (ValidationError, PermissionDenied) as error:
+        messages.error(
+            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+        )
+    else:
+        messages.success(
+            request,
+            f"Cancelled the subscription to {subscription.api.name}; connections using it are closed.",
+        )
     return redirect(application)

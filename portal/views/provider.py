@@ -1,11 +1,12 @@
-"""Provider pages: my APIs, AsyncAPI import, channels preview, publishing and business plans."""
+"""Provider pages: my APIs, AsyncAPI import, channels preview, lifecycle (API and versions)
+and business plans."""
 
 from __future__ import annotations
 
 import re
 
 from django.contrib import messages
-from django.core.exceptions import RequestDataTooBig, ValidationError
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, ValidationError
 from django.db import transaction
 from django.db.models import Count, Prefetch, Q
 from django.http import Http404, HttpRequest, HttpResponse
@@ -18,9 +19,11 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES, AsyncAPIError, DocumentTooLargeError
-from portal.forms import ImportForm, PlanForm, add_service_errors
+from portal.forms import ImportForm, PlanForm, ReasonForm, add_service_errors
 from portal.models import API, APIVersion, Subscription
+from portal.plans import PLAN_TEMPLATES, plan_template
 from portal.services.apis import api_import, api_publish
+from portal.services.lifecycle import api_transition, api_version_transition
 from portal.services.subscriptions import plan_create
 from portal.views.catalog import channels_of, summary_repeats_description
 from portal.views.decorators import provider_required
@@ -49,7 +52,10 @@ def provider_api_list(request: HttpRequest) -> HttpResponse:
         .prefetch_related(Prefetch("versions", queryset=APIVersion.objects.order_by("-created")))
         .annotate(
             approved_plan_count=Count("plans", filter=Q(plans__is_approved=True), distinct=True),
-            awaiting_plan_count=Count("plans", filter=Q(plans__is_approved=False), distinct=True),
+            awaiting_plan_count=Count(
+                "plans", filter=Q(plans__is_approved=False, plans__rejected_at__isnull=True), distinct=True
+            ),
+            rejected_plan_count=Count("plans", filter=Q(plans__rejected_at__isnull=False), distinct=True),
             subscriber_count=Count(
                 "subscriptions", filter=Q(subscriptions__status=Subscription.Status.ACTIVE), distinct=True
             ),
@@ -125,16 +131,51 @@ def provider_api_import(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/provider/api_import.html", context)
 
 
+# Button words for lifecycle moves: (from, to) first, then by target state.
+MOVE_LABELS = {
+    ("blocked", "published"): "Unblock",
+    ("deprecated", "published"): "Publish again",
+    "published": "Publish",
+    "deprecated": "Deprecate",
+    "blocked": "Block",
+    "retired": "Retire",
+}
+MOVE_CONFIRMATIONS = {
+    "published": "Consumers can subscribe and connect again.",
+    "deprecated": "Listed, but no new subscriptions; live ones keep working.",
+    "blocked": "Live connections close now and new ones are refused until it is unblocked.",
+    "retired": "Final: live connections close now and it cannot be published again.",
+}
+
+
+def lifecycle_moves(current: str, transitions: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
+    """The moves the lifecycle allows from ``current``: ``[{to, label, confirm}]`` for buttons."""
+    return [
+        {
+            "to": to,
+            "label": MOVE_LABELS.get((current, to)) or MOVE_LABELS[to],  # type: ignore[index]
+            "confirm": MOVE_CONFIRMATIONS[to],
+        }
+        for to in transitions.get(current, ())
+    ]
+
+
 @provider_required
 def provider_api_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    """One of the provider's APIs: versions (publish), channels of the newest, plans; POST adds a plan."""
+    """One of the provider's APIs: lifecycle (moves and history), versions side by side with
+    their moves, channels of the newest, plans; POST adds a plan. ``?template=<key>`` prefills
+    the plan form from a ``portal.plans.PLAN_TEMPLATES`` entry."""
     api = _get_api_for_provider(request, slug)
-    form = PlanForm(request.POST if request.method == "POST" else None)
+    template = plan_template(request.GET.get("template", ""))
+    initial = PlanForm.initial_from_template(template) if template else None
+    form = PlanForm(request.POST if request.method == "POST" else None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            plan = plan_create(api=api, **form.plan_fields())
+            plan = plan_create(
+                api=api, price_model=form.cleaned_data.get("price_model") or None, **form.plan_fields()
+            )
         except ValidationError as error:
-            add_service_errors(form, error)
+            add_service_errors(form, error, PlanForm.FIELD_MAP)
         else:
             messages.success(
                 request, f"Added the plan {plan.name}. An admin approves it before consumers can pick it."
@@ -152,29 +193,96 @@ def provider_api_detail(request: HttpRequest, slug: str) -> HttpResponse:
     context = {
         "api": api,
         "summary_repeats_description": summary_repeats_description(api),
-        "versions": versions,
+        "api_moves": lifecycle_moves(api.status, API.TRANSITIONS),
+        "history": api.lifecycle_events.select_related("actor", "api_version")[:50],
+        "versions": [(v, _version_moves(api, v)) for v in versions],
         "version": version,
         "channels": channels_of(version) if version else [],
         "plans": plans,
         # Consumers see the API once a version is published, and can subscribe once a plan is approved.
-        "is_listed": api.status == API.Status.PUBLISHED
+        "is_listed": api.status in API.LISTED_STATUSES
+        and any(v.status in APIVersion.LIVE_STATUSES for v in versions),
+        "accepts_subscriptions": api.status == API.Status.PUBLISHED
         and any(v.status == APIVersion.Status.PUBLISHED for v in versions),
         "has_approved_plan": any(plan.is_approved for plan in plans),
         "form": form,
+        "plan_templates": PLAN_TEMPLATES,
+        "template": template,
     }
     return render(request, "portal/provider/api_detail.html", context)
+
+
+def _version_moves(api: API, version: APIVersion) -> list[dict[str, str]]:
+    """A version's lifecycle buttons; a draft's publication is the Publish button (``api_publish``,
+    which also publishes a draft API), so it is not offered twice."""
+    if api.status == API.Status.RETIRED:
+        return []
+    moves = lifecycle_moves(version.status, APIVersion.TRANSITIONS)
+    if version.status == APIVersion.Status.DRAFT:
+        moves = [move for move in moves if move["to"] != APIVersion.Status.PUBLISHED]
+    return moves
+
+
+@provider_required
+@require_POST
+def provider_api_lifecycle(request: HttpRequest, slug: str) -> HttpResponse:
+    """POST ``to_status`` (and an optional ``reason``): move the provider's API in its lifecycle."""
+    api = _get_api_for_provider(request, slug)
+    form = ReasonForm(request.POST)
+    form.is_valid()  # an optional, length-capped reason: nothing to refuse but over-long text
+    to_status = request.POST.get("to_status", "")
+    try:
+        api_transition(
+            api=api, to_status=to_status, actor=request.user, reason=form.cleaned_data.get("reason", "")
+        )
+    except (ValidationError, PermissionDenied) as error:
+        messages.error(request, _error_text(error))
+    else:
+        messages.success(request, f"{api.name} is now {api.get_status_display().lower()}.")
+    return redirect("portal:provider_api_detail", slug=api.slug)
+
+
+@provider_required
+@require_POST
+def provider_version_lifecycle(request: HttpRequest, slug: str, version_id: int) -> HttpResponse:
+    """POST ``to_status`` (and an optional ``reason``): move one version of the provider's API."""
+    api = _get_api_for_provider(request, slug)
+    version = _get_version_for_provider(request, api, version_id)
+    form = ReasonForm(request.POST)
+    form.is_valid()
+    try:
+        api_version_transition(
+            api_version=version,
+            to_status=request.POST.get("to_status", ""),
+            actor=request.user,
+            reason=form.cleaned_data.get("reason", ""),
+        )
+    except (ValidationError, PermissionDenied) as error:
+        messages.error(request, _error_text(error))
+    else:
+        messages.success(
+            request, f"{api.name} {version.version} is now {version.get_status_display().lower()}."
+        )
+    return redirect("portal:provider_api_detail", slug=api.slug)
+
+
+def _error_text(error: ValidationError | PermissionDenied) -> str:
+    if isinstance(error, ValidationError):
+        return " ".join(error.messages)
+    return str(error)
 
 
 @provider_required
 @require_POST
 def provider_version_publish(request: HttpRequest, slug: str, version_id: int) -> HttpResponse:
-    """POST: publish one version of the provider's API (it then appears in the catalog)."""
+    """POST: publish one version of the provider's API (and a draft API with it): it then
+    appears in the catalog."""
     api = _get_api_for_provider(request, slug)
     version = _get_version_for_provider(request, api, version_id)
     try:
-        api_publish(api_version=version)
-    except ValidationError as error:
-        messages.error(request, " ".join(error.messages))
+        api_publish(api_version=version, actor=request.user)
+    except (ValidationError, PermissionDenied) as error:
+        messages.error(request, _error_text(error))
     else:
         if api.plans.filter(is_approved=True).exists():
             next_step = "Consumers can subscribe to its approved plans."

@@ -47,7 +47,18 @@ def test_catalog_lists_published_apis_to_anyone(client, alice, ticker_api):
     api_import(provider=alice, content=SMALL, filename="trains.yaml")  # a draft: not listed
     response = client.get("/api/v1/apis/")
     assert response.status_code == 200
-    assert response.json() == [{"slug": "ticker", "name": "Ticker", "summary": "", "latest_version": "1.0.0"}]
+    [listed] = response.json()
+    assert (listed["slug"], listed["name"], listed["status"], listed["latest_version"]) == (
+        "ticker",
+        "Ticker",
+        "published",
+        "1.0.0",
+    )
+    assert [(plan["name"], plan["price_model"]) for plan in listed["plans"]] == [
+        ("Free", "free"),
+        ("Gold", "flat"),
+    ]
+    assert response["X-Total-Count"] == "1"
 
 
 def test_api_detail_shows_channels_operations_and_approved_plans(client, ticker_api):

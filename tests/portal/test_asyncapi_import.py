@@ -27,33 +27,44 @@ from tests.conftest import SHARED_ASYNCAPI
 INVALID = "spec-json-schemas_asyncapi.yml"
 ELEVATOR = "apim/elevator-co/api/V1/json/{resource_region_id}/{equipment_type}/{event_type}/{resource_type}"
 
-# What a provider sees after importing each shared document: channel count, and for some
-# channels (by address) the consumer's actions. A new file in shared/ must be added here.
-EXPECTED = {
-    "spec_websocket-gemini-asyncapi.yml": (1, {"/v1/marketdata/{symbol}": ["receive"]}),
-    "spec_rpc-server-asyncapi.yml": (2, {"{queue}": ["receive"], "rpc_queue": ["send"]}),
-    "spec_streetlights-mqtt.yml": (
-        4,
-        {
-            "smartylighting/streetlights/1/0/event/{streetlightId}/lighting/measured": ["send"],
-            "smartylighting/streetlights/1/0/action/{streetlightId}/turn/on": ["receive"],
-            "smartylighting/streetlights/1/0/action/{streetlightId}/turn/off": ["receive"],
-            "smartylighting/streetlights/1/0/action/{streetlightId}/dim": ["receive"],
-        },
-    ),
-    "supermq_websocket.yaml": (
-        3,
-        {"m/{domainPrefix}/c/{channelPrefix}/{subtopic}": ["receive", "send"], "/version": ["receive"]},
-    ),
-    "slack-api-specs_slack_events_api_asyncapi_v2.json": (66, {"slack/events/app/mention": ["receive"]}),
-    "product-apim_APIMaintenance.yml": (
-        2,
-        {
-            f"{ELEVATOR}/{{resource_id}}": ["send"],
-            "apim/elevator-co/api/V1/json/status/{tracking_id}": ["receive"],
-        },
-    ),
+# What a provider sees after importing each shared document: every operation as (channel
+# address, the consumer's action, operation key), exactly. Slack's 66 channels are checked by
+# rule in the test. A new file in shared/ must be added here.
+SLACK = "slack-api-specs_slack_events_api_asyncapi_v2.json"
+EXPECTED: dict[str, list[tuple[str, str, str]] | None] = {
+    "spec_websocket-gemini-asyncapi.yml": [("/v1/marketdata/{symbol}", "receive", "sendMarketData")],
+    "spec_rpc-server-asyncapi.yml": [("{queue}", "receive", "sendSumResult"), ("rpc_queue", "send", "sum")],
+    "spec_streetlights-mqtt.yml": [
+        (
+            "smartylighting/streetlights/1/0/event/{streetlightId}/lighting/measured",
+            "send",
+            "receiveLightMeasurement",
+        ),
+        ("smartylighting/streetlights/1/0/action/{streetlightId}/turn/on", "receive", "turnOn"),
+        ("smartylighting/streetlights/1/0/action/{streetlightId}/turn/off", "receive", "turnOff"),
+        ("smartylighting/streetlights/1/0/action/{streetlightId}/dim", "receive", "dimLight"),
+    ],
+    "supermq_websocket.yaml": [
+        ("m/{domainPrefix}/c/{channelPrefix}/{subtopic}", "receive", "subscribeToChannel"),
+        ("m/{domainPrefix}/c/{channelPrefix}/{subtopic}", "send", "publishToChannel"),
+        ("/version", "receive", "getVersion"),
+        ("metrics", "receive", "metrics"),
+    ],
+    SLACK: [],
+    "product-apim_APIMaintenance.yml": [
+        (f"{ELEVATOR}/{{resource_id}}", "send", "onMaintenance"),
+        ("apim/elevator-co/api/V1/json/status/{tracking_id}", "receive", "publishStatus"),
+    ],
     INVALID: None,
+}
+# Channels of each document (supermq has two operations on one channel).
+CHANNEL_COUNTS = {
+    "spec_websocket-gemini-asyncapi.yml": 1,
+    "spec_rpc-server-asyncapi.yml": 2,
+    "spec_streetlights-mqtt.yml": 4,
+    "supermq_websocket.yaml": 3,
+    SLACK: 66,
+    "product-apim_APIMaintenance.yml": 2,
 }
 
 
@@ -86,17 +97,32 @@ def test_every_shared_document_has_an_expectation():
 @pytest.mark.parametrize("name", shared_documents())
 def test_shared_document_imports_with_its_channels_and_actions(alice, name):
     if EXPECTED.get(name) is None:
-        with pytest.raises(AsyncAPIError):
+        before = row_counts()
+        with pytest.raises(AsyncAPIError) as refused:
             import_shared(alice, name)
+        assert (refused.value.pointer, refused.value.line, refused.value.filename) == ("/info", 6, name)
+        assert row_counts() == before
         return
-    channel_count, expected_actions = EXPECTED[name]
     version = import_shared(alice, name)
-    assert version.channels.count() == channel_count
-    found = actions(version)
-    for address, expected in expected_actions.items():
-        assert found[address] == expected, address
+    assert version.channels.count() == CHANNEL_COUNTS[name]
+    found = [
+        (channel.address, operation.action, operation.key)
+        for channel in version.channels.order_by("id").prefetch_related("operations")
+        for operation in channel.operations.order_by("id")
+    ]
+    if name == SLACK:
+        # Every Slack event is a channel the app is told about (2.0 `subscribe`): consumers receive.
+        assert len(found) == 66
+        assert all(
+            address.startswith("slack/events/") and action == "receive" for address, action, _ in found
+        )
+        assert ("slack/events/app/mention", "receive", "") in found
+        assert len({address for address, _, _ in found}) == 66
+    else:
+        assert found == EXPECTED[name]
     assert version.source == (SHARED_ASYNCAPI / name).read_text(encoding="utf-8")
     assert version.source_filename == name
+    assert version.source_files == {}
     assert version.status == APIVersion.Status.DRAFT
     assert version.api.status == API.Status.DRAFT
 
@@ -772,3 +798,238 @@ def test_a_document_with_700_channels_imports_completely(alice):
     assert Operation.objects.filter(channel__api_version=version).count() == 700
     last = version.channels.get(key="vehicle699").operations.get().messages[0]["payload"]
     assert last["properties"]["header"]["properties"]["field9"]["type"] == "string"
+
+
+# --- servers, security schemes, tags, protocols, bindings, examples ------------------------------
+
+
+def test_streetlights_26_server_url_is_split_and_security_requirements_kept(alice):
+    version = import_shared(alice, "spec_streetlights-mqtt.yml")
+    server = version.servers["production"]
+    assert (server["host"], server["pathname"], server["protocol"]) == (
+        "test.mosquitto.org:{port}",
+        "",
+        "mqtt",
+    )
+    assert server["description"] == "Test broker"
+    assert server["variables"]["port"]["enum"] == ["1883", "8883"]
+    assert server["security"] == [
+        {"apiKey": []},
+        {"supportedOauthFlows": ["streetlights:on", "streetlights:off", "streetlights:dim"]},
+        {"openIdConnectWellKnown": []},
+    ]
+    assert sorted(version.security_schemes) == ["apiKey", "openIdConnectWellKnown", "supportedOauthFlows"]
+    assert version.security_schemes["apiKey"]["type"] == "apiKey"
+    assert version.security_schemes["supportedOauthFlows"]["flows"]["implicit"]["authorizationUrl"]
+    assert version.protocols == ["mqtt"]
+    assert version.api.protocols == ["mqtt"]
+    turn_on = version.channels.get(key__endswith="turn/on").operations.get()
+    assert turn_on.bindings == {"mqtt": {"qos": 1}}
+
+
+def test_gemini_31_server_host_and_message_examples(alice):
+    version = import_shared(alice, "spec_websocket-gemini-asyncapi.yml")
+    assert version.servers["public"]["host"] == "api.gemini.com"
+    assert version.servers["public"]["protocol"] == "wss"
+    assert version.api.protocols == ["wss"]
+    [message] = version.channels.get().operations.get().messages
+    assert len(message["examples"]) == 2
+    assert {"name", "summary", "payload"} <= set(message["examples"][0])
+    assert [example["payload"]["type"] for example in message["examples"]] == ["update", "heartbeat"]
+
+
+def test_supermq_26_ws_bindings_tags_and_bearer_scheme(alice):
+    version = import_shared(alice, "supermq_websocket.yaml")
+    assert version.servers["dev"]["host"] == "{host}:{port}"
+    assert version.protocols == ["ws"]
+    assert version.tags == [{"name": "WebSocket", "description": ""}]
+    assert version.api.tags == ["WebSocket"]
+    assert version.security_schemes["bearerAuth"]["scheme"] == "bearer"
+    operation = Operation.objects.get(channel__api_version=version, key="publishToChannel")
+    assert operation.bindings["ws"]["method"] == "POST"
+
+
+def test_slack_20_root_tags_and_two_https_servers(alice):
+    version = import_shared(alice, SLACK)
+    assert [tag["name"] for tag in version.tags] == [
+        "app_event",
+        "permissions_api",
+        "allows_user_tokens",
+        "allows_workspace_tokens",
+    ]
+    console = version.servers["app-management-console"]
+    assert (console["host"], console["pathname"]) == (
+        "api.slack.com",
+        "/apps/{slack_app_id}/event-subscriptions",
+    )
+    assert version.servers["default"]["host"] == "{request_url}"
+    assert version.protocols == ["https"]
+
+
+def test_rpc_31_amqp_server_and_operation_binding(alice):
+    version = import_shared(alice, "spec_rpc-server-asyncapi.yml")
+    assert version.servers == {
+        "production": {
+            "host": "rabbitmq.example.org",
+            "protocol": "amqp",
+            "protocol_version": "",
+            "pathname": "",
+            "description": "",
+            "variables": {},
+            "security": [],
+            "bindings": {},
+        }
+    }
+    assert Operation.objects.get(channel__api_version=version, key="sendSumResult").bindings == {
+        "amqp": {"ack": True}
+    }
+
+
+def test_product_apim_20_message_examples_and_operation_bindings(alice):
+    version = import_shared(alice, "product-apim_APIMaintenance.yml")
+    operation = Operation.objects.get(channel__api_version=version, key="publishStatus")
+    assert operation.bindings["mqtt"]["retain"] is False
+    assert len(operation.messages[0]["examples"]) == 2
+    assert version.servers == {} and version.protocols == [] and version.api.protocols == []
+
+
+V3_SECURITY_AND_WS = """
+asyncapi: 3.0.0
+info:
+  title: Ticker
+  version: 1.0.0
+  tags:
+    - {name: prices, description: Market prices}
+    - $ref: '#/components/tags/live'
+servers:
+  edge:
+    host: ws.example.com:443
+    pathname: /v1
+    protocol: WSS
+    protocolVersion: '13'
+    security:
+      - $ref: '#/components/securitySchemes/token'
+      - type: httpApiKey
+        name: key
+        in: query
+    bindings:
+      ws: {bindingVersion: 0.1.0}
+channels:
+  ticks:
+    address: ticks/{symbol}
+    parameters:
+      symbol: {enum: [btc, eth]}
+    bindings:
+      ws: {query: {type: object, properties: {depth: {type: integer}}}}
+    messages:
+      tick:
+        payload: {type: object, properties: {price: {type: number}}}
+        bindings:
+          ws: {bindingVersion: 0.1.0}
+        examples:
+          - name: cheap
+            summary: A cheap coin
+            payload: {price: 1.5}
+operations:
+  sendTick:
+    action: send
+    channel: {$ref: '#/channels/ticks'}
+    bindings:
+      ws: {bindingVersion: 0.1.0}
+components:
+  tags:
+    live: {name: live}
+  securitySchemes:
+    token:
+      type: http
+      scheme: bearer
+"""
+
+
+def test_31_servers_security_tags_and_ws_bindings_of_every_level(alice):
+    version = api_import(provider=alice, content=V3_SECURITY_AND_WS, filename="ticker.yaml")
+    server = version.servers["edge"]
+    assert (server["host"], server["pathname"], server["protocol"], server["protocol_version"]) == (
+        "ws.example.com:443",
+        "/v1",
+        "wss",
+        "13",
+    )
+    # A reference names its scheme; an inline scheme gets a name and joins the schemes.
+    assert server["security"] == [{"token": []}, {"edge-1": []}]
+    assert version.security_schemes["token"] == {"type": "http", "scheme": "bearer"}
+    assert version.security_schemes["edge-1"]["in"] == "query"
+    assert server["bindings"] == {"ws": {"bindingVersion": "0.1.0"}}
+    assert version.tags == [
+        {"name": "prices", "description": "Market prices"},
+        {"name": "live", "description": ""},
+    ]
+    assert (version.api.tags, version.api.protocols) == (["prices", "live"], ["wss"])
+    channel = version.channels.get()
+    assert channel.bindings["ws"]["query"]["properties"]["depth"] == {"type": "integer"}
+    operation = channel.operations.get()
+    assert operation.bindings == {"ws": {"bindingVersion": "0.1.0"}}
+    [message] = operation.messages
+    assert message["bindings"] == {"ws": {"bindingVersion": "0.1.0"}}
+    assert message["examples"] == [{"name": "cheap", "summary": "A cheap coin", "payload": {"price": 1.5}}]
+
+
+def test_api_tags_and_protocols_follow_the_newest_imported_version(alice):
+    version = api_import(provider=alice, content=V3_SECURITY_AND_WS, filename="ticker.yaml")
+    newer = V3_SECURITY_AND_WS.replace("version: 1.0.0", "version: 2.0.0").replace(
+        "protocol: WSS", "protocol: ws"
+    )
+    newer = newer.replace("name: prices", "name: quotes")
+    api_import(provider=alice, content=newer, filename="ticker2.yaml", api=version.api)
+    version.api.refresh_from_db()
+    assert (version.api.tags, version.api.protocols) == (["quotes", "live"], ["ws"])
+    version.refresh_from_db()
+    assert version.protocols == ["wss"]
+
+
+RECURSIVE_V2 = """
+asyncapi: 2.6.0
+info: {title: Tree, version: 1.0.0}
+channels:
+  nodes:
+    subscribe:
+      operationId: onNode
+      message:
+        payload: {$ref: '#/components/schemas/Node'}
+components:
+  schemas:
+    Node:
+      type: object
+      properties:
+        label: {type: string}
+        children:
+          type: array
+          items: {$ref: '#/components/schemas/Node'}
+"""
+
+
+def test_recursive_schema_in_26_imports_and_the_stored_document_keeps_the_cycle(alice):
+    version = api_import(provider=alice, content=RECURSIVE_V2, filename="tree.yaml")
+    payload = version.channels.get().operations.get().messages[0]["payload"]
+    assert payload["properties"]["label"] == {"type": "string"}
+    assert payload["properties"]["children"]["items"] == {
+        "$ref": "#/components/schemas/Node",
+        "x-recursive": True,
+    }
+    node = version.document["components"]["schemas"]["Node"]
+    assert node["properties"]["children"]["items"] == {"$ref": "#/components/schemas/Node"}
+
+
+def test_a_refused_import_of_a_new_version_stores_nothing_and_keeps_the_api_tags(alice):
+    version = api_import(provider=alice, content=V3_SECURITY_AND_WS, filename="ticker.yaml")
+    before = row_counts()
+    broken = V3_SECURITY_AND_WS.replace("version: 1.0.0", "version: 2.0.0").replace(
+        "$ref: '#/components/tags/live'", "$ref: '#/components/tags/gone'"
+    )
+    with pytest.raises(AsyncAPIError) as refused:
+        api_import(provider=alice, content=broken, filename="ticker2.yaml", api=version.api)
+    assert refused.value.pointer == "/info/tags/1/$ref"
+    assert refused.value.line == 8
+    assert row_counts() == before
+    version.api.refresh_from_db()
+    assert version.api.tags == ["prices", "live"]

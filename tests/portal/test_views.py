@@ -757,16 +757,17 @@ def test_admin_approves_a_pending_subscription(client, admin_user, bob_app, gold
 def test_admin_rejects_a_pending_subscription(client, admin_user, bob_app, gold):
     subscription = SubscriptionFactory(application=bob_app, plan=gold, status=Subscription.Status.PENDING)
     client.force_login(admin_user)
-    client.post(f"/staff/subscriptions/{subscription.pk}/reject/")
+    client.post(f"/staff/subscriptions/{subscription.pk}/reject/", {"reason": "Trading desks only"})
     subscription.refresh_from_db()
     assert subscription.status == Subscription.Status.REJECTED
+    assert subscription.decision_reason == "Trading desks only"
 
 
 def test_deciding_twice_is_a_message_not_a_crash(client, admin_user, bob_app, gold):
     subscription = SubscriptionFactory(application=bob_app, plan=gold, status=Subscription.Status.PENDING)
     client.force_login(admin_user)
     client.post(f"/staff/subscriptions/{subscription.pk}/approve/")
-    response = client.post(f"/staff/subscriptions/{subscription.pk}/reject/", follow=True)
+    response = client.post(f"/staff/subscriptions/{subscription.pk}/reject/", {"reason": "Late"}, follow=True)
     assert "no longer pending" in _content(response)
     subscription.refresh_from_db()
     assert subscription.status == Subscription.Status.ACTIVE

@@ -24,7 +24,9 @@ from django.utils import timezone
 from portal.asyncapi import AsyncAPIError
 from portal.demo import DEMO_APIS, DemoAPI
 from portal.models import API, APIKey, APIVersion, Application, BusinessPlan, Subscription, User
+from portal.plans import plan_template
 from portal.services.apis import api_import, api_publish
+from portal.services.lifecycle import api_transition
 from portal.services.subscriptions import api_key_create, api_key_revoke, subscription_create
 
 DEMO_PASSWORD = "eventgate-demo"
@@ -59,7 +61,7 @@ ACCOUNTS = (
 )
 
 # Plans per demo API slug: (name, description, requires_approval, flat fee, included events, per 1,000).
-# Amounts are US cents per monthly billing period.
+# Amounts are US cents per monthly billing period. Limits: see DEMO_LIMITS.
 PLANS: dict[str, list[tuple[str, str, bool, int, int, int]]] = {
     "stock-prices": [
         ("Free", "Delayed-grade access for prototypes: no fee, no approval.", False, 0, 0, 0),
@@ -83,6 +85,20 @@ PLANS: dict[str, list[tuple[str, str, bool, int, int, int]]] = {
             3,
         ),
     ],
+}
+
+
+# Limits per plan name, from the shipped templates (WSO2-like async tiers) plus connection and
+# bandwidth caps. The free tier uses AsyncGold's 50,000 events/day: the demo backend's feeds
+# stay well inside it once the throttling issue enforces limits.
+DEMO_LIMITS: dict[str, dict[str, Any]] = {
+    "Free": {**plan_template("async-gold").fields, "max_connections": 5},  # type: ignore[union-attr]
+    "Pro": {**plan_template("async-unlimited").fields, "quota_bytes": 10 * 10**9, "max_connections": 50},  # type: ignore[union-attr]
+    "Business": {
+        **plan_template("async-unlimited").fields,  # type: ignore[union-attr]
+        "quota_bytes": 5 * 10**9,
+        "max_connections": 25,
+    },
 }
 
 
@@ -125,7 +141,8 @@ def _user_ensure(account: DemoAccount) -> User:
 
 
 def _api_ensure(demo: DemoAPI, *, provider: User, approver: User) -> APIVersion:
-    """Import (once) and publish ``demo``; ensure its plans. Raises ``CommandError``."""
+    """Import (once) and publish ``demo`` (recorded as the provider's lifecycle move); ensure its
+    approved plans with their limits. Raises ``CommandError``."""
     api = API.objects.filter(slug=demo.slug).first()
     version = api.versions.filter(version=demo.version).first() if api else None
     if version is None:
@@ -136,8 +153,14 @@ def _api_ensure(demo: DemoAPI, *, provider: User, approver: User) -> APIVersion:
     if version.api.slug != demo.slug:
         raise CommandError(f"{demo.filename} was imported as {version.api.slug!r}, expected {demo.slug!r}.")
     try:
-        version = api_publish(api_version=version)
-    except ValidationError as exc:
+        # The provider publishes, so the lifecycle history names them.
+        version = api_publish(api_version=version, actor=provider)
+        if version.api.status in (API.Status.DEPRECATED, API.Status.BLOCKED):
+            # Back to the demo state; the admin, since only an admin lifts an admin's block.
+            api_transition(
+                api=version.api, to_status=API.Status.PUBLISHED, actor=approver, reason="Demo data reloaded"
+            )
+    except (ValidationError, PermissionDenied) as exc:
         raise CommandError(f"Cannot publish {demo.slug}: {exc}") from exc
     for name, description, approval, fee, included, per_1000 in PLANS[demo.slug]:
         BusinessPlan.objects.update_or_create(
@@ -151,6 +174,10 @@ def _api_ensure(demo: DemoAPI, *, provider: User, approver: User) -> APIVersion:
                 flat_fee_minor=fee,
                 included_events=included,
                 price_per_1000_events_minor=per_1000,
+                decided_by=approver,
+                decided_at=timezone.now(),
+                rejected_at=None,
+                **DEMO_LIMITS[name],
             ),
         )
     return version

@@ -1,0 +1,203 @@
+"""API and API version lifecycle: moves between states, who made them and when.
+
+States and allowed moves are ``API.TRANSITIONS`` and ``APIVersion.TRANSITIONS`` (modelled on WSO2
+API Manager's API lifecycle: created, published, deprecated, blocked, retired). Every move is
+saved with ``Model.save()``, so ``gateway.signals`` sees it and, once it commits, tells every
+gateway process to close the live connections of a blocked or retired API or a retired version
+(close code 4410). Every move is recorded as an ``APILifecycleEvent``.
+
+Rules beyond the transition tables, and why:
+
+- An API is published only with a published version: a published API without one would be
+  neither in the catalog nor connectable, which reads as "published" but is not.
+- The last live (published or deprecated) version of a listed API cannot be retired: the API
+  would stay "published" with nothing to serve. Retire (or block) the API instead, or publish
+  another version first.
+- Providers move their own APIs; admins (staff) move any. An API an admin blocked can be
+  unblocked only by an admin, so a provider cannot undo a platform decision.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from portal.models import API, APILifecycleEvent, APIVersion, User
+
+
+def _check_actor(*, api: API, actor: User | None) -> None:
+    if actor is None or not actor.is_active:
+        raise PermissionDenied("Sign in as the API's provider or an admin to change its lifecycle.")
+    if not (actor.is_staff or api.provider_id == actor.pk):
+        raise PermissionDenied("Only the API's provider or an admin can change its lifecycle.")
+
+
+def _moves_text(choices: type[API.Status] | type[APIVersion.Status], moves: tuple[str, ...]) -> str:
+    labels = dict(choices.choices)
+    return ", ".join(str(labels[move]).lower() for move in moves) or "none (this state is final)"
+
+
+def _refuse(what: str, current: str, to_status: str, choices, transitions) -> ValidationError:  # type: ignore[no-untyped-def]
+    labels = dict(choices.choices)
+    if to_status not in labels:
+        return ValidationError({"to_status": f"Unknown state “{to_status}”; states: {', '.join(labels)}."})
+    return ValidationError(
+        {
+            "to_status": (
+                f"{what} is {str(labels[current]).lower()} and cannot become "
+                f"{str(labels[to_status]).lower()}; allowed moves: "
+                f"{_moves_text(choices, transitions.get(current, ()))}."
+            )
+        }
+    )
+
+
+def api_transition(*, api: API, to_status: str, actor: User | None, reason: str = "") -> API:
+    """Move ``api`` to ``to_status`` (an ``API.Status`` value) and record who, when and why.
+
+    Returns the API, refreshed. Moving to the current state is refused like any move the table
+    does not list. Raises:
+        PermissionDenied: ``actor`` is neither the API's provider nor staff, or a provider tries
+            to lift a block an admin set.
+        ValidationError: ``{"to_status": ...}`` when ``API.TRANSITIONS`` has no such move (the
+            message names the allowed moves), or when publishing an API with no published version.
+    """
+    _check_actor(api=api, actor=actor)
+    return _api_transition(api=api, to_status=to_status, actor=actor, reason=reason)
+
+
+def _api_transition(*, api: API, to_status: str, actor: User | None, reason: str = "") -> API:
+    """``api_transition`` without the actor check; ``actor`` None is the system (a command)."""
+    reason = reason.strip()
+    with transaction.atomic():
+        # Row lock: two concurrent moves serialize, and the second sees the first's state.
+        locked = API.objects.select_for_update().get(pk=api.pk)
+        if not locked.can_move_to(to_status):
+            raise _refuse(locked.name, locked.status, to_status, API.Status, API.TRANSITIONS)
+        if (
+            to_status == API.Status.PUBLISHED
+            and not locked.versions.filter(status=APIVersion.Status.PUBLISHED).exists()
+        ):
+            raise ValidationError(
+                {
+                    "to_status": (
+                        f"Publish a version of {locked.name} first: an API is published with its versions."
+                    )
+                }
+            )
+        if locked.status == API.Status.BLOCKED and actor is not None and not actor.is_staff:
+            blocked_by = (
+                locked.lifecycle_events.filter(api_version=None, to_status=API.Status.BLOCKED)
+                .select_related("actor")
+                .first()
+            )
+            by_admin = blocked_by is not None and blocked_by.actor is not None and blocked_by.actor.is_staff
+            if by_admin and blocked_by.actor_id != locked.provider_id:  # type: ignore[union-attr]
+                raise PermissionDenied("An admin blocked this API; only an admin can lift the block.")
+        _api_move(api=locked, to_status=to_status, actor=actor, reason=reason)
+    api.refresh_from_db()
+    return api
+
+
+def _api_move(*, api: API, to_status: str, actor: User | None, reason: str) -> None:
+    """Save the new state (through ``save()``: the gateway's signal must see it) and the event."""
+    now = timezone.now()
+    APILifecycleEvent.objects.create(
+        api=api, from_status=api.status, to_status=to_status, actor=actor, reason=reason, at=now
+    )
+    api.status, api.status_changed_at = to_status, now
+    api.save(update_fields=["status", "status_changed_at"])
+
+
+def api_version_transition(
+    *, api_version: APIVersion, to_status: str, actor: User | None, reason: str = ""
+) -> APIVersion:
+    """Move ``api_version`` to ``to_status`` (an ``APIVersion.Status`` value); record the event.
+
+    Publishing a version of a draft API does not publish the API (``api_publish`` does both).
+    Returns the version, refreshed. Raises:
+        PermissionDenied: ``actor`` is neither the API's provider nor staff.
+        ValidationError: ``{"to_status": ...}`` when ``APIVersion.TRANSITIONS`` has no such
+            move (naming the allowed ones), when the API is retired, or when this is the last
+            live version of a listed API and the move would leave it with none.
+    """
+    _check_actor(api=api_version.api, actor=actor)
+    return _api_version_transition(api_version=api_version, to_status=to_status, actor=actor, reason=reason)
+
+
+def _api_version_transition(
+    *, api_version: APIVersion, to_status: str, actor: User | None, reason: str = ""
+) -> APIVersion:
+    """``api_version_transition`` without the actor check; ``actor`` None is the system."""
+    api = api_version.api
+    reason = reason.strip()
+    with transaction.atomic():
+        # Lock the API too: two versions retired at once must not both pass the "last live" check.
+        locked_api = API.objects.select_for_update().get(pk=api.pk)
+        locked = APIVersion.objects.select_for_update().get(pk=api_version.pk)
+        label = f"{locked_api.name} {locked.version}"
+        if locked_api.status == API.Status.RETIRED:
+            raise ValidationError(
+                {"to_status": f"{locked_api.name} is retired; its versions can no longer change."}
+            )
+        if not locked.can_move_to(to_status):
+            raise _refuse(label, locked.status, to_status, APIVersion.Status, APIVersion.TRANSITIONS)
+        if (
+            to_status not in APIVersion.LIVE_STATUSES
+            and locked.status in APIVersion.LIVE_STATUSES
+            and locked_api.status in API.LISTED_STATUSES
+            and not locked_api.versions.filter(status__in=APIVersion.LIVE_STATUSES)
+            .exclude(pk=locked.pk)
+            .exists()
+        ):
+            raise ValidationError(
+                {
+                    "to_status": (
+                        f"{label} is the last live version of {locked_api.name}: publish another version "
+                        "first, or retire the API itself."
+                    )
+                }
+            )
+        _version_move(api_version=locked, to_status=to_status, actor=actor, reason=reason)
+    api_version.refresh_from_db()
+    return api_version
+
+
+def _version_move(*, api_version: APIVersion, to_status: str, actor: User | None, reason: str) -> None:
+    APILifecycleEvent.objects.create(
+        api_id=api_version.api_id,
+        api_version=api_version,
+        from_status=api_version.status,
+        to_status=to_status,
+        actor=actor,
+        reason=reason,
+    )
+    api_version.status = to_status
+    api_version.save(update_fields=["status"])
+
+
+def api_publish_version(*, api_version: APIVersion, actor: User | None) -> APIVersion:
+    """Publish ``api_version`` and, if the API is a draft, the API: the first publication.
+
+    A published version stays as it is. A deprecated or blocked API keeps its state (publishing
+    a new version does not undo a deprecation or an admin's block). ``actor`` None is the system
+    (management commands); the events then record no actor. Raises ``ValidationError`` when the
+    API is retired or the version cannot be published (retired), and ``PermissionDenied`` as
+    ``api_version_transition``. Used by ``portal.services.apis.api_publish``.
+    """
+    api = api_version.api
+    if actor is not None:
+        _check_actor(api=api, actor=actor)
+    if api.status == API.Status.RETIRED:
+        raise ValidationError(f"{api.name} is retired and cannot be published again.")
+    with transaction.atomic():
+        if api_version.status != APIVersion.Status.PUBLISHED:
+            _api_version_transition(
+                api_version=api_version, to_status=APIVersion.Status.PUBLISHED, actor=actor
+            )
+        api.refresh_from_db()
+        if api.status == API.Status.DRAFT:
+            _api_transition(api=api, to_status=API.Status.PUBLISHED, actor=actor)
+    api_version.refresh_from_db()
+    return api_version
