@@ -1,4 +1,4 @@
-"""REST API v1, mounted at /api/v1/ (views in portal/api.py; schema at /api/schema/; docs/rest-api.md)."""
+"""REST API v1, mounted at /api/v1/ (views in portal/api/; schema at /api/schema/; docs/rest-api.md)."""
 
 from __future__ import annotations
 

@@ -76,6 +76,19 @@ class APIQuerySet(models.QuerySet["API"]):
             status=API.Status.PUBLISHED, versions__status=APIVersion.Status.PUBLISHED
         ).distinct()
 
+    def managed_by(self, user: Any) -> APIQuerySet:
+        """APIs ``user`` may manage: their own as a provider, every API for staff, none for
+        anonymous users."""
+        if not user.is_authenticated:
+            return self.none()
+        return self if user.is_staff else self.filter(provider=user)
+
+    def visible_to(self, user: Any) -> APIQuerySet:
+        """Listed APIs plus those ``user`` manages (their drafts and retired APIs)."""
+        return self.filter(
+            Q(pk__in=self.listed().values("pk")) | Q(pk__in=self.managed_by(user).values("pk"))
+        )
+
 
 class API(models.Model):
     """An async API offered by a provider; its shape lives in its versions' AsyncAPI documents.
@@ -213,7 +226,8 @@ class APIVersion(models.Model):
     servers = models.JSONField(
         default=dict,
         blank=True,
-        help_text="Servers by name: {host, protocol, protocol_version, pathname, description, security, bindings}.",
+        help_text="Servers by name: {host, protocol, protocol_version, pathname, description, security, "
+        "bindings}.",
     )
     security_schemes = models.JSONField(
         default=dict, blank=True, help_text="components.securitySchemes, resolved."

@@ -212,6 +212,7 @@ def status_color(status: str) -> str:
         "draft": "secondary",
         "deprecated": "warning",
         "rejected": "danger",
+        "blocked": "danger",
         "retired": "dark",
         "cancelled": "secondary",
     }.get(status, "secondary")
