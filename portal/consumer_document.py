@@ -41,23 +41,26 @@ BEARER_SCHEME = "bearer"
 QUERY_SCHEME = "accessToken"
 FORMATS = ("yaml", "json")
 
+# Plain text: the AsyncAPI web component shows code spans in these descriptions with their
+# backticks, so none are used.
 _SERVER_DESCRIPTION = (
-    "Eventgate, the API gateway of this portal. Connect a WebSocket to this URL followed by `/` "
+    "Eventgate, the API gateway of this portal. Connect a WebSocket to this URL followed by a slash "
     "and the channel address with its parameters filled in. Authenticate with your application's "
-    "API key, as an `Authorization: Bearer` header or, where a client cannot set headers (browsers), "
-    "in the `access_token` query parameter."
+    "API key, as an Authorization: Bearer header or, where a client cannot set headers (browsers), "
+    "in the access_token query parameter."
 )
 _SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     BEARER_SCHEME: {
         "type": "http",
         "scheme": "bearer",
-        "description": "Your application's API key (`eg_…`) as `Authorization: Bearer eg_…` (RFC 6750 §2.1).",
+        "description": "Your application's API key (eg_…) in the header Authorization: Bearer eg_… "
+        "(RFC 6750 §2.1).",
     },
     QUERY_SCHEME: {
         "type": "httpApiKey",
         "name": "access_token",
         "in": "query",
-        "description": "Your application's API key (`eg_…`) in the `access_token` query parameter "
+        "description": "Your application's API key (eg_…) in the access_token query parameter "
         "(RFC 6750 §2.3), for clients that cannot set handshake headers.",
     },
 }

@@ -30,6 +30,8 @@ def gateway_ws_url(
     travels in the ``access_token`` query parameter because browsers cannot set handshake headers.
     """
     scheme, host, root = gateway_ws_base(api_slug=api_slug, version=version, base_url=base_url)
-    address = quote(address.lstrip("/"), safe="/")
+    # Braces stay readable: an address that still holds a {parameter} placeholder is a template
+    # for the reader to fill in, not a URL to open as it is.
+    address = quote(address.lstrip("/"), safe="/{}")
     query = urlencode({"access_token": secret}) if secret else ""
     return urlunsplit((scheme, host, f"{root}/{address}", query, ""))

@@ -375,3 +375,76 @@ def test_provider_and_admin_pages(page: Page, live_server, settings, stock_api, 
     shoot(page, "23-approvals")
     page.get_by_role("button", name="Approve").first.click()
     expect(page.get_by_text("Approved Back office")).to_be_visible()
+
+
+def _sign_in(page: Page, live_server, email: str) -> None:
+    page.context.clear_cookies()
+    page.goto(live_server.url + "/accounts/login/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("correct horse battery")
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_provider_imports_admin_approves_plan_consumer_subscribes(
+    page: Page, live_server, alice, admin_user, bob
+):
+    """Issue 3's journey: a provider uploads a real AsyncAPI document written by others, sees it
+    rendered by the official AsyncAPI component, publishes it and adds a plan from a template; an
+    admin approves the plan; a consumer finds the API by a channel name and subscribes."""
+    from tests.conftest import SHARED_ASYNCAPI
+
+    _sign_in(page, live_server, alice.email)
+    page.get_by_role("link", name="Import AsyncAPI document").click()
+    page.get_by_label("AsyncAPI document").set_input_files(
+        str(SHARED_ASYNCAPI / "spec_streetlights-mqtt.yml")
+    )
+    page.get_by_role("button", name="Import").click()
+    expect(page.get_by_role("heading", name="Streetlights MQTT API")).to_be_visible()
+    expect(page.get_by_text("as a draft")).to_be_visible()
+    shoot(page, "30-provider-imported")
+
+    # The draft's documentation, rendered by @asyncapi/react-component before anyone else sees it.
+    page.get_by_test_id("preview-docs").click()
+    expect(page.get_by_test_id("api-preview")).to_contain_text("is a draft")
+    docs = page.get_by_test_id("asyncapi-docs")
+    expect(docs).to_contain_text(
+        "smartylighting/streetlights/1/0/event/{streetlightId}/lighting/measured", timeout=30_000
+    )
+    expect(docs).to_contain_text("lumens")  # a property of the message payload schema
+    expect(docs).to_contain_text("YOU RECEIVE")
+    shoot(page, "31-provider-preview-docs")
+
+    page.get_by_role("link", name="Back to the provider page").click()
+    page.get_by_test_id("version").get_by_role("button", name="Publish").click()
+    expect(page.get_by_text("it is in the catalog")).to_be_visible()
+    page.get_by_label("Start from a template").select_option("async-silver")
+    page.get_by_role("button", name="Use").click()
+    plan_form = page.get_by_test_id("plan-form")
+    expect(plan_form.get_by_label("Name")).to_have_value("AsyncSilver")
+    plan_form.get_by_role("button", name="Add plan").click()
+    silver = page.get_by_test_id("plan").filter(has_text="AsyncSilver")
+    expect(silver).to_contain_text("Awaiting admin approval")
+    expect(silver).to_contain_text("25,000 events per day")
+    shoot(page, "32-provider-plan-added")
+
+    _sign_in(page, live_server, admin_user.email)
+    expect(page).to_have_url(re.compile(r"/staff/approvals/$"))
+    row = page.get_by_role("row").filter(has_text="AsyncSilver")
+    expect(row).to_contain_text("25,000 events per day")
+    shoot(page, "33-admin-approval-queue")
+    row.get_by_role("button", name="Approve").click()
+    expect(page.get_by_text("Approved the plan AsyncSilver")).to_be_visible()
+    expect(page.get_by_text("No plans are waiting.")).to_be_visible()
+
+    _sign_in(page, live_server, bob.email)
+    page.goto(live_server.url + "/apis/?q=lighting/measured")
+    expect(page.get_by_role("link", name="Streetlights MQTT API")).to_be_visible()
+    shoot(page, "34-consumer-catalog-search")
+    page.get_by_role("link", name="Streetlights MQTT API").click()
+    page.locator(".eg-plan-option", has_text="AsyncSilver").click()
+    page.get_by_label("New application name").fill("Street monitor")
+    page.get_by_role("button", name="Subscribe").click()
+    expect(page.get_by_text("Street monitor is subscribed to Streetlights MQTT API")).to_be_visible()
+    shoot(page, "35-consumer-subscribed")
+    subscription = Subscription.objects.get(application__owner=bob)
+    assert (subscription.status, subscription.plan.name) == ("active", "AsyncSilver")

@@ -30,9 +30,10 @@ DEMO_API_VERSION = "1.0.0"
 DEMO_ADDRESS = "prices/ACME"
 
 
-def _get_published_api(slug: str) -> API:
-    """The published API with ``slug``, or 404 (drafts are visible only on provider pages)."""
-    return get_object_or_404(API.objects.listed(), slug=slug)
+def _get_api_for_reader(request: HttpRequest, slug: str) -> API:
+    """The API ``slug`` if ``request.user`` may read its page, or 404: listed APIs for everyone,
+    plus the user's own drafts and retired APIs (every API for staff), as a preview."""
+    return get_object_or_404(API.objects.visible_to(request.user), slug=slug)
 
 
 def channels_of(version: APIVersion) -> list[Channel]:
@@ -171,18 +172,19 @@ def api_detail(request: HttpRequest, slug: str) -> HttpResponse:
     newest published one. Deprecated and blocked APIs show a banner and no subscribe form
     (``subscription_create`` refuses them anyway).
     """
-    api = _get_published_api(slug)
+    api = _get_api_for_reader(request, slug)
+    # The provider and staff preview drafts (a draft API, or a draft version of a listed one)
+    # here before publishing; everyone else sees live versions only.
+    manages = API.objects.managed_by(request.user).filter(pk=api.pk).exists()
+    shown = (*APIVersion.LIVE_STATUSES, APIVersion.Status.DRAFT) if manages else APIVersion.LIVE_STATUSES
     versions = list(
-        api.versions.filter(status__in=APIVersion.LIVE_STATUSES)
-        .defer("document", "source", "source_files")
-        .order_by("-created")
+        api.versions.filter(status__in=shown).defer("document", "source", "source_files").order_by("-created")
     )
     version = _default_version(versions)
     if requested := clean_text(request.GET.get("version"), limit=64):
         version = next((v for v in versions if v.version == requested), None)
-        if version is None:
-            raise Http404("No such published version.")
-    assert version is not None  # listed() guarantees a live version
+    if version is None:
+        raise Http404("No such published version.")
 
     subscribable = api.status == API.Status.PUBLISHED
     form = None
@@ -212,6 +214,8 @@ def api_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "plans": api.plans.filter(is_approved=True),
         "form": form,
         "subscribable": subscribable,
+        "preview": manages
+        and (api.status not in API.LISTED_STATUSES or version.status == APIVersion.Status.DRAFT),
         "documentation": _documentation(version),
     }
     return render(request, "portal/api_detail.html", context)
