@@ -1,4 +1,4 @@
-"""Input and output serializers of the REST API v1 (portal/api.py), one per shape."""
+"""Input and output serializers of the REST API v1 (portal/api/), one per shape."""
 
 from __future__ import annotations
 

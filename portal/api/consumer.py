@@ -133,9 +133,13 @@ def _cancel(request: Request, pk: int) -> Response:
     return Response(SubscriptionSerializer(subscription).data)
 
 
-CANCEL_DESCRIPTION = (
-    "Ends a pending or active subscription; the gateway closes its live connections. "
-    "The application can subscribe to the API again later."
+# The same operation, as DELETE on the subscription and as POST .../cancel.
+cancel_schema = extend_schema(
+    request=None,
+    responses=SubscriptionSerializer,
+    summary="Cancel a subscription",
+    description="Ends a pending or active subscription; the gateway closes its live connections. "
+    "The application can subscribe to the API again later.",
 )
 
 
@@ -144,23 +148,13 @@ class SubscriptionDetailView(V1View):
     def get(self, request: Request, pk: int) -> Response:
         return Response(SubscriptionSerializer(get_subscription_for_user(request.user, pk)).data)
 
-    @extend_schema(
-        request=None,
-        responses=SubscriptionSerializer,
-        summary="Cancel a subscription",
-        description=CANCEL_DESCRIPTION,
-    )
+    @cancel_schema
     def delete(self, request: Request, pk: int) -> Response:
         return _cancel(request, pk)
 
 
 class SubscriptionCancelView(V1View):
-    @extend_schema(
-        request=None,
-        responses=SubscriptionSerializer,
-        summary="Cancel a subscription",
-        description=CANCEL_DESCRIPTION,
-    )
+    @cancel_schema
     def post(self, request: Request, pk: int) -> Response:
         return _cancel(request, pk)
 

@@ -4,6 +4,8 @@ an API and its versions, the uploaded sources, and business plans."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -173,17 +175,23 @@ class APILifecycleView(V1View):
         "the allowed ones. The provider or an admin; only an admin lifts an admin's block.",
     )
     def post(self, request: Request, slug: str) -> Response:
-        api = get_api_for_user(request.user, slug, access="manage")
-        move = LifecycleTransitionSerializer(data=request.data)
-        move.is_valid(raise_exception=True)
-        with service_errors({"to_status": "status"}):
-            api = api_transition(
-                api=api,
-                to_status=move.validated_data["status"],
-                actor=request.user,
-                reason=move.validated_data["reason"],
-            )
+        api = _move(request, api_transition, api=get_api_for_user(request.user, slug, access="manage"))
         return Response(api_detail(request.user, api))
+
+
+def _move(request: Request, transition: Callable[..., Any], **subject: Any) -> Any:
+    """Validate a lifecycle move (``{"status", "reason"}``), then call ``transition(**subject,
+    to_status=..., actor=<the user>, reason=...)`` and return what it returns; its refusals
+    answer 400/403, ``to_status`` errors under the request's ``status``."""
+    move = LifecycleTransitionSerializer(data=request.data)
+    move.is_valid(raise_exception=True)
+    with service_errors({"to_status": "status"}):
+        return transition(
+            **subject,
+            to_status=move.validated_data["status"],
+            actor=request.user,
+            reason=move.validated_data["reason"],
+        )
 
 
 class APIVersionLifecycleView(V1View):
@@ -197,15 +205,7 @@ class APIVersionLifecycleView(V1View):
     def post(self, request: Request, slug: str, version: str) -> Response:
         api = get_api_for_user(request.user, slug, access="manage")
         api_version = get_version_of(api.versions.all(), version)
-        move = LifecycleTransitionSerializer(data=request.data)
-        move.is_valid(raise_exception=True)
-        with service_errors({"to_status": "status"}):
-            api_version_transition(
-                api_version=api_version,
-                to_status=move.validated_data["status"],
-                actor=request.user,
-                reason=move.validated_data["reason"],
-            )
+        _move(request, api_version_transition, api_version=api_version)
         return Response(APIVersionSerializer(version_in_full(api_version)).data)
 
 

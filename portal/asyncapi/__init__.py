@@ -3,8 +3,10 @@ documents (YAML or JSON, or a .zip of a document and the files it refers to) int
 the operations a consumer may perform on them, plus servers, security schemes, tags and
 protocols. Modules: ``locations`` (reading text, lines), ``archive`` (zips), ``bundle`` (other
 files and remote refs made part of the document), ``remote`` (fetching remote refs safely),
-``validation`` (official schemas), ``refs`` (internal refs), ``parser`` (channels and
-operations), ``metadata`` (servers, security, tags).
+``validation`` (official schemas), ``refs`` (internal refs), ``parser`` (the entry point),
+``v2`` and ``v3`` (each family's channels and operations), ``objects`` (messages, parameters,
+traits and payloads both families share), ``parsed`` (the result's dataclasses), ``metadata``
+(servers, security, tags).
 
 Public names:
 

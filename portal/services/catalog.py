@@ -1,6 +1,6 @@
 """The catalog's search: which listed APIs match a text and filters, and the filters' choices.
 
-Shared by the catalog page (portal/views/catalog.py) and the REST API (portal/api.py), so both
+Shared by the catalog page (portal/views/catalog.py) and the REST API (portal/api/), so both
 find the same APIs. Only ``API.objects.listed()`` is searched — published, deprecated and blocked
 APIs with a live version; drafts and retired APIs never match, nor do channels of draft or retired
 versions.

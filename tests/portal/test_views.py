@@ -521,7 +521,8 @@ def test_provider_imports_a_document_sees_its_channels_and_publishes(client, ali
     assert "stations/{station}/departures" in page
     assert "You can receive" in page
     assert "Publish" in page
-    assert client.get(f"/apis/{api.slug}/").status_code == 404  # a draft is not in the catalog yet
+    assert client.get(f"/apis/{api.slug}/").status_code == 200  # the provider previews the draft
+    assert Client().get(f"/apis/{api.slug}/").status_code == 404  # nobody else sees it yet
 
     version = api.versions.get()
     client.post(f"/provider/apis/{api.slug}/versions/{version.pk}/publish/")
