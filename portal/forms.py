@@ -230,7 +230,7 @@ class PlanForm(forms.Form):
         required=False,
         min_value=1,
         max_value=100_000,
-        help_text="Concurrent WebSocket/SSE connections; empty for unlimited.",
+        help_text="Concurrent connections per subscription; empty for unlimited.",
     )
     # Not to be confused with the plan's own approval, which every new plan needs.
     requires_approval = forms.BooleanField(

@@ -42,9 +42,9 @@ def read_archive(content: bytes, *, filename: str) -> dict[str, bytes]:
     """The files of a zip as ``{posix path inside the archive: bytes}``, in archive order.
 
     Raises ``AsyncAPIError`` naming ``filename`` for a damaged or encrypted archive, a member
-    whose path is absolute or climbs out (``../``), a symbolic link, or a compression method
-    Python cannot read; ``DocumentTooLargeError`` past ``MAX_ARCHIVE_MEMBERS`` files or
-    ``MAX_ARCHIVE_BYTES`` uncompressed.
+    whose path is absolute or climbs out (``../``), a path that appears twice, a symbolic link,
+    or a compression method Python cannot read; ``DocumentTooLargeError`` past
+    ``MAX_ARCHIVE_MEMBERS`` files or ``MAX_ARCHIVE_BYTES`` uncompressed.
     """
     try:
         archive = zipfile.ZipFile(io.BytesIO(content))
@@ -66,6 +66,12 @@ def read_archive(content: bytes, *, filename: str) -> dict[str, bytes]:
             )
         for info in members:
             path = _member_path(info, filename)
+            if path in files:
+                # Which copy wins would depend on the archiver; refused like duplicate keys.
+                raise AsyncAPIError(
+                    f'the archive holds "{path}" more than once; keep one copy of each file',
+                    filename=filename,
+                )
             total = _read_member(archive, info, files, path, total, filename)
     return files
 

@@ -114,13 +114,17 @@ def _parse_valid(bundle: Bundle, version: str) -> ParsedDocument:
     )
 
 
+_URL_DELIMITERS = frozenset("?#%")
+
+
 def _api_version(value: Any) -> str:
     """``info.version`` if the gateway and REST URLs can carry it as one path segment.
 
     It appears in ``/ws/<api>/<version>/<channel>`` (gateway/routing.py, ``[^/]+``) and
     ``/api/v1/apis/<api>/versions/<version>/publish``, so it must be non-empty, must not be
-    ``.`` or ``..`` (which URL normalization removes, RFC 3986 §5.2.4) and must not contain ``/``,
-    whitespace or control characters. The schema already requires a string.
+    ``.`` or ``..`` (which URL normalization removes, RFC 3986 §5.2.4) and must not contain
+    ``/``, ``?``, ``#``, ``%``, whitespace or control characters. The schema already requires a
+    string.
     """
     version = value if isinstance(value, str) else ""
     problem = None
@@ -130,6 +134,10 @@ def _api_version(value: Any) -> str:
         problem = f'"{version}" is a relative path segment that URLs drop'
     elif "/" in version:
         problem = 'it contains "/"'
+    elif reserved := sorted({char for char in version if char in _URL_DELIMITERS}):
+        # RFC 3986 §3.3: "?" starts the query, "#" the fragment and "%" a percent-encoding, so
+        # a hand-typed gateway URL with the version in it would break at them.
+        problem = "it contains " + " and ".join(f'"{char}"' for char in reserved)
     elif any(char.isspace() for char in version):
         problem = "it contains whitespace"
     elif any(unicodedata.category(char) in ("Cc", "Cf") for char in version):

@@ -151,7 +151,9 @@ def _get(connection: http.client.HTTPConnection, path: str, url: str, timeout: f
     if length is not None and length.isdigit() and int(length) > limit:
         raise too_large
     body = bytearray()
-    while chunk := response.read(min(_CHUNK, limit + 1 - len(body))):
+    # read1 returns after one socket read, so the deadline is checked between every two reads: a
+    # server trickling a byte at a time cannot stretch the fetch past the timeout.
+    while chunk := response.read1(min(_CHUNK, limit + 1 - len(body))):
         body += chunk
         if len(body) > limit:
             raise too_large

@@ -753,7 +753,9 @@ def test_json_values_that_cannot_be_stored_are_refused_with_pointer_and_line(
     assert row_counts() == before
 
 
-@pytest.mark.parametrize("version", ["1.0/../../x", "", " ", ".", "..", "1.0 beta", "1.0\t", "1\u0007"])
+@pytest.mark.parametrize(
+    "version", ["1.0/../../x", "", " ", ".", "..", "1.0 beta", "1.0\t", "1\u0007", "1?x", "1#x", "1%2F2"]
+)
 def test_versions_unusable_in_gateway_urls_are_refused(alice, version):
     document = V30.replace("version: '1'", f"version: {json.dumps(version)}")
     before = row_counts()

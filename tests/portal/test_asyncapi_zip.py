@@ -282,6 +282,19 @@ def test_a_zip_of_too_many_files_is_refused(alice):
     assert f"at most {MAX_ARCHIVE_MEMBERS}" in refused.value.message
 
 
+def test_a_file_twice_in_the_zip_is_refused_rather_than_one_copy_winning(alice):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, text in FILES.items():
+            archive.writestr(path, text)
+        archive.writestr(next(iter(FILES)), "asyncapi: 3.0.0\n")  # a second copy of the first file
+    before = row_counts()
+    with pytest.raises(AsyncAPIError) as refused:
+        api_import(provider=alice, content=buffer.getvalue(), filename="twice.zip")
+    assert f'holds "{next(iter(FILES))}" more than once' in refused.value.message
+    assert row_counts() == before
+
+
 def test_a_damaged_zip_is_refused(alice):
     with pytest.raises(AsyncAPIError) as refused:
         api_import(provider=alice, content=make_zip(FILES)[:200], filename="cut.zip")
