@@ -7,18 +7,61 @@ safe to log (it never contains the credential).
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+import regex
+
 from gateway.publishing import address_normalize, routing_key
 from portal.models import API, APIKey, APIVersion, Channel, Subscription
+
+# Seconds one handshake may spend matching its address against channel templates and parameter
+# patterns, all together. Provider templates and JSON Schema patterns can backtrack
+# exponentially (ReDoS, CWE-1333); a normal handshake needs well under a millisecond.
+MATCH_TIME_BUDGET = 0.05
 
 
 class HandshakeRefused(Exception):
     """The handshake must be refused; ``str(exc)`` is the reason, safe to log."""
+
+
+class _MatchBudget:
+    """The matching time left to one handshake, shared by all its template and pattern matches.
+
+    Only time spent matching counts, not compiling: a 600-channel API compiles its templates once
+    per process (``_template_regex``). ``run`` matches with the ``regex`` module's ``timeout=``
+    (seconds for the whole call) and ``concurrent=True`` (the GIL is released while matching,
+    so the event loop keeps serving other clients); it raises ``TimeoutError`` once the budget
+    is spent.
+    """
+
+    def __init__(self, seconds: float = MATCH_TIME_BUDGET) -> None:
+        self.left = seconds
+
+    def run(
+        self, pattern: regex.Pattern[str], value: str, *, search: bool = False
+    ) -> regex.Match[str] | None:
+        """``pattern.search(value)`` if ``search`` else ``pattern.match(value)``, within budget."""
+        if self.left <= 0:
+            raise TimeoutError("regex timed out")
+        method = pattern.search if search else pattern.match
+        started = time.monotonic()
+        try:
+            return method(value, timeout=self.left, concurrent=True)
+        finally:
+            self.left -= time.monotonic() - started
+
+
+@functools.lru_cache(maxsize=4096)
+def _template_regex(address: str) -> regex.Pattern[str]:
+    """``Channel.address_regex()`` of the template ``address``, compiled once per process: the
+    ``regex`` module's own cache holds 500 patterns, fewer than a large API's channels."""
+    return Channel(address=address).address_regex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +105,11 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
     revoked or expired; the API is not connectable (``API.CONNECTABLE_STATUSES``: published or
     deprecated, so draft, blocked and retired APIs are refused); the application has no active subscription to
     it (pending ones included); the version is unknown or not live (``APIVersion.LIVE_STATUSES``:
-    draft and retired versions are refused); no channel template of
-    the version matches ``address`` with valid parameters and a ``receive`` operation.
+    draft and retired versions are refused); the routing key of ``address`` would pass 255 bytes
+    (checked right after the credential, before any matching); no channel template of
+    the version matches ``address`` with valid parameters and a ``receive`` operation; matching
+    takes more than ``MATCH_TIME_BUDGET`` seconds (a template or parameter pattern that
+    backtracks badly on this address: refused, never accepted).
     """
     if not secret:
         raise HandshakeRefused("no credential")
@@ -73,6 +119,13 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
     key = APIKey.objects.for_secret(secret)
     if key is None:
         raise HandshakeRefused("unknown, revoked or expired API key")
+    address = address_normalize(address)
+    try:
+        # Before any matching: the length cap also bounds how long a match can take. The API and
+        # version are looked up by these exact strings below, so the key is the one events use.
+        key_words = routing_key(api=api_slug, version=version, address=address)
+    except ValueError as too_long:  # AMQP routing keys hold 255 bytes at most
+        raise HandshakeRefused(f"key {key.pk}: {too_long}") from None
     api = API.objects.filter(slug=api_slug, status__in=API.CONNECTABLE_STATUSES).first()
     if api is None:
         raise HandshakeRefused(f"key {key.pk}: unknown or unpublished API {api_slug!r}")
@@ -80,15 +133,16 @@ def handshake_authorize(*, secret: str | None, api_slug: str, version: str, addr
     api_version = api.versions.filter(version=version, status__in=APIVersion.LIVE_STATUSES).first()
     if api_version is None:
         raise HandshakeRefused(f"key {key.pk}: unknown or unpublished version {version!r} of {api_slug}")
-    address = address_normalize(address)
     channels = api_version.channels.prefetch_related("operations")
-    channel = channel_match(channels, address)
+    try:
+        channel = channel_match(channels, address)
+    except TimeoutError:
+        raise HandshakeRefused(
+            f"key {key.pk}: channel address took too long to match (over {MATCH_TIME_BUDGET} s) "
+            f"in {api_slug} {version}"
+        ) from None
     if channel is None:
         raise HandshakeRefused(f"key {key.pk}: no receivable channel {address!r} in {api_slug} {version}")
-    try:
-        key_words = routing_key(api=api.slug, version=api_version.version, address=address)
-    except ValueError as too_long:  # AMQP routing keys hold 255 bytes at most
-        raise HandshakeRefused(f"key {key.pk}: {too_long}") from None
     return Grant(
         key_id=key.pk,
         application_id=key.application_id,
@@ -160,37 +214,48 @@ def _active_subscription(*, key: APIKey, api: API) -> Subscription:
     raise HandshakeRefused(f"key {key.pk}: application {key.application_id} is not subscribed to {api.slug}")
 
 
-def channel_match(channels: Iterable[Channel], address: str) -> Channel | None:
+def channel_match(
+    channels: Iterable[Channel], address: str, *, budget: _MatchBudget | None = None
+) -> Channel | None:
     """The channel whose template matches the concrete ``address`` and lets consumers receive.
 
     A template's leading ``/`` is optional in the address (``/v1/marketdata/{symbol}`` matches
     ``v1/marketdata/btcusd``). Parameters are checked against their ``enum`` and ``pattern``
     (AsyncAPI 3.0 §Parameter Object; 2.x keeps them under ``schema``). With several matches
     the template with the fewest parameters (the most specific) wins.
+
+    All matching shares one time budget (``MATCH_TIME_BUDGET`` seconds of matching unless
+    ``budget`` is given) and runs in the ``regex`` module with the GIL released, so the event
+    loop keeps serving other clients meanwhile. Raises ``TimeoutError`` when the budget runs
+    out: the caller must refuse, since an unfinished match proves nothing.
     """
+    budget = budget or _MatchBudget()
     candidates = []
     for channel in channels:
-        values = _template_values(channel, address)
-        if values is None or not _parameters_valid(channel.parameters or {}, values):
+        values = _template_values(channel, address, budget)
+        if values is None or not _parameters_valid(channel.parameters or {}, values, budget):
             continue
         if channel.can_receive:
             candidates.append((len(values), channel.pk, channel))
     return min(candidates, key=lambda item: item[:2])[2] if candidates else None
 
 
-def _template_values(channel: Channel, address: str) -> dict[str, str] | None:
-    """Parameter name → value if ``address`` matches ``channel``'s template, else None."""
+def _template_values(channel: Channel, address: str, budget: _MatchBudget) -> dict[str, str] | None:
+    """Parameter name → value if ``address`` matches ``channel``'s template, else None.
+
+    Raises ``TimeoutError`` when ``budget`` runs out."""
     names = re.findall(r"\{([^}]+)\}", channel.address)
     try:
-        match = channel.address_regex().match(address)
-    except re.error:  # e.g. two parameter names that differ only in punctuation
+        pattern = _template_regex(channel.address)
+    except regex.error:  # e.g. two parameter names that differ only in punctuation
         return None
+    match = budget.run(pattern, address)
     if match is None:
         return None
     return {name: match.group(re.sub(r"\W", "_", name)) for name in names}
 
 
-def _parameters_valid(parameters: Mapping[str, Any], values: Mapping[str, str]) -> bool:
+def _parameters_valid(parameters: Mapping[str, Any], values: Mapping[str, str], budget: _MatchBudget) -> bool:
     for name, value in values.items():
         spec = parameters.get(name) or {}
         schema = spec.get("schema")
@@ -199,15 +264,21 @@ def _parameters_valid(parameters: Mapping[str, Any], values: Mapping[str, str]) 
         if enum and value not in [str(item) for item in enum]:
             return False
         pattern = spec.get("pattern") or schema.get("pattern")
-        if pattern and not _pattern_matches(pattern, value):
+        if pattern and not _pattern_matches(pattern, value, budget):
             return False
     return True
 
 
-def _pattern_matches(pattern: str, value: str) -> bool:
-    # JSON Schema patterns are ECMA-262 and unanchored (JSON Schema Validation §6.3.3);
-    # Python's re agrees on the common subset. An unparsable pattern does not block access.
+def _pattern_matches(pattern: str, value: str, budget: _MatchBudget) -> bool:
+    """Whether ``value`` matches the provider's JSON Schema ``pattern``.
+
+    JSON Schema patterns are ECMA-262 and unanchored (JSON Schema Validation §6.3.3); the
+    ``regex`` module agrees on the common subset. An unparsable pattern does not block access.
+    The pattern comes from the provider and the value from the client, so ``^(a|aa)+$`` on a
+    long value can backtrack exponentially: raises ``TimeoutError`` when ``budget`` runs out.
+    """
     try:
-        return re.search(pattern, value) is not None
-    except re.error:
+        compiled = regex.compile(pattern)
+    except regex.error:
         return True
+    return budget.run(compiled, value, search=True) is not None

@@ -12,6 +12,7 @@ import re
 import secrets
 from typing import Any
 
+import regex
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models
@@ -98,7 +99,8 @@ class API(models.Model):
     subscriptions, live subscriptions keep working); blocked (listed, connections refused and
     live ones closed, reversible); retired (unlisted, connections refused, final). Allowed moves
     are in ``TRANSITIONS``; each move is recorded as an ``APILifecycleEvent``.
-    ``tags`` and ``protocols`` (lists of strings) come from the newest imported version.
+    ``tags`` and ``protocols`` (lists of strings) come from the newest live (published or
+    deprecated) version, or the newest version while none is live (``refresh_tags_and_protocols``).
     """
 
     class Status(models.TextChoices):
@@ -157,6 +159,21 @@ class API(models.Model):
     def can_move_to(self, status: str) -> bool:
         """Whether the lifecycle allows moving from the current status to ``status``."""
         return status in self.TRANSITIONS.get(self.status, ())
+
+    def refresh_tags_and_protocols(self) -> None:
+        """Set ``tags`` (tag names) and ``protocols`` from the newest live (published or
+        deprecated) version, or from the newest version while the API has no live one.
+
+        The catalog's cards, search and filters read these, so a draft version must not change
+        what everyone sees of a released API. Call it after a version is imported or changes
+        state. Saved with ``update()``: the gateway has nothing to do with tags.
+        """
+        versions = self.versions.order_by("-created", "-pk")
+        source = versions.filter(status__in=APIVersion.LIVE_STATUSES).first() or versions.first()
+        tags = [tag["name"] if isinstance(tag, dict) else str(tag) for tag in source.tags] if source else []
+        protocols = list(source.protocols) if source else []
+        API.objects.filter(pk=self.pk).update(tags=tags, protocols=protocols)
+        self.tags, self.protocols = tags, protocols
 
 
 class APILifecycleEvent(models.Model):
@@ -270,22 +287,49 @@ class Channel(models.Model):
     def __str__(self) -> str:
         return self.address
 
-    def address_regex(self) -> re.Pattern[str]:
-        """A regex matching concrete addresses of this template; one named group per parameter.
+    def address_regex(self) -> regex.Pattern[str]:
+        """A ``regex`` pattern matching concrete addresses of this template; one named group per
+        parameter (its name with punctuation turned into ``_``).
 
         Leading and trailing ``/`` are optional on both sides: ``/v1/marketdata/{symbol}``
         matches ``v1/marketdata/btcusd`` (the gateway's URLs carry addresses without them).
-        Raises ``re.error`` for parameter names that collide once punctuation becomes ``_``.
+        A parameter value is one or more characters other than ``/``; where a template is
+        ambiguous, the leftmost parameter takes as much as it can, as Python's greedy ``re`` did.
+        Two rules keep the match close to linear in the address length (a template such as
+        ``sensors/{region}.{sensor}.{metric}`` or ``x/{a}{b}{c}{d}{e}{f}z`` otherwise backtracks
+        polynomially on a long address that does not match), and give the same values:
+
+        - a parameter that follows another one after a one-character punctuation separator
+          (not a letter, digit or ``/``) cannot contain that separator (``{region}.{sensor}``:
+          ``sensor`` has no ``.``, so ``eu.west.s1`` gives ``region`` ``eu.west``, as before).
+          The only addresses ``re`` matched and this does not are those where such a value ends
+          with its separator (``eu.s1.``), or is the separator itself;
+        - a parameter right after another one (``{a}{b}``) takes exactly one character, since
+          the greedy one before it leaves it no more.
+
+        Callers should match with a ``timeout=`` anyway (the gateway does): provider templates
+        can still be slow. Raises ``regex.error`` for parameter names that collide once
+        punctuation becomes ``_`` (``{a.b}`` and ``{a-b}``) or that are not group names
+        (``{0}``).
         """
         parts = re.split(r"\{([^}]+)\}", self.address.strip("/"))
-        pattern = ""
+        pattern, groups, value_class = "", set(), "[^/]"
         for index, part in enumerate(parts):
-            if index % 2:
-                group = re.sub(r"\W", "_", part)
-                pattern += f"(?P<{group}>[^/]+)"
-            else:
-                pattern += re.escape(part)
-        return re.compile(f"^/?{pattern}/?$")
+            if index % 2 == 0:  # literal text between parameters
+                pattern += regex.escape(part)
+                continue
+            group = re.sub(r"\W", "_", part)
+            if group in groups:  # regex, unlike re, would accept the duplicate group name
+                raise regex.error(f"parameter {part!r} collides with another as group {group!r}")
+            groups.add(group)
+            separator = parts[index - 1]
+            if index > 1 and separator == "":
+                pattern += f"(?P<{group}>{value_class})"
+                continue
+            punctuation = len(separator) == 1 and not separator.isalnum() and separator != "/"
+            value_class = f"[^/{regex.escape(separator)}]" if index > 1 and punctuation else "[^/]"
+            pattern += f"(?P<{group}>{value_class}+)"
+        return regex.compile(f"^/?{pattern}/?$")
 
     def example_address(self) -> str:
         """The address with each parameter filled by its first enum value, default or example.

@@ -14,15 +14,27 @@
   const status = panel.querySelector("[data-live-status]");
   const log = panel.querySelector("[data-live-log]");
   const MAX_LINES = 200;
-  // Close codes the gateway documents (RFC 6455 §7.4 and its own 4000–4999 range).
+  // Close codes the gateway documents in docs/gateway.md (RFC 6455 §7.4 and its own 4000–4999
+  // range). The page names them itself: the close reason the gateway sends may not reach the
+  // browser (daphne can drop it), so it is only added when present.
   const CLOSE_REASONS = {
     1000: "closed normally",
     1006: "connection lost (or the handshake was refused: check the key, the address and the subscription)",
     1011: "gateway error",
     4008: "policy violation: this channel does not accept events from clients",
     4013: "the event backbone is unavailable; try again later",
-    4401: "key revoked",
-    4403: "subscription no longer active",
+    4401: "the API key was revoked; generate a new key for this application",
+    4403: "the subscription ended (it is no longer active)",
+    4410: "the API was blocked or retired, or this API version was retired, by its provider or an administrator",
+  };
+
+  // What a close means to the user: the page's own text for the code, then the gateway's reason
+  // when one arrived and says more.
+  const closeMessage = (event) => {
+    const known = CLOSE_REASONS[event.code];
+    const reason = event.reason.replace(/\.$/, "");
+    if (!known) return reason || "closed";
+    return reason && reason !== known ? `${known}: ${reason}` : known;
   };
   let socket = null;
   let count = 0;
@@ -114,8 +126,7 @@
       append(format(event.data));
     });
     current.addEventListener("close", (event) => {
-      const reason = event.reason || CLOSE_REASONS[event.code] || "closed";
-      note(`Disconnected (${event.code}: ${reason}).`);
+      note(`Disconnected (${event.code}: ${closeMessage(event)}).`);
       // A socket replaced by a newer connection must not reset the newer one's controls.
       if (socket !== current) return;
       setStatus("Not connected", "secondary");
