@@ -25,7 +25,7 @@ from portal.models import (
     Subscription,
     User,
 )
-from portal.services.lifecycle import api_transition
+from portal.services.lifecycle import api_block_details, api_transition
 
 
 @admin.register(User)
@@ -55,6 +55,22 @@ def _move_action(to_status: str, label: str):  # type: ignore[no-untyped-def]
     return action
 
 
+@admin.action(description="Unblock selected APIs (back to their state before the block)")
+def unblock(modeladmin: admin.ModelAdmin[API], request: HttpRequest, queryset: QuerySet[API]) -> None:
+    for api in queryset:
+        block = api_block_details(api=api)
+        if block is None:
+            modeladmin.message_user(request, f"{api.name} is not blocked.", messages.WARNING)
+            continue
+        try:
+            api_transition(api=api, to_status=block.restores, actor=request.user, reason="Django admin")
+        except (ValidationError, PermissionDenied) as error:
+            text = " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
+            modeladmin.message_user(request, f"{api.name}: {text}", messages.ERROR)
+        else:
+            modeladmin.message_user(request, f"{api.name} is now {api.get_status_display().lower()}.")
+
+
 class LifecycleEventInline(admin.TabularInline):
     model = APILifecycleEvent
     fk_name = "api"
@@ -72,7 +88,8 @@ class APIAdmin(admin.ModelAdmin):
     inlines = [LifecycleEventInline]
     actions = [
         _move_action(API.Status.BLOCKED, "Block"),
-        _move_action(API.Status.PUBLISHED, "Publish (or unblock)"),
+        _move_action(API.Status.PUBLISHED, "Publish"),
+        unblock,
         _move_action(API.Status.DEPRECATED, "Deprecate"),
         _move_action(API.Status.RETIRED, "Retire"),
     ]

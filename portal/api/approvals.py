@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal.api.common import IsStaff, V1View, get_plan_for_admin, get_subscription_for_user, service_errors
-from portal.models import BusinessPlan, Subscription
+from portal.models import API, BusinessPlan, Subscription
 from portal.serializers import (
     ApprovalQueueSerializer,
     BusinessPlanOwnerSerializer,
@@ -30,6 +30,7 @@ class ApprovalListView(V1View):
     def get(self, request: Request) -> Response:
         plans = (
             BusinessPlan.objects.filter(is_approved=False, rejected_at__isnull=True)
+            .exclude(api__status=API.Status.RETIRED)  # a retired API's plans can no longer be offered
             .select_related("api__provider")
             .order_by("api__name", "name")
         )

@@ -172,7 +172,9 @@ class APILifecycleView(V1View):
         summary="Move an API through its lifecycle",
         description="States: draft → published → deprecated (no new subscriptions) / blocked (connections "
         "refused and closed) → retired (final). A move the lifecycle does not allow answers 400 naming "
-        "the allowed ones. The provider or an admin; only an admin lifts an admin's block.",
+        "the allowed ones. The provider or an admin; only an admin lifts an admin's block. To unblock, move "
+        "to the state before the block (the pages' Unblock does; the other one is allowed too). Retiring "
+        "cancels active subscriptions and rejects pending ones.",
     )
     def post(self, request: Request, slug: str) -> Response:
         api = _move(request, api_transition, api=get_api_for_user(request.user, slug, access="manage"))

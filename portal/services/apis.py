@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
@@ -27,8 +28,14 @@ def api_import(*, provider: User, content: bytes | str, filename: str, api: API 
     and remote refs bundled in), the root file's text in ``source`` and the others in
     ``source_files``, its servers, security schemes, tags and protocols, and gets one Channel per
     channel and one Operation per consumer action (see ``portal.asyncapi.parser``). The API's
-    ``tags`` and ``protocols`` become those of this, its newest imported, version. Everything
-    happens in one transaction: on any error nothing is stored.
+    ``tags`` and ``protocols`` stay those of its newest live version (a draft must not change
+    what the catalog shows; ``API.refresh_tags_and_protocols``), and are this version's only
+    while the API has no live one. Everything happens in one transaction: on any error nothing
+    is stored.
+
+    A new API is refused when ``provider`` already has one (not retired) of the same name in any
+    letter case: two catalog entries with one title are a mistake far more often than a wish,
+    and WSO2 API Manager refuses a duplicate name too. A retired ``api`` takes no new versions.
 
     Every entry point comes through here, so this is where the size limit holds: ``content`` may
     be at most ``MAX_DOCUMENT_BYTES`` (bytes, or UTF-8 bytes of text; for a zip, of the archive
@@ -36,8 +43,10 @@ def api_import(*, provider: User, content: bytes | str, filename: str, api: API 
 
     Raises:
         AsyncAPIError: the document is unreadable, unsupported or invalid (see
-            ``parse_document``), or ``api`` already has a version ``info.version``;
-            ``DocumentTooLargeError`` (a subclass) when it or its expansion is too large.
+            ``parse_document``), or ``api`` already has a version ``info.version``, or ``api``
+            is retired (no pointer); ``DocumentTooLargeError`` (a subclass) when it or its
+            expansion is too large; ``DuplicateAPIError`` (a subclass, at ``/info/title``) when
+            the provider already has an API of that name.
         PermissionDenied: ``provider`` may not publish APIs, or ``api`` is another provider's.
     """
     if not provider.is_provider:
@@ -45,6 +54,9 @@ def api_import(*, provider: User, content: bytes | str, filename: str, api: API 
     if api is not None and api.provider_id != provider.pk:
         raise PermissionDenied("This API belongs to another provider.")
     filename = _storable_filename(filename)
+    if api is not None and api.status == API.Status.RETIRED:
+        # Checked before parsing too, so the provider is not asked to fix a document for nothing.
+        raise _api_retired(api, filename)
     parsed = parse_document(content=content, filename=filename)
     for attempt in range(3):
         try:
@@ -65,11 +77,26 @@ def _storable_filename(filename: str) -> str:
     return cleaned[:255]
 
 
+class DuplicateAPIError(AsyncAPIError):
+    """The provider already has an API named as the document's ``info.title``; ``existing`` is
+    that API, so a page can offer to import the document as a new version of it."""
+
+    def __init__(self, message: str, *, existing: API, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.existing = existing
+
+
 def _version_create(*, provider: User, api: API | None, parsed: ParsedDocument, filename: str) -> APIVersion:
     if api is None:
+        _check_title_free(provider=provider, parsed=parsed, filename=filename)
         api = _api_create(provider=provider, parsed=parsed)
-    elif api.versions.filter(version=parsed.version).exists():
-        raise _version_exists(api, parsed, filename)
+    else:
+        # Locked, so the API cannot be retired between this check and the new version's insert.
+        api = API.objects.select_for_update().get(pk=api.pk)
+        if api.status == API.Status.RETIRED:
+            raise _api_retired(api, filename)
+        if api.versions.filter(version=parsed.version).exists():
+            raise _version_exists(api, parsed, filename)
     version = APIVersion.objects.create(
         api=api,
         version=parsed.version,
@@ -83,13 +110,36 @@ def _version_create(*, provider: User, api: API | None, parsed: ParsedDocument, 
         tags=parsed.tags,
         protocols=parsed.protocols,
     )
-    # The API shows what its newest imported version declares (catalog filters read these).
-    API.objects.filter(pk=api.pk).update(
-        tags=[tag["name"] for tag in parsed.tags], protocols=parsed.protocols
-    )
-    api.refresh_from_db(fields=["tags", "protocols"])
+    # Catalog cards and filters read these; a draft version changes them only while nothing is live.
+    api.refresh_tags_and_protocols()
     _channels_create(version=version, parsed=parsed)
     return version
+
+
+def _check_title_free(*, provider: User, parsed: ParsedDocument, filename: str) -> None:
+    existing = (
+        API.objects.filter(provider=provider, name__iexact=parsed.title.strip())
+        .exclude(status=API.Status.RETIRED)
+        .order_by("created")
+        .first()
+    )
+    if existing is not None:
+        raise DuplicateAPIError(
+            f"you already have an API called “{existing.name}” (slug {existing.slug}); import this "
+            "document as a new version of it instead, or change info.title to create a separate API",
+            existing=existing,
+            pointer="/info/title",
+            line=parsed.line_of("/info/title"),
+            filename=filename,
+        )
+
+
+def _api_retired(api: API, filename: str) -> AsyncAPIError:
+    return AsyncAPIError(
+        f"{api.name} is retired and takes no new versions; import the document without choosing "
+        "an API to create a new one",
+        filename=filename,
+    )
 
 
 def _version_exists(api: API, parsed: ParsedDocument, filename: str) -> AsyncAPIError:

@@ -15,15 +15,66 @@ Rules beyond the transition tables, and why:
   another version first.
 - Providers move their own APIs; admins (staff) move any. An API an admin blocked can be
   unblocked only by an admin, so a provider cannot undo a platform decision.
+- Unblocking returns an API to the state it had before the block (published or deprecated):
+  a block is a pause, and must not undo a deprecation (``api_block_details(...).restores``).
+  The table still allows the other state, for a caller who asks for it by name.
+- Retiring an API ends its subscriptions in the same transaction: active ones are cancelled
+  (billing stops charging flat fees for an API nobody can use), pending ones are rejected with
+  the reason "The API was retired.". Each is saved with ``save()``, so the gateway hears of it.
+- ``API.tags`` and ``API.protocols`` follow the newest live version: every version move
+  refreshes them (``API.refresh_tags_and_protocols``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from portal.models import API, APILifecycleEvent, APIVersion, User
+from portal.models import API, APILifecycleEvent, APIVersion, Subscription, User
+
+# decision_reason of the subscriptions that retiring their API ended; consumers see it.
+RETIRED_REASON = "The API was retired."
+
+
+@dataclass(frozen=True)
+class Block:
+    """Why a blocked API is blocked: when (``at``), by whom (``actor``, None for the system or
+    an unknown origin), why (``reason``, may be empty), whether only an admin may lift it
+    (``by_admin``: an admin other than the provider set it) and the ``API.Status`` an unblock
+    returns it to (``restores``: published or deprecated)."""
+
+    at: datetime | None
+    actor: User | None
+    reason: str
+    by_admin: bool
+    restores: str
+
+
+def api_block_details(*, api: API) -> Block | None:
+    """The block on ``api`` (from its latest API-level move to blocked), or None unless blocked.
+
+    An API saved as blocked without such an event (data loaded by hand) restores to published
+    and counts as the provider's own block. One query.
+    """
+    if api.status != API.Status.BLOCKED:
+        return None
+    event = (
+        api.lifecycle_events.filter(api_version=None, to_status=API.Status.BLOCKED)
+        .select_related("actor")
+        .first()  # newest first (APILifecycleEvent.Meta.ordering)
+    )
+    if event is None:
+        return Block(
+            at=api.status_changed_at, actor=None, reason="", by_admin=False, restores=API.Status.PUBLISHED
+        )
+    actor = event.actor
+    by_admin = actor is not None and actor.is_staff and actor.pk != api.provider_id
+    restores = event.from_status if event.from_status in API.CONNECTABLE_STATUSES else API.Status.PUBLISHED
+    return Block(at=event.at, actor=actor, reason=event.reason, by_admin=by_admin, restores=restores)
 
 
 def _check_actor(*, api: API, actor: User | None) -> None:
@@ -62,6 +113,9 @@ def api_transition(*, api: API, to_status: str, actor: User | None, reason: str 
             to lift a block an admin set.
         ValidationError: ``{"to_status": ...}`` when ``API.TRANSITIONS`` has no such move (the
             message names the allowed moves), or when publishing an API with no published version.
+
+    Retiring ends the API's live subscriptions (see the module docstring). To unblock, move to
+    ``api_block_details(api=api).restores``.
     """
     _check_actor(api=api, actor=actor)
     return _api_transition(api=api, to_status=to_status, actor=actor, reason=reason)
@@ -87,15 +141,12 @@ def _api_transition(*, api: API, to_status: str, actor: User | None, reason: str
                 }
             )
         if locked.status == API.Status.BLOCKED and actor is not None and not actor.is_staff:
-            blocked_by = (
-                locked.lifecycle_events.filter(api_version=None, to_status=API.Status.BLOCKED)
-                .select_related("actor")
-                .first()
-            )
-            by_admin = blocked_by is not None and blocked_by.actor is not None and blocked_by.actor.is_staff
-            if by_admin and blocked_by.actor_id != locked.provider_id:  # type: ignore[union-attr]
+            block = api_block_details(api=locked)
+            if block is not None and block.by_admin:
                 raise PermissionDenied("An admin blocked this API; only an admin can lift the block.")
         _api_move(api=locked, to_status=to_status, actor=actor, reason=reason)
+        if to_status == API.Status.RETIRED:
+            _subscriptions_end(api=locked, actor=actor, at=locked.status_changed_at or timezone.now())
     api.refresh_from_db()
     return api
 
@@ -108,6 +159,24 @@ def _api_move(*, api: API, to_status: str, actor: User | None, reason: str) -> N
     )
     api.status, api.status_changed_at = to_status, now
     api.save(update_fields=["status", "status_changed_at"])
+
+
+def _subscriptions_end(*, api: API, actor: User | None, at: datetime) -> None:
+    """End the live subscriptions of a retired ``api``: active → cancelled, pending → rejected,
+    each with ``RETIRED_REASON`` and the retiring ``actor``. One ``save()`` per subscription, so
+    ``gateway.signals`` closes their connections and billing sees a status that stops charging."""
+    live = Subscription.objects.select_for_update().filter(
+        api=api, status__in=[Subscription.Status.ACTIVE, Subscription.Status.PENDING]
+    )
+    for subscription in live:
+        subscription.status = (
+            Subscription.Status.CANCELLED
+            if subscription.status == Subscription.Status.ACTIVE
+            else Subscription.Status.REJECTED
+        )
+        subscription.decided_at, subscription.decided_by = at, actor
+        subscription.decision_reason = RETIRED_REASON
+        subscription.save(update_fields=["status", "decided_at", "decided_by", "decision_reason"])
 
 
 def api_version_transition(
@@ -175,6 +244,8 @@ def _version_move(*, api_version: APIVersion, to_status: str, actor: User | None
     )
     api_version.status = to_status
     api_version.save(update_fields=["status"])
+    # A version going live (or leaving) changes which one the catalog's tags and filters show.
+    api_version.api.refresh_tags_and_protocols()
 
 
 def api_publish_version(*, api_version: APIVersion, actor: User | None) -> APIVersion:

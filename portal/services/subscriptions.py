@@ -87,6 +87,8 @@ def _closed_to_subscriptions(api: API) -> str:
         return f"{api.name} is deprecated and accepts no new subscriptions."
     if api.status == API.Status.BLOCKED:
         return f"{api.name} is blocked and accepts no new subscriptions."
+    if api.status == API.Status.DRAFT:
+        return f"{api.name} is not published yet and accepts no subscriptions."
     return f"{api.name} has no published version open to new subscriptions; its versions are deprecated."
 
 
@@ -120,12 +122,30 @@ def _subscription_decide(
 def subscription_approve(*, subscription: Subscription, approver: User, reason: str = "") -> Subscription:
     """Make a pending subscription active; ``reason`` (optional) is shown to the consumer.
 
-    Raises ``PermissionDenied`` if ``approver`` is not staff, ``ValidationError`` if the
-    subscription is not pending (also when another admin decided first).
+    Only while the API is published: a deprecated, blocked or retired API accepts no new
+    subscriptions (``subscription_create``'s rule), and approving is when one starts. Raises
+    ``PermissionDenied`` if ``approver`` is not staff, ``ValidationError`` if the API is not
+    published (naming its state) or the subscription is not pending (also when another admin
+    decided first).
     """
-    return _subscription_decide(
-        subscription=subscription, approver=approver, status=Subscription.Status.ACTIVE, reason=reason.strip()
-    )
+    _check_staff(approver)
+    with transaction.atomic():
+        # Lock the API: retiring it ends its pending subscriptions under the same lock, so an
+        # approval cannot slip in between.
+        api = API.objects.select_for_update().get(pk=subscription.api_id)
+        if api.status != API.Status.PUBLISHED:
+            raise ValidationError(
+                f"{_closed_to_subscriptions(api)} Reject this subscription with a reason instead, "
+                "or approve it once the API is published again."
+                if api.status != API.Status.RETIRED
+                else f"{api.name} is retired; its subscriptions can no longer be approved."
+            )
+        return _subscription_decide(
+            subscription=subscription,
+            approver=approver,
+            status=Subscription.Status.ACTIVE,
+            reason=reason.strip(),
+        )
 
 
 def subscription_reject(*, subscription: Subscription, approver: User, reason: str) -> Subscription:
@@ -213,9 +233,13 @@ def plan_create(*, api: API, name: str, price_model: str | None = None, **fields
     ``fields`` are ``BusinessPlan`` fields (prices in minor units, limits in events and bytes,
     None for unlimited); ``price_model`` (``portal.plans.PriceModel``), when given, must agree
     with the amounts. Raises ``ValidationError`` with a field dict: ``name`` when empty or the
-    API already has a plan of that name (also when a concurrent request created it after the
-    check: ``unique_plan_name``), and the fields ``portal.plans.plan_fields_validate`` names.
+    API already has a plan of that name in any letter case (``free`` and ``FREE`` would read as
+    one plan to consumers; also when a concurrent request created it after the check:
+    ``unique_plan_name``, which compares case-sensitively), and the fields
+    ``portal.plans.plan_fields_validate`` names; ``name`` also when the API is retired.
     """
+    if api.status == API.Status.RETIRED:
+        raise ValidationError({"name": f"{api.name} is retired: it takes no new plans."})
     name = name.strip()
     if not name:
         raise ValidationError({"name": "Give the plan a name."})
@@ -223,10 +247,11 @@ def plan_create(*, api: API, name: str, price_model: str | None = None, **fields
     if unknown:
         raise ValidationError({field: "Not a field of a business plan." for field in sorted(unknown)})
     plan_fields_validate(fields, price_model=price_model)
-    same_name = api.plans.filter(name=name)
+    same_name = api.plans.filter(name__iexact=name)
     duplicate = ValidationError({"name": f"{api.name} already has a plan called “{name}”."})
     if same_name.exists():
-        raise duplicate
+        existing = same_name.values_list("name", flat=True).first() or name
+        raise ValidationError({"name": f"{api.name} already has a plan called “{existing}”."})
     try:
         # A savepoint, so a caller's transaction stays usable after the duplicate is refused.
         with transaction.atomic():
@@ -254,11 +279,16 @@ def _plan_decide(*, plan: BusinessPlan, approver: User, approve: bool, reason: s
 def plan_approve(*, plan: BusinessPlan, approver: User, reason: str = "") -> BusinessPlan:
     """Offer a pending business plan to consumers; ``reason`` (optional) is shown to the provider.
 
-    Raises ``PermissionDenied`` if ``approver`` is not staff, ``ValidationError`` if the plan
-    was already approved or rejected.
+    Raises ``PermissionDenied`` if ``approver`` is not staff, ``ValidationError`` if the plan's
+    API is retired (it takes no subscriptions ever again) or the plan was already approved or
+    rejected. Plans of deprecated or blocked APIs may be approved: those states are reversible.
     """
     _check_staff(approver)
-    return _plan_decide(plan=plan, approver=approver, approve=True, reason=reason.strip())
+    with transaction.atomic():
+        api = API.objects.select_for_update().get(pk=plan.api_id)
+        if api.status == API.Status.RETIRED:
+            raise ValidationError(f"{api.name} is retired; its plans can no longer be offered.")
+        return _plan_decide(plan=plan, approver=approver, approve=True, reason=reason.strip())
 
 
 def plan_reject(*, plan: BusinessPlan, approver: User, reason: str) -> BusinessPlan:

@@ -20,10 +20,10 @@ from django.views.decorators.http import require_POST
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES, AsyncAPIError, DocumentTooLargeError
 from portal.forms import ImportForm, PlanForm, ReasonForm, add_service_errors
-from portal.models import API, APIVersion, Subscription
+from portal.models import API, APIVersion, Subscription, User
 from portal.plans import PLAN_TEMPLATES, plan_template
 from portal.services.apis import api_import, api_publish
-from portal.services.lifecycle import api_transition, api_version_transition
+from portal.services.lifecycle import Block, api_block_details, api_transition, api_version_transition
 from portal.services.subscriptions import plan_create
 from portal.views.catalog import channels_of, summary_repeats_description
 from portal.views.decorators import provider_required
@@ -131,21 +131,30 @@ def provider_api_import(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/provider/api_import.html", context)
 
 
-# Button words for lifecycle moves: (from, to) first, then by target state.
-MOVE_LABELS = {
+# Button words and confirmations for lifecycle moves: (from, to) first, then by target state.
+MOVE_LABELS: dict[str | tuple[str, str], str] = {
     ("blocked", "published"): "Unblock",
+    ("blocked", "deprecated"): "Unblock",
     ("deprecated", "published"): "Publish again",
     "published": "Publish",
     "deprecated": "Deprecate",
     "blocked": "Block",
     "retired": "Retire",
 }
-MOVE_CONFIRMATIONS = {
+MOVE_CONFIRMATIONS: dict[str | tuple[str, str], str] = {
+    ("draft", "published"): "It is listed in the catalog; consumers can subscribe and connect.",
+    ("blocked", "published"): "Connections are accepted again and consumers can subscribe.",
+    ("blocked", "deprecated"): "Connections are accepted again; it stays deprecated: no new subscriptions.",
     "published": "Consumers can subscribe and connect again.",
     "deprecated": "Listed, but no new subscriptions; live ones keep working.",
     "blocked": "Live connections close now and new ones are refused until it is unblocked.",
     "retired": "Final: live connections close now and it cannot be published again.",
 }
+# Retiring a whole API also ends its subscriptions (portal.services.lifecycle); a version's does not.
+API_RETIRE_CONFIRMATION = (
+    "Final: live connections close now, active subscriptions are cancelled, pending ones rejected, "
+    "and it cannot be published again."
+)
 
 
 def lifecycle_moves(current: str, transitions: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
@@ -153,11 +162,34 @@ def lifecycle_moves(current: str, transitions: dict[str, tuple[str, ...]]) -> li
     return [
         {
             "to": to,
-            "label": MOVE_LABELS.get((current, to)) or MOVE_LABELS[to],  # type: ignore[index]
-            "confirm": MOVE_CONFIRMATIONS[to],
+            "label": MOVE_LABELS.get((current, to)) or MOVE_LABELS[to],
+            "confirm": MOVE_CONFIRMATIONS.get((current, to)) or MOVE_CONFIRMATIONS[to],
         }
         for to in transitions.get(current, ())
     ]
+
+
+def api_moves(api: API, *, user: User, block: Block | None = None) -> list[dict[str, str]]:
+    """The API-level lifecycle buttons ``user`` can press with success: ``[{to, label, confirm}]``.
+
+    Of ``API.TRANSITIONS``, leaves out what ``portal.services.lifecycle`` would refuse or what
+    would surprise: publishing without a published version (a draft's version has its own
+    Publish button); of a blocked API's two ways back, all but the one "Unblock" to the state
+    before the block (the REST API still takes the other); and every move of an API an admin
+    blocked, for its provider. ``block`` is ``api_block_details(api=api)`` when the caller has it;
+    ``api.versions`` may be prefetched.
+    """
+    if api.status == API.Status.BLOCKED and block is None:
+        block = api_block_details(api=api)
+    if block is not None and block.by_admin and not user.is_staff:
+        return []
+    has_published_version = any(v.status == APIVersion.Status.PUBLISHED for v in api.versions.all())
+    moves = lifecycle_moves(api.status, API.TRANSITIONS)
+    if block is not None:
+        moves = [m for m in moves if m["to"] not in API.CONNECTABLE_STATUSES or m["to"] == block.restores]
+    if not has_published_version:
+        moves = [m for m in moves if m["to"] != API.Status.PUBLISHED]
+    return [m | {"confirm": API_RETIRE_CONFIRMATION} if m["to"] == API.Status.RETIRED else m for m in moves]
 
 
 @provider_required
@@ -183,6 +215,7 @@ def provider_api_detail(request: HttpRequest, slug: str) -> HttpResponse:
             return redirect(reverse("portal:provider_api_detail", args=[api.slug]) + "#plans")
     versions = list(api.versions.order_by("-created"))
     version = versions[0] if versions else None
+    block = api_block_details(api=api)
     plans = list(
         api.plans.annotate(
             subscriber_count=Count(
@@ -193,7 +226,8 @@ def provider_api_detail(request: HttpRequest, slug: str) -> HttpResponse:
     context = {
         "api": api,
         "summary_repeats_description": summary_repeats_description(api),
-        "api_moves": lifecycle_moves(api.status, API.TRANSITIONS),
+        "api_moves": api_moves(api, user=request.user, block=block),  # type: ignore[arg-type]
+        "api_block": block,  # not "block": Django's {% block %} sets that name for {{ block.super }}
         "history": api.lifecycle_events.select_related("actor", "api_version")[:50],
         "versions": [(v, _version_moves(api, v)) for v in versions],
         "version": version,

@@ -15,7 +15,7 @@ from portal.models import API, APIVersion, BusinessPlan, Subscription
 from portal.services.lifecycle import api_transition
 from portal.services.subscriptions import plan_approve, plan_reject, subscription_approve, subscription_reject
 from portal.views.decorators import staff_required
-from portal.views.provider import lifecycle_moves
+from portal.views.provider import api_moves
 
 
 def _get_subscription_for_staff(pk: int) -> Subscription:
@@ -41,6 +41,7 @@ def _approvals_page(
     )
     plans = (
         BusinessPlan.objects.filter(is_approved=False, rejected_at__isnull=True)
+        .exclude(api__status=API.Status.RETIRED)  # a retired API's plans can no longer be offered
         .select_related("api__provider")
         .order_by("api__name", "name")
     )
@@ -117,7 +118,7 @@ def staff_api_list(request: HttpRequest) -> HttpResponse:
     rows = [
         (
             api,
-            lifecycle_moves(api.status, API.TRANSITIONS),
+            api_moves(api, user=request.user),  # type: ignore[arg-type]
             [v for v in api.versions.all() if v.status in APIVersion.LIVE_STATUSES],
         )
         for api in apis

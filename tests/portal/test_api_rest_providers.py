@@ -420,3 +420,62 @@ def test_catalog_page_costs_the_same_queries_for_5_or_20_apis(client, alice):
     for _ in range(15):
         BusinessPlanFactory(api=APIVersionFactory(api=APIFactory(provider=alice)).api)
     assert queries_for_page() == few
+
+
+# --- duplicates, retired APIs, unblocking --------------------------------------------------------
+
+
+def _import(client, user, content: str, api: str | None = None):
+    body = {"filename": "trains.yaml", "content": content} | ({"api": api} if api else {})
+    return client.post(
+        "/api/v1/apis/import", json.dumps(body), content_type="application/json", **basic(user)
+    )
+
+
+def test_importing_a_title_you_already_have_answers_400_at_info_title(client, alice, trains):
+    response = _import(client, alice, SMALL.replace("title: Train departures", "title: TRAIN Departures"))
+    assert response.status_code == 400, response.content
+    error = response.json()
+    assert (error["pointer"], error["line"], error["file"]) == ("/info/title", 3, "trains.yaml")
+    assert "“Train departures” (slug train-departures)" in error["error"]
+    assert API.objects.filter(provider=alice).count() == 1
+    # As a new version of it, the same document imports.
+    response = _import(
+        client, alice, SMALL.replace("version: 1.0.0", "version: 1.1.0"), api="train-departures"
+    )
+    assert response.status_code == 201, response.content
+
+
+def test_a_retired_api_takes_no_new_version_over_rest(client, alice, trains):
+    trains.status = API.Status.RETIRED
+    trains.save()
+    response = _import(
+        client, alice, SMALL.replace("version: 1.0.0", "version: 2.0.0"), api="train-departures"
+    )
+    assert response.status_code == 400, response.content
+    assert "Train departures is retired and takes no new versions" in response.json()["error"]
+    assert trains.versions.count() == 1
+
+
+def _move(client, user, status: str):
+    return client.post(
+        "/api/v1/apis/ticker/lifecycle", {"status": status}, content_type="application/json", **basic(user)
+    )
+
+
+def test_unblock_over_rest_may_pick_either_state_the_table_allows(client, alice, ticker_api):
+    assert _move(client, alice, "deprecated").status_code == 200
+    assert _move(client, alice, "blocked").status_code == 200
+    # The pages offer "Unblock" back to deprecated; REST also takes published, by name.
+    response = _move(client, alice, "published")
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "published"
+
+
+def test_plan_names_are_unique_whatever_their_letter_case(client, alice, ticker_api):
+    response = client.post(
+        "/api/v1/apis/ticker/plans/", {"name": "FREE"}, content_type="application/json", **basic(alice)
+    )
+    assert response.status_code == 400
+    assert response.json()["name"] == ["Ticker already has a plan called “Free”."]
+    assert list(ticker_api.plans.order_by("name").values_list("name", flat=True)) == ["Free", "Gold"]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
-from portal.models import Application, Subscription
+from portal.models import API, Application, Subscription
+from portal.services.lifecycle import api_transition
 from portal.services.subscriptions import (
     application_delete,
     application_update,
     plan_approve,
     plan_reject,
+    subscription_approve,
     subscription_cancel,
     subscription_reject,
 )
@@ -175,3 +177,68 @@ def test_service_deletes_an_application_without_subscriptions(bob):
     application = ApplicationFactory(owner=bob, name="Spare")
     application_delete(application=application)
     assert not Application.objects.filter(pk=application.pk).exists()
+
+
+# Approvals and the API's lifecycle
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        ("deprecated", "Ticker is deprecated and accepts no new subscriptions."),
+        ("blocked", "Ticker is blocked and accepts no new subscriptions."),
+    ],
+)
+def test_a_subscription_is_approved_only_while_its_api_is_published(admin_user, alice, pending, state, says):
+    api_transition(api=pending.api, to_status=state, actor=alice)
+    with pytest.raises(ValidationError) as refused:
+        subscription_approve(subscription=pending, approver=admin_user)
+    assert says in refused.value.messages[0]
+    pending.refresh_from_db()
+    assert pending.status == "pending"
+
+
+def test_admin_page_says_why_a_deprecated_apis_subscription_cannot_be_approved(
+    client, admin_user, alice, pending
+):
+    api_transition(api=pending.api, to_status="deprecated", actor=alice)
+    client.force_login(admin_user)
+    page = _content(client.post(f"/staff/subscriptions/{pending.pk}/approve/", {}, follow=True))
+    assert "Ticker is deprecated and accepts no new subscriptions." in page
+    pending.refresh_from_db()
+    assert pending.status == "pending"
+    # Rejecting it stays possible.
+    client.post(f"/staff/subscriptions/{pending.pk}/reject/", {"reason": "Ticker is deprecated"})
+    pending.refresh_from_db()
+    assert pending.status == "rejected"
+
+
+def test_a_retired_apis_subscription_cannot_be_approved(admin_user, pending):
+    # A pending subscription of a retired API is rejected on retirement; one left pending by
+    # hand (a raw UPDATE) is still refused.
+    API.objects.filter(pk=pending.api_id).update(status=API.Status.RETIRED)
+    with pytest.raises(
+        ValidationError, match="Ticker is retired; its subscriptions can no longer be approved."
+    ):
+        subscription_approve(subscription=pending, approver=admin_user)
+
+
+def test_a_retired_apis_plan_cannot_be_approved_and_leaves_the_queue(client, admin_user, alice, platinum):
+    api_transition(api=platinum.api, to_status="retired", actor=alice)
+    with pytest.raises(ValidationError, match="Ticker is retired; its plans can no longer be offered."):
+        plan_approve(plan=platinum, approver=admin_user)
+    platinum.refresh_from_db()
+    assert platinum.approval_status == "pending"
+
+    client.force_login(admin_user)
+    assert "Platinum" not in _content(client.get("/staff/approvals/"))
+    assert client.get("/api/v1/approvals/").json()["plans"] == []
+    response = client.post(f"/api/v1/plans/{platinum.pk}/approve", {}, content_type="application/json")
+    assert response.status_code == 400
+    assert "retired" in response.json()["non_field_errors"][0]
+
+
+def test_plans_of_deprecated_and_blocked_apis_stay_approvable(admin_user, alice, platinum):
+    api_transition(api=platinum.api, to_status="blocked", actor=alice)
+    plan_approve(plan=platinum, approver=admin_user)
+    assert platinum.approval_status == "approved"

@@ -21,8 +21,9 @@ from portal.asyncapi import (
 )
 from portal.management.commands.bench_import import fleet_document
 from portal.models import API, APIVersion, Channel, Operation
-from portal.services.apis import api_import, api_publish
+from portal.services.apis import DuplicateAPIError, api_import, api_publish
 from tests.conftest import SHARED_ASYNCAPI
+from tests.factories import UserFactory
 
 INVALID = "spec-json-schemas_asyncapi.yml"
 ELEVATOR = "apim/elevator-co/api/V1/json/{resource_region_id}/{equipment_type}/{event_type}/{resource_type}"
@@ -395,10 +396,111 @@ def test_new_version_of_an_api_and_duplicate_version_refused(alice):
     assert row_counts() == before
 
 
-def test_same_title_twice_gets_a_unique_slug(alice):
+def test_same_title_from_two_providers_gets_a_unique_slug(alice):
     first = import_shared(alice, "spec_rpc-server-asyncapi.yml").api
-    second = import_shared(alice, "spec_rpc-server-asyncapi.yml").api
+    second = import_shared(UserFactory(is_provider=True), "spec_rpc-server-asyncapi.yml").api
     assert (first.slug, second.slug) == ("rpc-server-example", "rpc-server-example-2")
+    assert first.name == second.name == "RPC Server Example"
+
+
+def test_importing_a_title_the_provider_already_has_is_refused_at_info_title(alice):
+    existing = import_shared(alice, "spec_rpc-server-asyncapi.yml").api
+    before = row_counts()
+    # Letter case does not make another API: a consumer would see two "RPC Server Example"s.
+    document = (
+        (SHARED_ASYNCAPI / "spec_rpc-server-asyncapi.yml")
+        .read_text()
+        .replace("title: RPC Server Example", "title: rpc server EXAMPLE")
+    )
+    with pytest.raises(DuplicateAPIError) as caught:
+        api_import(provider=alice, content=document, filename="rpc.yml")
+    error = caught.value
+    assert (error.pointer, error.line, error.filename, error.existing) == (
+        "/info/title",
+        4,
+        "rpc.yml",
+        existing,
+    )
+    assert "you already have an API called “RPC Server Example” (slug rpc-server-example)" in error.message
+    assert "new version" in error.message
+    assert row_counts() == before
+    # Importing it as a new version of the existing API is the way.
+    newer = document.replace("version: 1.0.0", "version: 1.1.0", 1)
+    assert api_import(provider=alice, content=newer, filename="rpc.yml", api=existing).api == existing
+
+
+def test_a_retired_apis_title_may_be_imported_again(alice):
+    old = import_shared(alice, "spec_rpc-server-asyncapi.yml").api
+    old.status = API.Status.RETIRED
+    old.save()
+    assert import_shared(alice, "spec_rpc-server-asyncapi.yml").api.slug == "rpc-server-example-2"
+
+
+def test_a_retired_api_takes_no_new_version(alice):
+    api = import_shared(alice, "spec_rpc-server-asyncapi.yml").api
+    api.status = API.Status.RETIRED
+    api.save()
+    before = row_counts()
+    document = (SHARED_ASYNCAPI / "spec_rpc-server-asyncapi.yml").read_text().replace("1.0.0", "2.0.0", 1)
+    with pytest.raises(AsyncAPIError) as caught:
+        api_import(provider=alice, content=document, filename="rpc.yml", api=api)
+    assert "RPC Server Example is retired and takes no new versions" in caught.value.message
+    assert row_counts() == before
+
+
+def test_import_page_refuses_a_duplicate_title_and_links_to_a_new_version(client, alice):
+    existing = import_shared(alice, "spec_rpc-server-asyncapi.yml").api
+    client.force_login(alice)
+    document = (SHARED_ASYNCAPI / "spec_rpc-server-asyncapi.yml").read_text()
+    response = client.post("/provider/apis/import/", {"content": document})
+    page = response.content.decode()
+    assert response.status_code == 200 and API.objects.count() == 1
+    assert "you already have an API called “RPC Server Example”" in page
+    assert f'href="/provider/apis/import/?api={existing.slug}"' in page
+    assert "Import it as a new version of RPC Server Example" in page
+
+
+def test_import_page_of_a_retired_api_says_it_takes_no_versions(client, alice):
+    api = import_shared(alice, "spec_rpc-server-asyncapi.yml").api
+    api.status = API.Status.RETIRED
+    api.save()
+    client.force_login(alice)
+    page = client.get(f"/provider/apis/import/?api={api.slug}").content.decode()
+    assert "RPC Server Example is retired and takes no new versions." in page
+    assert 'enctype="multipart/form-data"' not in page  # no form to fill in for nothing
+    document = (SHARED_ASYNCAPI / "spec_rpc-server-asyncapi.yml").read_text().replace("1.0.0", "2.0.0", 1)
+    page = client.post(f"/provider/apis/import/?api={api.slug}", {"content": document}).content.decode()
+    assert "is retired and takes no new versions" in page
+    assert api.versions.count() == 1
+    assert "Import a new version" not in client.get(f"/provider/apis/{api.slug}/").content.decode()
+
+
+def _tagged(version: str, tag: str, protocol: str) -> str:
+    return (
+        f"asyncapi: 3.0.0\ninfo:\n  title: Radar\n  version: {version}\n  tags: [{{name: {tag}}}]\n"
+        f"servers:\n  main: {{host: radar.example.org, protocol: {protocol}}}\n"
+        "channels:\n  blips: {address: blips}\n"
+    )
+
+
+def test_a_draft_version_does_not_change_the_catalogs_tags_and_protocols(client, alice):
+    first = api_import(provider=alice, content=_tagged("1.0.0", "weather", "ws"), filename="radar.yaml")
+    api = first.api
+    assert (api.tags, api.protocols) == (["weather"], ["ws"])  # nothing live yet: the draft's
+    api_publish(api_version=first, actor=alice)
+
+    draft = api_import(
+        provider=alice, content=_tagged("2.0.0", "secret", "mqtt"), filename="radar.yaml", api=api
+    )
+    api.refresh_from_db()
+    assert (api.tags, api.protocols) == (["weather"], ["ws"])
+    assert client.get("/api/v1/apis/?tag=secret").json() == []
+    assert "secret" not in client.get("/apis/radar/").content.decode()
+
+    api_publish(api_version=draft, actor=alice)
+    api.refresh_from_db()
+    assert (api.tags, api.protocols) == (["secret"], ["mqtt"])
+    assert [a["slug"] for a in client.get("/api/v1/apis/?tag=secret").json()] == ["radar"]
 
 
 def test_an_api_titled_import_does_not_hide_the_import_page(alice, client):

@@ -72,7 +72,7 @@ def test_anonymous_catalog_lists_published_deprecated_and_blocked_apis_only(clie
 def test_catalog_cards_show_lifecycle_badges_protocols_and_tags(client, catalog):
     page = _content(client.get("/apis/"))
     assert ">Deprecated</span>" in page and ">Blocked</span>" in page
-    assert ">MQTT</span>" in page and ">Kafka</span>" in page
+    assert ">source: MQTT</span>" in page and ">source: Kafka</span>" in page
     assert 'href="/apis/?tag=iot">#iot</a>' in page
 
 

@@ -7,11 +7,13 @@ import itertools
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models.signals import post_save
+from django.template.defaultfilters import date as date_filter
 
 from gateway.auth import HandshakeRefused, handshake_authorize
-from portal.models import API, APIKey, APILifecycleEvent, APIVersion
+from portal.models import API, APIKey, APILifecycleEvent, APIVersion, Subscription
 from portal.services.apis import api_publish
-from portal.services.lifecycle import api_transition, api_version_transition
+from portal.services.lifecycle import api_block_details, api_transition, api_version_transition
 from portal.services.subscriptions import subscription_create
 from tests.factories import (
     APIFactory,
@@ -267,3 +269,182 @@ def test_non_staff_cannot_use_the_staff_api_pages(client, alice, ticker_api):
     client.force_login(alice)
     assert client.get("/staff/apis/").status_code == 403
     assert client.post("/staff/apis/ticker/lifecycle/", {"to_status": "blocked"}).status_code == 403
+
+
+# Unblocking, admin blocks, first publication, retiring with subscriptions
+
+
+def _block_form(page: str, slug: str = "ticker") -> int:
+    """How many API-level lifecycle forms the page has for ``slug``."""
+    return page.count(f'action="/provider/apis/{slug}/lifecycle/"')
+
+
+def test_unblocking_a_deprecated_api_returns_it_to_deprecated(alice, bob, ticker_api):
+    api_transition(api=ticker_api, to_status="deprecated", actor=alice)
+    api_transition(api=ticker_api, to_status="blocked", actor=alice, reason="Incident")
+    block = api_block_details(api=ticker_api)
+    assert (block.restores, block.by_admin, block.reason) == ("deprecated", False, "Incident")
+    api_transition(api=ticker_api, to_status=block.restores, actor=alice)
+    assert ticker_api.status == "deprecated"
+    # Still closed to new subscriptions, as before the block.
+    with pytest.raises(ValidationError, match="deprecated and accepts no new subscriptions"):
+        subscription_create(application=ApplicationFactory(owner=bob), plan=ticker_api.plans.get(name="Free"))
+
+
+def test_provider_page_offers_one_unblock_back_to_the_state_before_the_block(client, alice, ticker_api):
+    api_transition(api=ticker_api, to_status="deprecated", actor=alice)
+    api_transition(api=ticker_api, to_status="blocked", actor=alice)
+    client.force_login(alice)
+    page = _content(client.get("/provider/apis/ticker/"))
+    assert page.count(">Unblock</button>") == 1
+    assert _block_form(page) == 2  # Unblock and Retire
+    assert "active subscriptions are cancelled, pending ones rejected" in page
+    assert '<input type="hidden" name="to_status" value="deprecated">' in page
+    assert '<input type="hidden" name="to_status" value="published">' not in page
+    assert "Unblock Ticker? Connections are accepted again\\u003B it stays deprecated" in page
+
+    client.post("/provider/apis/ticker/lifecycle/", {"to_status": "deprecated"})
+    ticker_api.refresh_from_db()
+    assert ticker_api.status == "deprecated"
+
+
+def test_staff_page_offers_one_unblock_per_blocked_api(client, admin_user, alice, ticker_api):
+    published = APIFactory(provider=alice, name="Weather", slug="weather")
+    APIVersionFactory(api=published)
+    api_transition(api=ticker_api, to_status="deprecated", actor=alice)
+    for api in (ticker_api, published):
+        api_transition(api=api, to_status="blocked", actor=admin_user, reason="Abuse report")
+    client.force_login(admin_user)
+    page = _content(client.get("/staff/apis/"))
+    assert page.count(">Unblock</button>") == 2
+    ticker_row = page[page.index("/staff/apis/ticker/lifecycle/") - 2000 : page.index("Weather")]
+    assert 'value="deprecated"' in ticker_row and 'value="published"' not in ticker_row
+
+    client.post("/staff/apis/ticker/lifecycle/", {"to_status": "deprecated"})
+    client.post("/staff/apis/weather/lifecycle/", {"to_status": "published"})
+    ticker_api.refresh_from_db()
+    published.refresh_from_db()
+    assert (ticker_api.status, published.status) == ("deprecated", "published")
+
+
+def test_admin_blocked_api_offers_its_provider_no_moves_and_says_who_to_ask(
+    client, admin_user, alice, ticker_api
+):
+    api_transition(api=ticker_api, to_status="blocked", actor=admin_user, reason="Abuse report")
+    event = APILifecycleEvent.objects.get(api=ticker_api, to_status="blocked")
+    client.force_login(alice)
+    page = _content(client.get("/provider/apis/ticker/"))
+    assert _block_form(page) == 0
+    assert (
+        f"An admin blocked this API on {date_filter(event.at, 'j M Y')}: Abuse report. "
+        "Contact the platform team." in page
+    )
+    # The admin still has the way back.
+    client.force_login(admin_user)
+    assert ">Unblock</button>" in _content(client.get("/staff/apis/"))
+
+
+def test_a_providers_own_block_keeps_their_unblock_button(client, alice, ticker_api):
+    api_transition(api=ticker_api, to_status="blocked", actor=alice)
+    client.force_login(alice)
+    page = _content(client.get("/provider/apis/ticker/"))
+    assert ">Unblock</button>" in page and "Contact the platform team" not in page
+
+
+def test_catalog_blocked_banner_does_not_promise_the_provider_can_unblock(client, admin_user, ticker_api):
+    api_transition(api=ticker_api, to_status="blocked", actor=admin_user)
+    page = _content(client.get("/apis/ticker/"))
+    assert "they work again when it is unblocked." in page
+    assert "if the provider unblocks" not in page
+
+
+def test_draft_api_without_a_published_version_offers_only_the_versions_publish(client, alice):
+    api = APIFactory(provider=alice, name="Radar", slug="radar", status=API.Status.DRAFT)
+    APIVersionFactory(api=api, status=APIVersion.Status.DRAFT)
+    client.force_login(alice)
+    page = _content(client.get("/provider/apis/radar/"))
+    assert 'data-move="published"' not in page  # no API-level Publish that would fail
+    assert ">Publish</button>" in page  # the version's own button
+    assert _block_form(page, "radar") == 1  # Retire only
+
+
+def test_first_publication_of_a_draft_api_does_not_say_again(client, alice):
+    api = APIFactory(provider=alice, name="Radar", slug="radar", status=API.Status.DRAFT)
+    APIVersionFactory(api=api, status=APIVersion.Status.PUBLISHED)
+    client.force_login(alice)
+    page = _content(client.get("/provider/apis/radar/"))
+    assert "Publish Radar? It is listed in the catalog\\u003B consumers can subscribe and connect." in page
+    assert "again" not in page[page.index("Publish Radar?") :][:200]
+    client.post("/provider/apis/radar/lifecycle/", {"to_status": "published"})
+    api.refresh_from_db()
+    assert api.status == "published"
+
+
+def test_retiring_an_api_ends_its_subscriptions_through_save(alice, bob, admin_user, ticker_api):
+    active = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob, name="Desk"), plan=ticker_api.plans.get(name="Free")
+    )
+    pending = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob, name="Lab"),
+        plan=ticker_api.plans.get(name="Gold"),
+        status=Subscription.Status.PENDING,
+    )
+    other = SubscriptionFactory(application=ApplicationFactory(owner=bob, name="Other"))
+    saved: list[tuple[int, str]] = []
+
+    def record(sender, instance, **kwargs):
+        saved.append((instance.pk, instance.status))
+
+    post_save.connect(record, sender=Subscription, dispatch_uid="test.retire")
+    try:
+        api_transition(api=ticker_api, to_status="retired", actor=alice)
+    finally:
+        post_save.disconnect(dispatch_uid="test.retire", sender=Subscription)
+
+    for subscription in (active, pending, other):
+        subscription.refresh_from_db()
+    assert (active.status, pending.status, other.status) == ("cancelled", "rejected", "active")
+    for ended in (active, pending):
+        assert (ended.decision_reason, ended.decided_by, ended.decided_at) == (
+            "The API was retired.",
+            alice,
+            ticker_api.status_changed_at,
+        )
+    # Saved one by one (gateway.signals closes connections on save), not by a bulk UPDATE.
+    assert sorted(saved) == sorted([(active.pk, "cancelled"), (pending.pk, "rejected")])
+
+
+def test_a_refused_retire_ends_no_subscription(alice, bob, ticker_api):
+    active = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob), plan=ticker_api.plans.get(name="Free")
+    )
+    with pytest.raises(PermissionDenied):
+        api_transition(api=ticker_api, to_status="retired", actor=bob)
+    active.refresh_from_db()
+    assert active.status == "active"
+
+
+def test_consumer_sees_the_retired_reason_on_a_rejected_subscription(client, alice, bob, ticker_api):
+    application = ApplicationFactory(owner=bob, name="Lab")
+    SubscriptionFactory(application=application, plan=ticker_api.plans.get(name="Gold"), status="pending")
+    api_transition(api=ticker_api, to_status="retired", actor=alice)
+    client.force_login(bob)
+    page = _content(client.get(f"/apps/{application.pk}/"))
+    assert "The API was retired." in page
+
+
+def test_tags_and_protocols_follow_version_moves(alice):
+    api = APIFactory(provider=alice, tags=[], protocols=[])
+    old = APIVersionFactory(api=api, version="1.0.0", tags=[{"name": "v1"}], protocols=["ws"])
+    new = APIVersionFactory(
+        api=api, version="2.0.0", status=APIVersion.Status.DRAFT, tags=[{"name": "v2"}], protocols=["mqtt"]
+    )
+    api.refresh_tags_and_protocols()
+    assert (api.tags, api.protocols) == (["v1"], ["ws"])  # the draft is newer, but not live
+    api_publish(api_version=new, actor=alice)
+    api.refresh_from_db()
+    assert (api.tags, api.protocols) == (["v2"], ["mqtt"])
+    api_version_transition(api_version=new, to_status="retired", actor=alice)
+    api.refresh_from_db()
+    assert (api.tags, api.protocols) == (["v1"], ["ws"])
+    assert old.status == "published"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
-from portal.models import BusinessPlan
+from portal.models import API, BusinessPlan
 from portal.plans import PLAN_TEMPLATES, plan_template
 from portal.services.subscriptions import plan_create
 from tests.factories import BusinessPlanFactory
@@ -145,3 +145,14 @@ def test_consumers_see_a_plans_limits_in_words(client, ticker_api):
     assert "5,000 events per day" in page
     assert "2.0 GB per month" in page and "3 at once" in page
     assert "Unlimited" in page  # the Free plan and Metered's event quota
+
+
+def test_a_retired_api_takes_no_new_plan_and_offers_no_plan_form(alice, client, ticker_api):
+    ticker_api.status = API.Status.RETIRED
+    ticker_api.save()
+    with pytest.raises(ValidationError) as refused:
+        plan_create(api=ticker_api, name="Late")
+    assert "retired" in refused.value.message_dict["name"][0]
+    assert not ticker_api.plans.filter(name="Late").exists()
+    client.force_login(alice)
+    assert 'id="add-plan"' not in client.get("/provider/apis/ticker/").content.decode()
