@@ -311,3 +311,19 @@ class ReasonForm(forms.Form):
         self.fields["reason"].required = required
         if required:
             self.fields["reason"].error_messages["required"] = "Give a reason: the requester sees it."
+
+
+class OrganizationForm(forms.Form):
+    """The name consumers see as the provider of a user's APIs (``User.organization``)."""
+
+    organization = forms.CharField(
+        max_length=100,
+        required=False,
+        label="Provider name shown to consumers",
+        help_text="Your company or team. Left empty, consumers see your email's domain, never the address.",
+        widget=forms.TextInput(attrs={"placeholder": "e.g. Acme Markets"}),
+    )
+
+    def clean_organization(self) -> str:
+        # PostgreSQL text cannot hold NUL, and control characters have no place in a name.
+        return "".join(char for char in self.cleaned_data["organization"] if char.isprintable()).strip()

@@ -52,6 +52,9 @@ class User(AbstractUser):
     username = None  # type: ignore[assignment]
     email = models.EmailField("email address", unique=True)
     is_provider = models.BooleanField(default=False, help_text="May publish APIs.")
+    organization = models.CharField(
+        max_length=100, blank=True, help_text="Shown to consumers as the provider of this user's APIs."
+    )
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []
@@ -60,6 +63,12 @@ class User(AbstractUser):
 
     def __str__(self) -> str:
         return self.email
+
+    @property
+    def public_name(self) -> str:
+        """How consumers and anonymous visitors see this user as a provider: ``organization``,
+        else the domain of the email address. Never the whole address, which stays private."""
+        return self.organization or self.email.rpartition("@")[2] or "Unnamed provider"
 
 
 class APIQuerySet(models.QuerySet["API"]):

@@ -219,7 +219,11 @@ class APIListSerializer(serializers.ModelSerializer[API]):
     blocked (connections refused); the view prefetches ``live_versions`` and ``approved_plans``."""
 
     latest_version = serializers.SerializerMethodField()
-    provider = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    provider = serializers.CharField(
+        source="provider.public_name",
+        read_only=True,
+        help_text="The provider's public name (never an email).",
+    )
     plans = PlanSummarySerializer(source="approved_plans", many=True, read_only=True)
 
     class Meta:
@@ -248,7 +252,11 @@ class APIDetailSerializer(serializers.ModelSerializer[API]):
     versions the reader may see (``api.visible_versions``) and its plans (``api.visible_plans``:
     approved ones; every plan with its approval for the owner). Prices in minor units."""
 
-    provider = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    provider = serializers.CharField(
+        source="provider.public_name",
+        read_only=True,
+        help_text="The provider's public name (never an email).",
+    )
     version = APIVersionSerializer(source="latest", read_only=True, allow_null=True)
     versions = APIVersionSummarySerializer(source="visible_versions", many=True, read_only=True)
     plans = BusinessPlanSerializer(source="visible_plans", many=True, read_only=True)

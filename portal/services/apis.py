@@ -70,6 +70,14 @@ def api_import(*, provider: User, content: bytes | str, filename: str, api: API 
     raise AssertionError("unreachable")
 
 
+def provider_organization_set(*, provider: User, organization: str) -> User:
+    """Set the name consumers see as the provider of ``provider``'s APIs (``User.public_name``);
+    ``""`` falls back to the email's domain. At most 100 characters (the form checks)."""
+    provider.organization = organization.strip()[:100]
+    provider.save(update_fields=["organization"])
+    return provider
+
+
 def _storable_filename(filename: str) -> str:
     """The upload's name without control characters or lone surrogates, which PostgreSQL
     cannot store (a multipart name or a JSON ``filename`` may hold anything)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
-from portal.models import API, APIVersion, Channel
+from portal.models import API, APIVersion, Channel, User
 
 # Longer text is cut: nobody types more, and LIKE over long patterns only costs time.
 MAX_TEXT = 200
@@ -42,7 +42,8 @@ def api_search(
     - ``tag``: one of the API's tags (``info.tags`` names), case-insensitive, whole name;
     - ``protocol``: one of the protocols of the API's document servers (``mqtt``, ``ws``, …),
       case-insensitive;
-    - ``provider``: the provider's email (case-insensitive) or user id;
+    - ``provider``: the provider's public name (``User.public_name``: organization, else the
+      email's domain; case-insensitive) or user id;
     - ``status``: ``published``, ``deprecated`` or ``blocked`` (any other value matches nothing:
       drafts and retired APIs are never listed).
 
@@ -58,7 +59,10 @@ def api_search(
         if provider.isdigit() and len(provider) <= MAX_ID_DIGITS:
             apis = apis.filter(provider_id=int(provider))
         else:
-            apis = apis.filter(provider__email__iexact=provider)
+            apis = apis.filter(
+                Q(provider__organization__iexact=provider)
+                | Q(provider__organization="", provider__email__iendswith=f"@{provider}")
+            )
     if tag:
         apis = apis.filter(pk__in=_ids_where("tags", lambda tags: tag.casefold() in _folded(tags)))
     if protocol:
@@ -85,7 +89,7 @@ class CatalogFacets:
     """What the catalog's filters offer, with how many listed APIs each choice has.
 
     ``tags`` and ``protocols``: ``[(name, count)]`` by count then name (protocols lower-case);
-    ``providers``: ``[(user id, email, count)]`` by email; ``statuses``: ``[(status, label,
+    ``providers``: ``[(user id, public name, count)]`` by name; ``statuses``: ``[(status, label,
     count)]`` for the listed states, in lifecycle order, zero counts included.
     """
 
@@ -97,15 +101,17 @@ class CatalogFacets:
 
 def catalog_facets() -> CatalogFacets:
     """The filter choices over the whole listed catalog (one query)."""
-    rows = API.objects.listed().values_list("tags", "protocols", "provider_id", "provider__email", "status")
+    rows = API.objects.listed().values_list(
+        "tags", "protocols", "provider_id", "provider__organization", "provider__email", "status"
+    )
     tags: Counter[str] = Counter()
     protocols: Counter[str] = Counter()
     providers: Counter[tuple[int, str]] = Counter()
     statuses: Counter[str] = Counter()
-    for row_tags, row_protocols, provider_id, email, status in rows:
+    for row_tags, row_protocols, provider_id, organization, email, status in rows:
         tags.update(set(_strings(row_tags)))
         protocols.update({value.lower() for value in _strings(row_protocols)})
-        providers[(provider_id, email)] += 1
+        providers[(provider_id, User(organization=organization, email=email).public_name)] += 1
         statuses[status] += 1
 
     def ranked(counter: Counter[str]) -> list[tuple[str, int]]:
@@ -114,7 +120,9 @@ def catalog_facets() -> CatalogFacets:
     return CatalogFacets(
         tags=ranked(tags),
         protocols=ranked(protocols),
-        providers=sorted(((pk, email, n) for (pk, email), n in providers.items()), key=lambda p: p[1]),
+        providers=sorted(
+            ((pk, name, n) for (pk, name), n in providers.items()), key=lambda p: (p[1].casefold(), p[0])
+        ),
         statuses=[(status, API.Status(status).label, statuses[status]) for status in API.LISTED_STATUSES],
     )
 

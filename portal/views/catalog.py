@@ -77,26 +77,32 @@ CATALOG_FILTERS = ("q", "tag", "protocol", "provider", "status")
 def api_list(request: HttpRequest) -> HttpResponse:
     """The catalog: listed APIs, 20 a page, searched with ``?q=`` (name, summary, description,
     tags, channel addresses of live versions) and filtered by ``tag``, ``protocol``, ``provider``
-    (email or id) and ``status`` (published, deprecated, blocked); see ``api_search``."""
+    (public name or id) and ``status`` (published, deprecated, blocked); see ``api_search``."""
     criteria = {name: clean_text(request.GET.get(name)) for name in CATALOG_FILTERS}
-    apis = api_search(
-        text=criteria["q"],
-        tag=criteria["tag"],
-        protocol=criteria["protocol"],
-        provider=criteria["provider"],
-        status=criteria["status"],
-    ).prefetch_related(
-        Prefetch(
-            "versions",
-            # The stored document and source can be megabytes: never load them for a list (and on
-            # SQLite, GROUP BY would include them and take seconds).
-            queryset=APIVersion.objects.filter(status__in=APIVersion.LIVE_STATUSES)
-            .defer("document", "source", "source_files")
-            .annotate(channel_count=Count("channels"))
-            .order_by("-created"),
-            to_attr="live_versions",
-        ),
-        Prefetch("plans", queryset=BusinessPlan.objects.filter(is_approved=True), to_attr="approved_plans"),
+    apis = (
+        api_search(
+            text=criteria["q"],
+            tag=criteria["tag"],
+            protocol=criteria["protocol"],
+            provider=criteria["provider"],
+            status=criteria["status"],
+        )
+        .select_related("provider")
+        .prefetch_related(
+            Prefetch(
+                "versions",
+                # The stored document and source can be megabytes: never load them for a list (and on
+                # SQLite, GROUP BY would include them and take seconds).
+                queryset=APIVersion.objects.filter(status__in=APIVersion.LIVE_STATUSES)
+                .defer("document", "source", "source_files")
+                .annotate(channel_count=Count("channels"))
+                .order_by("-created"),
+                to_attr="live_versions",
+            ),
+            Prefetch(
+                "plans", queryset=BusinessPlan.objects.filter(is_approved=True), to_attr="approved_plans"
+            ),
+        )
     )
     page = Paginator(apis, CATALOG_PAGE_SIZE).get_page(clean_text(request.GET.get("page"), limit=12))
     for api in page:

@@ -19,10 +19,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES, AsyncAPIError, DocumentTooLargeError
-from portal.forms import ImportForm, PlanForm, ReasonForm, add_service_errors
+from portal.forms import ImportForm, OrganizationForm, PlanForm, ReasonForm, add_service_errors
 from portal.models import API, APIVersion, Subscription, User
 from portal.plans import PLAN_TEMPLATES, plan_template
-from portal.services.apis import api_import, api_publish
+from portal.services.apis import api_import, api_publish, provider_organization_set
 from portal.services.lifecycle import Block, api_block_details, api_transition, api_version_transition
 from portal.services.subscriptions import plan_create
 from portal.views.catalog import channels_of, summary_repeats_description
@@ -46,7 +46,18 @@ def _get_version_for_provider(request: HttpRequest, api: API, version_id: int) -
 
 @provider_required
 def provider_api_list(request: HttpRequest) -> HttpResponse:
-    """The provider's own APIs with their versions, plans and subscriber counts."""
+    """The provider's own APIs with their versions, plans and subscriber counts; POST sets the
+    organization name consumers see as the provider of these APIs."""
+    organization_form = OrganizationForm(
+        request.POST if request.method == "POST" else None,
+        initial={"organization": request.user.organization},
+    )
+    if request.method == "POST" and organization_form.is_valid():
+        provider_organization_set(
+            provider=request.user, organization=organization_form.cleaned_data["organization"]
+        )
+        messages.success(request, f"Consumers now see your APIs as provided by {request.user.public_name}.")
+        return redirect("portal:provider_api_list")
     apis = (
         API.objects.filter(provider=request.user)
         .prefetch_related(Prefetch("versions", queryset=APIVersion.objects.order_by("-created")))
@@ -61,7 +72,9 @@ def provider_api_list(request: HttpRequest) -> HttpResponse:
             ),
         )
     )
-    return render(request, "portal/provider/api_list.html", {"apis": apis})
+    return render(
+        request, "portal/provider/api_list.html", {"apis": apis, "organization_form": organization_form}
+    )
 
 
 def _csrf_rejection(request: HttpRequest) -> HttpResponse | None:

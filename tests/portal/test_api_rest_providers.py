@@ -63,9 +63,9 @@ def test_catalog_search_filters_and_paginates_with_link_headers(client, alice, t
         "weather-1",
         "weather-2",
     ]
-    assert [
-        api["slug"] for api in client.get("/api/v1/apis/?provider=alice@example.com&q=ticker").json()
-    ] == ["ticker"]
+    assert [api["slug"] for api in client.get("/api/v1/apis/?provider=example.com&q=ticker").json()] == [
+        "ticker"
+    ]
     assert client.get("/api/v1/apis/?provider=carol@example.com").json() == []
     assert client.get("/api/v1/apis/?status=deprecated").json() == []
 
@@ -479,3 +479,13 @@ def test_plan_names_are_unique_whatever_their_letter_case(client, alice, ticker_
     assert response.status_code == 400
     assert response.json()["name"] == ["Ticker already has a plan called “Free”."]
     assert list(ticker_api.plans.order_by("name").values_list("name", flat=True)) == ["Free", "Gold"]
+
+
+def test_the_catalog_names_providers_by_organization_never_by_email(client, ticker_api, alice):
+    alice.organization = "Ticker Data Ltd"
+    alice.save()
+    listing = client.get("/api/v1/apis/").json()
+    detail = client.get("/api/v1/apis/ticker/")
+    assert [api["provider"] for api in listing] == ["Ticker Data Ltd"]
+    assert detail.json()["provider"] == "Ticker Data Ltd"
+    assert "alice@example.com" not in detail.content.decode()

@@ -41,8 +41,10 @@ def _api(
 
 @pytest.fixture
 def catalog(db, alice):
-    """Weather (mqtt, tags iot/weather), Trains (kafka, tag transport, deprecated), Alarms
-    (blocked), plus a draft and a retired API that must never show."""
+    """Weather (mqtt, tags iot/weather; alice's, as "Alice Weather Co"), Trains (kafka, tag
+    transport, deprecated), Alarms (blocked), plus a draft and a retired API that must never show."""
+    alice.organization = "Alice Weather Co"
+    alice.save()
     return {
         "weather": _api(
             "Weather",
@@ -111,7 +113,7 @@ def test_channels_of_draft_versions_of_a_listed_api_are_not_searched(client, cat
         ("status=deprecated", ["Trains"]),
         ("status=blocked", ["Alarms"]),
         ("status=published&q=weather", ["Weather"]),
-        ("provider=alice@example.com", ["Weather"]),
+        ("provider=alice weather co", ["Weather"]),
         ("tag=iot&protocol=kafka", []),
     ],
 )
@@ -122,7 +124,16 @@ def test_filters_narrow_the_catalog(client, catalog, params, expected):
 def test_provider_filter_takes_the_providers_id(client, catalog, alice):
     page = _content(client.get(f"/apis/?provider={alice.pk}"))
     assert _names(page) == ["Weather"]
-    assert f'<option value="{alice.pk}" selected>alice@example.com (1)</option>' in page
+    assert f'<option value="{alice.pk}" selected>Alice Weather Co (1)</option>' in page
+    assert "alice@example.com" not in page  # a provider's email address is never public
+
+
+def test_providers_without_an_organization_show_as_their_email_domain(client, catalog, alice):
+    alice.organization = ""
+    alice.save()
+    page = _content(client.get("/apis/?provider=example.com"))
+    assert "Weather" in _names(page)
+    assert "alice@example.com" not in page
 
 
 def test_filter_choices_show_how_many_apis_each_has(client, catalog):

@@ -886,3 +886,18 @@ def test_500_page_renders_without_a_request_context(rf: RequestFactory, db):
     assert response.status_code == 500
     page = _content(response)
     assert "Something went wrong on our side" in page and "eg-navbar" in page
+
+
+def test_provider_sets_the_name_consumers_see_and_the_email_stays_private(client, alice, ticker_api):
+    client.force_login(alice)
+    refused = client.post("/provider/apis/", {"organization": "Ticker\x00"})
+    assert "Null characters are not allowed" in refused.content.decode()
+    response = client.post("/provider/apis/", {"organization": "  Ticker Data\u200b Ltd "})
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert alice.organization == "Ticker Data Ltd"
+    client.logout()
+    for url in ("/apis/", "/apis/ticker/"):
+        page = client.get(url).content.decode()
+        assert "Ticker Data Ltd" in page
+        assert "alice@example.com" not in page

@@ -39,7 +39,7 @@ CREDENTIALS_PATH = Path(settings.DEMO_CREDENTIALS_PATH)
 class DemoAccount:
     email: str
     role: str
-    flags: dict[str, bool]
+    flags: dict[str, bool | str]
 
 
 ACCOUNTS = (
@@ -51,7 +51,12 @@ ACCOUNTS = (
     DemoAccount(
         "provider@eventgate.local",
         "provider of Stock Prices and Train Departures",
-        {"is_staff": False, "is_superuser": False, "is_provider": True},
+        {
+            "is_staff": False,
+            "is_superuser": False,
+            "is_provider": True,
+            "organization": "Eventgate Demo Data",
+        },
     ),
     DemoAccount(
         "consumer@eventgate.local",
