@@ -7,8 +7,10 @@ API key. So the document consumers see and download keeps every channel, operati
 schema as written and changes only where and how to connect:
 
 - ``servers``: one server, the gateway's WebSocket root of the version
-  (``ws(s)://<host>/ws/<api>/<version>``; a channel's URL is the root plus its address —
-  docs/gateway.md). AsyncAPI 2.x: Server Object ``url`` and ``protocol`` (2.6.0 §Server Object);
+  (``ws(s)://<host>/ws/<api>/<version>/``; a channel's URL is the root plus its address —
+  docs/gateway.md). The root ends with ``/`` so that tools which join the server URL and the
+  channel address (as AsyncAPI code generators do) build a URL the gateway accepts, for
+  addresses with or without a leading ``/`` (the gateway drops an extra one). AsyncAPI 2.x: Server Object ``url`` and ``protocol`` (2.6.0 §Server Object);
   3.x: ``host``, ``pathname`` and ``protocol`` (3.0.0 §Server Object).
 - ``components.securitySchemes``: the credentials the gateway accepts (gateway/auth.py): the API
   key as ``Authorization: Bearer`` (RFC 6750 §2.1; Security Scheme ``http``/``bearer``) or in the
@@ -44,8 +46,8 @@ FORMATS = ("yaml", "json")
 # Plain text: the AsyncAPI web component shows code spans in these descriptions with their
 # backticks, so none are used.
 _SERVER_DESCRIPTION = (
-    "Eventgate, the API gateway of this portal. Connect a WebSocket to this URL followed by a slash "
-    "and the channel address with its parameters filled in. Authenticate with your application's "
+    "Eventgate, the API gateway of this portal. Connect a WebSocket to this URL followed by "
+    "the channel address with its parameters filled in. Authenticate with your application's "
     "API key, as an Authorization: Bearer header or, where a client cannot set headers (browsers), "
     "in the access_token query parameter."
 )
@@ -88,7 +90,7 @@ def consumer_document(*, api_version: APIVersion, base_url: str) -> dict[str, An
 
     if str(document.get("asyncapi", "")).startswith("2."):
         security: list[Any] = [{BEARER_SCHEME: []}, {QUERY_SCHEME: []}]
-        server: dict[str, Any] = {"url": f"{scheme}://{host}{root}", "protocol": scheme}
+        server: dict[str, Any] = {"url": f"{scheme}://{host}{root}/", "protocol": scheme}
         channel_maps = [document.get("channels")]
         operations = [
             item.get(action)
@@ -99,7 +101,7 @@ def consumer_document(*, api_version: APIVersion, base_url: str) -> dict[str, An
         security = [
             {"$ref": f"#/components/securitySchemes/{name}"} for name in (BEARER_SCHEME, QUERY_SCHEME)
         ]
-        server = {"host": host, "pathname": root, "protocol": scheme, "title": "Eventgate gateway"}
+        server = {"host": host, "pathname": f"{root}/", "protocol": scheme, "title": "Eventgate gateway"}
         channel_maps = [document.get("channels"), components.get("channels")]
         operations = [*_values(document.get("operations")), *_values(components.get("operations"))]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway.routing import websocket_urlpatterns
 from portal.asyncapi import parse_document
 from portal.consumer_document import consumer_document, document_dump
 from portal.services.apis import api_import, api_publish
@@ -59,12 +60,12 @@ def test_every_shared_document_gives_a_valid_consumer_document_with_the_gateways
     [server] = document["servers"].values()
     assert _schemes(document) == {"bearer": BEARER, "accessToken": QUERY}
     if version.asyncapi_version.startswith("2."):
-        assert server["url"] == f"wss://portal.example.com/ws/{version.api.slug}/{version.version}"
+        assert server["url"] == f"wss://portal.example.com/ws/{version.api.slug}/{version.version}/"
         assert server["security"] == [{"bearer": []}, {"accessToken": []}]
     else:
         assert (server["host"], server["pathname"]) == (
             "portal.example.com",
-            f"/ws/{version.api.slug}/{version.version}",
+            f"/ws/{version.api.slug}/{version.version}/",
         )
         assert server["security"] == [
             {"$ref": "#/components/securitySchemes/bearer"},
@@ -161,7 +162,7 @@ def test_yaml_download_is_an_attachment_with_the_gateways_server(client, setting
     assert response["Content-Disposition"] == f'attachment; filename="{slug}-{number}.asyncapi.yaml"'
     document = yaml.safe_load(response.content)
     assert document["servers"]["eventgate"]["host"] == "events.example.com"
-    assert document["servers"]["eventgate"]["pathname"] == f"/ws/{slug}/{number}"
+    assert document["servers"]["eventgate"]["pathname"] == f"/ws/{slug}/{number}/"
     assert document["channels"].keys() == published_gemini.document["channels"].keys()
 
 
@@ -203,3 +204,20 @@ def test_original_upload_is_downloadable_by_its_provider_only(client, alice, bob
     assert response.status_code == 200
     assert response.content == (SHARED_ASYNCAPI / "spec_websocket-gemini-asyncapi.yml").read_bytes()
     assert response["Content-Disposition"] == 'attachment; filename="spec_websocket-gemini-asyncapi.yml"'
+
+
+def test_server_url_joined_with_a_channel_address_is_a_gateway_url(alice):
+    """Code generators join the server URL and the channel address as strings; both address
+    shapes (``prices/{symbol}``, ``/v1/marketdata/{symbol}``) must give a path the gateway
+    routes to that channel."""
+    gateway_route = websocket_urlpatterns[0].pattern.regex
+    for name in ("spec_websocket-gemini-asyncapi.yml", "supermq_websocket.yaml"):
+        version = _import(alice, SHARED_ASYNCAPI / name)
+        document = consumer_document(api_version=version, base_url="http://127.0.0.1:8000")
+        [server] = document["servers"].values()
+        root = server["url"].removeprefix("ws://127.0.0.1:8000") if "url" in server else server["pathname"]
+        for channel in version.channels.all():
+            path = root + channel.example_address()
+            found = gateway_route.match(path.removeprefix("/"))
+            assert found is not None, path
+            assert found["address"].strip("/") == channel.example_address().strip("/")
