@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import path, re_path
 
 from portal import api
+from portal.api.common import endpoint_not_found
 
 app_name = "api"
 urlpatterns = [
@@ -70,4 +71,6 @@ urlpatterns = [
     path("subscriptions/", api.SubscriptionListView.as_view(), name="subscription_list"),
     path("subscriptions/<int:pk>/", api.SubscriptionDetailView.as_view(), name="subscription_detail"),
     path("subscriptions/<int:pk>/cancel", api.SubscriptionCancelView.as_view(), name="subscription_cancel"),
+    # Last: anything else under /api/v1/ is a JSON 404, not the portal's HTML page.
+    re_path(r"^(?P<path>.*)$", endpoint_not_found, name="not_found"),
 ]

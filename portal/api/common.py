@@ -10,8 +10,9 @@ from typing import Any, Literal
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch, QuerySet
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.urls import Resolver404, resolve
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import exceptions, permissions, serializers
 from rest_framework.authentication import SessionAuthentication
@@ -228,3 +229,23 @@ def api_detail(user: User, api: API) -> dict[str, Any]:
         api.plans.all() if manages(user, api) else api.plans.filter(is_approved=True)
     )
     return APIDetailSerializer(api).data
+
+
+def endpoint_not_found(request: HttpRequest, path: str) -> HttpResponse:
+    """A JSON 404 for paths under ``/api/v1/`` that name no endpoint, instead of the portal's
+    HTML page: ``{"detail": ...}`` like every other v1 error. A path that lacks only its
+    trailing slash is redirected to it for GET and HEAD, as Django's ``APPEND_SLASH`` would do
+    (this catch-all route otherwise stops that redirect)."""
+    with_slash = f"{request.path}/"
+    if request.method in ("GET", "HEAD") and not request.path.endswith("/"):
+        try:
+            match = resolve(with_slash)
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not endpoint_not_found:
+            query = request.META.get("QUERY_STRING", "")
+            return HttpResponsePermanentRedirect(with_slash + (f"?{query}" if query else ""))
+    return JsonResponse(
+        {"detail": f"No endpoint at {request.path}; GET /api/v1/ lists them, /api/docs/ documents them."},
+        status=404,
+    )

@@ -383,3 +383,13 @@ def test_api_docs_load_swagger_ui_from_this_server_not_a_cdn(client):
     page = client.get("/api/docs/").content.decode()
     assert "cdn." not in page and "jsdelivr" not in page
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in page
+
+
+def test_unknown_endpoints_answer_json_404_and_a_missing_slash_redirects(client):
+    response = client.get("/api/v1/no-such-thing")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert "GET /api/v1/ lists them" in response.json()["detail"]
+    redirect = client.get("/api/v1/apis?q=x")
+    assert (redirect.status_code, redirect["Location"]) == (301, "/api/v1/apis/?q=x")
+    assert client.post("/api/v1/apis").status_code == 404
