@@ -89,8 +89,11 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
                     f"key {grant.key_id}: revoked, subscription ended or API unavailable during the handshake"
                 )
         except HandshakeRefused as refusal:
-            # %r: the path comes from the client; repr keeps it on one log line.
-            log.info("Refused handshake for %r from %s: %s", self.scope["path"], self._peer(), refusal)
+            # %r: the path comes from the client; repr keeps it on one log line, and the cut keeps
+            # a 6 KB address from filling the log (the reason may repeat it: cut too).
+            log.info(
+                "Refused handshake for %.300r from %s: %.500s", self.scope["path"], self._peer(), refusal
+            )
             await self.close()  # before accept: daphne answers HTTP 403
             return
         await self._stream(grant)

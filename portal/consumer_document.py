@@ -10,8 +10,9 @@ schema as written and changes only where and how to connect:
   (``ws(s)://<host>/ws/<api>/<version>/``; a channel's URL is the root plus its address —
   docs/gateway.md). The root ends with ``/`` so that tools which join the server URL and the
   channel address (as AsyncAPI code generators do) build a URL the gateway accepts, for
-  addresses with or without a leading ``/`` (the gateway drops an extra one). AsyncAPI 2.x: Server Object ``url`` and ``protocol`` (2.6.0 §Server Object);
-  3.x: ``host``, ``pathname`` and ``protocol`` (3.0.0 §Server Object).
+  addresses with or without a leading ``/`` (the gateway drops an extra one). AsyncAPI 2.x:
+  Server Object ``url`` and ``protocol`` (2.6.0 §Server Object); 3.x: ``host``, ``pathname`` and
+  ``protocol`` (3.0.0 §Server Object).
 - ``components.securitySchemes``: the credentials the gateway accepts (gateway/auth.py): the API
   key as ``Authorization: Bearer`` (RFC 6750 §2.1; Security Scheme ``http``/``bearer``) or in the
   ``access_token`` query parameter (RFC 6750 §2.3; ``httpApiKey`` ``in: query``).

@@ -91,6 +91,9 @@ def _parse_valid(bundle: Bundle, version: str) -> ParsedDocument:
     data: dict[str, Any] = bundle.data
     info = data["info"]
     title = as_text(info.get("title"))
+    if not title:
+        # The schema requires a string; a blank one would make an API nobody can name or find.
+        raise AsyncAPIError("info.title is blank; give the API a name", pointer="/info/title")
     check_length(title, MAX_TITLE, "/info/title", "the title")
     api_version = _api_version(info.get("version"))
     resolver = Resolver(data)

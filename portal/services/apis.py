@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
@@ -72,8 +72,21 @@ def api_import(*, provider: User, content: bytes | str, filename: str, api: API 
 
 def provider_organization_set(*, provider: User, organization: str) -> User:
     """Set the name consumers see as the provider of ``provider``'s APIs (``User.public_name``);
-    ``""`` falls back to the email's domain. At most 100 characters (the form checks)."""
-    provider.organization = organization.strip()[:100]
+    ``""`` falls back to the email's domain. At most 100 characters (the form checks).
+
+    Raises ``ValidationError`` (field ``organization``) for a name with ``@`` (an email address
+    would be shown to everyone) or one another user already has in any letter case (consumers
+    could not tell the two providers apart, and one could pass for the other).
+    """
+    organization = organization.strip()[:100]
+    if "@" in organization:
+        raise ValidationError({"organization": "Use a company or team name, not an email address."})
+    if (
+        organization
+        and User.objects.filter(organization__iexact=organization).exclude(pk=provider.pk).exists()
+    ):
+        raise ValidationError({"organization": f"Another provider is already called “{organization}”."})
+    provider.organization = organization
     provider.save(update_fields=["organization"])
     return provider
 

@@ -20,7 +20,9 @@ Rules beyond the transition tables, and why:
   The table still allows the other state, for a caller who asks for it by name.
 - Retiring an API ends its subscriptions in the same transaction: active ones are cancelled
   (billing stops charging flat fees for an API nobody can use), pending ones are rejected with
-  the reason "The API was retired.". Each is saved with ``save()``, so the gateway hears of it.
+  the reason "The API was retired." (and the provider's reason, when given). Each is saved with
+  ``save()``, so the gateway hears of it. Its versions are retired too, and plans still awaiting
+  approval are rejected, so nothing is left waiting on a decision nobody can make.
 - ``API.tags`` and ``API.protocols`` follow the newest live version: every version move
   refreshes them (``API.refresh_tags_and_protocols``).
 """
@@ -146,7 +148,10 @@ def _api_transition(*, api: API, to_status: str, actor: User | None, reason: str
                 raise PermissionDenied("An admin blocked this API; only an admin can lift the block.")
         _api_move(api=locked, to_status=to_status, actor=actor, reason=reason)
         if to_status == API.Status.RETIRED:
-            _subscriptions_end(api=locked, actor=actor, at=locked.status_changed_at or timezone.now())
+            at = locked.status_changed_at or timezone.now()
+            ending = f"{RETIRED_REASON[:-1]}: {reason}" if reason else RETIRED_REASON
+            _subscriptions_end(api=locked, actor=actor, at=at, reason=ending)
+            _retired_api_wind_up(api=locked, actor=actor, at=at)
     api.refresh_from_db()
     return api
 
@@ -161,10 +166,11 @@ def _api_move(*, api: API, to_status: str, actor: User | None, reason: str) -> N
     api.save(update_fields=["status", "status_changed_at"])
 
 
-def _subscriptions_end(*, api: API, actor: User | None, at: datetime) -> None:
+def _subscriptions_end(*, api: API, actor: User | None, at: datetime, reason: str) -> None:
     """End the live subscriptions of a retired ``api``: active → cancelled, pending → rejected,
-    each with ``RETIRED_REASON`` and the retiring ``actor``. One ``save()`` per subscription, so
-    ``gateway.signals`` closes their connections and billing sees a status that stops charging."""
+    each with ``reason`` (``RETIRED_REASON``, plus the provider's own reason when they gave one)
+    and the retiring ``actor``. One ``save()`` per subscription, so ``gateway.signals`` closes
+    their connections and billing sees a status that stops charging."""
     live = Subscription.objects.select_for_update().filter(
         api=api, status__in=[Subscription.Status.ACTIVE, Subscription.Status.PENDING]
     )
@@ -175,8 +181,19 @@ def _subscriptions_end(*, api: API, actor: User | None, at: datetime) -> None:
             else Subscription.Status.REJECTED
         )
         subscription.decided_at, subscription.decided_by = at, actor
-        subscription.decision_reason = RETIRED_REASON
+        subscription.decision_reason = reason
         subscription.save(update_fields=["status", "decided_at", "decided_by", "decision_reason"])
+
+
+def _retired_api_wind_up(*, api: API, actor: User | None, at: datetime) -> None:
+    """Retire every version of a retired ``api`` (recorded as events, saved with ``save()`` so the
+    gateway hears of it) and reject its plans still awaiting approval: nobody could ever approve
+    them, and the provider would see them waiting for good."""
+    for version in api.versions.select_for_update().exclude(status=APIVersion.Status.RETIRED):
+        _version_move(api_version=version, to_status=APIVersion.Status.RETIRED, actor=actor, reason="")
+    api.plans.filter(is_approved=False, rejected_at__isnull=True).update(
+        rejected_at=at, decided_at=at, decided_by=actor, decision_reason=RETIRED_REASON
+    )
 
 
 def api_version_transition(

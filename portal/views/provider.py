@@ -53,11 +53,18 @@ def provider_api_list(request: HttpRequest) -> HttpResponse:
         initial={"organization": request.user.organization},
     )
     if request.method == "POST" and organization_form.is_valid():
-        provider_organization_set(
-            provider=request.user, organization=organization_form.cleaned_data["organization"]
-        )
-        messages.success(request, f"Consumers now see your APIs as provided by {request.user.public_name}.")
-        return redirect("portal:provider_api_list")
+        try:
+            provider_organization_set(
+                provider=request.user, organization=organization_form.cleaned_data["organization"]
+            )
+        except ValidationError as error:
+            request.user.refresh_from_db(fields=["organization"])
+            add_service_errors(organization_form, error)
+        else:
+            messages.success(
+                request, f"Consumers now see your APIs as provided by {request.user.public_name}."
+            )
+            return redirect("portal:provider_api_list")
     apis = (
         API.objects.filter(provider=request.user)
         .prefetch_related(Prefetch("versions", queryset=APIVersion.objects.order_by("-created")))

@@ -228,7 +228,8 @@ def test_a_retired_apis_plan_cannot_be_approved_and_leaves_the_queue(client, adm
     with pytest.raises(ValidationError, match="Ticker is retired; its plans can no longer be offered."):
         plan_approve(plan=platinum, approver=admin_user)
     platinum.refresh_from_db()
-    assert platinum.approval_status == "pending"
+    # Retiring rejected it, so the provider does not see it waiting for good.
+    assert (platinum.approval_status, platinum.decision_reason) == ("rejected", "The API was retired.")
 
     client.force_login(admin_user)
     assert "Platinum" not in _content(client.get("/staff/approvals/"))

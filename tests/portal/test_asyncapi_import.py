@@ -1137,3 +1137,13 @@ def test_a_refused_import_of_a_new_version_stores_nothing_and_keeps_the_api_tags
     assert row_counts() == before
     version.api.refresh_from_db()
     assert version.api.tags == ["prices", "live"]
+
+
+def test_a_blank_title_is_refused_at_info_title(alice):
+    document = V30.replace("title: T", "title: '   '", 1)
+    before = row_counts()
+    with pytest.raises(AsyncAPIError) as caught:
+        api_import(provider=alice, content=document, filename="blank.yaml")
+    assert caught.value.pointer == "/info/title"
+    assert "blank" in caught.value.message
+    assert row_counts() == before

@@ -448,3 +448,16 @@ def test_tags_and_protocols_follow_version_moves(alice):
     api.refresh_from_db()
     assert (api.tags, api.protocols) == (["v1"], ["ws"])
     assert old.status == "published"
+
+
+def test_retiring_an_api_retires_its_versions_and_tells_consumers_the_providers_reason(
+    alice, bob, ticker_api
+):
+    subscription = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob, name="Desk"), plan=ticker_api.plans.get(name="Free")
+    )
+    api_transition(api=ticker_api, to_status="retired", actor=alice, reason="Replaced by Ticker 2")
+    subscription.refresh_from_db()
+    assert subscription.decision_reason == "The API was retired: Replaced by Ticker 2"
+    assert set(ticker_api.versions.values_list("status", flat=True)) == {"retired"}
+    assert ticker_api.lifecycle_events.filter(api_version__isnull=False, to_status="retired").exists()

@@ -901,3 +901,17 @@ def test_provider_sets_the_name_consumers_see_and_the_email_stays_private(client
         page = client.get(url).content.decode()
         assert "Ticker Data Ltd" in page
         assert "alice@example.com" not in page
+
+
+def test_a_provider_name_taken_by_another_provider_or_shaped_like_an_email_is_refused(client, alice, carol):
+    carol.organization = "Weather Works"
+    carol.save()
+    client.force_login(alice)
+    for name, error in (
+        ("weather WORKS", "Another provider is already called"),
+        ("carol@example.com", "not an email address"),
+    ):
+        page = client.post("/provider/apis/", {"organization": name}).content.decode()
+        assert error in page
+    alice.refresh_from_db()
+    assert alice.organization == ""
