@@ -17,6 +17,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 from django.urls import reverse
 from django.utils import timezone
 
@@ -55,6 +56,15 @@ class User(AbstractUser):
     organization = models.CharField(
         max_length=100, blank=True, help_text="Shown to consumers as the provider of this user's APIs."
     )
+
+    class Meta(AbstractUser.Meta):
+        constraints = [
+            # Case-insensitive, and only for names that are set: one provider must not pass
+            # for another.
+            models.UniqueConstraint(
+                Lower("organization"), condition=~Q(organization=""), name="unique_organization_ci"
+            ),
+        ]
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []
@@ -463,7 +473,10 @@ class BusinessPlan(models.Model):
 
     class Meta:
         ordering = ["api", "flat_fee_minor", "name"]
-        constraints = [models.UniqueConstraint(fields=["api", "name"], name="unique_plan_name")]
+        constraints = [
+            # Case-insensitive: "Free" and "FREE" would read as one plan to consumers.
+            models.UniqueConstraint("api", Lower("name"), name="unique_plan_name_ci"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.api.name} — {self.name}"

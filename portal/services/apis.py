@@ -81,13 +81,19 @@ def provider_organization_set(*, provider: User, organization: str) -> User:
     organization = organization.strip()[:100]
     if "@" in organization:
         raise ValidationError({"organization": "Use a company or team name, not an email address."})
+    taken = ValidationError({"organization": f"Another provider is already called “{organization}”."})
     if (
         organization
         and User.objects.filter(organization__iexact=organization).exclude(pk=provider.pk).exists()
     ):
-        raise ValidationError({"organization": f"Another provider is already called “{organization}”."})
+        raise taken
     provider.organization = organization
-    provider.save(update_fields=["organization"])
+    try:
+        with transaction.atomic():  # unique_organization_ci: a concurrent request took it first
+            provider.save(update_fields=["organization"])
+    except IntegrityError:
+        provider.refresh_from_db(fields=["organization"])
+        raise taken from None
     return provider
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import ProtectedError
+from django.db.models import ProtectedError, QuerySet
 from django.utils import timezone
 
 from portal.models import API, APIKey, Application, BusinessPlan, Subscription, User
@@ -235,7 +235,7 @@ def plan_create(*, api: API, name: str, price_model: str | None = None, **fields
     with the amounts. Raises ``ValidationError`` with a field dict: ``name`` when empty or the
     API already has a plan of that name in any letter case (``free`` and ``FREE`` would read as
     one plan to consumers; also when a concurrent request created it after the check:
-    ``unique_plan_name``, which compares case-sensitively), and the fields
+    ``unique_plan_name_ci``), and the fields
     ``portal.plans.plan_fields_validate`` names; ``name`` also when the API is retired.
     """
     if api.status == API.Status.RETIRED:
@@ -248,18 +248,21 @@ def plan_create(*, api: API, name: str, price_model: str | None = None, **fields
         raise ValidationError({field: "Not a field of a business plan." for field in sorted(unknown)})
     plan_fields_validate(fields, price_model=price_model)
     same_name = api.plans.filter(name__iexact=name)
-    duplicate = ValidationError({"name": f"{api.name} already has a plan called “{name}”."})
     if same_name.exists():
-        existing = same_name.values_list("name", flat=True).first() or name
-        raise ValidationError({"name": f"{api.name} already has a plan called “{existing}”."})
+        raise _plan_name_taken(api, same_name, name)
     try:
         # A savepoint, so a caller's transaction stays usable after the duplicate is refused.
         with transaction.atomic():
             return BusinessPlan.objects.create(api=api, name=name, is_approved=False, **fields)
     except IntegrityError:
         if same_name.exists():
-            raise duplicate from None
+            raise _plan_name_taken(api, same_name, name) from None
         raise  # another constraint (a negative price from a direct call) is a bug, not a duplicate
+
+
+def _plan_name_taken(api: API, same_name: QuerySet[BusinessPlan], name: str) -> ValidationError:
+    existing = same_name.values_list("name", flat=True).first() or name
+    return ValidationError({"name": f"{api.name} already has a plan called “{existing}”."})
 
 
 def _plan_decide(*, plan: BusinessPlan, approver: User, approve: bool, reason: str) -> BusinessPlan:

@@ -709,14 +709,15 @@ def test_duplicate_plan_name_is_a_form_error(client, alice, ticker_api):
 
 def test_plan_name_taken_by_a_concurrent_request_is_a_form_error(client, alice, ticker_api, rival_creates):
     client.force_login(alice)
-    rival_creates(BusinessPlanFactory, api=ticker_api, name="Platinum", is_approved=False)
+    # The rival's name differs in case only: the database's constraint is case-insensitive too.
+    rival_creates(BusinessPlanFactory, api=ticker_api, name="PLATINUM", is_approved=False)
     response = client.post(
         "/provider/apis/ticker/",
         {"name": "Platinum", "flat_fee": "1", "included_events": "0", "price_per_1000_events": "0"},
     )
     assert response.status_code == 200
-    assert "Ticker already has a plan called “Platinum”." in _content(response)
-    assert BusinessPlan.objects.filter(name="Platinum").count() == 1
+    assert "Ticker already has a plan called “PLATINUM”." in _content(response)
+    assert BusinessPlan.objects.filter(name__iexact="Platinum").count() == 1
 
 
 @pytest.mark.parametrize(
@@ -913,5 +914,14 @@ def test_a_provider_name_taken_by_another_provider_or_shaped_like_an_email_is_re
     ):
         page = client.post("/provider/apis/", {"organization": name}).content.decode()
         assert error in page
+    alice.refresh_from_db()
+    assert alice.organization == ""
+
+
+def test_a_provider_name_taken_by_a_concurrent_request_is_a_form_error(client, alice, rival_creates):
+    client.force_login(alice)
+    rival_creates(UserFactory, organization="WEATHER works")
+    page = client.post("/provider/apis/", {"organization": "Weather Works"}).content.decode()
+    assert "Another provider is already called “Weather Works”." in page
     alice.refresh_from_db()
     assert alice.organization == ""
