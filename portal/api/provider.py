@@ -174,7 +174,8 @@ class APILifecycleView(V1View):
         "refused and closed) → retired (final). A move the lifecycle does not allow answers 400 naming "
         "the allowed ones. The provider or an admin; only an admin lifts an admin's block. To unblock, move "
         "to the state before the block (the pages' Unblock does; the other one is allowed too). Retiring "
-        "cancels active subscriptions and rejects pending ones.",
+        "cancels active subscriptions, rejects pending ones and plans awaiting approval, and retires every "
+        "version; the reason given is shown to the consumers.",
     )
     def post(self, request: Request, slug: str) -> Response:
         api = _move(request, api_transition, api=get_api_for_user(request.user, slug, access="manage"))
