@@ -374,14 +374,28 @@ class APIImportTextSerializer(serializers.Serializer[Any]):
     )
 
 
-class APIImportErrorSerializer(serializers.Serializer[Any]):
-    """Why a document was refused (400, or 413 when too large): ``pointer`` is a JSON pointer
-    (RFC 6901, ``""`` for the whole document), ``line`` 1-based in the file or null."""
+class APIImportProblemSerializer(serializers.Serializer[Any]):
+    """One problem in a refused document: ``pointer`` is a JSON pointer (RFC 6901, ``""`` for
+    the whole document), ``line`` 1-based in ``file`` (a zip upload's inner file) or null."""
 
     error = serializers.CharField()
     pointer = serializers.CharField(allow_blank=True)
     line = serializers.IntegerField(allow_null=True)
     file = serializers.CharField(allow_blank=True)
+
+
+class APIImportErrorSerializer(APIImportProblemSerializer):
+    """Why a document was refused (400, or 413 when too large). The top-level keys are the main
+    problem; on a 400 ``errors`` lists every problem reported, the main one first: schema
+    violations up to 20 (one per location, the rest in file and line order), any other refusal
+    just the one. A 413 has no ``errors``."""
+
+    errors = APIImportProblemSerializer(
+        many=True,
+        required=False,
+        help_text="Every problem reported, the main one first (400 only): up to 20 schema "
+        "violations, one per JSON pointer, the others in file and line order.",
+    )
 
 
 # --- applications, subscriptions, keys ---------------------------------------------------------

@@ -134,8 +134,11 @@ class APIImportView(V1View):
 
 def _import_error(error: AsyncAPIError) -> Response:
     too_large = isinstance(error, DocumentTooLargeError)
+    body = error.as_dict()
+    if not too_large:  # a 413 keeps its one-problem shape: there is nothing more to list
+        body["errors"] = [problem.as_dict() for problem in error.problems]
     return Response(
-        APIImportErrorSerializer(error.as_dict()).data,
+        APIImportErrorSerializer(body).data,
         status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if too_large else status.HTTP_400_BAD_REQUEST,
     )
 

@@ -15,6 +15,10 @@ class AsyncAPIError(Exception):
             whole document.
         line: 1-based line in the uploaded file, or None when unknown (e.g. undecodable bytes).
         filename: the uploaded file's name as the user gave it.
+        more: further problems found in the same pass (schema validation reports up to
+            ``validation.MAX_PROBLEMS`` in all, one per location), each an ``AsyncAPIError``
+            with its own message, pointer, line and filename; empty for every other error.
+        more_omitted: how many further problems were found but left out of ``more`` (the cap).
 
     ``str(err)`` reads ``<filename>, line <n>, at <pointer>: <message>``, leaving out the parts
     that are unknown.
@@ -28,6 +32,13 @@ class AsyncAPIError(Exception):
         self.pointer = pointer
         self.line = line
         self.filename = filename
+        self.more: list[AsyncAPIError] = []
+        self.more_omitted = 0
+
+    @property
+    def problems(self) -> list[AsyncAPIError]:
+        """This error followed by ``more``: every problem reported, the main one first."""
+        return [self, *self.more]
 
     def __str__(self) -> str:
         where = [self.filename or "document"]

@@ -47,6 +47,9 @@ SUPPORTED_VERSIONS_TEXT = "2.0.0–2.6.0, 3.0.0 and 3.1.0"
 # The 2.0.0–2.4.0 bundles wrongly refuse a channel parameter written as a Reference Object.
 _PARAMETER_REF_DEFECT_VERSIONS = frozenset({"2.0.0", "2.1.0", "2.2.0", "2.3.0", "2.4.0"})
 _MAX_MESSAGE = 300
+# Schema problems reported for one document: enough to fix a document in one go, few enough
+# to read (and to keep a 400 answer small when a whole generated section is wrong).
+MAX_PROBLEMS = 20
 
 
 def check_version(data: Any) -> str:
@@ -82,17 +85,43 @@ def check_version(data: Any) -> str:
 def validate_document(document: Bundle, version: str) -> None:
     """Validate ``document.data`` (the bundled document) against the official schema of ``version``.
 
-    Raises one ``AsyncAPIError`` for the most relevant problem (``jsonschema``'s ``best_match``),
-    with the file the offending value came from, its pointer there and its line. For unknown
-    keys the message names the key and the line is the key's own line.
+    Raises one ``AsyncAPIError`` for the most relevant problem (``jsonschema``'s ``best_match``,
+    as always), with the file the offending value came from, its pointer there and its line. For
+    unknown keys the message names the key and the line is the key's own line. So that one
+    round trip shows everything, the error's ``more`` lists the other problems, at most one per
+    location (instance pointer; ``best_match`` picks it there, which also descends into
+    ``oneOf``/``anyOf``), ordered by file and line, up to ``MAX_PROBLEMS`` in all; the number
+    left out is ``more_omitted``.
     """
     validator = _validator(str(settings.NODE_MODULES_DIR), version)
-    error = best_match(validator.iter_errors(document.data))
-    if error is None:
+    errors = list(validator.iter_errors(document.data))
+    if not errors:
         return
+    main = best_match(errors)
+    assert main is not None
+    by_location: dict[tuple[str | int, ...], list[ValidationError]] = {}
+    for error in errors:
+        by_location.setdefault(tuple(error.absolute_path), []).append(error)
+    # The main problem first, so that it wins when another location's best match lands on the
+    # same pointer (a oneOf descending into a child that also fails on its own).
+    matches = [main, *(best_match(group) for group in by_location.values())]
+    problems: dict[tuple[str, str], AsyncAPIError] = {}
+    for match in matches:
+        assert match is not None
+        problem = _problem(document, match, version)
+        problems.setdefault((problem.filename, problem.pointer), problem)
+    first, *others = problems.values()
+    others.sort(key=lambda p: (p.filename, p.line if p.line is not None else float("inf"), p.pointer))
+    first.more = others[: MAX_PROBLEMS - 1]
+    first.more_omitted = max(0, len(others) - (MAX_PROBLEMS - 1))
+    raise first
+
+
+def _problem(document: Bundle, error: ValidationError, version: str) -> AsyncAPIError:
+    """``error`` as an ``AsyncAPIError`` placed in the file, pointer and line it came from."""
     pointer = "".join(f"/{pointer_escape(token)}" for token in error.absolute_path)
     message, line_pointer = _describe(error, version, pointer)
-    raise document.place(AsyncAPIError(message, pointer=pointer), line_pointer=line_pointer)
+    return document.place(AsyncAPIError(message, pointer=pointer), line_pointer=line_pointer)
 
 
 def schema_path(node_modules: Path, version: str) -> Path:

@@ -131,12 +131,13 @@ def test_refused_document_answers_400_with_pointer_line_and_file(client, alice):
     with (SHARED_ASYNCAPI / name).open("rb") as upload:
         response = client.post("/api/v1/apis/import", {"file": upload}, **basic(alice))
     assert response.status_code == 400
-    assert response.json() == {
+    problem = {
         "error": 'unknown key "dupa" (not allowed by the AsyncAPI 3.0.0 schema)',
         "pointer": "/info",
         "line": 6,
         "file": name,
     }
+    assert response.json() == {**problem, "errors": [problem]}
     assert not APIVersion.objects.exists()
 
 
