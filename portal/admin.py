@@ -13,6 +13,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from portal.forms import service_error_text
 from portal.models import (
     API,
     APIKey,
@@ -39,17 +40,21 @@ class UserAdmin(BaseUserAdmin):
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
 
 
+def _admin_move(modeladmin: admin.ModelAdmin[API], request: HttpRequest, api: API, to_status: str) -> None:
+    """Move ``api`` through the lifecycle service (as the signed-in admin) and report the outcome."""
+    try:
+        api_transition(api=api, to_status=to_status, actor=request.user, reason="Django admin")
+    except (ValidationError, PermissionDenied) as error:
+        modeladmin.message_user(request, f"{api.name}: {service_error_text(error)}", messages.ERROR)
+    else:
+        modeladmin.message_user(request, f"{api.name} is now {api.get_status_display().lower()}.")
+
+
 def _move_action(to_status: str, label: str):  # type: ignore[no-untyped-def]
     @admin.action(description=f"{label} selected APIs")
     def action(modeladmin: admin.ModelAdmin[API], request: HttpRequest, queryset: QuerySet[API]) -> None:
         for api in queryset:
-            try:
-                api_transition(api=api, to_status=to_status, actor=request.user, reason="Django admin")
-            except (ValidationError, PermissionDenied) as error:
-                text = " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
-                modeladmin.message_user(request, f"{api.name}: {text}", messages.ERROR)
-            else:
-                modeladmin.message_user(request, f"{api.name} is now {api.get_status_display().lower()}.")
+            _admin_move(modeladmin, request, api, to_status)
 
     action.__name__ = f"move_to_{to_status}"
     return action
@@ -62,13 +67,7 @@ def unblock(modeladmin: admin.ModelAdmin[API], request: HttpRequest, queryset: Q
         if block is None:
             modeladmin.message_user(request, f"{api.name} is not blocked.", messages.WARNING)
             continue
-        try:
-            api_transition(api=api, to_status=block.restores, actor=request.user, reason="Django admin")
-        except (ValidationError, PermissionDenied) as error:
-            text = " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
-            modeladmin.message_user(request, f"{api.name}: {text}", messages.ERROR)
-        else:
-            modeladmin.message_user(request, f"{api.name} is now {api.get_status_display().lower()}.")
+        _admin_move(modeladmin, request, api, block.restores)
 
 
 class LifecycleEventInline(admin.TabularInline):

@@ -7,7 +7,7 @@ from pathlib import PurePath
 from typing import Any
 
 from django import forms
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES
 from portal.models import API, Application, BusinessPlan, User
@@ -31,6 +31,14 @@ def add_service_errors(
     for name, errors in error.error_dict.items():
         target = field_map.get(name, name)
         form.add_error(target if target in form.fields else None, errors)
+
+
+def service_error_text(error: ValidationError | PermissionDenied) -> str:
+    """A service's refusal as one line for a flash message: a ``ValidationError``'s messages
+    joined, or a ``PermissionDenied``'s text."""
+    if isinstance(error, ValidationError):
+        return " ".join(error.messages)
+    return str(error)
 
 
 class ApplicationForm(forms.Form):

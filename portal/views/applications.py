@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from portal.forms import ApplicationForm, add_service_errors
+from portal.forms import ApplicationForm, add_service_errors, service_error_text
 from portal.links import gateway_ws_url
 from portal.models import APIKey, Application, Channel, Subscription
 from portal.services.subscriptions import (
@@ -244,9 +244,7 @@ def subscription_cancel_view(request: HttpRequest, pk: int, subscription_id: int
     try:
         subscription_cancel(subscription=subscription, actor=request.user)
     except (ValidationError, PermissionDenied) as error:
-        messages.error(
-            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
-        )
+        messages.error(request, service_error_text(error))
     else:
         messages.success(
             request,

@@ -3,7 +3,9 @@ and business plans."""
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, ValidationError
@@ -19,7 +21,14 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES, AsyncAPIError, DocumentTooLargeError
-from portal.forms import ImportForm, OrganizationForm, PlanForm, ReasonForm, add_service_errors
+from portal.forms import (
+    ImportForm,
+    OrganizationForm,
+    PlanForm,
+    ReasonForm,
+    add_service_errors,
+    service_error_text,
+)
 from portal.models import API, APIVersion, Subscription, User
 from portal.plans import PLAN_TEMPLATES, plan_template
 from portal.services.apis import api_import, api_publish, provider_organization_set
@@ -277,22 +286,30 @@ def _version_moves(api: API, version: APIVersion) -> list[dict[str, str]]:
     return moves
 
 
+def lifecycle_move_posted(request: HttpRequest, *, what: str, move: Callable[..., API | APIVersion]) -> None:
+    """Apply the lifecycle move a form POSTed (``to_status`` and an optional ``reason``) with
+    ``move(to_status=..., actor=request.user, reason=...)`` (a ``portal.services.lifecycle``
+    transition with its subject bound), and say how it went in a flash message naming ``what``."""
+    form = ReasonForm(request.POST)
+    form.is_valid()  # an optional, length-capped reason: nothing to refuse but over-long text
+    try:
+        moved = move(
+            to_status=request.POST.get("to_status", ""),
+            actor=request.user,
+            reason=form.cleaned_data.get("reason", ""),
+        )
+    except (ValidationError, PermissionDenied) as error:
+        messages.error(request, service_error_text(error))
+    else:
+        messages.success(request, f"{what} is now {moved.get_status_display().lower()}.")
+
+
 @provider_required
 @require_POST
 def provider_api_lifecycle(request: HttpRequest, slug: str) -> HttpResponse:
     """POST ``to_status`` (and an optional ``reason``): move the provider's API in its lifecycle."""
     api = _get_api_for_provider(request, slug)
-    form = ReasonForm(request.POST)
-    form.is_valid()  # an optional, length-capped reason: nothing to refuse but over-long text
-    to_status = request.POST.get("to_status", "")
-    try:
-        api_transition(
-            api=api, to_status=to_status, actor=request.user, reason=form.cleaned_data.get("reason", "")
-        )
-    except (ValidationError, PermissionDenied) as error:
-        messages.error(request, _error_text(error))
-    else:
-        messages.success(request, f"{api.name} is now {api.get_status_display().lower()}.")
+    lifecycle_move_posted(request, what=api.name, move=functools.partial(api_transition, api=api))
     return redirect("portal:provider_api_detail", slug=api.slug)
 
 
@@ -302,28 +319,12 @@ def provider_version_lifecycle(request: HttpRequest, slug: str, version_id: int)
     """POST ``to_status`` (and an optional ``reason``): move one version of the provider's API."""
     api = _get_api_for_provider(request, slug)
     version = _get_version_for_provider(request, api, version_id)
-    form = ReasonForm(request.POST)
-    form.is_valid()
-    try:
-        api_version_transition(
-            api_version=version,
-            to_status=request.POST.get("to_status", ""),
-            actor=request.user,
-            reason=form.cleaned_data.get("reason", ""),
-        )
-    except (ValidationError, PermissionDenied) as error:
-        messages.error(request, _error_text(error))
-    else:
-        messages.success(
-            request, f"{api.name} {version.version} is now {version.get_status_display().lower()}."
-        )
+    lifecycle_move_posted(
+        request,
+        what=f"{api.name} {version.version}",
+        move=functools.partial(api_version_transition, api_version=version),
+    )
     return redirect("portal:provider_api_detail", slug=api.slug)
-
-
-def _error_text(error: ValidationError | PermissionDenied) -> str:
-    if isinstance(error, ValidationError):
-        return " ".join(error.messages)
-    return str(error)
 
 
 @provider_required
@@ -336,7 +337,7 @@ def provider_version_publish(request: HttpRequest, slug: str, version_id: int) -
     try:
         api_publish(api_version=version, actor=request.user)
     except (ValidationError, PermissionDenied) as error:
-        messages.error(request, _error_text(error))
+        messages.error(request, service_error_text(error))
     else:
         if api.plans.filter(is_approved=True).exists():
             next_step = "Consumers can subscribe to its approved plans."

@@ -4,18 +4,20 @@ retire)."""
 
 from __future__ import annotations
 
+import functools
+
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from portal.forms import ReasonForm
+from portal.forms import ReasonForm, service_error_text
 from portal.models import API, APIVersion, BusinessPlan, Subscription
 from portal.services.lifecycle import api_transition
 from portal.services.subscriptions import plan_approve, plan_reject, subscription_approve, subscription_reject
 from portal.views.decorators import staff_required
-from portal.views.provider import api_moves
+from portal.views.provider import api_moves, lifecycle_move_posted
 
 
 def _get_subscription_for_staff(pk: int) -> Subscription:
@@ -79,8 +81,7 @@ def _decide(request: HttpRequest, *, kind: str, pk: int, decision: str) -> HttpR
                 plan_reject(plan=target, approver=request.user, reason=reason)
             what = f"the plan {target.name} of {target.api.name}"
     except (ValidationError, PermissionDenied) as error:
-        text = " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
-        messages.error(request, text)
+        messages.error(request, service_error_text(error))
     else:
         if decision == "approve":
             tail = "; consumers can pick it now." if kind == "plan" else "."
@@ -131,19 +132,5 @@ def staff_api_list(request: HttpRequest) -> HttpResponse:
 def staff_api_lifecycle(request: HttpRequest, slug: str) -> HttpResponse:
     """POST (staff) ``to_status`` and an optional ``reason``: move any API (e.g. block it)."""
     api = _get_api_for_staff(slug)
-    form = ReasonForm(request.POST)
-    form.is_valid()
-    try:
-        api_transition(
-            api=api,
-            to_status=request.POST.get("to_status", ""),
-            actor=request.user,
-            reason=form.cleaned_data.get("reason", ""),
-        )
-    except (ValidationError, PermissionDenied) as error:
-        messages.error(
-            request, " ".join(error.messages) if isinstance(error, ValidationError) else str(error)
-        )
-    else:
-        messages.success(request, f"{api.name} is now {api.get_status_display().lower()}.")
+    lifecycle_move_posted(request, what=api.name, move=functools.partial(api_transition, api=api))
     return redirect("portal:staff_api_list")

@@ -461,3 +461,23 @@ def test_retiring_an_api_retires_its_versions_and_tells_consumers_the_providers_
     assert subscription.decision_reason == "The API was retired: Replaced by Ticker 2"
     assert set(ticker_api.versions.values_list("status", flat=True)) == {"retired"}
     assert ticker_api.lifecycle_events.filter(api_version__isnull=False, to_status="retired").exists()
+
+
+def test_django_admin_actions_block_and_unblock_through_the_lifecycle_service(client, admin_user, ticker_api):
+    ticker_api.status = API.Status.DEPRECATED
+    ticker_api.save()
+    client.force_login(admin_user)
+    changelist = "/admin/portal/api/"
+    for action in ("move_to_blocked", "unblock"):
+        response = client.post(
+            changelist, {"action": action, "_selected_action": [ticker_api.pk]}, follow=True
+        )
+        assert response.status_code == 200
+    ticker_api.refresh_from_db()
+    assert ticker_api.status == API.Status.DEPRECATED  # the state before the block
+    assert list(ticker_api.lifecycle_events.values_list("to_status", "reason")) == [
+        ("deprecated", "Django admin"),
+        ("blocked", "Django admin"),
+    ]
+    refused = client.post(changelist, {"action": "unblock", "_selected_action": [ticker_api.pk]}, follow=True)
+    assert "Ticker is not blocked." in refused.content.decode()
