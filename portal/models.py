@@ -270,6 +270,10 @@ class APIVersion(models.Model):
     )
     tags = models.JSONField(default=list, blank=True, help_text="info.tags as [{name, description}].")
     protocols = models.JSONField(default=list, blank=True, help_text="Sorted distinct server protocols.")
+    validate_payloads = models.BooleanField(
+        default=False,
+        help_text="Check events clients send against the message payload schema; refuse those that fail.",
+    )
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -512,6 +516,15 @@ class Application(models.Model):
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True)
     created = models.DateTimeField(default=timezone.now)
+    # The OAuth2 client (django-oauth-toolkit) behind the consumer key and secret: client
+    # credentials grant, confidential client (RFC 6749 §4.4).
+    oauth_client = models.OneToOneField(
+        "oauth2_provider.Application",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="eventgate_application",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -544,6 +557,8 @@ class Subscription(models.Model):
         ACTIVE = "active", "Active"
         REJECTED = "rejected", "Rejected"
         CANCELLED = "cancelled", "Cancelled"
+        # Paused by an admin (or, later, dunning): no connections until reinstated to active.
+        SUSPENDED = "suspended", "Suspended"
 
     application = models.ForeignKey(Application, on_delete=models.CASCADE, related_name="subscriptions")
     api = models.ForeignKey(API, on_delete=models.PROTECT, related_name="subscriptions")
@@ -563,7 +578,7 @@ class Subscription(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["application", "api"],
-                condition=Q(status__in=["pending", "active"]),
+                condition=Q(status__in=["pending", "active", "suspended"]),
                 name="one_live_subscription_per_application_and_api",
             )
         ]
@@ -601,6 +616,11 @@ class APIKey(models.Model):
     created = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Set on the old key when it is rotated: the key that replaced it (both work until the old
+    # key's ``expires_at``, the end of the grace period).
+    replaced_by = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces"
+    )
 
     objects = APIKeyQuerySet.as_manager()
 

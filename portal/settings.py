@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "allauth",
     "allauth.account",
+    "oauth2_provider",
     "portal",
     "gateway",
     "analytics",
@@ -111,6 +112,22 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# Gateway server (``manage.py serve``: uvicorn with the websockets protocol, docs/gateway.md).
+# Largest WebSocket message or event body in bytes, the same in both directions: a bigger client
+# frame closes with 1009, a bigger broker event is dropped and counted.
+GATEWAY_MAX_MESSAGE_BYTES = env.int("GATEWAY_MAX_MESSAGE_BYTES", default=1024 * 1024)
+# WebSocket keep-alive: a ping every interval; no pong within the timeout closes the connection.
+GATEWAY_PING_INTERVAL = env.float("GATEWAY_PING_INTERVAL", default=20.0)  # seconds
+GATEWAY_PING_TIMEOUT = env.float("GATEWAY_PING_TIMEOUT", default=20.0)  # seconds
+# Events queued for one slow connection before the slow-consumer policy applies.
+GATEWAY_OUTBOX_EVENTS = env.int("GATEWAY_OUTBOX_EVENTS", default=256)
+# "drop" (count and skip events while the outbox is full) or "close" (close with 1013).
+GATEWAY_SLOW_CONSUMER_POLICY = env("GATEWAY_SLOW_CONSUMER_POLICY", default="drop")
+# Server-Sent Events: seconds between keep-alive comments.
+GATEWAY_SSE_KEEPALIVE = env.float("GATEWAY_SSE_KEEPALIVE", default=15.0)
+# Webhooks: callback URLs on private, loopback or link-local addresses are refused unless allowed
+# (tests serve callbacks on 127.0.0.1).
+WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=False)
 # Gateway: how often (seconds) in-memory usage counters are flushed to analytics.
 GATEWAY_FLUSH_INTERVAL = env.float("GATEWAY_FLUSH_INTERVAL", default=5.0)
 # Gateway: how often (seconds) each process re-checks its live connections' keys and subscriptions.
@@ -160,6 +177,16 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+
+# OAuth2 (django-oauth-toolkit): the client credentials grant only, at /o/token/ (RFC 6749 §4.4).
+# Scopes name an API, a direction and optionally a channel (docs/credentials.md); which an
+# application may ask for comes from its subscriptions (portal.oauth.SubscriptionScopes).
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
+OAUTH2_PROVIDER = {
+    "ACCESS_TOKEN_EXPIRE_SECONDS": env.int("OAUTH2_ACCESS_TOKEN_SECONDS", default=3600),
+    "SCOPES_BACKEND_CLASS": "portal.oauth.SubscriptionScopes",
+    "ALLOWED_GRANT_TYPES": ["client_credentials"],
+}
 
 # REST API: HTTP Basic (email + password) for scripts, session auth for the browser;
 # OpenAPI schema by drf-spectacular.

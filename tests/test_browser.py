@@ -249,9 +249,9 @@ def _run_collecting(coroutine, errors: list[BaseException]) -> None:
 
 
 @pytest.mark.e2e
-def test_live_events_arrive_in_the_browser(page: Page, live_server, daphne_server, settings, bob):
+def test_live_events_arrive_in_the_browser(page: Page, live_server, gateway_server, settings, bob):
     """The key just generated opens a WebSocket from the page to a real gateway and shows events."""
-    settings.EVENTGATE_PUBLIC_URL = daphne_server.url
+    settings.EVENTGATE_PUBLIC_URL = gateway_server.url
     # The RabbitMQ exchange is shared with other test runs: a unique slug keeps their events out.
     slug = f"live-{uuid.uuid4().hex[:10]}"
     api = APIFactory(name="Live prices", slug=slug)

@@ -120,9 +120,9 @@ async def receive_events(url: str, count: int) -> list[str]:
 
 
 def test_provider_to_consumer_to_invoice(
-    journey_exchange, daphne_server: ServerProcess, stripe_settings, stripe_client, tmp_path
+    journey_exchange, gateway_server: ServerProcess, stripe_settings, stripe_client, tmp_path
 ):
-    base = daphne_server.url
+    base = gateway_server.url
     # The daphne process checks passwords with the default hashers, not the tests' fast one.
     stripe_settings.PASSWORD_HASHERS = global_settings.PASSWORD_HASHERS
     provider = UserFactory(email="provider@journey.test", is_provider=True, password=PASSWORD)
@@ -178,7 +178,7 @@ def test_provider_to_consumer_to_invoice(
     )
     assert response.status_code == 201, response.text
     secret = response.json()["key"]
-    url = f"{daphne_server.ws_url}/ws/stock-prices/1.0.0/prices/ACME?access_token={secret}"
+    url = f"{gateway_server.ws_url}/ws/stock-prices/1.0.0/prices/ACME?access_token={secret}"
 
     # 4. Pending subscription: refused before any event flows. Approved: accepted.
     assert asyncio.run(handshake_status(url)) == 403

@@ -133,11 +133,11 @@ def client_output(command_url: str, lines: list[str], connected: threading.Event
 
 
 @pytest.mark.e2e
-def test_banner_client_command_prints_live_demo_events(daphne_server, tmp_path):
+def test_banner_client_command_prints_live_demo_events(gateway_server, tmp_path):
     credentials = tmp_path / "demo-credentials.json"
     call_command("load_demo", credentials=credentials, stdout=io.StringIO())
     banner = io.StringIO()
-    call_command("demo_banner", url=daphne_server.url, credentials=credentials, once=True, stdout=banner)
+    call_command("demo_banner", url=gateway_server.url, credentials=credentials, once=True, stdout=banner)
     urls = re.findall(r"\.venv/bin/python -m websockets '([^']+)'", banner.getvalue())
     assert len(urls) == 2 and all("access_token=eg_" in url for url in urls), banner.getvalue()
 

@@ -63,10 +63,10 @@ async def stream_scenario(base: str, slug: str, secret: str) -> dict[str, list[s
 
 
 def test_subscribed_clients_receive_their_channel_and_usage_is_recorded(
-    daphne_server, stream_api, bob_subscribed
+    gateway_server, stream_api, bob_subscribed
 ):
     started = time.time()
-    frames = asyncio.run(stream_scenario(daphne_server.ws_url, stream_api.slug, bob_subscribed.secret))
+    frames = asyncio.run(stream_scenario(gateway_server.ws_url, stream_api.slug, bob_subscribed.secret))
 
     for name, symbol in [("ACME-1", "ACME"), ("ACME-2", "ACME"), ("GLOBEX", "GLOBEX")]:
         events = [json.loads(frame) for frame in frames[name]]
@@ -81,13 +81,13 @@ def test_subscribed_clients_receive_their_channel_and_usage_is_recorded(
     usage = wait_for(
         lambda: (u := usage_for_subscription(subscription=bob_subscribed.subscription)).events == 17 and u
     )
-    assert usage and (usage.events, usage.bytes) == expected, daphne_server.log()
+    assert usage and (usage.events, usage.bytes) == expected, gateway_server.log()
 
 
-def test_refused_handshake_gets_http_403(daphne_server, stream_api, bob_subscribed):
+def test_refused_handshake_gets_http_403(gateway_server, stream_api, bob_subscribed):
     async def attempt(path: str) -> int:
         with pytest.raises(websockets.InvalidStatus) as refused:
-            async with connect(daphne_server.ws_url + path):
+            async with connect(gateway_server.ws_url + path):
                 pass
         return refused.value.response.status_code
 
@@ -96,44 +96,44 @@ def test_refused_handshake_gets_http_403(daphne_server, stream_api, bob_subscrib
         asyncio.run(attempt(f"/ws/{stream_api.slug}/1.0.0/prices/NOPE?access_token={bob_subscribed.secret}"))
         == 403
     )
-    assert bob_subscribed.secret not in daphne_server.log()
+    assert bob_subscribed.secret not in gateway_server.log()
 
 
-def test_client_without_origin_header_connects(daphne_server, stream_api, bob_subscribed):
+def test_client_without_origin_header_connects(gateway_server, stream_api, bob_subscribed):
     """Non-browser clients send no Origin (RFC 6455 §4.1): the README's `python -m websockets`
     command must get through."""
 
     async def attempt() -> bool:
         path = f"/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
-        url = daphne_server.ws_url + path
+        url = gateway_server.ws_url + path
         async with connect(url) as client:
             return client.protocol.state.name == "OPEN"
 
     assert asyncio.run(attempt())
 
 
-def test_idle_connection_stays_open_and_receives_later_events(daphne_server, stream_api, bob_subscribed):
+def test_idle_connection_stays_open_and_receives_later_events(gateway_server, stream_api, bob_subscribed):
     """An idle client still gets events after 6 s (longer than the channel layer's 5 s Redis
     BZPOPMIN: a Redis socket timeout at or under it closes every consumer with 1011)."""
 
     async def scenario() -> dict:
         path = f"/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
-        url = daphne_server.ws_url + path
-        async with connect(url, origin=daphne_server.url) as client, EventPublisher() as publisher:
+        url = gateway_server.ws_url + path
+        async with connect(url, origin=gateway_server.url) as client, EventPublisher() as publisher:
             await asyncio.sleep(6.5)
             await publisher.publish(
                 api=stream_api.slug, version="1.0.0", address="prices/ACME", payload={"late": 1}
             )
             return json.loads(await asyncio.wait_for(client.recv(), timeout=5))
 
-    assert asyncio.run(scenario())["payload"] == {"late": 1}, daphne_server.log()
+    assert asyncio.run(scenario())["payload"] == {"late": 1}, gateway_server.log()
 
 
-def test_client_frame_closes_with_4008_and_leaves_no_metered_ghost(daphne_server, stream_api, bob_subscribed):
+def test_client_frame_closes_with_4008_and_leaves_no_metered_ghost(gateway_server, stream_api, bob_subscribed):
     """A client that sends a frame is closed with 4008; events published afterwards are not
     delivered to (nor billed for) the closed connection."""
     url = (
-        f"{daphne_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+        f"{gateway_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
     )
 
     async def scenario() -> int | None:
@@ -148,17 +148,17 @@ def test_client_frame_closes_with_4008_and_leaves_no_metered_ghost(daphne_server
                 )
         return closed.value.rcvd.code if closed.value.rcvd else None
 
-    assert asyncio.run(scenario()) == 4008, daphne_server.log()
+    assert asyncio.run(scenario()) == 4008, gateway_server.log()
     time.sleep(1.5)  # three flush intervals
     assert usage_for_subscription(subscription=bob_subscribed.subscription).events == 0
-    assert "Traceback" not in daphne_server.log()
+    assert "Traceback" not in gateway_server.log()
 
 
-def test_revoking_a_key_closes_its_live_connections_with_4401(daphne_server, stream_api, bob_subscribed):
+def test_revoking_a_key_closes_its_live_connections_with_4401(gateway_server, stream_api, bob_subscribed):
     from portal.services.subscriptions import api_key_revoke
 
     url = (
-        f"{daphne_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+        f"{gateway_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
     )
 
     async def scenario() -> int | None:
@@ -168,13 +168,13 @@ def test_revoking_a_key_closes_its_live_connections_with_4401(daphne_server, str
                 await asyncio.wait_for(client.recv(), timeout=5)
         return closed.value.rcvd.code if closed.value.rcvd else None
 
-    assert asyncio.run(scenario()) == 4401, daphne_server.log()
+    assert asyncio.run(scenario()) == 4401, gateway_server.log()
 
 
-def test_event_body_that_is_not_one_json_value_is_dropped(daphne_server, stream_api, bob_subscribed):
+def test_event_body_that_is_not_one_json_value_is_dropped(gateway_server, stream_api, bob_subscribed):
     """A publisher cannot forge frame fields by splicing: ``0,"id":"spoofed"`` is dropped."""
     url = (
-        f"{daphne_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+        f"{gateway_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
     )
 
     async def scenario() -> dict:
@@ -192,10 +192,10 @@ def test_event_body_that_is_not_one_json_value_is_dropped(daphne_server, stream_
 
 
 def test_cancelling_a_subscription_in_admin_closes_its_connections_with_4403(
-    daphne_server, stream_api, bob_subscribed
+    gateway_server, stream_api, bob_subscribed
 ):
     url = (
-        f"{daphne_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+        f"{gateway_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
     )
     subscription = bob_subscribed.subscription
 
@@ -210,18 +210,18 @@ def test_cancelling_a_subscription_in_admin_closes_its_connections_with_4403(
                 await asyncio.wait_for(client.recv(), timeout=5)
         return closed.value.rcvd.code if closed.value.rcvd else None
 
-    assert asyncio.run(scenario()) == 4403, daphne_server.log()
+    assert asyncio.run(scenario()) == 4403, gateway_server.log()
 
 
 def test_deactivating_the_owner_closes_live_connections_through_the_audit(
-    daphne_server, stream_api, bob_subscribed, bob
+    gateway_server, stream_api, bob_subscribed, bob
 ):
     """A change that sends no control message (a bulk update, like a deactivation script) is
     caught by the gateway's periodic audit of live connections (0.5 s in this server)."""
     from portal.models import User
 
     url = (
-        f"{daphne_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+        f"{gateway_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
     )
 
     async def scenario() -> int | None:
@@ -231,4 +231,4 @@ def test_deactivating_the_owner_closes_live_connections_through_the_audit(
                 await asyncio.wait_for(client.recv(), timeout=5)
         return closed.value.rcvd.code if closed.value.rcvd else None
 
-    assert asyncio.run(scenario()) == 4401, daphne_server.log()
+    assert asyncio.run(scenario()) == 4401, gateway_server.log()

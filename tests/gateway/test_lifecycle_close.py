@@ -2,7 +2,7 @@
 
 Blocking or retiring an API closes its connections with 4410; retiring one version closes only
 that version's connections; a change that sends no control message (a raw ``UPDATE``) is caught
-by the periodic audit (``GATEWAY_AUDIT_INTERVAL`` is 0.5 s in ``daphne_server``).
+by the periodic audit (``GATEWAY_AUDIT_INTERVAL`` is 0.5 s in ``gateway_server``).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ async def _closed_code(client) -> int | None:
 
 
 def test_blocking_an_api_closes_its_live_connections_with_4410_and_refuses_new_ones(
-    daphne_server, stream_api, bob_subscribed, admin_user
+    gateway_server, stream_api, bob_subscribed, admin_user
 ):
-    url = _url(daphne_server, stream_api, bob_subscribed.secret)
+    url = _url(gateway_server, stream_api, bob_subscribed.secret)
 
     async def scenario() -> int | None:
         async with connect(url) as client:
@@ -42,7 +42,7 @@ def test_blocking_an_api_closes_its_live_connections_with_4410_and_refuses_new_o
             )
             return await _closed_code(client)
 
-    assert asyncio.run(scenario()) == 4410, daphne_server.log()
+    assert asyncio.run(scenario()) == 4410, gateway_server.log()
 
     async def reconnect() -> int:
         with pytest.raises(websockets.InvalidStatus) as refused:
@@ -61,7 +61,7 @@ def test_blocking_an_api_closes_its_live_connections_with_4410_and_refuses_new_o
 
 
 def test_retiring_a_version_closes_only_that_versions_connections(
-    daphne_server, stream_api, bob_subscribed, alice
+    gateway_server, stream_api, bob_subscribed, alice
 ):
     newer = APIVersionFactory(api=stream_api, version="2.0.0")
     OperationFactory(channel=ChannelFactory(api_version=newer, key="prices", address="prices/{symbol}"))
@@ -69,8 +69,8 @@ def test_retiring_a_version_closes_only_that_versions_connections(
 
     async def scenario() -> tuple[int | None, bool]:
         async with (
-            connect(_url(daphne_server, stream_api, bob_subscribed.secret, "1.0.0")) as on_old,
-            connect(_url(daphne_server, stream_api, bob_subscribed.secret, "2.0.0")) as on_new,
+            connect(_url(gateway_server, stream_api, bob_subscribed.secret, "1.0.0")) as on_old,
+            connect(_url(gateway_server, stream_api, bob_subscribed.secret, "2.0.0")) as on_new,
         ):
             await asyncio.to_thread(api_version_transition, api_version=old, to_status="retired", actor=alice)
             code = await _closed_code(on_old)
@@ -80,14 +80,14 @@ def test_retiring_a_version_closes_only_that_versions_connections(
             return code, on_new.protocol.state.name == "OPEN"
 
     code, newer_open = asyncio.run(scenario())
-    assert code == 4410, daphne_server.log()
+    assert code == 4410, gateway_server.log()
     assert newer_open
 
 
 def test_the_audit_closes_connections_of_an_api_blocked_without_a_control_message(
-    daphne_server, stream_api, bob_subscribed
+    gateway_server, stream_api, bob_subscribed
 ):
-    url = _url(daphne_server, stream_api, bob_subscribed.secret)
+    url = _url(gateway_server, stream_api, bob_subscribed.secret)
 
     async def scenario() -> int | None:
         async with connect(url) as client:
@@ -97,4 +97,4 @@ def test_the_audit_closes_connections_of_an_api_blocked_without_a_control_messag
             )
             return await _closed_code(client)
 
-    assert asyncio.run(scenario()) == 4410, daphne_server.log()
+    assert asyncio.run(scenario()) == 4410, gateway_server.log()
