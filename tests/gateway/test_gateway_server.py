@@ -129,7 +129,9 @@ def test_idle_connection_stays_open_and_receives_later_events(gateway_server, st
     assert asyncio.run(scenario())["payload"] == {"late": 1}, gateway_server.log()
 
 
-def test_client_frame_closes_with_4008_and_leaves_no_metered_ghost(gateway_server, stream_api, bob_subscribed):
+def test_client_frame_closes_with_4008_no_metered_ghost(
+    gateway_server, stream_api, bob_subscribed
+):
     """A client that sends a frame is closed with 4008; events published afterwards are not
     delivered to (nor billed for) the closed connection."""
     url = (
