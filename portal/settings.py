@@ -94,6 +94,9 @@ AMQP_URL = env("AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672/")
 # The topic exchange providers publish events to; routing key "<api>.<version>.<address words>"
 # with "%", ".", "*", "#" percent-encoded in each word (docs/gateway.md).
 EVENTGATE_EXCHANGE = env("EVENTGATE_EXCHANGE", default="eventgate.events")
+# The topic exchange the gateway publishes client→server events to (same routing keys), which
+# providers consume; separate so that clients' events never loop back to other clients.
+EVENTGATE_INBOUND_EXCHANGE = env("EVENTGATE_INBOUND_EXCHANGE", default="eventgate.inbound")
 
 # Channels and cache: Redis for control messages and the cache; in-memory (one process only)
 # without REDIS_URL.
