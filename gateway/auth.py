@@ -1,60 +1,81 @@
 """Handshake authentication and authorization for gateway connections.
 
-``credential_from_scope`` finds the credential in an ASGI scope; ``handshake_authorize`` (sync,
-ORM) turns credential + URL into a ``Grant`` or raises ``HandshakeRefused`` with a reason that is
-safe to log (it never contains the credential).
+``handshake_authorize`` (sync, ORM) turns a credential and a gateway URL into a ``Grant``, or
+raises ``HandshakeRefused(code, reason)`` with the close code of the refusal contract
+(docs/gateway.md, "Refusals and close codes") and a reason that is safe to show and to log (it
+never contains the credential). ``channel_authorize`` does the per-channel part (address,
+parameters, operations, scope) for the handshake of ``/ws/<api>/<version>/<address>`` and for
+each ``subscribe`` and ``publish`` frame of the multiplexed mode. ``grants_refusals`` re-checks
+live connections (the periodic audit).
+
+Provider-written templates, parameter ``pattern``s and payload schemas are matched against
+client-written text, so every regular expression runs in the ``regex`` module under a time
+budget (``MATCH_TIME_BUDGET``), never in the stdlib ``re`` (ReDoS, CWE-1333).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import logging
 import re
-import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qs
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import regex
+from django.db.models import Q, Sum
+from django.utils import timezone
 
+from analytics.models import UsageRecord
+from gateway.credentials import Credential, credential_resolve, credentials_usable
 from gateway.publishing import address_normalize, routing_key
-from portal.models import API, APIKey, APIVersion, Channel, Subscription
+from gateway.schemas import MATCH_TIME_BUDGET, MatchBudget, parameters_error
+from portal.models import API, APIVersion, BusinessPlan, Channel, Subscription
 
-# Seconds one handshake may spend matching its address against channel templates and parameter
-# patterns, all together. Provider templates and JSON Schema patterns can backtrack
-# exponentially (ReDoS, CWE-1333); a normal handshake needs well under a millisecond.
-MATCH_TIME_BUDGET = 0.05
+log = logging.getLogger(__name__)
+
+# Close codes of refused handshakes and of live connections (RFC 6455 §7.4.2: 4000-4999 are the
+# application's). Each mirrors the HTTP status of the same meaning (RFC 9110 §15.5), so the SSE
+# endpoint answers the same cases with 4xx - 4000.
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_NOT_ALLOWED = 4405
+CLOSE_PLAN_CHANGED = 4409
+CLOSE_GONE = 4410
+CLOSE_QUOTA_EXHAUSTED = 4429
+
+# RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the close code.
+MAX_CLOSE_REASON_BYTES = 123
+
+DIRECTIONS = ("receive", "send")
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to at most 123 UTF-8 bytes (RFC 6455 §5.5.1), ending in "…" when cut."""
+    data = text.encode()
+    if len(data) <= MAX_CLOSE_REASON_BYTES:
+        return text
+    return data[: MAX_CLOSE_REASON_BYTES - 3].decode(errors="ignore") + "…"
 
 
 class HandshakeRefused(Exception):
-    """The handshake must be refused; ``str(exc)`` is the reason, safe to log."""
+    """A refused handshake (or a rejected frame): ``code`` is the WebSocket close code of the
+    refusal contract (4400-4429), ``reason`` says which case, in at most 123 UTF-8 bytes.
 
-
-class _MatchBudget:
-    """The matching time left to one handshake, shared by all its template and pattern matches.
-
-    Only time spent matching counts, not compiling: a 600-channel API compiles its templates once
-    per process (``_template_regex``). ``run`` matches with the ``regex`` module's ``timeout=``
-    (seconds for the whole call) and ``concurrent=True`` (the GIL is released while matching,
-    so the event loop keeps serving other clients); it raises ``TimeoutError`` once the budget
-    is spent.
+    The reason goes to the client and to the log: it names the API, version, channel or
+    parameter at fault, never the credential. ``credential`` is the resolved credential, when
+    the refusal came after it was resolved (for the log line: kind and database id only).
     """
 
-    def __init__(self, seconds: float = MATCH_TIME_BUDGET) -> None:
-        self.left = seconds
-
-    def run(
-        self, pattern: regex.Pattern[str], value: str, *, search: bool = False
-    ) -> regex.Match[str] | None:
-        """``pattern.search(value)`` if ``search`` else ``pattern.match(value)``, within budget."""
-        if self.left <= 0:
-            raise TimeoutError("regex timed out")
-        method = pattern.search if search else pattern.match
-        started = time.monotonic()
-        try:
-            return method(value, timeout=self.left, concurrent=True)
-        finally:
-            self.left -= time.monotonic() - started
+    def __init__(self, code: int, reason: str, *, credential: Credential | None = None) -> None:
+        self.code = code
+        self.reason = close_reason(reason)
+        self.credential = credential
+        super().__init__(self.reason)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -64,183 +85,311 @@ def _template_regex(address: str) -> regex.Pattern[str]:
     return Channel(address=address).address_regex()
 
 
+# --- Grants -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelGrant:
+    """One concrete channel of a connection, resolved once (handshake, or the first subscribe or
+    publish frame naming it): its address, template, routing key, which operations it offers
+    clients, and the JSON texts of its send operation's message payload schemas (JSON Schema;
+    an AsyncAPI 3.0 §Multi Format Schema Object unwrapped; others skipped). Whether the
+    connection may use a direction now is ``Grant.refusal``.
+    """
+
+    address: str  # concrete, normalised: "prices/ACME"
+    channel_template: str  # the AsyncAPI address template: "prices/{symbol}"
+    routing_key: str
+    receive_operation: bool
+    send_operation: bool
+    payload_schemas: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What an accepted connection may do, decided once at the handshake."""
+    """What an accepted connection may do, decided once at the handshake: its credential (kind,
+    id, scopes), subscription, business plan, API and version; ``channel`` for a single-channel
+    connection (None in multiplexed mode)."""
 
-    key_id: int
+    credential: Credential
     application_id: int
     subscription_id: int
+    plan_id: int
     api_id: int
     api_version_id: int
     api_slug: str
     version: str
-    address: str  # concrete, normalised: "prices/ACME"
-    channel_template: str  # the AsyncAPI address template: "prices/{symbol}"
-    routing_key: str
+    validate_payloads: bool
+    channel: ChannelGrant | None = field(default=None, compare=False)
+
+    # The single channel's fields, for consumers of one channel (SSE, single-channel WebSocket).
+    @property
+    def address(self) -> str:
+        assert self.channel is not None, "a multiplexed grant has no single channel"
+        return self.channel.address
+
+    @property
+    def channel_template(self) -> str:
+        assert self.channel is not None, "a multiplexed grant has no single channel"
+        return self.channel.channel_template
+
+    @property
+    def routing_key(self) -> str:
+        assert self.channel is not None, "a multiplexed grant has no single channel"
+        return self.channel.routing_key
+
+    def refusal(self, channel: ChannelGrant, direction: str) -> HandshakeRefused | None:
+        """Why this connection may not ``direction`` ("receive" | "send") on ``channel`` now, or
+        None. Checked for each client event: the credential must not have expired (4401), the
+        channel must have the operation and the credential's scope must allow it (4405)."""
+        if self.credential.is_expired:
+            return HandshakeRefused(CLOSE_UNAUTHORIZED, "Credential expired.")
+        template = channel.channel_template
+        offered = channel.send_operation if direction == "send" else channel.receive_operation
+        if not offered:
+            return HandshakeRefused(CLOSE_NOT_ALLOWED, _no_operation(template, (direction,)))
+        if not self.credential.allows(api_slug=self.api_slug, channel=template, direction=direction):
+            return HandshakeRefused(CLOSE_NOT_ALLOWED, _scope_lacks(template, (direction,)))
+        return None
 
 
-def credential_from_scope(scope: Mapping[str, Any]) -> str | None:
-    """The credential of a WebSocket handshake, or None.
-
-    Sources, in order: ``Authorization: Bearer <token>`` (RFC 6750 §2.1), then the
-    ``access_token`` query parameter (RFC 6750 §2.3; browsers cannot set headers on a WebSocket
-    handshake). Never log the result.
-    """
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
-    tokens = query.get("access_token")
-    return tokens[0] if tokens and tokens[0] else None
+def _no_operation(template: str, directions: Sequence[str]) -> str:
+    if tuple(directions) == ("send",):
+        return f"channel {template!r} has no send operation: clients cannot send to it"
+    if tuple(directions) == ("receive",):
+        return f"channel {template!r} has no receive operation: clients cannot receive from it"
+    return f"channel {template!r} has no operation for clients"
 
 
-def handshake_authorize(*, secret: str | None, api_slug: str, version: str, address: str) -> Grant:
-    """Check a handshake for ``/ws/<api_slug>/<version>/<address>``; return its ``Grant``.
+def _scope_lacks(template: str, directions: Sequence[str]) -> str:
+    return f"the credential's scope does not allow {' or '.join(directions)} on {template!r}"
 
-    The credential is checked first, so unauthenticated clients learn nothing about which APIs
-    and channels exist. Raises ``HandshakeRefused`` when: the credential is missing, unknown,
-    revoked or expired; the API is not connectable (``API.CONNECTABLE_STATUSES``: published or
-    deprecated, so draft, blocked and retired APIs are refused); the application has no active subscription to
-    it (pending ones included); the version is unknown or not live (``APIVersion.LIVE_STATUSES``:
-    draft and retired versions are refused); the routing key of ``address`` would pass 255 bytes
-    (checked right after the credential, before any matching); no channel template of
-    the version matches ``address`` with valid parameters and a ``receive`` operation; matching
-    takes more than ``MATCH_TIME_BUDGET`` seconds (a template or parameter pattern that
-    backtracks badly on this address: refused, never accepted).
+
+def handshake_authorize(
+    *,
+    secret: str | None,
+    api_slug: str,
+    version: str,
+    address: str | None = None,
+    quota: bool = True,
+) -> Grant:
+    """Check a handshake for ``/ws/<api_slug>/<version>[/<address>]``; return its ``Grant``.
+
+    Checks, in order, each failure a ``HandshakeRefused`` with the code in brackets: a
+    credential is present and resolves (``gateway.credentials.credential_resolve``: unknown,
+    revoked or expired ones do not) [4401]; no NUL in the path [4400]; the API exists and is not
+    a draft [4404], nor blocked or retired [4410]; the credential's application has an
+    **active** subscription to it (pending, suspended, cancelled, rejected or none) [4403]; the
+    version exists and is not a draft [4404], nor retired [4410]; with ``address``, the
+    channel (``channel_authorize``: address length [4400], template [4404], parameters [4400],
+    operations and scope [4405]); with ``quota``, the plan's events and bytes quotas for this
+    calendar month (UTC) are not used up [4429].
+
+    The credential comes first, so unauthenticated clients learn nothing about which APIs
+    and channels exist. Sync: resolving the credential is usually a cache hit; then 4 queries
+    (+2 for a channel, +1 for a quota).
     """
     if not secret:
-        raise HandshakeRefused("no credential")
-    if "\x00" in secret + api_slug + version + address:
-        # PostgreSQL text cannot hold NUL: refuse before any query (else a 500).
-        raise HandshakeRefused("NUL character in the credential or path")
-    key = APIKey.objects.for_secret(secret)
-    if key is None:
-        raise HandshakeRefused("unknown, revoked or expired API key")
-    address = address_normalize(address)
-    try:
-        # Before any matching: the length cap also bounds how long a match can take. The API and
-        # version are looked up by these exact strings below, so the key is the one events use.
-        key_words = routing_key(api=api_slug, version=version, address=address)
-    except ValueError as too_long:  # AMQP routing keys hold 255 bytes at most
-        raise HandshakeRefused(f"key {key.pk}: {too_long}") from None
-    api = API.objects.filter(slug=api_slug, status__in=API.CONNECTABLE_STATUSES).first()
-    if api is None:
-        raise HandshakeRefused(f"key {key.pk}: unknown or unpublished API {api_slug!r}")
-    subscription = _active_subscription(key=key, api=api)
-    api_version = api.versions.filter(version=version, status__in=APIVersion.LIVE_STATUSES).first()
-    if api_version is None:
-        raise HandshakeRefused(f"key {key.pk}: unknown or unpublished version {version!r} of {api_slug}")
-    channels = api_version.channels.prefetch_related("operations")
-    try:
-        channel = channel_match(channels, address)
-    except TimeoutError:
         raise HandshakeRefused(
-            f"key {key.pk}: channel address took too long to match (over {MATCH_TIME_BUDGET} s) "
-            f"in {api_slug} {version}"
-        ) from None
-    if channel is None:
-        raise HandshakeRefused(f"key {key.pk}: no receivable channel {address!r} in {api_slug} {version}")
-    return Grant(
-        key_id=key.pk,
-        application_id=key.application_id,
+            CLOSE_UNAUTHORIZED,
+            "no credential: send Authorization: Bearer, an eventgate.bearer.<token> subprotocol "
+            "or access_token",
+        )
+    credential = credential_resolve(secret)
+    if credential is None:
+        raise HandshakeRefused(CLOSE_UNAUTHORIZED, "unknown, invalid, revoked or expired credential")
+    try:
+        return _authorize(
+            credential=credential, api_slug=api_slug, version=version, address=address, quota=quota
+        )
+    except HandshakeRefused as refusal:
+        refusal.credential = credential
+        raise
+
+
+def _authorize(
+    *, credential: Credential, api_slug: str, version: str, address: str | None, quota: bool
+) -> Grant:
+    if "\x00" in api_slug + version + (address or ""):
+        # PostgreSQL text cannot hold NUL: refuse before any query (else a 500).
+        raise HandshakeRefused(CLOSE_BAD_REQUEST, "NUL character in the path")
+    api = API.objects.filter(slug=api_slug).first()
+    if api is None or api.status == API.Status.DRAFT:
+        raise HandshakeRefused(CLOSE_NOT_FOUND, f"unknown API {api_slug!r}")
+    if api.status not in API.CONNECTABLE_STATUSES:
+        raise HandshakeRefused(CLOSE_GONE, f"API {api.slug} is {api.status}")
+    subscription = _active_subscription(credential=credential, api=api)
+    api_version = api.versions.filter(version=version).first()
+    if api_version is None or api_version.status == APIVersion.Status.DRAFT:
+        raise HandshakeRefused(CLOSE_NOT_FOUND, f"unknown or unpublished version {version!r} of {api.slug}")
+    if api_version.status not in APIVersion.LIVE_STATUSES:
+        raise HandshakeRefused(CLOSE_GONE, f"unpublished version {version!r} of {api.slug}: it is retired")
+    grant = Grant(
+        credential=credential,
+        application_id=credential.application_id,
         subscription_id=subscription.pk,
+        plan_id=subscription.plan_id,
         api_id=api.pk,
         api_version_id=api_version.pk,
         api_slug=api.slug,
         version=api_version.version,
+        validate_payloads=api_version.validate_payloads,
+    )
+    if address is not None:
+        channels = api_version.channels.prefetch_related("operations")
+        channel = channel_authorize(grant=grant, channels=channels, address=address, directions=DIRECTIONS)
+        grant = dataclasses.replace(grant, channel=channel)
+    if quota:
+        refusal = _quota_refusals({subscription.pk: subscription.plan}).get(subscription.pk)
+        if refusal is not None:
+            raise refusal
+    return grant
+
+
+def _active_subscription(*, credential: Credential, api: API) -> Subscription:
+    """The application's active subscription to ``api``; else ``HandshakeRefused`` (4403)
+    naming the state of its most recent one."""
+    subscriptions = list(
+        Subscription.objects.filter(application_id=credential.application_id, api=api)
+        .select_related("plan")
+        .order_by("-created", "-pk")
+    )
+    for subscription in subscriptions:
+        if subscription.status == Subscription.Status.ACTIVE:
+            return subscription
+    if not subscriptions:
+        raise HandshakeRefused(
+            CLOSE_FORBIDDEN, f"application {credential.application_id} is not subscribed to {api.slug}"
+        )
+    latest = subscriptions[0]
+    states = {
+        Subscription.Status.PENDING: "is pending approval",
+        Subscription.Status.SUSPENDED: "is suspended",
+        Subscription.Status.CANCELLED: "was cancelled",
+        Subscription.Status.REJECTED: "was rejected",
+    }
+    raise HandshakeRefused(
+        CLOSE_FORBIDDEN, f"subscription to {api.slug} {states.get(latest.status, 'is not active')}"
+    )
+
+
+def channel_authorize(
+    *, grant: Grant, channels: Iterable[Channel], address: str, directions: Sequence[str]
+) -> ChannelGrant:
+    """The ``ChannelGrant`` for the concrete ``address`` among ``channels`` (of the grant's API
+    version, with their operations prefetched), for at least one of ``directions``.
+
+    Raises ``HandshakeRefused``: 4400 for an empty address, a NUL, an address whose routing key
+    would pass 255 bytes (checked before any matching: the cap also bounds matching time), a
+    parameter value that fails its schema (``parameter_error``), or matching over
+    ``MATCH_TIME_BUDGET`` seconds (never accepted: an unfinished match proves nothing); 4404
+    when no template matches; 4405 when the channel has no operation for any of ``directions``
+    or the credential's scope allows none of them. Among templates that match with valid
+    parameters, one with an operation in ``directions`` wins, then the one with the fewest
+    parameters (the most specific).
+    """
+    address = address_normalize(address)
+    if not address:
+        raise HandshakeRefused(CLOSE_BAD_REQUEST, "empty channel address")
+    if "\x00" in address:
+        raise HandshakeRefused(CLOSE_BAD_REQUEST, "NUL character in the channel address")
+    try:
+        key = routing_key(api=grant.api_slug, version=grant.version, address=address)
+    except ValueError:  # AMQP routing keys hold 255 bytes at most
+        raise HandshakeRefused(
+            CLOSE_BAD_REQUEST, "channel address too long: its routing key exceeds 255 bytes"
+        ) from None
+    channel = _channel_resolve(list(channels), address, directions, where=f"{grant.api_slug} {grant.version}")
+    offered = [d for d in directions if any(op.action == d for op in channel.operations.all())]
+    if not offered:
+        raise HandshakeRefused(CLOSE_NOT_ALLOWED, _no_operation(channel.address, directions))
+    credential = grant.credential
+    if not any(
+        credential.allows(api_slug=grant.api_slug, channel=channel.address, direction=d) for d in offered
+    ):
+        raise HandshakeRefused(CLOSE_NOT_ALLOWED, _scope_lacks(channel.address, offered))
+    return ChannelGrant(
         address=address,
         channel_template=channel.address,
-        routing_key=key_words,
+        routing_key=key,
+        receive_operation=channel.can_receive,
+        send_operation=channel.can_send,
+        payload_schemas=_payload_schemas(channel),
     )
 
 
-def grant_still_allowed(grant: Grant) -> bool:
-    """Whether ``grant``'s key is still usable, its subscription still active and its API and
-    version still served (3 queries)."""
-    return (
-        APIKey.objects.usable().filter(pk=grant.key_id).exists()
-        and Subscription.objects.active().filter(pk=grant.subscription_id).exists()
-        and _served_versions([grant.api_version_id]) == {grant.api_version_id}
-    )
+def _channel_resolve(
+    channels: list[Channel], address: str, directions: Sequence[str], *, where: str
+) -> Channel:
+    budget = MatchBudget()
+    matched: list[tuple[bool, int, int, Channel, str | None]] = []
+    try:
+        for channel in channels:
+            values = _template_values(channel, address, budget)
+            if values is None:
+                continue
+            error = parameters_error(channel.parameters or {}, values, budget=budget)
+            usable = any(op.action in directions for op in channel.operations.all())
+            matched.append((not usable, len(values), channel.pk, channel, error))
+    except TimeoutError:
+        raise HandshakeRefused(
+            CLOSE_BAD_REQUEST,
+            f"channel address took too long to match (over {MATCH_TIME_BUDGET} s) in {where}",
+        ) from None
+    if not matched:
+        raise HandshakeRefused(CLOSE_NOT_FOUND, f"no channel {address!r} in {where}")
+    valid = [item for item in matched if item[4] is None]
+    if not valid:
+        raise HandshakeRefused(CLOSE_BAD_REQUEST, min(matched, key=lambda item: item[1:3])[4] or "")
+    return min(valid, key=lambda item: item[:3])[3]
 
 
-@dataclass(frozen=True, slots=True)
-class GrantsAllowed:
-    """Of a set of grants: ids of usable keys, active subscriptions and served API versions."""
-
-    key_ids: set[int]
-    subscription_ids: set[int]
-    api_version_ids: set[int]
-
-
-def grants_allowed(grants: Iterable[Grant]) -> GrantsAllowed:
-    """Of the keys, subscriptions and API versions of ``grants``: the ids of those still usable,
-    active, and served (a live version of a connectable API).
-
-    Three queries for any number of grants (the gateway's periodic audit of live connections).
-    """
-    grants = list(grants)
-    keys = set(APIKey.objects.usable().filter(pk__in={g.key_id for g in grants}).values_list("pk", flat=True))
-    subscriptions = set(
-        Subscription.objects.active()
-        .filter(pk__in={g.subscription_id for g in grants})
-        .values_list("pk", flat=True)
-    )
-    versions = _served_versions({g.api_version_id for g in grants})
-    return GrantsAllowed(key_ids=keys, subscription_ids=subscriptions, api_version_ids=versions)
+def _payload_schemas(channel: Channel) -> tuple[str, ...]:
+    """JSON texts of the JSON Schema payloads of ``channel``'s send operations' messages."""
+    schemas = []
+    for operation in channel.operations.all():
+        if operation.action != "send":
+            continue
+        for message in operation.messages or ():
+            payload = message.get("payload") if isinstance(message, dict) else None
+            if isinstance(payload, dict) and "schemaFormat" in payload and "schema" in payload:
+                # AsyncAPI 3.0 §Multi Format Schema Object: only JSON Schema formats are checked.
+                if not str(payload["schemaFormat"]).startswith(_JSON_SCHEMA_FORMATS):
+                    continue
+                payload = payload["schema"]
+            if isinstance(payload, dict | bool):
+                schemas.append(json.dumps(payload, sort_keys=True))
+    return tuple(schemas)
 
 
-def _served_versions(version_ids: Iterable[int]) -> set[int]:
-    """Those of ``version_ids`` the gateway still serves: live versions of connectable APIs."""
-    return set(
-        APIVersion.objects.filter(
-            pk__in=set(version_ids),
-            status__in=APIVersion.LIVE_STATUSES,
-            api__status__in=API.CONNECTABLE_STATUSES,
-        ).values_list("pk", flat=True)
-    )
-
-
-def _active_subscription(*, key: APIKey, api: API) -> Subscription:
-    subscriptions = Subscription.objects.filter(application_id=key.application_id, api=api)
-    subscription = subscriptions.active().first()
-    if subscription is not None:
-        return subscription
-    if subscriptions.pending().exists():
-        raise HandshakeRefused(f"key {key.pk}: subscription to {api.slug} is pending approval")
-    raise HandshakeRefused(f"key {key.pk}: application {key.application_id} is not subscribed to {api.slug}")
+_JSON_SCHEMA_FORMATS = ("application/vnd.aai.asyncapi", "application/schema+json", "application/schema+yaml")
 
 
 def channel_match(
-    channels: Iterable[Channel], address: str, *, budget: _MatchBudget | None = None
+    channels: Iterable[Channel], address: str, *, budget: MatchBudget | None = None
 ) -> Channel | None:
-    """The channel whose template matches the concrete ``address`` and lets consumers receive.
+    """The channel whose template matches the concrete ``address`` with valid parameter values
+    (``parameter_error``) and lets consumers receive, or None.
 
     A template's leading ``/`` is optional in the address (``/v1/marketdata/{symbol}`` matches
-    ``v1/marketdata/btcusd``). Parameters are checked against their ``enum`` and ``pattern``
-    (AsyncAPI 3.0 §Parameter Object; 2.x keeps them under ``schema``). With several matches
-    the template with the fewest parameters (the most specific) wins.
-
-    All matching shares one time budget (``MATCH_TIME_BUDGET`` seconds of matching unless
-    ``budget`` is given) and runs in the ``regex`` module with the GIL released, so the event
-    loop keeps serving other clients meanwhile. Raises ``TimeoutError`` when the budget runs
-    out: the caller must refuse, since an unfinished match proves nothing.
+    ``v1/marketdata/btcusd``). With several matches the template with the fewest parameters
+    (the most specific) wins. All matching shares one time budget (``MATCH_TIME_BUDGET``
+    seconds unless ``budget`` is given); raises ``TimeoutError`` when it runs out: the caller
+    must refuse, since an unfinished match proves nothing. (Webhook registration uses this;
+    handshakes use ``channel_authorize``, which says why nothing matched.)
     """
-    budget = budget or _MatchBudget()
+    budget = budget or MatchBudget()
     candidates = []
     for channel in channels:
         values = _template_values(channel, address, budget)
-        if values is None or not _parameters_valid(channel.parameters or {}, values, budget):
+        if values is None or parameters_error(channel.parameters or {}, values, budget=budget) is not None:
             continue
         if channel.can_receive:
             candidates.append((len(values), channel.pk, channel))
     return min(candidates, key=lambda item: item[:2])[2] if candidates else None
 
 
-def _template_values(channel: Channel, address: str, budget: _MatchBudget) -> dict[str, str] | None:
+def _template_values(channel: Channel, address: str, budget: MatchBudget) -> dict[str, str] | None:
     """Parameter name → value if ``address`` matches ``channel``'s template, else None.
 
     Raises ``TimeoutError`` when ``budget`` runs out."""
@@ -255,30 +404,134 @@ def _template_values(channel: Channel, address: str, budget: _MatchBudget) -> di
     return {name: match.group(re.sub(r"\W", "_", name)) for name in names}
 
 
-def _parameters_valid(parameters: Mapping[str, Any], values: Mapping[str, str], budget: _MatchBudget) -> bool:
-    for name, value in values.items():
-        spec = parameters.get(name) or {}
-        schema = spec.get("schema")
-        schema = schema if isinstance(schema, dict) else {}
-        enum = spec.get("enum") or schema.get("enum")
-        if enum and value not in [str(item) for item in enum]:
-            return False
-        pattern = spec.get("pattern") or schema.get("pattern")
-        if pattern and not _pattern_matches(pattern, value, budget):
-            return False
-    return True
+# --- Live connections: re-checks and quotas ---------------------------------------------------
 
 
-def _pattern_matches(pattern: str, value: str, budget: _MatchBudget) -> bool:
-    """Whether ``value`` matches the provider's JSON Schema ``pattern``.
+def grants_refusals(grants: Sequence[Grant], *, quota: bool = True) -> list[HandshakeRefused | None]:
+    """For each of ``grants`` (in order): the refusal that would close its connection now, or None.
 
-    JSON Schema patterns are ECMA-262 and unanchored (JSON Schema Validation §6.3.3); the
-    ``regex`` module agrees on the common subset. An unparsable pattern does not block access.
-    The pattern comes from the provider and the value from the client, so ``^(a|aa)+$`` on a
-    long value can backtrack exponentially: raises ``TimeoutError`` when ``budget`` runs out.
+    Checked: the credential is still usable (``credentials_usable``) [4401]; the subscription is
+    still active [4403, the reason names suspended/cancelled] and on the same business plan
+    [4409]; the API and version are still served [4410]; with ``quota``, the plan's quotas for
+    this calendar month are not used up [4429]. At most 6 queries for any number of grants (the
+    gateway's periodic audit; the handshake's second look runs it for one grant).
     """
-    try:
-        compiled = regex.compile(pattern)
-    except regex.error:
-        return True
-    return budget.run(compiled, value, search=True) is not None
+    if not grants:
+        return []
+    usable = credentials_usable(grant.credential for grant in grants)
+    subscriptions = {
+        row[0]: row
+        for row in Subscription.objects.filter(pk__in={g.subscription_id for g in grants}).values_list(
+            "pk", "status", "plan_id"
+        )
+    }
+    versions = {
+        row[0]: row
+        for row in APIVersion.objects.filter(pk__in={g.api_version_id for g in grants}).values_list(
+            "pk", "status", "api__status", "api__slug", "version"
+        )
+    }
+    quotas: dict[int, HandshakeRefused] = {}
+    if quota:
+        plans = BusinessPlan.objects.filter(pk__in={g.plan_id for g in grants}).filter(
+            Q(quota_events__isnull=False) | Q(quota_bytes__isnull=False)
+        )
+        by_id = {plan.pk: plan for plan in plans}
+        quotas = _quota_refusals({g.subscription_id: by_id[g.plan_id] for g in grants if g.plan_id in by_id})
+    return [_grant_refusal(g, usable, subscriptions, versions, quotas) for g in grants]
+
+
+def grant_still_allowed(grant: Grant) -> bool:
+    """Whether ``grant``'s connection may stay open (``grants_refusals`` without the quota)."""
+    return grants_refusals([grant], quota=False)[0] is None
+
+
+def _grant_refusal(
+    grant: Grant,
+    usable: set[tuple[str, int]],
+    subscriptions: dict[int, tuple[int, str, int]],
+    versions: dict[int, tuple[int, str, str, str, str]],
+    quotas: dict[int, HandshakeRefused],
+) -> HandshakeRefused | None:
+    if (grant.credential.kind, grant.credential.id) not in usable:
+        return HandshakeRefused(CLOSE_UNAUTHORIZED, "credential revoked or expired")
+    subscription = subscriptions.get(grant.subscription_id)
+    if subscription is None or subscription[1] != Subscription.Status.ACTIVE:
+        return HandshakeRefused(CLOSE_FORBIDDEN, subscription_ended_reason(subscription and subscription[1]))
+    if subscription[2] != grant.plan_id:
+        return HandshakeRefused(CLOSE_PLAN_CHANGED, REASON_PLAN_CHANGED)
+    version = versions.get(grant.api_version_id)
+    if version is None or version[2] not in API.CONNECTABLE_STATUSES:
+        return HandshakeRefused(CLOSE_GONE, api_unavailable_reason("api", version[2] if version else ""))
+    if version[1] not in APIVersion.LIVE_STATUSES:
+        return HandshakeRefused(CLOSE_GONE, api_unavailable_reason("version", version[1]))
+    return quotas.get(grant.subscription_id)
+
+
+REASON_PLAN_CHANGED = "Business plan changed; reconnect to continue under the new plan."
+# Close reasons by the state the API or version moved to.
+_REASONS_API_UNAVAILABLE = {
+    ("api", "blocked"): "API blocked by its provider or an admin.",
+    ("api", "retired"): "API retired.",
+    ("version", "retired"): "API version retired; connect to a newer version.",
+}
+_REASONS_SUBSCRIPTION_ENDED = {
+    "suspended": "Subscription suspended.",
+    "cancelled": "Subscription cancelled.",
+    "rejected": "Subscription rejected.",
+    "pending": "Subscription pending approval.",
+}
+
+
+def api_unavailable_reason(scope: str, status: str) -> str:
+    """The close reason (4410) for an API (``scope`` "api") or version ("version") that moved to
+    ``status``."""
+    return _REASONS_API_UNAVAILABLE.get((scope, status), "API or API version no longer available.")
+
+
+def subscription_ended_reason(status: str | None) -> str:
+    """The close reason (4403) for a subscription that moved to ``status`` (None: deleted)."""
+    return _REASONS_SUBSCRIPTION_ENDED.get(status or "", "Subscription no longer active.")
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    """Start (UTC) of the calendar month of ``now``: the billing period quotas count in."""
+    now = (now or timezone.now()).astimezone(UTC)
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _quota_refusals(plans: Mapping[int, BusinessPlan]) -> dict[int, HandshakeRefused]:
+    """Subscription id → 4429 refusal, for those of ``plans`` (subscription id → its plan) whose
+    ``quota_events`` or ``quota_bytes`` this calendar month (UTC) is used up.
+
+    Usage is the analytics rows (``UsageRecord``) of both directions since the month started:
+    what the gateway counted and flushed (at most ``GATEWAY_FLUSH_INTERVAL`` seconds behind).
+    One query, none if no plan has a quota.
+    """
+    limited = {
+        sub: plan
+        for sub, plan in plans.items()
+        if plan.quota_events is not None or plan.quota_bytes is not None
+    }
+    if not limited:
+        return {}
+    used = {
+        row["subscription_id"]: row
+        for row in UsageRecord.objects.filter(subscription_id__in=limited, bucket_start__gte=month_start())
+        .values("subscription_id")
+        .annotate(events=Sum("events"), bytes=Sum("bytes"))
+    }
+    refusals = {}
+    for sub, plan in limited.items():
+        row = used.get(sub) or {"events": 0, "bytes": 0}
+        if plan.quota_events is not None and row["events"] >= plan.quota_events:
+            refusals[sub] = HandshakeRefused(
+                CLOSE_QUOTA_EXHAUSTED,
+                f"events quota of plan {plan.name!r} used up this month ({plan.quota_events:,} events)",
+            )
+        elif plan.quota_bytes is not None and row["bytes"] >= plan.quota_bytes:
+            refusals[sub] = HandshakeRefused(
+                CLOSE_QUOTA_EXHAUSTED,
+                f"bytes quota of plan {plan.name!r} used up this month ({plan.quota_bytes:,} bytes)",
+            )
+    return refusals

@@ -1,23 +1,32 @@
-"""The broker bridge: one AMQP connection per gateway process, local fan-out to WebSocket consumers.
+"""The broker bridge: one AMQP connection per gateway process, local fan-out to WebSocket and SSE
+connections.
 
-Shape (see also ``docs/gateway.md``):
+Shape (see also ``docs/delivery.md``):
 
 - one robust aio-pika connection per process and event loop, opened lazily by the first
-  subscriber, reconnecting by itself (every second) after RabbitMQ drops it;
+  subscriber, reconnecting by itself (every second) after RabbitMQ drops it or restarts; aio-pika
+  then re-declares the queue, restores its bindings and resumes consuming;
 - one exclusive, auto-delete, server-local queue per process (RabbitMQ deletes it when the
   connection goes), consumed with ``no_ack`` (events are live data: nothing to redeliver);
 - one binding per concrete channel (routing key, ``gateway.publishing.routing_key``) while at
-  least one local subscriber needs it; added by ``bind`` before the handshake is accepted, so a
-  client that saw its handshake complete receives every event published afterwards;
-- per event: one dict lookup by routing key, the client frame built once by string
-  concatenation around the raw body, the same ASGI ``websocket.send`` message handed to every
-  local subscriber. No ORM, no Redis, no channel layer on this path.
+  least one local subscriber needs it (reference-counted ``bind``/``unbind``); added before the
+  handshake is accepted, so a client that saw its handshake complete receives every event
+  published afterwards. SSE subscribers leave with ``unbind_later``: the binding and the
+  channel's replay buffer linger so a client reconnecting with ``Last-Event-ID`` can resume;
+- per event: one dict lookup by routing key, the size check, the client frame built once by
+  string concatenation around the raw body, one ASGI message shared by all local WebSocket
+  subscribers (and one shared by all SSE subscribers), handed to each subscriber's outbox
+  without waiting (``gateway.delivery``). No ORM, no Redis, no channel layer on this path.
 
-Frame (one WebSocket text frame, RFC 6455 §5.6)::
+Frame (one WebSocket text frame, RFC 6455 §5.6; the ``data`` of one SSE event)::
 
     {"id":"<event id>","channel":"prices/ACME","published_at":1764400000.123,"payload":<body>}
 
-Events published while the connection is down are lost for this process (they are live data).
+Events over ``GATEWAY_MAX_MESSAGE_BYTES`` (the frame's UTF-8 size, the same limit uvicorn applies
+to client frames) and bodies that are not exactly one JSON value are dropped once, for every
+subscriber of the process, and counted in ``Bridge.dropped`` by reason; they never reach a
+client and are never metered. Events published while the connection is down are lost for this
+process (they are live data).
 """
 
 from __future__ import annotations
@@ -27,10 +36,13 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aio_pika.abc import (
@@ -39,6 +51,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustQueue,
 )
+from django.conf import settings
 
 from gateway.publishing import amqp_connect, exchange_declare
 
@@ -48,24 +61,113 @@ log = logging.getLogger(__name__)
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
+def gateway_setting(name: str, default: float) -> float:
+    """A numeric gateway setting: ``settings.<name>`` if defined, else the environment variable
+    ``<name>``, else ``default``. For the SSE replay settings, which live here rather than in
+    ``portal/settings.py``. Raises ``ValueError`` for a value that is not a number."""
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(name)
+    return float(default if value in (None, "") else value)
+
+
+# Server-Sent Events resume (docs/sse.md): per channel, what this process holds for clients that
+# reconnect with Last-Event-ID, and how long a channel stays bound after its last SSE client left.
+SSE_REPLAY_EVENTS_DEFAULT = 1000  # events per channel
+SSE_REPLAY_BYTES_DEFAULT = 1024 * 1024  # bytes of SSE text per channel
+SSE_REPLAY_SECONDS_DEFAULT = 120.0  # age of the oldest event held
+SSE_LINGER_SECONDS_DEFAULT = 60.0  # binding kept after the last SSE subscriber of a channel left
+
+
 class BrokerUnavailable(Exception):
     """RabbitMQ could not be reached or refused a declaration/binding."""
 
 
 class Subscriber(Protocol):
-    """What the bridge fans out to (a WebSocket consumer, later SSE and webhooks)."""
+    """What the bridge fans out to (``gateway.delivery.ChannelFeed``, test collectors).
+
+    A subscriber may also offer ``deliver_nowait(message, size, minute)``, the same without a
+    coroutine; the bridge then calls that (the fast path).
+    """
 
     async def deliver(self, message: dict[str, Any], size: int, minute: int) -> None:
-        """Send ``message`` (an ASGI ``websocket.send`` dict shared by all subscribers; do not
-        mutate it) of ``size`` bytes (UTF-8 frame length); ``minute`` is Unix time // 60."""
+        """Take ``message`` (an ASGI message shared by all subscribers of that framing; do not
+        mutate it) of ``size`` bytes (UTF-8 frame length); ``minute`` is Unix time // 60.
+        Must not wait on the client."""
+
+
+# (event id, ASGI http.response.body message, frame size in bytes, time.monotonic() when received)
+ReplayItem = tuple[str, dict[str, Any], int, float]
+
+
+class ReplayBuffer:
+    """The recent SSE events of one channel, oldest first, for ``Last-Event-ID`` resume.
+
+    Bounded by ``max_events`` events, ``max_bytes`` bytes of SSE text and ``max_age`` seconds
+    (WHATWG HTML §9.2 Server-sent events: ``Last-Event-ID`` names the last event the client saw).
+    Items are ``(event id, ASGI http.response.body message, frame size in bytes, monotonic time)``.
+    """
+
+    __slots__ = ("events", "bytes", "max_events", "max_bytes", "max_age")
+
+    def __init__(self, *, max_events: int, max_bytes: int, max_age: float) -> None:
+        self.events: deque[ReplayItem] = deque()
+        self.bytes = 0
+        self.max_events, self.max_bytes, self.max_age = max_events, max_bytes, max_age
+
+    def append(self, event_id: str, message: dict[str, Any], size: int) -> None:
+        """Hold one event; forget the oldest beyond the event and byte bounds."""
+        events = self.events
+        events.append((event_id, message, size, time.monotonic()))
+        self.bytes += len(message["body"])
+        while len(events) > self.max_events or self.bytes > self.max_bytes:
+            self.bytes -= len(events.popleft()[1]["body"])
+
+    def since(self, last_event_id: str) -> list[ReplayItem] | None:
+        """The events after ``last_event_id``, oldest first; None if that id is not held (never
+        seen by this process, or forgotten: older than the bounds)."""
+        events = self.events
+        horizon = time.monotonic() - self.max_age
+        while events and events[0][3] < horizon:
+            self.bytes -= len(events.popleft()[1]["body"])
+        for index in range(len(events) - 1, -1, -1):  # recent ids are the likely ones
+            if events[index][0] == last_event_id:
+                return list(events)[index + 1 :]
+        return None
 
 
 @dataclass(slots=True)
 class Route:
-    """Local subscribers of one concrete channel, and the frame text that follows the event id."""
+    """Local subscribers of one concrete channel, and the frame text that follows the event id.
+
+    ``subscribers`` and ``sse_subscribers`` are replaced (copy-on-write), never mutated, so a
+    fan-out in progress keeps iterating over the tuple it started with; ``ws_calls`` /
+    ``sse_calls`` are the same subscribers' delivery callables, rebuilt with them.
+    """
 
     channel_fragment: str  # ',"channel":"prices/ACME","published_at":'
-    subscribers: tuple[Subscriber, ...] = ()
+    subscribers: tuple[Subscriber, ...] = ()  # WebSocket framing
+    sse_subscribers: tuple[Subscriber, ...] = ()
+    ws_calls: tuple[Callable[..., Any], ...] = ()
+    ws_awaits: tuple[Callable[..., Any], ...] = ()
+    sse_calls: tuple[Callable[..., Any], ...] = ()
+    sse_awaits: tuple[Callable[..., Any], ...] = ()
+    replay: ReplayBuffer | None = None  # from the first SSE subscriber until the route goes
+    lingering: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    def rebuild(self) -> None:
+        def split(subscribers: tuple[Subscriber, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+            nowait = tuple(getattr(s, "deliver_nowait", None) for s in subscribers)
+            calls = tuple(call for call in nowait if call is not None)
+            awaits = tuple(s.deliver for s, call in zip(subscribers, nowait, strict=True) if call is None)
+            return calls, awaits
+
+        self.ws_calls, self.ws_awaits = split(self.subscribers)
+        self.sse_calls, self.sse_awaits = split(self.sse_subscribers)
+
+    @property
+    def empty(self) -> bool:
+        return not self.subscribers and not self.sse_subscribers
 
 
 def timestamp_json(value: Any) -> str:
@@ -81,25 +183,31 @@ def timestamp_json(value: Any) -> str:
     return repr(seconds) if math.isfinite(seconds) else "null"
 
 
-# Larger bodies are dropped before parsing, so one huge event cannot stall the event loop.
-MAX_EVENT_BYTES = 1024 * 1024
-
-
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def frame_build(*, event_id: str, channel_fragment: str, published_at: Any, body: bytes) -> str:
+class EventTooLarge(ValueError):
+    """An event whose frame would exceed ``GATEWAY_MAX_MESSAGE_BYTES``."""
+
+
+def frame_build(
+    *, event_id: str, channel_fragment: str, published_at: Any, body: bytes, max_bytes: int | None = None
+) -> str:
     """The client frame for one event, by concatenation around the raw JSON ``body``.
 
     ``published_at`` is the ``eg-published-at`` header (see ``timestamp_json``). The body is
     parsed once (not re-serialized) so that only one whole JSON value is spliced in: a body such
-    as ``0,"channel":"other"`` could otherwise forge frame fields. Raises ``ValueError`` if the
-    body is not UTF-8 (RFC 6455 §5.6: text frames are UTF-8) or not exactly one JSON value
-    (RFC 8259: ``NaN`` and ``Infinity`` are not JSON; nesting too deep to parse is refused too).
+    as ``0,"channel":"other"`` could otherwise forge frame fields. Raises ``EventTooLarge`` (a
+    ``ValueError``) if the body alone is over ``max_bytes`` (default
+    ``settings.GATEWAY_MAX_MESSAGE_BYTES``), checked before parsing so one huge event cannot stall
+    the event loop; ``ValueError`` if the body is not UTF-8 (RFC 6455 §5.6: text frames are
+    UTF-8) or not exactly one JSON value (RFC 8259: ``NaN`` and ``Infinity`` are not JSON;
+    nesting too deep to parse is refused too). The caller checks the whole frame's size.
     """
-    if len(body) > MAX_EVENT_BYTES:
-        raise ValueError(f"body of {len(body):,} bytes is over the {MAX_EVENT_BYTES:,}-byte limit")
+    limit = settings.GATEWAY_MAX_MESSAGE_BYTES if max_bytes is None else max_bytes
+    if len(body) > limit:
+        raise EventTooLarge(f"body of {len(body):,} bytes is over the {limit:,}-byte limit")
     text = body.decode() if body else "null"
     try:
         json.loads(text, parse_constant=_refuse_constant)
@@ -107,6 +215,27 @@ def frame_build(*, event_id: str, channel_fragment: str, published_at: Any, body
         raise ValueError("event body nested too deeply") from None
     head = '{"id":' + _json_str(event_id) + channel_fragment + timestamp_json(published_at)
     return head + ',"payload":' + text + "}"
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def sse_event(event_id: str, frame: str) -> bytes:
+    """One Server-Sent Events event (WHATWG HTML §9.2.6) carrying ``frame`` as its data.
+
+    ``id: <event id>`` lets the client resume with ``Last-Event-ID``; it is left out when the id
+    holds a line break or NUL, which the format cannot carry. Line breaks in the frame (JSON
+    whitespace from the provider's body; JSON strings cannot hold raw ones) become further
+    ``data:`` lines, which the client joins with ``\\n``.
+    """
+    data = (
+        "data: " + _LINE_BREAK.sub("\ndata: ", frame)
+        if ("\n" in frame or "\r" in frame)
+        else "data: " + frame
+    )
+    if event_id and not any(c in event_id for c in "\r\n\x00"):
+        return ("id: " + event_id + "\n" + data + "\n\n").encode()
+    return (data + "\n\n").encode()
 
 
 class Bridge:
@@ -121,7 +250,17 @@ class Bridge:
         self._queue: AbstractRobustQueue | None = None
         self._start_lock = asyncio.Lock()
         self._bind_lock = asyncio.Lock()
-        self.dropped = 0  # events dropped (bad body, failed delivery); analytics will count them
+        self._pending: set[asyncio.Task[None]] = set()
+        self.max_bytes = int(settings.GATEWAY_MAX_MESSAGE_BYTES)
+        self.replay_events = int(gateway_setting("GATEWAY_SSE_REPLAY_EVENTS", SSE_REPLAY_EVENTS_DEFAULT))
+        self.replay_bytes = int(gateway_setting("GATEWAY_SSE_REPLAY_BYTES", SSE_REPLAY_BYTES_DEFAULT))
+        self.replay_seconds = gateway_setting("GATEWAY_SSE_REPLAY_SECONDS", SSE_REPLAY_SECONDS_DEFAULT)
+        self.linger_seconds = gateway_setting("GATEWAY_SSE_LINGER_SECONDS", SSE_LINGER_SECONDS_DEFAULT)
+        # Events dropped before fan-out, by reason: "oversize" (frame over max_bytes), "invalid"
+        # (body not one JSON value), "failed" (a subscriber raised).
+        self.dropped: dict[str, int] = {"oversize": 0, "invalid": 0, "failed": 0}
+        self.reconnects = 0
+        self._lost = False
         self._drop_logged_at = -60.0
         self.queue_name = f"eventgate.gateway.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
@@ -146,11 +285,23 @@ class Bridge:
                 await connection.close()
                 raise BrokerUnavailable(f"cannot set up the gateway queue: {exc}") from exc
             connection.reconnect_callbacks.add(self._on_reconnect)
+            connection.close_callbacks.add(self._on_connection_lost)
             self._connection, self._queue = connection, queue  # type: ignore[assignment]
             log.info("Gateway bridge connected; queue %s", self.queue_name)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the AMQP connection is up right now (False before ``start`` and while
+        aio-pika reconnects)."""
+        connection = self._connection
+        return connection is not None and connection.connected.is_set()
+
     async def close(self) -> None:
         """Close the connection (RabbitMQ then deletes the queue and its bindings)."""
+        for route in self.routes.values():
+            for handle in route.lingering:
+                handle.cancel()
+            route.lingering.clear()
         if self._connection is not None:
             await self._connection.close()
         self._connection = self._exchange = self._queue = None
@@ -159,9 +310,14 @@ class Bridge:
     async def bind(self, routing_key: str) -> None:
         """Ask for events of ``routing_key``; returns once the broker binding exists.
 
-        Reference-counted: each ``bind`` needs one ``unbind``. Raises ``BrokerUnavailable``.
+        Reference-counted: each ``bind`` needs one ``unbind`` (or ``unbind_later``). Raises
+        ``BrokerUnavailable`` (and counts nothing) when RabbitMQ cannot be reached.
         """
         await self.start()
+        if not self.connected:
+            # Reconnecting: refuse now rather than accept a client no event can reach yet (an
+            # existing binding would make the reconcile below a no-op). Clients retry (1013/503).
+            raise BrokerUnavailable("RabbitMQ connection lost; reconnecting")
         self._demand[routing_key] = self._demand.get(routing_key, 0) + 1
         try:
             await self._reconcile(routing_key)
@@ -176,31 +332,101 @@ class Bridge:
             self._demand[routing_key] = remaining
             return
         self._demand.pop(routing_key, None)
+        route = self.routes.get(routing_key)
+        if route is not None and route.empty:
+            del self.routes[routing_key]
         try:
             await self._reconcile(routing_key)
         except BrokerUnavailable as exc:
             # Kept in _bound: the next reconnect or bind of this key retries the unbind.
             log.warning("Could not unbind %s: %s", routing_key, exc)
 
-    def attach(self, routing_key: str, channel: str, subscriber: Subscriber) -> None:
+    def unbind_later(self, routing_key: str, delay: float | None = None) -> None:
+        """``unbind`` after ``delay`` seconds (default ``GATEWAY_SSE_LINGER_SECONDS``): the
+        binding, the route and its replay buffer stay meanwhile, so a client that reconnects
+        soon can resume. Call instead of ``unbind``, never both. ``close`` cancels pending ones."""
+        delay = self.linger_seconds if delay is None else delay
+        route = self.routes.get(routing_key)
+        if delay <= 0 or route is None:
+            self._spawn(self.unbind(routing_key))
+            return
+        handle: asyncio.TimerHandle | None = None
+
+        def due() -> None:
+            if handle in route.lingering:
+                route.lingering.remove(handle)
+            self._spawn(self.unbind(routing_key))
+
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        route.lingering.append(handle)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def attach(
+        self, routing_key: str, channel: str, subscriber: Subscriber, *, framing: str = "websocket"
+    ) -> None:
         """Start fanning events of ``routing_key`` out to ``subscriber`` (call after ``bind``).
 
-        ``channel`` is the concrete address shown in frames, e.g. ``prices/ACME``.
+        ``channel`` is the concrete address shown in frames, e.g. ``prices/ACME``. ``framing``
+        ``"websocket"`` hands ``{"type": "websocket.send", "text": frame}`` messages,
+        ``"sse"`` ``{"type": "http.response.body", "body": <sse_event bytes>, "more_body": True}``
+        messages and keeps a replay buffer for the channel (``replay_since``).
         """
         route = self.routes.get(routing_key)
         if route is None:
             route = self.routes[routing_key] = Route(',"channel":' + _json_str(channel) + ',"published_at":')
-        # Copy-on-write: a fan-out in progress keeps iterating over the old tuple.
-        route.subscribers = (*route.subscribers, subscriber)
+        if framing == "sse":
+            if route.replay is None:
+                route.replay = ReplayBuffer(
+                    max_events=self.replay_events, max_bytes=self.replay_bytes, max_age=self.replay_seconds
+                )
+            route.sse_subscribers = (*route.sse_subscribers, subscriber)
+        elif framing == "websocket":
+            route.subscribers = (*route.subscribers, subscriber)
+        else:
+            raise ValueError(f"framing {framing!r} is not 'websocket' or 'sse'")
+        route.rebuild()
 
     def detach(self, routing_key: str, subscriber: Subscriber) -> None:
-        """Stop fanning out to ``subscriber``. Idempotent."""
+        """Stop fanning out to ``subscriber``. Idempotent. The route (and its replay buffer)
+        stays while its binding is still wanted (a lingering SSE channel)."""
         route = self.routes.get(routing_key)
         if route is None:
             return
         route.subscribers = tuple(s for s in route.subscribers if s is not subscriber)
-        if not route.subscribers:
+        route.sse_subscribers = tuple(s for s in route.sse_subscribers if s is not subscriber)
+        route.rebuild()
+        if route.empty and routing_key not in self._demand:
             del self.routes[routing_key]
+
+    def replay_since(self, routing_key: str, last_event_id: str) -> list[ReplayItem] | None:
+        """The SSE events of ``routing_key`` this process holds after ``last_event_id``, oldest
+        first (see ``ReplayBuffer.since``); None when that id is not held. Call right after
+        ``attach`` with no ``await`` in between, so no event is missed or repeated."""
+        route = self.routes.get(routing_key)
+        if route is None or route.replay is None:
+            return None
+        return route.replay.since(last_event_id)
+
+    def status(self) -> dict[str, Any]:
+        """Counts for ``/gateway/status``: connection state, routes, bindings, drops."""
+        return {
+            "connected": self.connected,
+            "queue": self.queue_name if self._queue is not None else None,
+            "reconnects": self.reconnects,
+            "routes": len(self.routes),
+            "websocket_subscribers": sum(len(r.subscribers) for r in self.routes.values()),
+            "sse_subscribers": sum(len(r.sse_subscribers) for r in self.routes.values()),
+            "bindings": len(self._bound),
+            "binding_demand": sum(self._demand.values()),
+            "lingering": sum(len(r.lingering) for r in self.routes.values()),
+            "replay_events": sum(len(r.replay.events) for r in self.routes.values() if r.replay),
+            "dropped": dict(self.dropped),
+            "max_message_bytes": self.max_bytes,
+        }
 
     async def _reconcile(self, routing_key: str) -> None:
         # Serialised, and decided on the state at the time of the call, so a bind racing an
@@ -221,10 +447,20 @@ class Bridge:
                     f"cannot {'bind' if wanted else 'unbind'} {routing_key}: {exc}"
                 ) from exc
 
+    async def _on_connection_lost(self, *args: Any) -> None:
+        # aio-pika calls this after every failed reconnection attempt too: log the first only.
+        if not self._lost:
+            self._lost = True
+            log.warning(
+                "Gateway bridge lost its RabbitMQ connection; reconnecting (events meanwhile are lost)"
+            )
+
     async def _on_reconnect(self, *args: Any) -> None:
         # aio-pika re-declares the queue and restores recorded bindings; drop those nobody
         # needs any more (an unbind that failed while RabbitMQ was down).
-        log.info("Gateway bridge reconnected to RabbitMQ")
+        self.reconnects += 1
+        self._lost = False
+        log.info("Gateway bridge reconnected to RabbitMQ; %d bindings restored", len(self._bound))
         for routing_key in tuple(self._bound - set(self._demand)):
             try:
                 await self._reconcile(routing_key)
@@ -236,37 +472,66 @@ class Bridge:
         route = self.routes.get(message.routing_key or "")
         if route is None:
             return
+        event_id = message.message_id or ""
         try:
             frame = frame_build(
-                event_id=message.message_id or "",
+                event_id=event_id,
                 channel_fragment=route.channel_fragment,
                 published_at=message.headers.get("eg-published-at"),
                 body=message.body,
+                max_bytes=self.max_bytes,
             )
-        except ValueError as invalid:
-            self._drop(message, str(invalid))
+        except EventTooLarge as too_large:
+            self._drop(message, "oversize", str(too_large))
             return
-        outgoing = {"type": "websocket.send", "text": frame}
+        except ValueError as invalid:
+            self._drop(message, "invalid", str(invalid))
+            return
         size = len(frame) if frame.isascii() else len(frame.encode())
+        if size > self.max_bytes:
+            self._drop(
+                message, "oversize", f"frame of {size:,} bytes is over the {self.max_bytes:,}-byte limit"
+            )
+            return
         minute = int(time.time()) // 60
-        for subscriber in route.subscribers:
-            try:
-                await subscriber.deliver(outgoing, size, minute)
-            except Exception as exc:  # noqa: BLE001 - one broken socket must not stop the fan-out
-                self._drop(message, f"delivery failed: {exc!r}")
+        if route.subscribers:
+            outgoing = {"type": "websocket.send", "text": frame}
+            for call in route.ws_calls:
+                try:
+                    call(outgoing, size, minute)
+                except Exception as exc:  # noqa: BLE001 - one broken subscriber must not stop the fan-out
+                    self._drop(message, "failed", f"delivery failed: {exc!r}")
+            for deliver in route.ws_awaits:
+                try:
+                    await deliver(outgoing, size, minute)
+                except Exception as exc:  # noqa: BLE001 - one broken subscriber must not stop the fan-out
+                    self._drop(message, "failed", f"delivery failed: {exc!r}")
+        if route.replay is not None:
+            chunk = {"type": "http.response.body", "body": sse_event(event_id, frame), "more_body": True}
+            route.replay.append(event_id, chunk, size)
+            for call in route.sse_calls:
+                try:
+                    call(chunk, size, minute)
+                except Exception as exc:  # noqa: BLE001
+                    self._drop(message, "failed", f"delivery failed: {exc!r}")
+            for deliver in route.sse_awaits:
+                try:
+                    await deliver(chunk, size, minute)
+                except Exception as exc:  # noqa: BLE001
+                    self._drop(message, "failed", f"delivery failed: {exc!r}")
 
-    def _drop(self, message: AbstractIncomingMessage, reason: str) -> None:
+    def _drop(self, message: AbstractIncomingMessage, reason: str, detail: str) -> None:
         """Count a dropped event; log the first and then one summary a minute, so a misbehaving
         publisher cannot flood the log from the event loop."""
-        self.dropped += 1
+        self.dropped[reason] += 1
         now = time.monotonic()
         if now - self._drop_logged_at >= 60:
             log.warning(
-                "Dropped event %s on %s: %s (%d dropped in this process so far)",
+                "Dropped event %s on %s: %s (dropped in this process so far: %s)",
                 message.message_id,
                 message.routing_key,
-                reason,
-                self.dropped,
+                detail,
+                ", ".join(f"{n} {name}" for name, n in self.dropped.items()),
             )
             self._drop_logged_at = now
 
@@ -275,7 +540,7 @@ _bridges: dict[asyncio.AbstractEventLoop, Bridge] = {}
 
 
 def get_bridge() -> Bridge:
-    """The bridge of the running event loop (one per process under daphne; tests get one per loop)."""
+    """The bridge of the running event loop (one per process under uvicorn; tests get one per loop)."""
     loop = asyncio.get_running_loop()
     bridge = _bridges.get(loop)
     if bridge is None:

@@ -1,28 +1,37 @@
-"""WebSocket consumers of the gateway.
+"""WebSocket consumers of the gateway (docs/gateway.md).
 
-``EventStreamConsumer`` serves ``/ws/<api slug>/<version>/<channel address>``: it authorizes the
-handshake, binds the channel on the broker bridge, accepts, then receives the events the bridge
-fans out. Refused handshakes (no/unknown/revoked credential, not subscribed, subscription
-pending, unknown API, version or channel, bad parameter) are closed before ``accept``, so daphne
-answers HTTP 403 and no broker resources are created. Once open, connections close with
-application codes from the 4000–4999 range (RFC 6455 §7.4.2): daphne's WebSocket stack refuses
-to send registered codes such as 1008 or 1013, so each mirrors the registered code it stands for:
+- ``EventStreamConsumer``: ``/ws/<api slug>/<version>/<channel address>``, one channel. Its
+  events arrive as text frames; where the channel has a ``send`` operation and the credential
+  may send, each client text frame is one event's payload.
+- ``MultiplexConsumer``: ``/ws/<api slug>/<version>``, several channels of one API version over
+  one socket, with ``subscribe``/``unsubscribe``/``publish`` frames answered by ``ack`` or
+  ``error`` frames.
+- ``NoRouteConsumer``: any other ``/ws/`` path (4404).
 
-- 4008 (as 1008 policy violation): the client sent a data frame (sending is not offered yet);
-- 4013 (as 1013 try again later): RabbitMQ is unreachable, so no events could flow;
-- 4401 (as HTTP 401): the API key was revoked while the connection was open;
-- 4403 (as HTTP 403): the subscription stopped being active (e.g. cancelled);
-- 4410 (as HTTP 410 Gone): the API was blocked or retired, or the version retired.
+Refusals follow one contract (``gateway.auth``): the handshake is accepted (echoing the
+``eventgate.v1`` subprotocol when offered, never the credential entry) and closed at once with a
+4400-4429 code and a reason, so every client, browsers included, can tell the cases apart. No
+broker binding or queue, no metering for a refused handshake. Open connections close with:
 
-Control messages close these at once; a periodic audit (``live_connections_audit``) catches
-what sends none (expiry, deletion, a deactivated owner, a state change by a raw update, a lost
-message).
+- 4401 credential revoked or expired; 4403 subscription suspended, cancelled or otherwise ended;
+  4409 business plan changed; 4410 API blocked or retired, version retired; 4429 quota used up
+  (audit) — through control messages over the Channels layer (``gateway.control``), and the
+  periodic audit (``live_connections_audit``) for what sends none;
+- 1008 a binary frame; 1009 a frame over ``GATEWAY_MAX_MESSAGE_BYTES`` (uvicorn itself);
+  1011 internal error; 1013 RabbitMQ unreachable at the handshake, or a slow consumer under the
+  "close" policy (``gateway.delivery``).
+
+Events reach clients through a per-connection ``gateway.delivery.Outbox``: the bridge's fan-out
+only enqueues (``ChannelFeed``), so no client's socket can stall others; replies (ack and error
+frames) go through the same outbox, in order with the events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 import weakref
 from typing import Any
 
@@ -31,112 +40,155 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from gateway.auth import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_NOT_FOUND,
+    CLOSE_PLAN_CHANGED,
+    CLOSE_UNAUTHORIZED,
+    REASON_PLAN_CHANGED,
+    ChannelGrant,
     Grant,
     HandshakeRefused,
-    credential_from_scope,
-    grant_still_allowed,
-    grants_allowed,
+    api_unavailable_reason,
+    channel_authorize,
+    close_reason,
+    grants_refusals,
     handshake_authorize,
+    subscription_ended_reason,
 )
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
-from gateway.control import api_group, api_key_group, api_version_group, subscription_group
+from gateway.control import api_group, api_version_group, subscription_group
+from gateway.credentials import credential_from_scope, credential_group
+from gateway.delivery import ChannelFeed, Outbox
+from gateway.inbound import PayloadInvalid, get_inbound_publisher, payload_parse
 from gateway.metering import get_meter
+from gateway.publishing import address_normalize
+from gateway.schemas import payload_error
+from portal.models import Channel
 
 log = logging.getLogger(__name__)
 
-CLOSE_POLICY_VIOLATION = 4008
-CLOSE_TRY_AGAIN_LATER = 4013
-CLOSE_REVOKED = 4401
-CLOSE_SUBSCRIPTION_ENDED = 4403
-CLOSE_API_UNAVAILABLE = 4410
-REASON_NO_CLIENT_EVENTS = "This channel does not accept events from clients."
+CLOSE_POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_FORBIDDEN = 4403
+CLOSE_GONE = 4410
+REASON_BINARY = "Binary frames are not accepted: send events and control frames as JSON text."
 REASON_BROKER_DOWN = "Event backbone unavailable; try again later."
-# Close reasons by the state the API or version moved to (RFC 6455 §5.5.1: at most 123 bytes).
-REASONS_API_UNAVAILABLE = {
-    ("api", "blocked"): "API blocked by its provider or an admin.",
-    ("api", "retired"): "API retired.",
-    ("version", "retired"): "API version retired; connect to a newer version.",
-}
-REASON_API_UNAVAILABLE = "API or API version no longer available."
+REASON_NO_ROUTE = "Not a gateway route: use /ws/<api>/<version>/<channel address> or /ws/<api>/<version>."
+# Multiplexed mode: channels one connection may subscribe to at once, and the length of the
+# ``id`` a client may tag a frame with (echoed in the reply).
+MAX_CHANNELS_PER_CONNECTION = 100
+MAX_FRAME_ID_CHARS = 200
+# Payloads up to this size (bytes) are validated on the event loop; larger ones in a thread.
+_INLINE_VALIDATION_BYTES = 64 * 1024
+_FRAME_TYPES = ("subscribe", "unsubscribe", "publish")
 
 
-class EventStreamConsumer(AsyncWebsocketConsumer):
-    """Streams a channel's events to one authorized client, one text frame per event.
+class GatewayConsumer(AsyncWebsocketConsumer):
+    """What both modes share: the handshake, control messages, channel bindings, client events.
 
-    Frame: ``{"id": str, "channel": str, "published_at": float seconds | null, "payload": any}``
-    (built once per event by ``gateway.bridge``). Every delivered event is metered as one event
-    and the frame's UTF-8 length in bytes, under the subscription and channel template.
+    Subclasses say what the URL names (``_address``) and what a text frame is (``receive``).
     """
 
     grant: Grant | None = None
     bridge: Bridge | None = None
-    _bound = False
+    outbox: Outbox | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.feeds: dict[str, tuple[ChannelGrant, ChannelFeed]] = {}  # address → its subscription
+        self._subprotocol: str | None = None
+        self._ending = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
+
+    def _address(self) -> str | None:
+        """The channel address in the URL (None: multiplexed mode)."""
+        raise NotImplementedError
+
+    # --- handshake ------------------------------------------------------------------------
 
     async def connect(self) -> None:
         route = self.scope["url_route"]["kwargs"]
+        secret, self._subprotocol = credential_from_scope(self.scope)
         try:
             grant = await self._authorize(
-                secret=credential_from_scope(self.scope),
-                api_slug=route["api"],
-                version=route["version"],
-                address=route["address"],
+                secret=secret, api_slug=route["api"], version=route["version"], address=self._address()
             )
             # Join the control groups, then look again: a revocation that committed after the
             # check above but before the join would otherwise never reach this connection.
             await self._groups_join(grant)
-            if not await self._still_allowed(grant):
-                raise HandshakeRefused(
-                    f"key {grant.key_id}: revoked, subscription ended or API unavailable during the handshake"
-                )
+            refusal = await self._recheck(grant)
+            if refusal is not None:
+                refusal.credential = grant.credential
+                raise refusal
         except HandshakeRefused as refusal:
-            # %r: the path comes from the client; repr keeps it on one log line, and the cut keeps
-            # a 6 KB address from filling the log (the reason may repeat it: cut too).
-            log.info(
-                "Refused handshake for %.300r from %s: %.500s", self.scope["path"], self._peer(), refusal
-            )
-            await self.close()  # before accept: daphne answers HTTP 403
+            await self._refuse(refusal)
             return
-        await self._stream(grant)
+        await self._open(grant)
 
-    async def _stream(self, grant: Grant) -> None:
-        """Bind the channel on the bridge, accept, then start receiving its events."""
+    async def _refuse(self, refusal: HandshakeRefused) -> None:
+        """Accept, then close at once with the refusal's code and reason (the contract)."""
+        credential = refusal.credential
+        # %r: the path comes from the client; repr keeps it on one log line, and the cut keeps
+        # a 6 KB address from filling the log. The credential appears as kind and id only.
+        log.info(
+            "Refused handshake for %.300r from %s (%s): %d %s",
+            self.scope["path"],
+            self._peer(),
+            f"{credential.kind} {credential.id}" if credential else "no credential",
+            refusal.code,
+            refusal.reason,
+        )
+        await self.accept(self._subprotocol)
+        await self.close(code=refusal.code, reason=refusal.reason)
+
+    async def _open(self, grant: Grant) -> None:
+        """Bind the URL's channel (if it may receive), accept, start the outbox writer."""
         self.bridge = get_bridge()
-        try:
-            await self.bridge.bind(grant.routing_key)
-        except BrokerUnavailable as exc:
-            log.warning("WebSocket %r closed with 4013: %s", self.scope["path"], exc)
-            await self.accept()
-            await self.close(code=CLOSE_TRY_AGAIN_LATER, reason=REASON_BROKER_DOWN)
-            return
-        self._bound = True
-        meter = get_meter()
-        meter.ensure_flushing()
-        # Hot-path shortcuts for deliver().
-        self._meter_add = meter.add
-        self._subscription_id = grant.subscription_id
-        self._channel_template = grant.channel_template
-        await self.accept()
-        # Attached only once accepted: the bridge never sends on a socket still in the handshake.
-        self.bridge.attach(grant.routing_key, grant.address, self)
+        self.outbox = Outbox(send=self.base_send, close=self.close)
+        channel = grant.channel
+        if channel is not None and grant.refusal(channel, "receive") is None:
+            try:
+                # Before accept: every event published once the client saw 101 is delivered
+                # (queued in the outbox until its writer starts).
+                await self._channel_bind(channel)
+            except BrokerUnavailable as exc:
+                log.warning("WebSocket %r closed with 1013: %s", self.scope["path"], exc)
+                await self.accept(self._subprotocol)
+                await self.close(code=CLOSE_TRY_AGAIN_LATER, reason=REASON_BROKER_DOWN)
+                return
+        await self.accept(self._subprotocol)
+        self.outbox.start()
         _live.add(self)
         _audit_ensure_running()
-        log.info("WebSocket open: subscription %s on %s", grant.subscription_id, grant.routing_key)
+        self._expiry_schedule(grant)
+        log.info(
+            "WebSocket open: subscription %s, %s %s %s",
+            grant.subscription_id,
+            grant.api_slug,
+            grant.version,
+            channel.address if channel else "(multiplexed)",
+        )
 
-    async def disconnect(self, code: int) -> None:
-        _live.discard(self)
-        if self.grant is not None:
-            for group in self._groups(self.grant):
-                await self.channel_layer.group_discard(group, self.channel_name)
-        if self.bridge is None or self.grant is None or not self._bound:
+    def _expiry_schedule(self, grant: Grant) -> None:
+        """Close with 4401 when the credential expires (an OAuth token's ``expires_in``)."""
+        expires_at = grant.credential.expires_at
+        if expires_at is None:
             return
-        self.bridge.detach(self.grant.routing_key, self)
-        self._bound = False
-        await self.bridge.unbind(self.grant.routing_key)
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(0.0, expires_at - time.time()), self._expired
+        )
+
+    def _expired(self) -> None:
+        self._expiry_task = asyncio.get_running_loop().create_task(
+            self.close(CLOSE_UNAUTHORIZED, "Credential expired.")
+        )
 
     @staticmethod
     def _groups(grant: Grant) -> tuple[str, ...]:
         return (
-            api_key_group(grant.key_id),
+            credential_group(grant.credential),
             subscription_group(grant.subscription_id),
             api_group(grant.api_id),
             api_version_group(grant.api_version_id),
@@ -147,58 +199,387 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         for group in self._groups(grant):
             await self.channel_layer.group_add(group, self.channel_name)
 
-    async def gateway_revoke(self, event: dict[str, Any]) -> None:
-        """Control message ``gateway.revoke``: this connection's API key was revoked."""
-        log.info(
-            "Closing WebSocket of subscription %s: API key revoked", self.grant and self.grant.subscription_id
+    # --- channels -------------------------------------------------------------------------
+
+    async def _channel_bind(self, channel: ChannelGrant) -> None:
+        """Bind ``channel`` on the broker (returns once the binding exists), then attach a feed
+        to this connection's outbox. Raises ``BrokerUnavailable``."""
+        assert self.bridge is not None and self.outbox is not None and self.grant is not None
+        await self.bridge.bind(channel.routing_key)
+        feed = ChannelFeed(
+            self.outbox, subscription_id=self.grant.subscription_id, channel_template=channel.channel_template
         )
-        await self.close(code=CLOSE_REVOKED, reason="API key revoked.")
+        self.bridge.attach(channel.routing_key, channel.address, feed)
+        self.feeds[channel.address] = (channel, feed)
+
+    def _channel_detach(self, address: str) -> ChannelGrant | None:
+        """Stop this connection's events of ``address`` at once (no await); returns its grant
+        for ``_channel_unbind``."""
+        entry = self.feeds.pop(address, None)
+        if entry is None or self.bridge is None:
+            return None
+        channel, feed = entry
+        self.bridge.detach(channel.routing_key, feed)
+        return channel
+
+    async def _channel_unbind(self, channel: ChannelGrant) -> None:
+        assert self.bridge is not None
+        await self.bridge.unbind(channel.routing_key)
+
+    # --- ending ---------------------------------------------------------------------------
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close with ``code`` and ``reason`` (cut to 123 bytes): stop the outbox and the feeds
+        first, so nothing is delivered or metered after the decision; bindings go in
+        ``disconnect``. Idempotent. (The control handlers below call only ``close``, so the SSE
+        consumer reuses them with its own.)"""
+        if self._ending:
+            return
+        self._ending = True
+        _live.discard(self)
+        if self.outbox is not None:
+            self.outbox.stop()
+        if self.bridge is not None:
+            for channel, feed in self.feeds.values():
+                self.bridge.detach(channel.routing_key, feed)
+        if self.grant is not None and code not in (None, 1000):
+            log.info(
+                "Closing WebSocket of subscription %s with %s: %s", self.grant.subscription_id, code, reason
+            )
+        try:
+            await super().close(code=code, reason=close_reason(reason) if reason else None)
+        except Exception as exc:  # noqa: BLE001 - the socket is gone already: disconnect cleans up
+            log.debug("Close after the client left: %r", exc)
+
+    async def disconnect(self, code: int) -> None:
+        _live.discard(self)
+        self._ending = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self.outbox is not None:
+            self.outbox.stop()
+        if self.grant is not None:
+            for group in self._groups(self.grant):
+                await self.channel_layer.group_discard(group, self.channel_name)
+        for address in list(self.feeds):
+            channel = self._channel_detach(address)
+            if channel is not None:
+                await self._channel_unbind(channel)
+
+    async def gateway_revoke(self, event: dict[str, Any]) -> None:
+        """Control message ``gateway.revoke``: the credential was revoked (4401)."""
+        kind = self.grant.credential.kind if self.grant else ""
+        await self.close(
+            CLOSE_UNAUTHORIZED, "API key revoked." if kind == "api_key" else "Credential revoked."
+        )
 
     async def gateway_subscription_ended(self, event: dict[str, Any]) -> None:
-        """Control message ``gateway.subscription_ended``: the subscription is no longer active."""
-        log.info(
-            "Closing WebSocket of subscription %s: no longer active",
-            self.grant and self.grant.subscription_id,
-        )
-        await self.close(code=CLOSE_SUBSCRIPTION_ENDED, reason="Subscription no longer active.")
+        """Control message ``gateway.subscription_ended``: the subscription is no longer active;
+        ``status`` (when given) is its new state, named in the reason (4403)."""
+        await self.close(CLOSE_FORBIDDEN, subscription_ended_reason(event.get("status")))
+
+    async def gateway_plan_changed(self, event: dict[str, Any]) -> None:
+        """Control message ``gateway.plan_changed``: the subscription moved to another business
+        plan; the client reconnects to continue under it (4409)."""
+        await self.close(CLOSE_PLAN_CHANGED, REASON_PLAN_CHANGED)
 
     async def gateway_api_unavailable(self, event: dict[str, Any]) -> None:
         """Control message ``gateway.api_unavailable``: the API was blocked or retired
         (``scope`` absent or ``"api"``), or the version retired (``scope`` ``"version"``);
-        ``status`` is the new state. Closes with 4410."""
-        scope, status = event.get("scope", "api"), event.get("status", "")
-        log.info(
-            "Closing WebSocket of subscription %s: %s %s",
-            self.grant and self.grant.subscription_id,
-            scope,
-            status or "unavailable",
+        ``status`` is the new state (4410)."""
+        await self.close(
+            CLOSE_GONE, api_unavailable_reason(event.get("scope", "api"), event.get("status", ""))
         )
-        reason = REASONS_API_UNAVAILABLE.get((scope, status), REASON_API_UNAVAILABLE)
-        await self.close(code=CLOSE_API_UNAVAILABLE, reason=reason)
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        await self.close(code=CLOSE_POLICY_VIOLATION, reason=REASON_NO_CLIENT_EVENTS)
+    # --- client frames --------------------------------------------------------------------
 
-    async def deliver(self, message: dict[str, Any], size: int, minute: int) -> None:
-        """Send one event frame (``gateway.bridge.Subscriber``) and meter it. Hot path: no I/O wait."""
-        await self.base_send(message)
-        self._meter_add((self._subscription_id, self._channel_template, "out", minute), size)
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        if self._ending or self.grant is None:
+            return  # frames that crossed our close frame
+        if message.get("text") is None:
+            await self.close(CLOSE_POLICY_VIOLATION, REASON_BINARY)
+            return
+        try:
+            await self.receive(text_data=message["text"])
+        except Exception:
+            log.exception("Client frame failed on %r", self.scope["path"])
+            await self.close(CLOSE_INTERNAL_ERROR, "Internal error.")
+
+    async def _client_event(
+        self, channel: ChannelGrant, payload: Any, body: bytes, *, frame_id: Any = None
+    ) -> bool:
+        """Check, validate, publish and meter one client event; reply with an error frame (or
+        close with 4401 for an expired credential) when refused. Returns whether it was taken."""
+        assert self.grant is not None
+        refusal = self.grant.refusal(channel, "send")
+        if refusal is not None:
+            if refusal.code == CLOSE_UNAUTHORIZED:
+                await self.close(refusal.code, refusal.reason)
+            else:
+                self._error(refusal.code, refusal.reason, frame_id=frame_id, channel=channel.address)
+            return False
+        if self.grant.validate_payloads and channel.payload_schemas:
+            if len(body) <= _INLINE_VALIDATION_BYTES:
+                failure = payload_error(channel.payload_schemas, payload)
+            else:  # jsonschema is pure Python: a large payload must not hold the event loop
+                failure = await asyncio.to_thread(payload_error, channel.payload_schemas, payload)
+            if failure is not None:
+                pointer, reason = failure
+                self._error(
+                    CLOSE_BAD_REQUEST, reason, frame_id=frame_id, channel=channel.address, pointer=pointer
+                )
+                return False
+        try:
+            await get_inbound_publisher().publish(grant=self.grant, channel=channel, body=body)
+        except BrokerUnavailable as exc:
+            log.warning("Client event on %s not published: %s", channel.routing_key, exc)
+            self._error(CLOSE_TRY_AGAIN_LATER, REASON_BROKER_DOWN, frame_id=frame_id, channel=channel.address)
+            return False
+        get_meter().add(
+            (self.grant.subscription_id, channel.channel_template, "in", int(time.time()) // 60), len(body)
+        )
+        return True
+
+    def _reply(self, frame: dict[str, Any]) -> None:
+        """Queue an ack or error frame behind the events already queued (never waits)."""
+        if self.outbox is None:
+            return
+        text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+        if not self.outbox.enqueue({"type": "websocket.send", "text": text}):
+            log.debug("Reply to a full or closed outbox dropped: %s", text[:200])
+
+    def _error(
+        self,
+        code: int,
+        reason: str,
+        *,
+        frame_id: Any = None,
+        channel: str | None = None,
+        pointer: str | None = None,
+    ) -> None:
+        frame: dict[str, Any] = {"type": "error"}
+        if frame_id is not None:
+            frame["id"] = frame_id
+        frame.update(code=code, reason=reason)
+        if channel is not None:
+            frame["channel"] = channel
+        if pointer is not None:
+            frame["pointer"] = pointer
+        self._reply(frame)
+
+    # --- database (worker thread) ---------------------------------------------------------
 
     @database_sync_to_async
-    def _still_allowed(self, grant: Grant) -> bool:
-        return grant_still_allowed(grant)
-
-    @database_sync_to_async
-    def _authorize(self, *, secret: str | None, api_slug: str, version: str, address: str) -> Grant:
+    def _authorize(self, *, secret: str | None, api_slug: str, version: str, address: str | None) -> Grant:
         return handshake_authorize(secret=secret, api_slug=api_slug, version=version, address=address)
+
+    @database_sync_to_async
+    def _recheck(self, grant: Grant) -> HandshakeRefused | None:
+        return grants_refusals([grant], quota=False)[0]
 
     def _peer(self) -> str:
         client = self.scope.get("client") or ("?", 0)
         return f"{client[0]}:{client[1]}"
 
 
+class EventStreamConsumer(GatewayConsumer):
+    """One channel: ``/ws/<api slug>/<version>/<channel address>``.
+
+    Server → client: one text frame per event,
+    ``{"id": str, "channel": str, "published_at": float seconds | null, "payload": any}`` (built
+    once per event by ``gateway.bridge``), metered as one event and the frame's UTF-8 length in
+    bytes under the subscription and channel template once handed to the socket.
+    Client → server (channels with a send operation the credential may use): each text frame is
+    one event's payload (a JSON value); nothing is answered on success, an error frame
+    ``{"type": "error", "code", "reason"[, "pointer"]}`` on a rejected event.
+    """
+
+    def _address(self) -> str | None:
+        return self.scope["url_route"]["kwargs"]["address"]
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        assert self.grant is not None and self.grant.channel is not None and text_data is not None
+        try:
+            payload = payload_parse(text_data)
+        except PayloadInvalid as invalid:
+            self._error(CLOSE_BAD_REQUEST, str(invalid), channel=self.grant.channel.address)
+            return
+        await self._client_event(self.grant.channel, payload, text_data.encode())
+
+
+class MultiplexConsumer(GatewayConsumer):
+    """Several channels of one API version: ``/ws/<api slug>/<version>``.
+
+    Client → server, JSON text frames (``id`` optional, a string or integer echoed in the reply)::
+
+        {"type": "subscribe", "channel": "prices/ACME", "id": "c1"}
+        {"type": "unsubscribe", "channel": "prices/ACME", "id": "c2"}
+        {"type": "publish", "channel": "orders", "payload": {...}, "id": "c3"}
+
+    Server → client: ``{"type": "ack", "id", "channel"}`` or ``{"type": "error", "id", "code",
+    "reason", "channel"[, "pointer"]}`` with the refusal contract's codes (4400 malformed frame or
+    bad parameter, 4404 unknown channel, 4405 direction not allowed, 1013 broker unavailable);
+    events are the usual event frames (no ``type`` key). A subscribe's ack comes before any of
+    that channel's events; after an unsubscribe's ack none comes. At most
+    ``MAX_CHANNELS_PER_CONNECTION`` channels at once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (address, direction) → its ChannelGrant or refusal; bounded, cleared when full.
+        self._channels: dict[tuple[str, str], ChannelGrant | HandshakeRefused] = {}
+        self._version_channels: list[Channel] | None = None
+
+    def _address(self) -> str | None:
+        return None
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        assert text_data is not None
+        frame = self._frame_parse(text_data)
+        if frame is None:
+            return
+        kind, address, frame_id = frame["type"], frame["channel"], frame.get("id")
+        direction = "receive" if kind in ("subscribe", "unsubscribe") else "send"
+        if kind == "unsubscribe":
+            await self._unsubscribe(address, frame_id)
+            return
+        channel = await self._channel_lookup(address, direction)
+        if isinstance(channel, HandshakeRefused):
+            self._error(channel.code, channel.reason, frame_id=frame_id, channel=address)
+        elif kind == "subscribe":
+            await self._subscribe(channel, frame_id)
+        else:
+            payload = frame["payload"]
+            body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+            if await self._client_event(channel, payload, body, frame_id=frame_id):
+                self._reply({"type": "ack", "id": frame_id, "channel": channel.address})
+
+    def _frame_parse(self, text: str) -> dict[str, Any] | None:
+        """The control frame in ``text``, or None after replying with a 4400 error frame."""
+        try:
+            frame = payload_parse(text)
+        except PayloadInvalid as invalid:
+            self._error(CLOSE_BAD_REQUEST, f"malformed frame: {invalid}")
+            return None
+        if not isinstance(frame, dict):
+            self._error(
+                CLOSE_BAD_REQUEST, "a frame is a JSON object with a type: subscribe, unsubscribe or publish"
+            )
+            return None
+        frame_id = frame.get("id")
+        valid_id = (isinstance(frame_id, str) and len(frame_id) <= MAX_FRAME_ID_CHARS) or (
+            isinstance(frame_id, int) and not isinstance(frame_id, bool)
+        )
+        if frame_id is not None and not valid_id:
+            self._error(
+                CLOSE_BAD_REQUEST,
+                f"id must be a string of at most {MAX_FRAME_ID_CHARS} characters or an integer",
+            )
+            return None
+        if frame.get("type") not in _FRAME_TYPES:
+            self._error(
+                CLOSE_BAD_REQUEST,
+                f"unknown frame type {str(frame.get('type'))[:40]!r}: "
+                "expected subscribe, unsubscribe or publish",
+                frame_id=frame_id,
+            )
+            return None
+        if not isinstance(frame.get("channel"), str) or not frame["channel"].strip("/"):
+            self._error(
+                CLOSE_BAD_REQUEST,
+                f"a {frame['type']} frame needs a channel: a concrete address such as prices/ACME",
+                frame_id=frame_id,
+            )
+            return None
+        if frame["type"] == "publish" and "payload" not in frame:
+            self._error(
+                CLOSE_BAD_REQUEST,
+                "a publish frame needs a payload",
+                frame_id=frame_id,
+                channel=frame["channel"],
+            )
+            return None
+        return frame
+
+    async def _subscribe(self, channel: ChannelGrant, frame_id: Any) -> None:
+        if channel.address not in self.feeds:
+            if len(self.feeds) >= MAX_CHANNELS_PER_CONNECTION:
+                self._error(
+                    CLOSE_BAD_REQUEST,
+                    f"at most {MAX_CHANNELS_PER_CONNECTION} channels per connection: unsubscribe one first",
+                    frame_id=frame_id,
+                    channel=channel.address,
+                )
+                return
+            try:
+                await self._channel_bind(channel)
+            except BrokerUnavailable as exc:
+                log.warning("Subscribe to %s failed: %s", channel.routing_key, exc)
+                self._error(
+                    CLOSE_TRY_AGAIN_LATER, REASON_BROKER_DOWN, frame_id=frame_id, channel=channel.address
+                )
+                return
+            if self._ending:  # closed while binding: disconnect may have run already
+                detached = self._channel_detach(channel.address)
+                if detached is not None:
+                    await self._channel_unbind(detached)
+                return
+        # No await between the attach and this: the ack is queued before any of its events.
+        self._reply({"type": "ack", "id": frame_id, "channel": channel.address})
+
+    async def _unsubscribe(self, address: str, frame_id: Any) -> None:
+        address = address_normalize(address)
+        channel = self._channel_detach(address)
+        if channel is None:
+            self._error(
+                CLOSE_BAD_REQUEST, f"not subscribed to {address[:100]!r}", frame_id=frame_id, channel=address
+            )
+            return
+        self._reply({"type": "ack", "id": frame_id, "channel": address})
+        await self._channel_unbind(channel)
+
+    async def _channel_lookup(self, address: str, direction: str) -> ChannelGrant | HandshakeRefused:
+        """The ``ChannelGrant`` of ``address`` for ``direction``, or why not (cached per
+        connection: a publishing client does not query the database per event)."""
+        key = (address_normalize(address), direction)
+        cached = self._channels.get(key)
+        if cached is None:
+            cached = await self._channel_authorize(key[0], direction)
+            if len(self._channels) >= 2 * MAX_CHANNELS_PER_CONNECTION:
+                self._channels.clear()
+            self._channels[key] = cached
+        return cached
+
+    @database_sync_to_async
+    def _channel_authorize(self, address: str, direction: str) -> ChannelGrant | HandshakeRefused:
+        assert self.grant is not None
+        if self._version_channels is None:
+            self._version_channels = list(
+                Channel.objects.filter(api_version_id=self.grant.api_version_id).prefetch_related(
+                    "operations"
+                )
+            )
+        try:
+            return channel_authorize(
+                grant=self.grant, channels=self._version_channels, address=address, directions=(direction,)
+            )
+        except HandshakeRefused as refusal:
+            return refusal
+
+
+class NoRouteConsumer(AsyncWebsocketConsumer):
+    """Refuses WebSocket handshakes on paths that are not gateway routes: accepted, then closed
+    with 4404 (the refusal contract)."""
+
+    async def connect(self) -> None:
+        log.info("Refused WebSocket handshake for %.300r: not a gateway route", self.scope["path"])
+        _, subprotocol = credential_from_scope(self.scope)
+        await self.accept(subprotocol)
+        await self.close(code=CLOSE_NOT_FOUND, reason=REASON_NO_ROUTE)
+
+
 # The accepted connections of this process, for the audit; weak, so a dead one never lingers.
-_live: weakref.WeakSet[EventStreamConsumer] = weakref.WeakSet()
+_live: weakref.WeakSet[GatewayConsumer] = weakref.WeakSet()
 _audits: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
 
@@ -219,36 +600,20 @@ async def _audit_forever() -> None:
 
 
 async def live_connections_audit() -> int:
-    """Close this process's connections whose key is no longer usable (4401), whose
-    subscription is no longer active (4403), or whose API or version is no longer served (4410).
-    Three queries however many connections; returns the number closed. Catches what sends no
-    control message: expiry, deletion, a deactivated owner, a raw update, a lost message.
+    """Close this process's connections that would be refused now (``gateway.auth.grants_refusals``):
+    credential no longer usable (4401, API keys and OAuth tokens), subscription no longer active
+    (4403), business plan changed (4409), API or version no longer served (4410), quota used up
+    (4429). At most 6 queries however many connections; returns the number closed. Catches what
+    sends no control message: expiry, deletion, a deactivated owner, a raw update, a lost message.
     """
     consumers = [consumer for consumer in list(_live) if consumer.grant is not None]
     if not consumers:
         return 0
     grants = [consumer.grant for consumer in consumers if consumer.grant is not None]
-    allowed = await database_sync_to_async(grants_allowed)(grants)
+    refusals = await database_sync_to_async(grants_refusals)(grants)
     closed = 0
-    for consumer in consumers:
-        grant = consumer.grant
-        assert grant is not None
-        if grant.key_id not in allowed.key_ids:
-            await consumer.gateway_revoke({"type": "gateway.revoke"})
-        elif grant.subscription_id not in allowed.subscription_ids:
-            await consumer.gateway_subscription_ended({"type": "gateway.subscription_ended"})
-        elif grant.api_version_id not in allowed.api_version_ids:
-            await consumer.gateway_api_unavailable({"type": "gateway.api_unavailable"})
-        else:
-            continue
-        _live.discard(consumer)
-        closed += 1
+    for consumer, refusal in zip(consumers, refusals, strict=True):
+        if refusal is not None:
+            await consumer.close(code=refusal.code, reason=refusal.reason)
+            closed += 1
     return closed
-
-
-class NoRouteConsumer(AsyncWebsocketConsumer):
-    """Refuses (HTTP 403) WebSocket handshakes on paths that are not gateway routes."""
-
-    async def connect(self) -> None:
-        log.info("Refused WebSocket handshake for %s: not a gateway route", self.scope["path"])
-        await self.close()

@@ -68,10 +68,13 @@ def api_key_revoked_notify(*, key_id: int) -> None:
     _group_send(api_key_group(key_id), {"type": "gateway.revoke"})
 
 
-def subscription_ended_notify(*, subscription_id: int) -> None:
+def subscription_ended_notify(*, subscription_id: int, status: str = "") -> None:
     """Tell every gateway process to close the live connections of a subscription that is no
-    longer active (sync code)."""
-    _group_send(subscription_group(subscription_id), {"type": "gateway.subscription_ended"})
+    longer active (sync code); ``status`` (its new ``Subscription.Status``, e.g. ``suspended``)
+    is named in the close reason."""
+    _group_send(
+        subscription_group(subscription_id), {"type": "gateway.subscription_ended", "status": status}
+    )
 
 
 def api_unavailable_notify(*, api_id: int, status: str) -> None:
@@ -87,3 +90,20 @@ def api_version_unavailable_notify(*, api_version_id: int, status: str) -> None:
         api_version_group(api_version_id),
         {"type": "gateway.api_unavailable", "status": status, "scope": "version"},
     )
+
+
+def oauth_token_group(token_id: int) -> str:
+    """The Channels group of connections opened with OAuth2 access token ``token_id``."""
+    return f"gateway.oauthtoken.{token_id}"
+
+
+def oauth_token_revoked_notify(*, token_id: int) -> None:
+    """Tell every gateway process to close the live connections of access token ``token_id``
+    (revoked: deleted through DOT's revoke endpoint, the portal or the admin)."""
+    _group_send(oauth_token_group(token_id), {"type": "gateway.revoke"})
+
+
+def subscription_plan_changed_notify(*, subscription_id: int) -> None:
+    """Tell every gateway process to close the live connections of a subscription that moved to
+    another business plan (close code 4409: reconnect to continue under the new plan)."""
+    _group_send(subscription_group(subscription_id), {"type": "gateway.plan_changed"})

@@ -9,6 +9,12 @@ worker thread, so the event loop never waits for the database.
 Durability: a failed write is merged back and retried at the next flush; on a clean shutdown
 (SIGTERM/SIGINT, the process exits normally) an ``atexit`` hook writes what is left. A crash
 (SIGKILL, OOM) loses at most the counts of the last flush interval.
+
+Dropped events (a slow consumer's full outbox, ``gateway.delivery``) are never metered as
+delivered. They are counted per (subscription id, channel template) in process memory only:
+analytics has no row for them (``UsageRecord`` is what billing reads). Totals since the process
+started are in ``Meter.dropped`` (shown by ``/gateway/status``), and each flush that saw new
+drops logs one WARNING summary line (logger ``gateway.metering``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # (subscription id, channel template, direction "out"/"in", minute = Unix seconds // 60)
 MeterKey = tuple[int, str, str, int]
+# (subscription id, channel template)
+DropKey = tuple[int, str]
 
 
 class Meter:
@@ -35,17 +43,40 @@ class Meter:
 
     def __init__(self) -> None:
         self.counts: dict[MeterKey, list[int]] = {}
+        self.dropped: dict[DropKey, int] = {}  # events dropped since the process started
+        self._dropped_recent: dict[DropKey, int] = {}  # since the last flush's log summary
         self._task: asyncio.Task[None] | None = None
         self._atexit_registered = False
 
-    def add(self, key: MeterKey, size: int) -> None:
-        """Count one event of ``size`` bytes. Hot path: one dict lookup, no I/O."""
+    def add(self, key: MeterKey, size: int, events: int = 1) -> None:
+        """Count ``events`` events (one by default) of ``size`` bytes in all. Hot path: one dict
+        lookup, no I/O."""
         entry = self.counts.get(key)
         if entry is None:
-            self.counts[key] = [1, size]
+            self.counts[key] = [events, size]
         else:
-            entry[0] += 1
+            entry[0] += events
             entry[1] += size
+
+    def drop(self, subscription_id: int, channel_template: str) -> None:
+        """Count one event dropped for a slow consumer (not delivered, never billed)."""
+        key = (subscription_id, channel_template)
+        self.dropped[key] = self.dropped.get(key, 0) + 1
+        self._dropped_recent[key] = self._dropped_recent.get(key, 0) + 1
+
+    def drops_log(self) -> int:
+        """Log one summary line of the drops since the last call (the largest five); returns
+        how many events that was."""
+        recent, self._dropped_recent = self._dropped_recent, {}
+        total = sum(recent.values())
+        if total:
+            largest = sorted(recent.items(), key=lambda item: -item[1])[:5]
+            log.warning(
+                "Slow consumers: %d events dropped since the last flush (%s)",
+                total,
+                "; ".join(f"subscription {sub} on {template}: {n}" for (sub, template), n in largest),
+            )
+        return total
 
     def take_rows(self) -> list[UsageRow]:
         """Swap the counters for empty ones; return them as ``usage_record_batch`` rows."""
@@ -68,6 +99,7 @@ class Meter:
 
         On a database error the rows are kept for the next flush and 0 is returned.
         """
+        self.drops_log()
         rows = self.take_rows()
         if not rows:
             return 0

@@ -9,16 +9,27 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models.signals import post_save
+from django.db.models.signals import post_delete, post_init, post_save
 from django.dispatch import receiver
+from oauth2_provider.models import AccessToken
+from oauth2_provider.models import Application as OAuthClient
 
 from gateway.control import (
     api_key_revoked_notify,
     api_unavailable_notify,
     api_version_unavailable_notify,
+    oauth_token_revoked_notify,
     subscription_ended_notify,
+    subscription_plan_changed_notify,
 )
-from portal.models import API, APIKey, APIVersion, Subscription
+from gateway.credentials import (
+    API_KEY,
+    OAUTH_TOKEN,
+    credential_cache_refresh,
+    credentials_cache_refresh_owner,
+    owner_credentials_revoked_notify,
+)
+from portal.models import API, APIKey, APIVersion, Application, Subscription, User
 
 
 @receiver(post_save, sender=APIKey, dispatch_uid="gateway.api_key_saved")
@@ -33,7 +44,28 @@ def subscription_saved(
     sender: type[Subscription], instance: Subscription, created: bool, **kwargs: Any
 ) -> None:
     if not created and instance.status != Subscription.Status.ACTIVE:
-        transaction.on_commit(lambda: subscription_ended_notify(subscription_id=instance.pk))
+        subscription_id, status = instance.pk, instance.status
+        transaction.on_commit(
+            lambda: subscription_ended_notify(subscription_id=subscription_id, status=status)
+        )
+
+
+@receiver(post_init, sender=Subscription, dispatch_uid="gateway.subscription_loaded")
+def subscription_loaded(sender: type[Subscription], instance: Subscription, **kwargs: Any) -> None:
+    # The plan as loaded, so that a save can tell a plan change (service, Django admin) apart.
+    # From __dict__: a deferred plan_id (``.only()``) must not cost a query per row.
+    instance._gateway_plan_id = instance.__dict__.get("plan_id")  # type: ignore[attr-defined]
+
+
+@receiver(post_save, sender=Subscription, dispatch_uid="gateway.subscription_plan_saved")
+def subscription_plan_saved(
+    sender: type[Subscription], instance: Subscription, created: bool, **kwargs: Any
+) -> None:
+    loaded = getattr(instance, "_gateway_plan_id", None)
+    instance._gateway_plan_id = instance.__dict__.get("plan_id")  # type: ignore[attr-defined]
+    if not created and loaded is not None and loaded != instance._gateway_plan_id:
+        subscription_id = instance.pk
+        transaction.on_commit(lambda: subscription_plan_changed_notify(subscription_id=subscription_id))
 
 
 @receiver(post_save, sender=API, dispatch_uid="gateway.api_saved")
@@ -52,3 +84,64 @@ def api_version_saved(sender: type[APIVersion], instance: APIVersion, created: b
         transaction.on_commit(
             lambda: api_version_unavailable_notify(api_version_id=version_id, status=status)
         )
+
+
+# --- credentials: cache entries and live connections of API keys and OAuth2 access tokens -------
+# (gateway.credentials). Every change rewrites the credential's cache entry from the committed row
+# in the shared cache, so no gateway process accepts a revoked credential from its cache.
+
+
+@receiver(post_save, sender=APIKey, dispatch_uid="gateway.api_key_cache_saved")
+@receiver(post_delete, sender=APIKey, dispatch_uid="gateway.api_key_cache_deleted")
+def api_key_cache_refresh(sender: type[APIKey], instance: APIKey, **kwargs: Any) -> None:
+    if kwargs.get("created"):
+        return
+    key_id, deleted = instance.pk, "created" not in kwargs
+
+    def refresh() -> None:
+        credential_cache_refresh(kind=API_KEY, digest=instance.key_hash)
+        if deleted:  # a save that makes the key unusable is notified by api_key_saved above
+            api_key_revoked_notify(key_id=key_id)
+
+    transaction.on_commit(refresh)
+
+
+@receiver(post_save, sender=AccessToken, dispatch_uid="gateway.access_token_saved")
+@receiver(post_delete, sender=AccessToken, dispatch_uid="gateway.access_token_deleted")
+def access_token_refresh(sender: type[AccessToken], instance: AccessToken, **kwargs: Any) -> None:
+    # DOT revokes an access token by deleting it (revoke endpoint, portal, admin, cascades).
+    if kwargs.get("created"):
+        return
+    token_id, checksum = instance.pk, instance.token_checksum
+    deleted = "created" not in kwargs
+
+    def refresh() -> None:
+        credential_cache_refresh(kind=OAUTH_TOKEN, digest=checksum)
+        if deleted or instance.is_expired():
+            oauth_token_revoked_notify(token_id=token_id)
+
+    transaction.on_commit(refresh)
+
+
+@receiver(post_save, sender=User, dispatch_uid="gateway.user_credentials_saved")
+def user_credentials_refresh(sender: type[User], instance: User, created: bool, **kwargs: Any) -> None:
+    # An inactive owner's keys and tokens stop working; reactivated, they work again.
+    update_fields = kwargs.get("update_fields")
+    if created or (update_fields is not None and "is_active" not in update_fields):
+        return  # e.g. a sign-in updating last_login
+    user_id, active = instance.pk, instance.is_active
+
+    def refresh() -> None:
+        credentials_cache_refresh_owner(user_id=user_id)
+        if not active:
+            owner_credentials_revoked_notify(user_id=user_id)
+
+    transaction.on_commit(refresh)
+
+
+@receiver(post_delete, sender=Application, dispatch_uid="gateway.application_oauth_client_deleted")
+def application_oauth_client_delete(sender: type[Application], instance: Application, **kwargs: Any) -> None:
+    # The consumer key goes with its application, and with it every access token it was issued
+    # (each token's post_delete above refreshes its cache entry and closes its connections).
+    if instance.oauth_client_id is not None:
+        OAuthClient.objects.filter(pk=instance.oauth_client_id).delete()

@@ -7,6 +7,8 @@ closes live connections.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -27,6 +29,11 @@ from portal.models import (
     User,
 )
 from portal.services.lifecycle import api_block_details, api_transition
+from portal.services.subscriptions import (
+    subscription_plan_change,
+    subscription_reinstate,
+    subscription_suspend,
+)
 
 
 @admin.register(User)
@@ -119,7 +126,55 @@ class BusinessPlanAdmin(admin.ModelAdmin):
     list_filter = ["is_approved"]
 
 
-admin.site.register([Channel, Operation, Application, Subscription])
+admin.site.register([Channel, Operation, Application])
+
+
+@admin.action(description="Suspend selected subscriptions (closes their live connections)")
+def suspend(
+    modeladmin: admin.ModelAdmin[Subscription], request: HttpRequest, queryset: QuerySet[Subscription]
+) -> None:
+    for subscription in queryset:
+        try:
+            subscription_suspend(subscription=subscription, by=request.user, reason="Suspended by an admin.")
+        except (ValidationError, PermissionDenied) as error:
+            modeladmin.message_user(request, f"{subscription}: {service_error_text(error)}", messages.ERROR)
+        else:
+            modeladmin.message_user(request, f"{subscription} is suspended.")
+
+
+@admin.action(description="Reinstate selected suspended subscriptions")
+def reinstate(
+    modeladmin: admin.ModelAdmin[Subscription], request: HttpRequest, queryset: QuerySet[Subscription]
+) -> None:
+    for subscription in queryset:
+        try:
+            subscription_reinstate(subscription=subscription, by=request.user)
+        except (ValidationError, PermissionDenied) as error:
+            modeladmin.message_user(request, f"{subscription}: {service_error_text(error)}", messages.ERROR)
+        else:
+            modeladmin.message_user(request, f"{subscription} is active again.")
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    """Suspension through the actions (``subscription_suspend``/``_reinstate``); a plan changed
+    in the form goes through ``subscription_plan_change`` (same API, offered plans; live
+    connections close with 4409)."""
+
+    list_display = ["application", "api", "plan", "status", "created"]
+    list_filter = ["status"]
+    actions = [suspend, reinstate]
+
+    def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
+        if not (change and "plan" in form.changed_data):
+            super().save_model(request, obj, form, change)
+            return
+        new_plan, obj.plan_id = obj.plan, form.initial["plan"]
+        super().save_model(request, obj, form, change)  # the other fields, on the old plan
+        try:
+            subscription_plan_change(subscription=obj, plan=new_plan, by=request.user)
+        except (ValidationError, PermissionDenied) as error:
+            self.message_user(request, f"Plan not changed: {service_error_text(error)}", messages.ERROR)
 
 
 @admin.register(APIKey)

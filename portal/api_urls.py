@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.urls import path, re_path
 
 from portal import api
+from portal.api import webhooks
 from portal.api.common import endpoint_not_found
 
 app_name = "api"
@@ -68,9 +69,53 @@ urlpatterns = [
         api.ApplicationKeyRevokeView.as_view(),
         name="application_key_revoke",
     ),
+    path(
+        "applications/<int:pk>/keys/<int:key_id>/rotate",
+        api.consumer.ApplicationKeyRotateView.as_view(),
+        name="application_key_rotate",
+    ),
+    path(
+        "applications/<int:pk>/oauth-client",
+        api.consumer.ApplicationOAuthClientView.as_view(),
+        name="application_oauth_client",
+    ),
+    path(
+        "applications/<int:pk>/oauth-client/secret",
+        api.consumer.ApplicationOAuthClientSecretView.as_view(),
+        name="application_oauth_client_secret",
+    ),
+    path(
+        "applications/<int:pk>/oauth-tokens/",
+        api.consumer.ApplicationOAuthTokenListView.as_view(),
+        name="application_oauth_token_list",
+    ),
+    path(
+        "applications/<int:pk>/oauth-tokens/<int:token_id>/revoke",
+        api.consumer.ApplicationOAuthTokenRevokeView.as_view(),
+        name="application_oauth_token_revoke",
+    ),
     path("subscriptions/", api.SubscriptionListView.as_view(), name="subscription_list"),
     path("subscriptions/<int:pk>/", api.SubscriptionDetailView.as_view(), name="subscription_detail"),
     path("subscriptions/<int:pk>/cancel", api.SubscriptionCancelView.as_view(), name="subscription_cancel"),
+    # Webhooks (consumers): WebSub-style callbacks for channels, their delivery log (portal/api/webhooks.py).
+    path("webhooks/", webhooks.WebhookListView.as_view(), name="webhook_list"),
+    path("webhooks/<int:pk>/", webhooks.WebhookDetailView.as_view(), name="webhook_detail"),
+    path("webhooks/<int:pk>/verify", webhooks.WebhookVerifyView.as_view(), name="webhook_verify"),
+    path(
+        "webhooks/<int:pk>/deliveries/",
+        webhooks.WebhookDeliveryListView.as_view(),
+        name="webhook_delivery_list",
+    ),
+    path(
+        "webhooks/<int:pk>/deliveries/<uuid:delivery_id>/",
+        webhooks.WebhookDeliveryDetailView.as_view(),
+        name="webhook_delivery_detail",
+    ),
+    path(
+        "webhooks/<int:pk>/deliveries/<uuid:delivery_id>/redeliver",
+        webhooks.WebhookRedeliverView.as_view(),
+        name="webhook_redeliver",
+    ),
     # Last: anything else under /api/v1/ is a JSON 404, not the portal's HTML page.
     re_path(r"^(?P<path>.*)$", endpoint_not_found, name="not_found"),
 ]

@@ -1,8 +1,18 @@
-"""ASGI entry point: HTTP to Django, WebSocket to the gateway (served by daphne)."""
+"""ASGI entry point: HTTP to Django, ``/sse/...`` to the gateway's Server-Sent Events, WebSocket
+to the gateway (served by ``manage.py serve``: uvicorn).
+
+Also counts the open gateway connections of this process (WebSocket connections and SSE
+streams, from the first ASGI message until the application returns, so a connection counts
+until its clean-up has run) and answers ``GET /gateway/status`` with them (``gateway_status``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import json
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -10,14 +20,106 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
+from gateway.bridge import _bridges  # noqa: E402
+from gateway.metering import get_meter  # noqa: E402
 from gateway.routing import websocket_urlpatterns  # noqa: E402
 from gateway.security import GatewayOriginValidator  # noqa: E402
+from gateway.sse import EventSourceConsumer  # noqa: E402
+
+ASGIApp = Any
+
+# Open gateway connections of this process: {"websocket": n, "sse": n}.
+connections: dict[str, int] = {"websocket": 0, "sse": 0}
+
+
+def connections_counted(kind: str, app: ASGIApp) -> ASGIApp:
+    """Wrap ``app`` so ``connections[kind]`` counts its calls in progress."""
+
+    async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        connections[kind] += 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            connections[kind] -= 1
+
+    return counted
+
+
+def _local_unproxied(scope: dict[str, Any]) -> bool:
+    """Whether the request comes straight from this machine: a loopback peer and no proxy
+    header (a reverse proxy on the same host would otherwise make every request look local)."""
+    client = scope.get("client")
+    try:
+        loopback = bool(client) and ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False
+    proxied = any(name in (b"x-forwarded-for", b"forwarded", b"x-real-ip") for name, _ in scope["headers"])
+    return loopback and not proxied
+
+
+def gateway_status_document() -> dict[str, Any]:
+    """This process's gateway state: open connections, the bridge (connection, bindings,
+    routes, events dropped before fan-out by reason) and slow-consumer drops per subscription."""
+    bridge = None
+    try:
+        bridge = _bridges.get(asyncio.get_running_loop())
+    except RuntimeError:
+        pass
+    dropped = get_meter().dropped
+    return {
+        "pid": os.getpid(),
+        "connections": {**connections, "total": sum(connections.values())},
+        "bridge": bridge.status() if bridge is not None else None,
+        "slow_consumer_dropped": {
+            "total": sum(dropped.values()),
+            "by_subscription": [
+                {"subscription": subscription_id, "channel": template, "events": events}
+                for (subscription_id, template), events in sorted(dropped.items())
+            ],
+        },
+    }
+
+
+async def gateway_status(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``GET /gateway/status``: ``gateway_status_document()`` as JSON, for operators and tests.
+    Only from this machine without a proxy in between (``_local_unproxied``): 404 otherwise."""
+    if _local_unproxied(scope) and scope["method"] in ("GET", "HEAD"):
+        status, body = 200, json.dumps(gateway_status_document()).encode()
+    else:
+        status, body = 404, b'{"error": "not_found"}'
+    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+sse_app = connections_counted(
+    "sse",
+    URLRouter(
+        [re_path(r"^sse/(?P<api>[^/]+)/(?P<version>[^/]+)/(?P<address>.+)$", EventSourceConsumer.as_asgi())]
+    ),
+)
+
+
+async def http_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Routes ``/sse/<api>/<version>/<address>`` to the SSE consumer, ``/gateway/status`` to
+    ``gateway_status``, everything else (and ``/sse/`` paths of another shape) to Django."""
+    path = scope["path"]
+    if path.startswith("/sse/") and path.count("/") >= 4:
+        await sse_app(scope, receive, send)
+    elif path == "/gateway/status":
+        await gateway_status(scope, receive, send)
+    else:
+        await django_asgi_app(scope, receive, send)
+
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_app,
         # Like AllowedHostsOriginValidator, but clients without an Origin header (CLIs) are allowed.
-        "websocket": GatewayOriginValidator(URLRouter(websocket_urlpatterns)),
+        "websocket": connections_counted(
+            "websocket", GatewayOriginValidator(URLRouter(websocket_urlpatterns))
+        ),
     }
 )

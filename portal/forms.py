@@ -335,3 +335,45 @@ class OrganizationForm(forms.Form):
     def clean_organization(self) -> str:
         # PostgreSQL text cannot hold NUL, and control characters have no place in a name.
         return "".join(char for char in self.cleaned_data["organization"] if char.isprintable()).strip()
+
+
+class APIKeyForm(forms.Form):
+    """A new API key: an optional name and when it expires (docs/credentials.md)."""
+
+    EXPIRY_CHOICES = [
+        ("never", "Never expires"),
+        ("30", "Expires in 30 days"),
+        ("90", "Expires in 90 days"),
+        ("365", "Expires in 1 year"),
+        ("date", "Valid until a date…"),
+    ]
+
+    name = forms.CharField(
+        max_length=100,
+        required=False,
+        label="Name",
+        widget=forms.TextInput(attrs={"placeholder": "e.g. production"}),
+    )
+    expires = forms.ChoiceField(choices=EXPIRY_CHOICES, initial="never", label="Expiry")
+    expires_on = forms.DateField(
+        required=False, label="Valid until", widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("expires") == "date" and not data.get("expires_on"):
+            self.add_error("expires_on", "Pick the last day the key should work.")
+        return data
+
+
+class APIKeyRotateForm(forms.Form):
+    """How long a rotated key keeps working next to its replacement, in seconds."""
+
+    GRACE_CHOICES = [
+        (0, "End the old key now"),
+        (3600, "Old key works 1 more hour"),
+        (86400, "Old key works 24 more hours"),
+        (7 * 86400, "Old key works 7 more days"),
+    ]
+
+    grace_seconds = forms.TypedChoiceField(choices=GRACE_CHOICES, coerce=int, initial=86400)

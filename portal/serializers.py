@@ -421,16 +421,31 @@ class SubscriptionCreateSerializer(serializers.Serializer[Any]):
 
 
 class APIKeySerializer(serializers.ModelSerializer[APIKey]):
-    """An API key without its secret: ``prefix`` (first 11 characters) tells keys apart."""
+    """An API key without its secret: ``prefix`` (first 11 characters) tells keys apart.
+    ``replaced_by``: the id of the key that replaced it by rotation (this one then works until
+    ``expires_at``, the end of the grace period)."""
 
     class Meta:
         model = APIKey
-        fields = ["id", "name", "prefix", "created", "expires_at", "revoked_at"]
+        fields = ["id", "name", "prefix", "created", "expires_at", "revoked_at", "replaced_by"]
         read_only_fields = fields
 
 
 class APIKeyCreateSerializer(serializers.Serializer[Any]):
+    """A new key's name and expiry: ``expires_in_days`` or ``expires_at``, or neither (never)."""
+
     name = serializers.CharField(max_length=100, required=False, default="default")
+    expires_in_days = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=5 * 365, help_text="e.g. 30, 90 or 365."
+    )
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="ISO 8601; in the future, at most 5 years away."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("expires_in_days") is not None and attrs.get("expires_at") is not None:
+            raise serializers.ValidationError({"expires_at": "Give expires_in_days or expires_at, not both."})
+        return attrs
 
 
 class APIKeyCreatedSerializer(APIKeySerializer):
@@ -508,3 +523,53 @@ class ApprovalQueueSerializer(serializers.Serializer[Any]):
 
     plans = PendingPlanSerializer(many=True)
     subscriptions = PendingSubscriptionSerializer(many=True)
+
+
+# --- credentials (docs/credentials.md) -------------------------------------------------------------
+
+
+class APIKeyRotateSerializer(serializers.Serializer[Any]):
+    """How long the old key keeps working next to its replacement."""
+
+    grace_seconds = serializers.IntegerField(
+        required=False,
+        default=86400,
+        min_value=0,
+        max_value=30 * 86400,
+        help_text="Seconds both keys work (default 86400 = 24 h; 0 ends the old key now).",
+    )
+
+
+class APIKeyRotatedSerializer(serializers.Serializer[Any]):
+    """The new key with its secret ``key`` (shown this once) and the old key, now ending."""
+
+    key = serializers.CharField(read_only=True, help_text="The new key's secret, shown this once.")
+    new_key = APIKeySerializer(read_only=True)
+    old_key = APIKeySerializer(read_only=True)
+
+
+class OAuthClientSerializer(serializers.Serializer[Any]):
+    """An application's OAuth2 client: consumer key, token endpoint and the scopes it may ask for."""
+
+    client_id = serializers.CharField(read_only=True, help_text="The consumer key.")
+    created = serializers.DateTimeField(read_only=True)
+    token_url = serializers.URLField(read_only=True, help_text="POST grant_type=client_credentials here.")
+    scopes_available = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+
+class OAuthClientSecretSerializer(OAuthClientSerializer):
+    """The OAuth2 client with its new ``client_secret``, shown this once and stored hashed."""
+
+    client_secret = serializers.CharField(read_only=True)
+
+
+class AccessTokenSerializer(serializers.Serializer[Any]):
+    """An access token issued to the application's client, without the token itself."""
+
+    id = serializers.IntegerField(read_only=True)
+    scopes = serializers.SerializerMethodField()
+    created = serializers.DateTimeField(read_only=True)
+    expires = serializers.DateTimeField(read_only=True)
+
+    def get_scopes(self, token: Any) -> list[str]:
+        return str(token.scope).split()

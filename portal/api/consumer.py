@@ -1,9 +1,10 @@
-"""Consumers, for their own: applications, their subscriptions and API keys."""
+"""Consumers, for their own: applications, their subscriptions, API keys and OAuth2 clients."""
 
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -16,17 +17,30 @@ from portal.api.common import (
 )
 from portal.models import Application, Subscription
 from portal.serializers import (
+    AccessTokenSerializer,
     APIKeyCreatedSerializer,
     APIKeyCreateSerializer,
+    APIKeyRotatedSerializer,
+    APIKeyRotateSerializer,
     APIKeySerializer,
     ApplicationDetailSerializer,
     ApplicationSerializer,
     ApplicationUpdateSerializer,
+    OAuthClientSecretSerializer,
+    OAuthClientSerializer,
     SubscriptionCreateSerializer,
     SubscriptionSerializer,
 )
-from portal.services.subscriptions import (
+from portal.services.credentials import (
     api_key_create,
+    api_key_expiry,
+    api_key_rotate,
+    oauth_client_create,
+    oauth_client_secret_regenerate,
+    oauth_tokens_active,
+    oauth_tokens_revoke,
+)
+from portal.services.subscriptions import (
     api_key_revoke,
     application_create,
     application_delete,
@@ -173,13 +187,17 @@ class ApplicationKeyCreateView(V1View):
         request=APIKeyCreateSerializer,
         responses={201: APIKeyCreatedSerializer},
         summary="Generate an API key",
-        description="The response's `key` is the secret; it is shown this once and never stored.",
+        description="The response's `key` is the secret; it is shown this once and never stored. "
+        "Expiry: `expires_in_days` (e.g. 30, 90, 365) or `expires_at`; neither means never.",
     )
     def post(self, request: Request, pk: int) -> Response:
         application = get_application_for_user(request.user, pk)
         serializer = APIKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        key, secret = api_key_create(application=application, name=serializer.validated_data["name"])
+        data = serializer.validated_data
+        with service_errors():
+            expires_at = data.get("expires_at") or api_key_expiry(days=data.get("expires_in_days"))
+            key, secret = api_key_create(application=application, name=data["name"], expires_at=expires_at)
         key.key = secret  # type: ignore[attr-defined]
         return Response(APIKeyCreatedSerializer(key).data, status=status.HTTP_201_CREATED)
 
@@ -195,3 +213,113 @@ class ApplicationKeyRevokeView(V1View):
     def post(self, request: Request, pk: int, key_id: int) -> Response:
         key = api_key_revoke(key=get_key_for_user(request.user, pk, key_id))
         return Response(APIKeySerializer(key).data)
+
+
+
+# --- credentials: key rotation, the OAuth2 client and its tokens (docs/credentials.md) ------------
+
+
+class ApplicationKeyRotateView(V1View):
+    @extend_schema(
+        request=APIKeyRotateSerializer,
+        responses={201: APIKeyRotatedSerializer},
+        summary="Rotate an API key",
+        description="Creates a new key (its secret `key` is shown this once) and keeps the old key "
+        "working for `grace_seconds` (default 24 h), after which the gateway refuses it and closes its "
+        "connections (4401). A revoked, expired or already rotated key answers 400.",
+    )
+    def post(self, request: Request, pk: int, key_id: int) -> Response:
+        key = get_key_for_user(request.user, pk, key_id)
+        serializer = APIKeyRotateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        with service_errors():
+            grace = serializer.validated_data["grace_seconds"]
+            new_key, secret = api_key_rotate(key=key, grace_seconds=grace)
+        key.refresh_from_db()
+        body = {"key": secret, "new_key": new_key, "old_key": key}
+        return Response(APIKeyRotatedSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+def _oauth_client_body(request: Request, application: Application, secret: str | None = None) -> dict:
+    from portal.oauth import application_scopes
+
+    client = application.oauth_client
+    body = {
+        "client_id": client.client_id,
+        "created": client.created,
+        "token_url": request.build_absolute_uri("/o/token/"),
+        "scopes_available": sorted(application_scopes(application.pk)),
+    }
+    if secret is not None:
+        body["client_secret"] = secret
+    return body
+
+
+class ApplicationOAuthClientView(V1View):
+    @extend_schema(
+        responses=OAuthClientSerializer,
+        summary="The OAuth2 client of an application",
+        description="Its consumer key (`client_id`), the token endpoint and the scopes it may ask "
+        "for now. 404 until one is created.",
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        application = get_application_for_user(request.user, pk)
+        if application.oauth_client is None:
+            raise NotFound("This application has no consumer key yet: POST here to create one.")
+        return Response(OAuthClientSerializer(_oauth_client_body(request, application)).data)
+
+    @extend_schema(
+        request=None,
+        responses={201: OAuthClientSecretSerializer},
+        summary="Create the OAuth2 client of an application",
+        description="A consumer key and secret for the client credentials grant at `/o/token/`. "
+        "`client_secret` is shown this once and stored hashed. 400 if the application has one.",
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        application = get_application_for_user(request.user, pk)
+        with service_errors():
+            client, secret = oauth_client_create(application=application)
+        application.oauth_client = client
+        body = _oauth_client_body(request, application, secret)
+        return Response(OAuthClientSecretSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class ApplicationOAuthClientSecretView(V1View):
+    @extend_schema(
+        request=None,
+        responses=OAuthClientSecretSerializer,
+        summary="Regenerate the client secret",
+        description="The old secret stops working at once; issued access tokens stay valid until they "
+        "expire or are revoked. The new `client_secret` is shown this once.",
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        application = get_application_for_user(request.user, pk)
+        with service_errors():
+            client, secret = oauth_client_secret_regenerate(application=application)
+        return Response(OAuthClientSecretSerializer(_oauth_client_body(request, application, secret)).data)
+
+
+class ApplicationOAuthTokenListView(V1View):
+    @extend_schema(
+        responses=AccessTokenSerializer(many=True),
+        summary="Unexpired access tokens of an application",
+        description="Ids, scopes and lifetimes only: a token is shown only to the client it was issued to.",
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        application = get_application_for_user(request.user, pk)
+        return Response(AccessTokenSerializer(oauth_tokens_active(application), many=True).data)
+
+
+class ApplicationOAuthTokenRevokeView(V1View):
+    @extend_schema(
+        request=None,
+        responses={204: None},
+        summary="Revoke an access token",
+        description="Handshakes with the token are refused from now on and its open connections close "
+        "with 4401 within a second.",
+    )
+    def post(self, request: Request, pk: int, token_id: int) -> Response:
+        application = get_application_for_user(request.user, pk)
+        if not oauth_tokens_revoke(application=application, token_ids=[token_id]):
+            raise NotFound("No such access token for this application (it may have expired or been revoked).")
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -321,3 +321,93 @@ def api_key_revoke(*, key: APIKey) -> APIKey:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
     return key
+
+
+# --- Suspension and plan changes (live connections: gateway.signals closes them on save) -------
+
+
+def subscription_suspend(*, subscription: Subscription, by: User | None, reason: str) -> Subscription:
+    """Pause an active subscription: handshakes are refused (4403) and, once this commits, every
+    gateway process closes its live connections with 4403 and the reason "Subscription
+    suspended." (``gateway.signals`` on save). ``reason`` is required and shown to the consumer.
+
+    ``by``: a platform admin, or None for the system (e.g. billing's dunning). Raises
+    ``PermissionDenied`` for anyone else, ``ValidationError`` (field ``reason``) for an empty
+    reason, ``ValidationError`` if the subscription is not active.
+    """
+    if by is not None:
+        _check_staff(by)
+    reason = _reason_required(reason, "this subscription")
+    with transaction.atomic():
+        locked = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        if locked.status != Subscription.Status.ACTIVE:
+            state = locked.get_status_display().lower()
+            raise ValidationError(f"Only active subscriptions can be suspended; this one is {state}.")
+        locked.status = Subscription.Status.SUSPENDED
+        locked.decided_by, locked.decided_at, locked.decision_reason = by, timezone.now(), reason
+        locked.save(update_fields=["status", "decided_by", "decided_at", "decision_reason"])
+    subscription.refresh_from_db()
+    return subscription
+
+
+def subscription_reinstate(*, subscription: Subscription, by: User | None, reason: str = "") -> Subscription:
+    """Make a suspended subscription active again (its clients reconnect; nothing is replayed).
+
+    ``by``: a platform admin, or None for the system. Raises ``PermissionDenied`` for anyone
+    else, ``ValidationError`` if it is not suspended or its API is retired.
+    """
+    if by is not None:
+        _check_staff(by)
+    with transaction.atomic():
+        locked = Subscription.objects.select_for_update().select_related("api").get(pk=subscription.pk)
+        if locked.status != Subscription.Status.SUSPENDED:
+            state = locked.get_status_display().lower()
+            raise ValidationError(f"This subscription is {state}, not suspended.")
+        if locked.api.status == API.Status.RETIRED:
+            raise ValidationError(f"{locked.api.name} is retired; its subscriptions cannot be reinstated.")
+        locked.status = Subscription.Status.ACTIVE
+        locked.decided_by, locked.decided_at, locked.decision_reason = by, timezone.now(), reason.strip()
+        locked.save(update_fields=["status", "decided_by", "decided_at", "decision_reason"])
+    subscription.refresh_from_db()
+    return subscription
+
+
+def subscription_plan_change(*, subscription: Subscription, plan: BusinessPlan, by: User) -> Subscription:
+    """Move an active or suspended subscription to another business plan of the same API.
+
+    Once this commits, every gateway process closes the subscription's live connections with
+    4409 ("reconnect to continue under the new plan"), so limits and prices of the new plan apply
+    from the next connection (``gateway.signals`` sees the plan change on save).
+
+    ``by``: the application's owner or a platform admin. The plan must be one consumers can
+    pick (approved); a plan that requires approval can only be given by an admin (the owner
+    asks one). Raises ``PermissionDenied`` for anyone else; ``ValidationError`` (field
+    ``plan``) for a plan of another API, one not offered, the current plan, or an approval plan
+    chosen by a non-admin; ``ValidationError`` if the subscription is pending or ended, or its
+    API is not published or deprecated.
+    """
+    if not (by.is_active and (by.is_staff or subscription.application.owner_id == by.pk)):
+        raise PermissionDenied("Only the application's owner or an admin can change its plan.")
+    with transaction.atomic():
+        locked = Subscription.objects.select_for_update().select_related("api").get(pk=subscription.pk)
+        if plan.api_id != locked.api_id:
+            raise ValidationError({"plan": f"{plan.name} is a plan of another API than {locked.api.name}."})
+        if not plan.is_approved:
+            raise ValidationError({"plan": "This plan is not available."})
+        if plan.pk == locked.plan_id:
+            raise ValidationError({"plan": f"The subscription is already on the plan {plan.name}."})
+        if plan.requires_approval and not by.is_staff:
+            raise ValidationError(
+                {"plan": f"The plan {plan.name} requires an admin's approval: ask an admin to move you."}
+            )
+        if locked.status not in (Subscription.Status.ACTIVE, Subscription.Status.SUSPENDED):
+            raise ValidationError(
+                f"A {locked.get_status_display().lower()} subscription's plan cannot be changed."
+            )
+        if locked.api.status not in (API.Status.PUBLISHED, API.Status.DEPRECATED):
+            state = locked.api.get_status_display().lower()
+            raise ValidationError(f"{locked.api.name} is {state}: its subscriptions' plans cannot change.")
+        locked.plan = plan
+        locked.save(update_fields=["plan"])
+    subscription.refresh_from_db()
+    return subscription

@@ -1,23 +1,36 @@
 """A consumer's applications: edit and delete them, their subscriptions (cancel; admins' reasons
-shown), API keys (shown once) and the live-events console."""
+shown), credentials (API keys with expiry and rotation, the OAuth2 consumer key and secret and
+its access tokens; secrets shown once) and the live-events console."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from portal.forms import ApplicationForm, add_service_errors, service_error_text
+from portal.forms import APIKeyForm, APIKeyRotateForm, ApplicationForm, add_service_errors, service_error_text
 from portal.links import gateway_ws_url
 from portal.models import APIKey, Application, Channel, Subscription
-from portal.services.subscriptions import (
+from portal.oauth import application_scopes
+from portal.services.credentials import (
     api_key_create,
+    api_key_expiry,
+    api_key_rotate,
+    oauth_client_create,
+    oauth_client_secret_regenerate,
+    oauth_tokens_active,
+    oauth_tokens_revoke,
+)
+from portal.services.subscriptions import (
     api_key_revoke,
     application_create,
     application_delete,
@@ -28,6 +41,10 @@ from portal.templatetags.eventgate import parameter_enum
 
 # The secret of a just-generated key waits here for exactly one page view, then is deleted.
 NEW_KEY_SESSION_KEY = "eventgate:new-api-key:{application_id}"
+# The same for a just-made OAuth2 client secret.
+NEW_CLIENT_SECRET_SESSION_KEY = "eventgate:new-client-secret:{application_id}"
+# Access tokens listed on the application page (the newest; REST lists them all).
+MAX_LISTED_TOKENS = 50
 # APIs can have hundreds of channels; the live-events picker offers the first ones.
 MAX_LIVE_TARGETS = 50
 # Parameters can have hundreds of allowed values; the address field suggests the first ones.
@@ -156,10 +173,74 @@ def application_list(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/application_list.html", {"applications": applications, "form": form})
 
 
+@dataclass(frozen=True)
+class KeyRow:
+    """An API key as the application page lists it: a status word, its badge colour, and a
+    line saying until when it works and what replaced it."""
+
+    key: APIKey
+    status: str
+    color: str
+    detail: str
+
+    @property
+    def can_rotate(self) -> bool:
+        return self.status == "active"
+
+    @property
+    def can_revoke(self) -> bool:
+        return self.status in ("active", "ending")
+
+
+def _key_row(key: APIKey, now: datetime, prefixes: dict[int, str]) -> KeyRow:
+    created = f"created {key.created:%d %b %Y, %H:%M}"
+    replaced = (
+        f" · replaced by {prefixes.get(key.replaced_by_id, 'a newer key')}…" if key.replaced_by_id else ""
+    )
+    if key.revoked_at is not None:
+        return KeyRow(key, "revoked", "secondary", f"{created} · revoked {key.revoked_at:%d %b %Y, %H:%M}")
+    if key.expires_at is not None and key.expires_at <= now:
+        word = "rotated" if key.replaced_by_id else "expired"
+        return KeyRow(key, word, "secondary", f"{created} · ended {key.expires_at:%d %b %Y, %H:%M}{replaced}")
+    if key.replaced_by_id is not None:
+        return KeyRow(key, "ending", "warning", f"works until {key.expires_at:%d %b %Y, %H:%M} UTC{replaced}")
+    if key.expires_at is not None:
+        return KeyRow(key, "active", "success", f"{created} · expires {key.expires_at:%d %b %Y}")
+    return KeyRow(key, "active", "success", f"{created} · never expires")
+
+
+def _credentials_context(request: HttpRequest, application: Application) -> dict[str, object]:
+    """The application page's credentials: key rows, the OAuth2 client, its tokens and scopes,
+    and any secret made by the previous request (popped: shown once)."""
+    now = timezone.now()
+    keys = list(application.api_keys.all())
+    prefixes = {key.pk: key.prefix for key in keys}
+    tokens = oauth_tokens_active(application)
+    scopes = application_scopes(application.pk)
+    client_secret = request.session.pop(
+        NEW_CLIENT_SECRET_SESSION_KEY.format(application_id=application.pk), None
+    )
+    return {
+        "keys": keys,
+        "key_rows": [_key_row(key, now, prefixes) for key in keys],
+        "key_form": APIKeyForm(),
+        "grace_choices": APIKeyRotateForm.GRACE_CHOICES,
+        "oauth_client": application.oauth_client,
+        "client_secret": client_secret,
+        "tokens": list(tokens[:MAX_LISTED_TOKENS]),
+        "token_count": tokens.count(),
+        "scopes": scopes,
+        # A narrow one for the snippet: a channel scope, as least privilege suggests.
+        "example_scope": next((s for s in scopes if s.count(":") == 2), next(iter(scopes), "")),
+        "token_url": f"{settings.EVENTGATE_PUBLIC_URL.rstrip('/')}/o/token/",
+    }
+
+
 @login_required
 def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    """Subscriptions and keys of one application, and the live-events console; shows a new
-    key's secret once (the console takes it from the page, never from the server)."""
+    """Subscriptions and credentials of one application, and the live-events console; shows a
+    new key's or client secret's secret once (the console takes it from the page, never from
+    the server)."""
     application = _get_application_for_user(request, pk)
     secret = request.session.pop(NEW_KEY_SESSION_KEY.format(application_id=application.pk), None)
     subscriptions = application.subscriptions.select_related("api", "plan")
@@ -169,12 +250,13 @@ def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "application": application,
         "subscriptions": subscriptions,
         "has_live_subscription": any(s.status in ("active", "pending") for s in subscriptions),
-        "keys": application.api_keys.all(),
         "secret": secret,
         "snippet_url": first_target.url(secret) if first_target and secret else "",
         "first_target": first_target,
         # The console only offers what the gateway would accept: active subscriptions.
         "live_targets": [t for t in targets if t.subscription.status == Subscription.Status.ACTIVE],
+        "oauth_ws_url": first_target.url("") if first_target else "",
+        **_credentials_context(request, application),
     }
     return render(request, "portal/application_detail.html", context)
 
@@ -182,12 +264,35 @@ def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def key_generate(request: HttpRequest, pk: int) -> HttpResponse:
-    """Create a key and redirect to the application page, which shows its secret once."""
+    """Create a key (name and expiry from ``APIKeyForm``; none given: "default", never expires)
+    and redirect to the application page, which shows its secret once."""
     application = _get_application_for_user(request, pk)
-    key, secret = api_key_create(application=application)
+    form = APIKeyForm(request.POST or {"expires": "never"})
+    if not form.is_valid():
+        messages.error(request, _form_error_text(form))
+        return redirect(application)
+    data = form.cleaned_data
+    try:
+        if data["expires"] == "date":
+            expires_at = api_key_expiry(on=data["expires_on"])
+        else:
+            expires_at = api_key_expiry(days=None if data["expires"] == "never" else int(data["expires"]))
+        key, secret = api_key_create(application=application, name=data["name"], expires_at=expires_at)
+    except ValidationError as error:
+        messages.error(request, service_error_text(error))
+        return redirect(application)
     request.session[NEW_KEY_SESSION_KEY.format(application_id=application.pk)] = secret
     messages.success(request, f"Generated key {key.prefix}… — copy it now: it will not be shown again.")
     return redirect(application)
+
+
+def _form_error_text(form: APIKeyForm | APIKeyRotateForm) -> str:
+    """A form's errors as one line for a flash message, each after its field's label."""
+    parts = []
+    for name, errors in form.errors.items():
+        label = form.fields[name].label if name in form.fields else ""
+        parts.append(f"{label}: {' '.join(errors)}" if label else " ".join(errors))
+    return " ".join(parts)
 
 
 @login_required
@@ -199,6 +304,87 @@ def key_revoke(request: HttpRequest, pk: int, key_id: int) -> HttpResponse:
     api_key_revoke(key=key)
     messages.success(request, f"Revoked key {key.prefix}… — connections using it are refused from now on.")
     return redirect(application)
+
+
+@login_required
+@require_POST
+def key_rotate(request: HttpRequest, pk: int, key_id: int) -> HttpResponse:
+    """POST ``grace_seconds``: replace one of the user's keys; the page shows the new secret once,
+    and the old key works until the grace period ends."""
+    application = _get_application_for_user(request, pk)
+    key = _get_api_key_for_user(request, application, key_id)
+    form = APIKeyRotateForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _form_error_text(form))
+        return redirect(application)
+    try:
+        new_key, secret = api_key_rotate(key=key, grace_seconds=form.cleaned_data["grace_seconds"])
+    except ValidationError as error:
+        messages.error(request, service_error_text(error))
+        return redirect(application)
+    key.refresh_from_db()
+    request.session[NEW_KEY_SESSION_KEY.format(application_id=application.pk)] = secret
+    if key.is_usable:
+        until = f"keeps working until {key.expires_at:%d %b %Y, %H:%M} UTC"
+    else:
+        until = "is refused from now on"
+    messages.success(
+        request, f"Rotated {key.prefix}… to {new_key.prefix}… — copy the new key now. The old key {until}."
+    )
+    return redirect(application)
+
+
+@login_required
+@require_POST
+def oauth_client_create_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """POST: give the application a consumer key and secret; the page shows the secret once."""
+    application = _get_application_for_user(request, pk)
+    try:
+        client, secret = oauth_client_create(application=application)
+    except ValidationError as error:
+        messages.error(request, service_error_text(error))
+    else:
+        request.session[NEW_CLIENT_SECRET_SESSION_KEY.format(application_id=application.pk)] = secret
+        messages.success(request, "Created the consumer key and secret — copy the secret now.")
+    return redirect(f"{application.get_absolute_url()}#oauth")
+
+
+@login_required
+@require_POST
+def oauth_client_secret_regenerate_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """POST: replace the client secret; the page shows the new one once."""
+    application = _get_application_for_user(request, pk)
+    try:
+        client, secret = oauth_client_secret_regenerate(application=application)
+    except ValidationError as error:
+        messages.error(request, service_error_text(error))
+    else:
+        request.session[NEW_CLIENT_SECRET_SESSION_KEY.format(application_id=application.pk)] = secret
+        messages.success(
+            request, "Regenerated the client secret — the old one no longer works. Copy the new one now."
+        )
+    return redirect(f"{application.get_absolute_url()}#oauth")
+
+
+@login_required
+@require_POST
+def oauth_token_revoke_view(request: HttpRequest, pk: int, token_id: int) -> HttpResponse:
+    """POST: revoke one access token of the application's client; its connections close (4401)."""
+    application = _get_application_for_user(request, pk)
+    if not oauth_tokens_revoke(application=application, token_ids=[token_id]):
+        raise Http404("No such access token.")
+    messages.success(request, f"Revoked access token #{token_id} — connections using it are closed.")
+    return redirect(f"{application.get_absolute_url()}#oauth")
+
+
+@login_required
+@require_POST
+def oauth_tokens_revoke_all_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """POST: revoke every access token of the application's client."""
+    application = _get_application_for_user(request, pk)
+    count = oauth_tokens_revoke(application=application)
+    messages.success(request, f"Revoked {count} access token{'s' if count != 1 else ''}.")
+    return redirect(f"{application.get_absolute_url()}#oauth")
 
 
 @login_required

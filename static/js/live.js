@@ -1,7 +1,51 @@
+// Close codes of the gateway (docs/gateway.md, "Rejections and close codes"; RFC 6455 §7.4),
+// shared by every page that opens a gateway WebSocket: the application page's "Live events"
+// panel below and the Try it page (static/js/try-it.js, loaded after this file).
+window.Eventgate = window.Eventgate || {};
+(() => {
+  // What each close code means to the person watching. The gateway's close reason names the
+  // specific case; it is shown after this text when it says more.
+  const CLOSE_CODES = {
+    1000: "closed normally",
+    1001: "the gateway is shutting down or restarting; connect again",
+    1005: "closed without a code",
+    1006: "the connection failed or was lost without a close frame (is the gateway reachable?)",
+    1008: "policy violation: the gateway does not accept this frame",
+    1009: "message too big: the frame is over the gateway's size limit",
+    1011: "gateway error",
+    1013: "try again later: the event backbone is unavailable, or this client read too slowly",
+    4400: "bad request: a channel parameter value is not allowed, the address is too long, or a frame is malformed",
+    4401: "the credential is missing, unknown, invalid, expired or revoked",
+    4403: "no active subscription: there is none, or it is pending approval, suspended, cancelled or rejected",
+    4404: "unknown API, version or channel",
+    4405: "not allowed: the credential's scope or the channel does not allow this direction",
+    4409: "the subscription's business plan changed; connect again to continue under the new plan",
+    4410: "the API was blocked or retired, or this API version was retired",
+    4429: "quota exhausted: the plan's events for this billing period are used up",
+  };
+  // Codes after which connecting again as it is will not help.
+  const REFUSALS = new Set([1008, 1009, 1011, 4400, 4401, 4403, 4404, 4405, 4410, 4429]);
+
+  // "<meaning>: <the gateway's reason>", or whichever of the two there is.
+  const closeMessage = (code, reason = "") => {
+    const known = CLOSE_CODES[code];
+    const said = String(reason || "").replace(/\.$/, "");
+    if (!known) return said || "closed";
+    return said && said !== known ? `${known}: ${said}` : known;
+  };
+
+  // The subprotocols a browser offers (the contract's "eventgate.v1", plus the credential as
+  // "eventgate.bearer.<token>" since browsers cannot set an Authorization header on a
+  // WebSocket handshake). The gateway echoes only "eventgate.v1", never the token entry.
+  const subprotocols = (token) => ["eventgate.v1", `eventgate.bearer.${token}`];
+
+  Object.assign(window.Eventgate, { CLOSE_CODES, REFUSALS, closeMessage, subprotocols });
+})();
+
 // The application page's "Live events" panel: opens a WebSocket from the browser to the gateway
-// with the key in the key field (carried in the access_token query parameter, since browsers
-// cannot set handshake headers) and prints every event that arrives. The key never leaves this
-// page except in that handshake: nothing here stores it.
+// with the key in the key field (carried as a subprotocol entry, never in the URL) and prints
+// every event that arrives. The key never leaves this page except in that handshake: nothing
+// here stores it.
 (() => {
   const panel = document.querySelector("[data-live-panel]");
   if (!panel) return;
@@ -14,28 +58,7 @@
   const status = panel.querySelector("[data-live-status]");
   const log = panel.querySelector("[data-live-log]");
   const MAX_LINES = 200;
-  // Close codes the gateway documents in docs/gateway.md (RFC 6455 §7.4 and its own 4000–4999
-  // range). The page names them itself: the close reason the gateway sends may not reach the
-  // browser (daphne can drop it), so it is only added when present.
-  const CLOSE_REASONS = {
-    1000: "closed normally",
-    1006: "connection lost (or the handshake was refused: check the key, the address and the subscription)",
-    1011: "gateway error",
-    4008: "policy violation: this channel does not accept events from clients",
-    4013: "the event backbone is unavailable; try again later",
-    4401: "the API key was revoked; generate a new key for this application",
-    4403: "the subscription ended (it is no longer active)",
-    4410: "the API was blocked or retired, or this API version was retired, by its provider or an administrator",
-  };
-
-  // What a close means to the user: the page's own text for the code, then the gateway's reason
-  // when one arrived and says more.
-  const closeMessage = (event) => {
-    const known = CLOSE_REASONS[event.code];
-    const reason = event.reason.replace(/\.$/, "");
-    if (!known) return reason || "closed";
-    return reason && reason !== known ? `${known}: ${reason}` : known;
-  };
+  const { closeMessage, subprotocols } = window.Eventgate;
   let socket = null;
   let count = 0;
 
@@ -78,6 +101,9 @@
   const format = (data) => {
     try {
       const event = JSON.parse(data);
+      if (event && typeof event === "object" && event.type === "error") {
+        return [[`error ${event.code}: ${closeMessage(event.code, event.reason)}`, "eg-note"]];
+      }
       if (event && typeof event === "object" && "payload" in event) {
         return [[event.channel ?? "", "eg-channel"], [formatJSON(event.payload), "eg-json"]];
       }
@@ -88,9 +114,9 @@
   };
 
   // The gateway URL of the address, with each path segment encoded as the server does.
-  const channelURL = (address, key) => {
+  const channelURL = (address) => {
     const path = address.trim().replace(/^\/+/, "").split("/").map(encodeURIComponent).join("/");
-    return `${selectedOption().dataset.baseUrl}${path}?access_token=${encodeURIComponent(key)}`;
+    return `${selectedOption().dataset.baseUrl}${path}`;
   };
 
   const connect = () => {
@@ -107,26 +133,39 @@
       return;
     }
     if (socket) socket.close(1000);
-    const url = channelURL(address, key);
+    const url = channelURL(address);
     count = 0;
     setStatus("Connecting…", "warning");
     connectButton.disabled = true;
     disconnectButton.disabled = false;
-    // Never print the URL: it carries the key.
-    note(`Connecting to ${url.split("?")[0]}`);
-    const current = new WebSocket(url);
+    note(`Connecting to ${url}`);
+    let current;
+    try {
+      current = new WebSocket(url, subprotocols(key));
+    } catch {
+      // A subprotocol entry may hold only RFC 7230 token characters.
+      note("This key has characters a browser cannot send in a WebSocket handshake: check what you pasted.");
+      setStatus("Not connected", "secondary");
+      connectButton.disabled = false;
+      disconnectButton.disabled = true;
+      return;
+    }
     socket = current;
     current.addEventListener("open", () => {
       setStatus("Connected", "success");
       note("Connected. Waiting for events…");
     });
     current.addEventListener("message", (event) => {
-      count += 1;
-      setStatus(`Connected · ${count} event${count === 1 ? "" : "s"}`, "success");
-      append(format(event.data));
+      const parts = format(event.data);
+      // Error frames ({"type": "error"}) are not events.
+      if (parts[0][1] !== "eg-note") {
+        count += 1;
+        setStatus(`Connected · ${count} event${count === 1 ? "" : "s"}`, "success");
+      }
+      append(parts);
     });
     current.addEventListener("close", (event) => {
-      note(`Disconnected (${event.code}: ${closeMessage(event)}).`);
+      note(`Disconnected (${event.code}: ${closeMessage(event.code, event.reason)}).`);
       // A socket replaced by a newer connection must not reset the newer one's controls.
       if (socket !== current) return;
       setStatus("Not connected", "secondary");

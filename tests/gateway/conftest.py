@@ -69,3 +69,39 @@ async def gateway_cleanup():
     bridge = _bridges.pop(asyncio.get_running_loop(), None)
     if bridge is not None:
         await bridge.close()
+
+
+@pytest.fixture(autouse=True)
+def _shared_credential_cache(_empty_cache, settings):
+    """Gateway tests share the cache with the server processes they start (Redis, as in
+    production): a key revoked in the test process must leave the servers' credential cache
+    (gateway.credentials). Never cleared: entries are keyed by the SHA-256 of random secrets."""
+    if settings.REDIS_URL:
+        redis_cache = "django.core.cache.backends.redis.RedisCache"
+        settings.CACHES = {"default": {"BACKEND": redis_cache, "LOCATION": settings.REDIS_URL}}
+
+
+def oauth_token_issue(application: Application, scope: str, *, seconds: int = 3600) -> str:
+    """An OAuth2 access token of ``application`` (its OAuth2 client created if needed) with
+    ``scope`` (``portal.oauth`` grammar, space-separated), valid for ``seconds``; returns the
+    token. Written to the database directly, as ``/o/token/`` would (client credentials)."""
+    import secrets
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from oauth2_provider.models import AccessToken
+
+    from portal.services.credentials import oauth_client_create
+
+    application.refresh_from_db()
+    if application.oauth_client_id is None:
+        oauth_client_create(application=application)
+        application.refresh_from_db()
+    token = secrets.token_urlsafe(24)
+    AccessToken.objects.create(
+        application=application.oauth_client,
+        token=token,
+        scope=scope,
+        expires=timezone.now() + timedelta(seconds=seconds),
+    )
+    return token

@@ -1,98 +1,202 @@
 """Handshake authorization and delivery of the WebSocket gateway, through the project's ASGI
 application (origin validation included) with Channels' ``WebsocketCommunicator``.
 
-Refused handshakes must not connect (daphne turns a close before accept into HTTP 403);
-accepted ones receive events published to the real RabbitMQ through ``gateway.publishing``.
+Refused handshakes are accepted and closed at once with the refusal contract's code and reason
+(docs/gateway.md, "Refusals and close codes"); accepted ones receive events published to the real
+RabbitMQ through ``gateway.publishing``. The same refusals against a real server process and real
+``websockets`` clients are in ``test_refusals.py``.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.utils import timezone
 
-from gateway.consumers import EventStreamConsumer
+from analytics.models import UsageRecord
+from gateway.auth import month_start
+from gateway.consumers import GatewayConsumer
 from gateway.metering import get_meter
 from gateway.publishing import event_publish
 from gateway.routing import websocket_urlpatterns
 from gateway.security import GatewayOriginValidator
 from portal.asgi import application
-from portal.models import APIKey
+from portal.models import API, APIKey, APIVersion
 from portal.services.subscriptions import api_key_revoke
-from tests.factories import ApplicationFactory, SubscriptionFactory
+from tests.factories import ApplicationFactory, ChannelFactory, SubscriptionFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("gateway_cleanup")]
 
 ORIGIN = (b"origin", b"http://testserver")
 
 
-def communicator(path: str, *, secret: str | None = None, header: bool = False) -> WebsocketCommunicator:
+def communicator(
+    path: str, *, secret: str | None = None, header: bool = False, subprotocols: list[str] | None = None
+) -> WebsocketCommunicator:
     headers = [ORIGIN]
     if secret and header:
         headers.append((b"authorization", f"Bearer {secret}".encode()))
     elif secret:
         path += f"?access_token={secret}"
-    return WebsocketCommunicator(application, path, headers=headers)
+    return WebsocketCommunicator(application, path, headers=headers, subprotocols=subprotocols)
 
 
-async def handshake(path: str, **kwargs: object) -> bool:
-    client = communicator(path, **kwargs)  # type: ignore[arg-type]
+async def refusal(path: str, **kwargs) -> tuple[int, str]:
+    """(close code, reason) of a refused handshake: accepted, then closed at once."""
+    client = communicator(path, **kwargs)
     connected, _ = await client.connect()
+    assert connected, "a refused handshake is accepted, then closed with a code"
+    closed = await client.receive_output(timeout=5)
     await client.disconnect()
-    return connected
+    assert closed["type"] == "websocket.close", closed
+    return closed["code"], closed["reason"]
 
 
 def prices(api, symbol: str = "ACME") -> str:
     return f"/ws/{api.slug}/1.0.0/prices/{symbol}"
 
 
-async def test_handshake_without_credential_is_refused(stream_api, bob_subscribed):
-    assert await handshake(prices(stream_api)) is False
+# Each case: a setup (sync, gets the fixtures; returns (path, secret)) and the expected code and a
+# fragment of the reason (which names the case).
+def _no_credential(api, subscribed):
+    return prices(api), None
 
 
-async def test_handshake_with_unknown_key_is_refused(stream_api, bob_subscribed):
-    assert await handshake(prices(stream_api), secret="eg_" + "x" * 40) is False
+def _unknown_key(api, subscribed):
+    return prices(api), "eg_" + "x" * 40
 
 
-async def test_handshake_with_revoked_key_is_refused(stream_api, bob_subscribed):
-    await sync_to_async(api_key_revoke)(key=bob_subscribed.key)
-    assert await handshake(prices(stream_api), secret=bob_subscribed.secret) is False
+def _revoked_key(api, subscribed):
+    api_key_revoke(key=subscribed.key)
+    return prices(api), subscribed.secret
 
 
-async def test_handshake_of_unsubscribed_application_is_refused(stream_api, carol):
-    application = await sync_to_async(ApplicationFactory)(owner=carol)
-    _, secret = await sync_to_async(APIKey.generate)(application=application)
-    assert await handshake(prices(stream_api), secret=secret) is False
+def _expired_key(api, subscribed):
+    APIKey.objects.filter(pk=subscribed.key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    return prices(api), subscribed.secret
 
 
-async def test_handshake_with_pending_subscription_is_refused(stream_api, carol):
-    def pending_key() -> str:
-        application = ApplicationFactory(owner=carol)
-        SubscriptionFactory(application=application, plan=stream_api.plans.get(name="Gold"), status="pending")
-        return APIKey.generate(application=application)[1]
-
-    assert await handshake(prices(stream_api), secret=await sync_to_async(pending_key)()) is False
+def _not_subscribed(api, subscribed):
+    return prices(api), APIKey.generate(application=ApplicationFactory())[1]
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/ws/{slug}/1.0.0/quotes/ACME",  # no such channel
-        "/ws/{slug}/1.0.0/prices/NOPE",  # symbol outside the parameter's enum
-        "/ws/{slug}/1.0.0/prices/ACME/extra",  # deeper than the template
-        "/ws/{slug}/1.0.0/orders",  # channel consumers may only send to
-        "/ws/{slug}/9.9.9/prices/ACME",  # unknown version
-        "/ws/no-such-api/1.0.0/prices/ACME",  # unknown API
-        "/ws/{slug}",  # not a gateway route
-    ],
-)
-async def test_handshake_for_unknown_channel_version_or_parameter_is_refused(
-    stream_api, bob_subscribed, path
+def _subscription_in(status: str):
+    def setup(api, subscribed):
+        subscribed.subscription.status = status
+        subscribed.subscription.save()
+        return prices(api), subscribed.secret
+
+    return setup
+
+
+def _pending(api, subscribed):
+    application = ApplicationFactory()
+    SubscriptionFactory(application=application, plan=api.plans.get(name="Gold"), status="pending")
+    return prices(api), APIKey.generate(application=application)[1]
+
+
+def _api_in(status: str):
+    def setup(api, subscribed):
+        API.objects.filter(pk=api.pk).update(status=status)
+        return prices(api), subscribed.secret
+
+    return setup
+
+
+def _version_in(status: str):
+    def setup(api, subscribed):
+        APIVersion.objects.filter(api=api).update(status=status)
+        return prices(api), subscribed.secret
+
+    return setup
+
+
+def _path(template: str):
+    def setup(api, subscribed):
+        return template.format(slug=api.slug), subscribed.secret
+
+    return setup
+
+
+def _channel_without_operations(api, subscribed):
+    ChannelFactory(api_version=api.versions.get(), key="status", address="status", parameters={})
+    return f"/ws/{api.slug}/1.0.0/status", subscribed.secret
+
+
+def _quota_used_up(api, subscribed):
+    plan = subscribed.subscription.plan
+    plan.quota_events = 10
+    plan.save()
+    UsageRecord.objects.create(
+        subscription=subscribed.subscription, bucket_start=month_start(), channel="prices/{symbol}", events=10
+    )
+    return prices(api), subscribed.secret
+
+
+REFUSALS = {
+    "no-credential": (_no_credential, 4401, "no credential"),
+    "unknown-key": (_unknown_key, 4401, "unknown, invalid, revoked or expired credential"),
+    "revoked-key": (_revoked_key, 4401, "revoked"),
+    "expired-key": (_expired_key, 4401, "expired"),
+    "not-subscribed": (_not_subscribed, 4403, "is not subscribed to"),
+    "pending": (_pending, 4403, "is pending approval"),
+    "suspended": (_subscription_in("suspended"), 4403, "is suspended"),
+    "cancelled": (_subscription_in("cancelled"), 4403, "was cancelled"),
+    "unknown-api": (_path("/ws/no-such-api/1.0.0/prices/ACME"), 4404, "unknown API 'no-such-api'"),
+    "draft-api": (_api_in("draft"), 4404, "unknown API"),
+    "unknown-version": (_path("/ws/{slug}/9.9.9/prices/ACME"), 4404, "unpublished version '9.9.9'"),
+    "draft-version": (_version_in("draft"), 4404, "unknown or unpublished version '1.0.0'"),
+    "unknown-channel": (_path("/ws/{slug}/1.0.0/quotes/ACME"), 4404, "no channel 'quotes/ACME'"),
+    "deeper-than-template": (_path("/ws/{slug}/1.0.0/prices/ACME/extra"), 4404, "no channel"),
+    "not-a-gateway-route": (_path("/ws/{slug}"), 4404, "Not a gateway route"),
+    "parameter-outside-enum": (_path("/ws/{slug}/1.0.0/prices/NOPE"), 4400, "bad parameter 'symbol': 'NOPE'"),
+    "address-too-long": (_path("/ws/{slug}/1.0.0/prices/" + "A" * 300), 4400, "exceeds 255 bytes"),
+    "nul-in-path": (_path("/ws/{slug}/1.0.0/prices/AC\x00ME"), 4400, "NUL character"),
+    "no-operation-for-clients": (_channel_without_operations, 4405, "'status' has no operation for clients"),
+    "api-blocked": (_api_in("blocked"), 4410, "is blocked"),
+    "api-retired": (_api_in("retired"), 4410, "is retired"),
+    "version-retired": (_version_in("retired"), 4410, "it is retired"),
+    "quota-used-up": (_quota_used_up, 4429, "events quota of plan 'Free' used up this month"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=list(REFUSALS))
+async def test_refused_handshake_is_accepted_then_closed_with_its_code_and_reason(
+    stream_api, bob_subscribed, case
 ):
-    assert await handshake(path.format(slug=stream_api.slug), secret=bob_subscribed.secret) is False
+    setup, code, fragment = REFUSALS[case]
+    path, secret = await sync_to_async(setup)(stream_api, bob_subscribed)
+    closed = await refusal(path, secret=secret)
+    assert closed[0] == code and fragment in closed[1], closed
+    assert len(closed[1].encode()) <= 123
+    assert bob_subscribed.secret not in closed[1]
+    assert not get_meter().counts
+
+
+async def test_refusal_echoes_only_the_real_subprotocol_never_the_credential_entry(
+    stream_api, bob_subscribed
+):
+    offered = ["eventgate.v1", f"eventgate.bearer.{bob_subscribed.secret}"]
+    # Refused (unknown channel) and accepted handshakes alike.
+    for path, expect_open in [(f"/ws/{stream_api.slug}/1.0.0/quotes/X", False), (prices(stream_api), True)]:
+        client = communicator(path, subprotocols=offered)
+        connected, subprotocol = await client.connect()
+        assert connected and subprotocol == "eventgate.v1"
+        if expect_open:
+            assert await client.receive_nothing(timeout=0.3)
+        else:
+            assert (await client.receive_output(timeout=5))["code"] == 4404
+        await client.disconnect()
+    # The bearer entry alone authenticates, and nothing is echoed.
+    client = communicator(prices(stream_api), subprotocols=offered[1:])
+    assert await client.connect() == (True, None)
+    assert await client.receive_nothing(timeout=0.3)
+    await client.disconnect()
 
 
 @pytest.mark.parametrize("header", [False, True], ids=["query-parameter", "bearer-header"])
@@ -118,16 +222,32 @@ async def test_subscribed_client_receives_published_events_of_its_channel(stream
     assert counted == [[1, len(frame.encode())]]
 
 
-async def test_client_frame_closes_with_policy_violation(stream_api, bob_subscribed):
+async def test_event_frame_on_a_receive_only_channel_gets_an_error_frame_and_stays_open(
+    stream_api, bob_subscribed
+):
     client = communicator(prices(stream_api), secret=bob_subscribed.secret)
-    connected, _ = await client.connect()
-    assert connected
-    await client.send_to(text_data="hello")
-    assert await client.receive_output(timeout=2) == {
-        "type": "websocket.close",
-        "code": 4008,
-        "reason": "This channel does not accept events from clients.",
+    assert (await client.connect())[0]
+    await client.send_to(text_data='{"buy": 1}')
+    error = json.loads(await client.receive_from(timeout=5))
+    assert error == {
+        "type": "error",
+        "code": 4405,
+        "reason": "channel 'prices/{symbol}' has no send operation: clients cannot send to it",
+        "channel": "prices/ACME",
     }
+    await event_publish(api=stream_api.slug, version="1.0.0", address="prices/ACME", payload={"open": 1})
+    assert json.loads(await client.receive_from(timeout=5))["payload"] == {"open": 1}
+    await client.disconnect()
+    assert not [key for key in get_meter().counts if key[2] == "in"]
+
+
+async def test_binary_frame_closes_with_1008(stream_api, bob_subscribed):
+    client = communicator(prices(stream_api), secret=bob_subscribed.secret)
+    assert (await client.connect())[0]
+    await client.send_to(bytes_data=b"\x00\x01")
+    closed = await client.receive_output(timeout=2)
+    assert (closed["type"], closed["code"]) == ("websocket.close", 1008)
+    assert "Binary frames are not accepted" in closed["reason"]
     await client.disconnect()
 
 
@@ -139,25 +259,21 @@ async def test_gateway_origin_validator_allows_clients_without_origin_but_checks
     for headers, expected in [([], True), ([ORIGIN], True), ([(b"origin", b"http://evil.example")], False)]:
         client = WebsocketCommunicator(app, path, headers=headers)
         connected, _ = await client.connect()
+        if connected:
+            assert await client.receive_nothing(timeout=0.2), "accepted and left open"
         await client.disconnect()
         assert connected is expected, headers
 
 
 async def test_revocation_landing_mid_handshake_is_not_missed(stream_api, bob_subscribed, monkeypatch):
     """The key is revoked after the credential check but before the connection joins its
-    control groups (so the 4401 message would reach nobody): the second check refuses it."""
-    original = EventStreamConsumer._groups_join
+    control groups (so the 4401 message would reach nobody): the second look refuses it."""
+    original = GatewayConsumer._groups_join
 
     async def revoke_then_join(self, grant):
         await sync_to_async(api_key_revoke)(key=bob_subscribed.key)
         await original(self, grant)
 
-    monkeypatch.setattr(EventStreamConsumer, "_groups_join", revoke_then_join)
-    assert await handshake(prices(stream_api), secret=bob_subscribed.secret) is False
-
-
-async def test_nul_in_the_path_is_refused_not_a_server_error(stream_api, bob_subscribed):
-    assert (
-        await handshake(f"/ws/{stream_api.slug}\x00/1.0.0/prices/ACME", secret=bob_subscribed.secret) is False
-    )
-    assert await handshake(prices(stream_api, "AC\x00ME"), secret=bob_subscribed.secret) is False
+    monkeypatch.setattr(GatewayConsumer, "_groups_join", revoke_then_join)
+    code, reason = await refusal(prices(stream_api), secret=bob_subscribed.secret)
+    assert (code, reason) == (4401, "credential revoked or expired")

@@ -1,6 +1,6 @@
-"""The gateway end to end: a real daphne process, real ``websockets`` clients, events published
-to the real RabbitMQ through ``gateway.publishing`` (the path providers and the demo backend
-use), usage flushed to analytics."""
+"""The gateway end to end: a real server process (``manage.py serve``, uvicorn), real
+``websockets`` clients, events published to the real RabbitMQ through ``gateway.publishing``
+(the path providers and the demo backend use), usage flushed to analytics."""
 
 from __future__ import annotations
 
@@ -84,18 +84,24 @@ def test_subscribed_clients_receive_their_channel_and_usage_is_recorded(
     assert usage and (usage.events, usage.bytes) == expected, gateway_server.log()
 
 
-def test_refused_handshake_gets_http_403(gateway_server, stream_api, bob_subscribed):
-    async def attempt(path: str) -> int:
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with connect(gateway_server.ws_url + path):
-                pass
-        return refused.value.response.status_code
+def test_refused_handshake_is_accepted_then_closed_with_a_distinct_code(
+    gateway_server, stream_api, bob_subscribed
+):
+    """uvicorn would answer a close before accept with HTTP 403 for every case; the gateway
+    accepts and closes with the refusal contract's code instead (all cases: test_refusals.py)."""
 
-    assert asyncio.run(attempt(f"/ws/{stream_api.slug}/1.0.0/prices/ACME")) == 403
-    assert (
-        asyncio.run(attempt(f"/ws/{stream_api.slug}/1.0.0/prices/NOPE?access_token={bob_subscribed.secret}"))
-        == 403
-    )
+    async def attempt(path: str) -> tuple[int, str]:
+        async with connect(gateway_server.ws_url + path) as client:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(client.recv(), timeout=5)
+        assert closed.value.rcvd is not None
+        return closed.value.rcvd.code, closed.value.rcvd.reason
+
+    code, reason = asyncio.run(attempt(f"/ws/{stream_api.slug}/1.0.0/prices/ACME"))
+    assert code == 4401 and reason.startswith("no credential")
+    path = f"/ws/{stream_api.slug}/1.0.0/prices/NOPE?access_token={bob_subscribed.secret}"
+    code, reason = asyncio.run(attempt(path))
+    assert (code, reason) == (4400, "bad parameter 'symbol': 'NOPE' is not one of 'ACME', 'GLOBEX'")
     assert bob_subscribed.secret not in gateway_server.log()
 
 
@@ -129,18 +135,18 @@ def test_idle_connection_stays_open_and_receives_later_events(gateway_server, st
     assert asyncio.run(scenario())["payload"] == {"late": 1}, gateway_server.log()
 
 
-def test_client_frame_closes_with_4008_no_metered_ghost(
+def test_binary_frame_closes_with_1008_and_nothing_is_metered_afterwards(
     gateway_server, stream_api, bob_subscribed
 ):
-    """A client that sends a frame is closed with 4008; events published afterwards are not
-    delivered to (nor billed for) the closed connection."""
+    """A binary frame closes with 1008 (policy violation: events are JSON text); events
+    published afterwards are not delivered to (nor billed for) the closed connection."""
     url = (
         f"{gateway_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
     )
 
     async def scenario() -> int | None:
         async with connect(url) as client:
-            await client.send("hello")
+            await client.send(b"\x00hello")
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(client.recv(), timeout=5)
         async with EventPublisher() as publisher:
@@ -150,7 +156,7 @@ def test_client_frame_closes_with_4008_no_metered_ghost(
                 )
         return closed.value.rcvd.code if closed.value.rcvd else None
 
-    assert asyncio.run(scenario()) == 4008, gateway_server.log()
+    assert asyncio.run(scenario()) == 1008, gateway_server.log()
     time.sleep(1.5)  # three flush intervals
     assert usage_for_subscription(subscription=bob_subscribed.subscription).events == 0
     assert "Traceback" not in gateway_server.log()

@@ -1,0 +1,204 @@
+"""Per-connection delivery: a bounded outbox and one writer task, so fan-out never waits on a client.
+
+The bridge (``gateway.bridge``) hands each event to every local subscriber of its channel, in
+the event loop, one after the other. Under uvicorn, ``await send(...)`` to a client that stops
+reading blocks once the socket's write buffer is full (backpressure). So the fan-out never
+awaits a client's send: a ``ChannelFeed`` only appends the event to its connection's ``Outbox``
+(a deque, no await), and the outbox's writer task awaits the sends one at a time.
+
+::
+
+    bridge ──deliver()──▶ ChannelFeed ──append──▶ Outbox (≤ GATEWAY_OUTBOX_EVENTS) ──writer──▶ send()
+                                                     │ full                                   │ ok
+                                                     ▼                                        ▼
+                                        policy "drop": skip + count          meter (subscription, channel
+                                        policy "close": close(1013)          template, "out", minute)
+
+- Overflow policy (``settings.GATEWAY_SLOW_CONSUMER_POLICY``): ``"drop"`` skips the new event
+  and counts it as dropped for its (subscription, channel template) in process memory
+  (``gateway.metering.Meter.drop``); ``"close"`` discards what is queued and closes the
+  connection with 1013 (try again later, RFC 6455 §7.4.1). Dropped events are never metered.
+- Metering happens in the writer *after* ``send`` returned, so what is billed is what was
+  handed to the socket: events discarded by ``stop`` (client gone), by a failed send or by the
+  close policy are not metered.
+- Memory per connection is bounded: at most ``maxsize`` queued events, and the queued messages
+  are the bridge's shared per-event dicts (one frame per event, not one per subscriber).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+
+from gateway.metering import get_meter
+
+log = logging.getLogger(__name__)
+
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 §7.4.1 (registered by RFC 6455's IANA registry)
+SLOW_CONSUMER_POLICIES = ("drop", "close")
+REASON_SLOW_CONSUMER = "Slow consumer: outbound buffer full; reconnect and read faster."
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Close = Callable[[int, str], Awaitable[None]]
+
+
+class Outbox:
+    """One per connection: bounded queue (GATEWAY_OUTBOX_EVENTS) + one writer task that awaits
+    send(message). Overflow: policy "drop" (skip the event, count it per subscription+channel as
+    dropped, not metered) or "close" (await close(1013, reason)).
+
+    ``send`` is the connection's ASGI send (``websocket.send`` or ``http.response.body``
+    messages, passed through unchanged); ``close(code, reason)`` ends the connection. ``maxsize``
+    is in events (default ``settings.GATEWAY_OUTBOX_EVENTS``), ``policy`` ``"drop"`` or
+    ``"close"`` (default ``settings.GATEWAY_SLOW_CONSUMER_POLICY``); raises ``ValueError`` for
+    another policy or a ``maxsize`` under 1.
+
+    After a failed send (the client went away) or an overflow under ``"close"`` the outbox is
+    closed: later events are ignored. ``sent`` and ``dropped`` count this connection's events.
+    """
+
+    def __init__(
+        self,
+        *,
+        send: Send,
+        close: Close,
+        maxsize: int | None = None,
+        policy: str | None = None,
+    ) -> None:
+        self.maxsize = int(settings.GATEWAY_OUTBOX_EVENTS if maxsize is None else maxsize)
+        self.policy = policy or settings.GATEWAY_SLOW_CONSUMER_POLICY
+        if self.policy not in SLOW_CONSUMER_POLICIES:
+            raise ValueError(f"slow consumer policy {self.policy!r} is not one of {SLOW_CONSUMER_POLICIES}")
+        if self.maxsize < 1:
+            raise ValueError(f"outbox size {self.maxsize} must be at least 1 event")
+        self._send = send
+        self._close = close
+        self._meter = get_meter()
+        # (message, bytes, minute, feed or None for unmetered messages, events)
+        self._queue: deque[tuple[dict[str, Any], int, int, ChannelFeed | None, int]] = deque()
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self.closed = False
+        self.sent = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        """Start the writer task on the running loop (and the meter's periodic flush)."""
+        if self._writer is None and not self.closed:
+            self._meter.ensure_flushing()
+            loop = asyncio.get_running_loop()
+            self._writer = loop.create_task(self._write_forever(), name="eventgate-outbox")
+
+    def stop(self) -> None:
+        """Cancel the writer; queued events are discarded, not metered. Idempotent; call it when
+        the connection ends, whatever the reason."""
+        self.closed = True
+        self._queue.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+
+    def __len__(self) -> int:
+        """Events (and control messages) waiting for the writer."""
+        return len(self._queue)
+
+    def put(self, message: dict[str, Any], size: int, minute: int, feed: ChannelFeed) -> None:
+        """Queue one event of ``feed`` (hot path: no await, no I/O). Applies the policy when
+        ``maxsize`` events are already waiting."""
+        if self.closed:
+            return
+        if len(self._queue) >= self.maxsize:
+            self._overflow(feed)
+            return
+        self._queue.append((message, size, minute, feed, 1))
+        self._wakeup.set()
+
+    def put_batch(
+        self, message: dict[str, Any], events: int, size: int, minute: int, feed: ChannelFeed
+    ) -> None:
+        """Queue one message carrying ``events`` events of ``size`` bytes in all (an SSE replay
+        sent as one chunk), metered as that many events after its send. One queue place:
+        a resume never overflows the outbox however many events it replays."""
+        if self.closed:
+            return
+        self._queue.append((message, size, minute, feed, events))
+        self._wakeup.set()
+
+    def enqueue(self, message: dict[str, Any]) -> bool:
+        """Queue an unmetered message (an ack or error frame, an SSE comment) behind the events
+        already waiting, so it keeps its order. Returns False, queuing nothing, when the outbox
+        is closed or full (the caller decides: an SSE keep-alive is simply skipped)."""
+        if self.closed or len(self._queue) >= self.maxsize:
+            return False
+        self._queue.append((message, 0, 0, None, 0))
+        self._wakeup.set()
+        return True
+
+    def _overflow(self, feed: ChannelFeed) -> None:
+        self.dropped += 1
+        self._meter.drop(feed.subscription_id, feed.channel_template)
+        if self.policy == "close":
+            self.stop()
+            # A task: close() sends a close frame, which waits on the same full socket buffer
+            # (bounded by the server's close timeout); the fan-out must not wait for it.
+            loop = asyncio.get_running_loop()
+            self._closer = loop.create_task(self._close_slow(), name="eventgate-outbox-close")
+
+    async def _close_slow(self) -> None:
+        log.info("Closing a slow consumer (%d events queued) with 1013", self.maxsize)
+        try:
+            await self._close(CLOSE_TRY_AGAIN_LATER, REASON_SLOW_CONSUMER)
+        except Exception as exc:  # noqa: BLE001 - the client is gone already: nothing to close
+            log.debug("Closing a slow consumer failed: %r", exc)
+
+    async def _write_forever(self) -> None:
+        queue, wakeup, send, meter_add = self._queue, self._wakeup, self._send, self._meter.add
+        try:
+            while True:
+                while queue:
+                    message, size, minute, feed, events = queue.popleft()
+                    await send(message)
+                    if feed is not None:
+                        meter_add((feed.subscription_id, feed.channel_template, "out", minute), size, events)
+                        self.sent += events
+                wakeup.clear()
+                await wakeup.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a send on a closed socket ends this outbox only
+            log.debug("Outbox writer stopped: %r", exc)
+            self.closed = True
+            queue.clear()
+            self._writer = None
+
+
+class ChannelFeed:
+    """One per (connection, channel): bridge.attach(routing_key, address, feed). deliver() only
+    enqueues on the outbox (never waits on the client); the writer meters the event
+    (subscription_id, channel_template, "out", minute) after the send succeeds.
+
+    A ``gateway.bridge.Subscriber``. ``channel_template`` is the AsyncAPI address template
+    (``prices/{symbol}``), the key usage and drops are counted under.
+    """
+
+    __slots__ = ("outbox", "subscription_id", "channel_template")
+
+    def __init__(self, outbox: Outbox, *, subscription_id: int, channel_template: str) -> None:
+        self.outbox = outbox
+        self.subscription_id = subscription_id
+        self.channel_template = channel_template
+
+    async def deliver(self, message: dict[str, Any], size: int, minute: int) -> None:
+        """Queue ``message`` (the bridge's shared ASGI message) of ``size`` bytes for the writer;
+        ``minute`` is Unix time // 60 (the usage bucket). Returns at once."""
+        self.outbox.put(message, size, minute, self)
+
+    def deliver_nowait(self, message: dict[str, Any], size: int, minute: int) -> None:
+        """``deliver`` without a coroutine: the bridge's fast path."""
+        self.outbox.put(message, size, minute, self)

@@ -1,0 +1,360 @@
+"""Server-Sent Events: ``GET /sse/<api slug>/<version>/<channel address>`` streams a channel's events.
+
+The same channels, credentials, handshake checks, control messages and metering as the WebSocket
+gateway (``gateway.consumers``); only the framing differs (WHATWG HTML §9.2 Server-sent events;
+full contract in ``docs/sse.md``):
+
+- request: ``GET``, credential as ``Authorization: Bearer <secret>`` or ``?access_token=``
+  (``gateway.credentials.credential_from_scope``); ``Last-Event-ID`` header (or
+  ``?last_event_id=``) to resume;
+- refused: an HTTP status and a JSON body ``{"error", "detail", "close_code"}`` (the WebSocket
+  close code of the same case, ``REFUSALS``); no broker binding, nothing metered;
+- accepted: ``200 text/event-stream``; per event ``id: <event id>`` and ``data: <the WebSocket
+  frame>``; a ``: keep-alive`` comment every ``GATEWAY_SSE_KEEPALIVE`` seconds; when the server
+  ends the stream (revocation, subscription ended, API unavailable, slow consumer, ...) a last
+  ``event: eventgate.close`` whose data is ``{"close_code": <WebSocket code>, "reason": ...}``;
+- resume: the bridge keeps a bounded per-channel replay buffer while the channel has SSE
+  subscribers and for ``GATEWAY_SSE_LINGER_SECONDS`` after the last leaves; a ``Last-Event-ID``
+  this process still holds gets the events after it, in order, before live ones; an id it does
+  not hold gets ``event: eventgate.gap`` first. Per process: behind a load balancer resume needs
+  sticky sessions.
+
+Each connection has its own ``gateway.delivery.Outbox`` (slow-consumer policy as for WebSocket)
+whose writer sends ``http.response.body`` chunks; the chunk of an event is built once per event
+by the bridge and shared by every SSE subscriber of the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import weakref
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
+from django.conf import settings
+
+from gateway import consumers as websocket
+from gateway.auth import Grant, HandshakeRefused
+from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
+from gateway.credentials import credential_from_scope
+from gateway.delivery import ChannelFeed, Outbox
+from gateway.security import GatewayOriginValidator
+
+log = logging.getLogger(__name__)
+
+# WebSocket close code → (HTTP status, "error" name) of the same refusal (the contract's table).
+REFUSALS: dict[int, tuple[int, str]] = {
+    4400: (400, "invalid_request"),
+    4401: (401, "invalid_token"),
+    4403: (403, "forbidden"),
+    4404: (404, "not_found"),
+    4405: (403, "insufficient_scope"),
+    4410: (410, "gone"),
+    4429: (429, "quota_exhausted"),
+    1009: (413, "too_large"),
+    1011: (500, "internal_error"),
+    1013: (503, "unavailable"),
+}
+CLOSE_TRY_AGAIN_LATER = websocket.CLOSE_TRY_AGAIN_LATER
+REASON_BROKER_DOWN = websocket.REASON_BROKER_DOWN
+KEEPALIVE = {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
+# Seconds the last event of a stream (eventgate.close) may wait on a client that does not read.
+FINAL_SEND_SECONDS = 5.0
+STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-store"),
+    (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
+]
+
+
+def refusal_response(code: int, detail: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The HTTP status, headers and JSON body refusing an SSE request for WebSocket close
+    ``code`` (an unknown code is a 403). ``detail`` must be safe to show (never a credential)."""
+    status, name = REFUSALS.get(code, (403, "forbidden"))
+    body = json.dumps({"error": name, "detail": detail, "close_code": code}).encode()
+    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+    if status == 401:  # RFC 6750 §3: a 401 names the scheme
+        headers.append((b"www-authenticate", b'Bearer realm="eventgate"'))
+    elif status == 403 and name == "insufficient_scope":
+        headers.append((b"www-authenticate", b'Bearer realm="eventgate", error="insufficient_scope"'))
+    elif status in (503, 429):
+        headers.append((b"retry-after", b"5"))
+    return status, headers, body
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin1")
+    return None
+
+
+_origin_validator = None
+
+
+def _origin_allowed(scope: dict[str, Any]) -> bool:
+    """A present ``Origin`` must match ``ALLOWED_HOSTS``, as for WebSocket handshakes
+    (``gateway.security``); a missing one (curl, SDKs) is allowed."""
+    global _origin_validator
+    if _origin_validator is None:
+        _origin_validator = GatewayOriginValidator(None)
+    origin = _header(scope, b"origin")
+    return _origin_validator.valid_origin(urlparse(origin) if origin else None)
+
+
+class EventSourceConsumer(AsyncHttpConsumer):
+    """Streams one channel's events to one authorized client as Server-Sent Events.
+
+    Shares the WebSocket consumer's handshake (``gateway.auth.handshake_authorize`` and the
+    second look after joining the control groups), control groups and handlers, credential
+    expiry timer and periodic audit (``gateway.consumers.GatewayConsumer``: its methods are
+    reused here, not copied); they end a connection through ``close(code, reason)``, which here
+    sends a last ``eventgate.close`` event carrying the same code. Metered like WebSocket: per
+    event handed to the socket, 1 event and the frame's UTF-8 length (the ``data``), under the
+    subscription and channel template.
+    """
+
+    grant: Grant | None = None
+    bridge: Bridge | None = None
+    outbox: Outbox | None = None
+    feed: ChannelFeed | None = None
+    _bound_key: str | None = None  # the routing key bound for this stream, until clean-up
+    _streaming = False
+    _cleaned = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ending = False
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # The WebSocket consumer's logic, shared as is (they use grant, channel_layer, close).
+    _groups = staticmethod(websocket.GatewayConsumer._groups)
+    _groups_join = websocket.GatewayConsumer._groups_join
+    _authorize = websocket.GatewayConsumer._authorize
+    _recheck = websocket.GatewayConsumer._recheck
+    _expiry_schedule = websocket.GatewayConsumer._expiry_schedule
+    _expired = websocket.GatewayConsumer._expired
+    _peer = websocket.GatewayConsumer._peer
+    gateway_revoke = websocket.GatewayConsumer.gateway_revoke
+    gateway_subscription_ended = websocket.GatewayConsumer.gateway_subscription_ended
+    gateway_plan_changed = websocket.GatewayConsumer.gateway_plan_changed
+    gateway_api_unavailable = websocket.GatewayConsumer.gateway_api_unavailable
+
+    async def http_request(self, message: dict[str, Any]) -> None:
+        if message.get("more_body"):
+            return  # a GET has no body worth reading; wait for the last chunk
+        if not await self._open():
+            await self._cleanup()
+            raise StopConsumer()
+        # Streaming: the consumer keeps running, dispatching control messages and, at the end,
+        # http.disconnect (also sent by the server once the stream's last chunk went out).
+
+    async def http_disconnect(self, message: dict[str, Any]) -> None:
+        await self._cleanup()
+        raise StopConsumer()
+
+    async def _open(self) -> bool:
+        """Authorize, bind, start the stream. False if refused (the response is sent)."""
+        scope = self.scope
+        if scope["method"] != "GET":
+            await self._refuse(HandshakeRefused(4400, "Server-Sent Events streams are opened with GET."), 405)
+            return False
+        if not _origin_allowed(scope):
+            await self._refuse(HandshakeRefused(4403, "Origin not allowed."))
+            return False
+        route = scope["url_route"]["kwargs"]
+        secret, _ = credential_from_scope(scope)
+        try:
+            grant = await self._authorize(
+                secret=secret, api_slug=route["api"], version=route["version"], address=route["address"]
+            )
+            assert grant.channel is not None
+            refusal = grant.refusal(grant.channel, "receive")
+            if refusal is not None:
+                raise refusal
+            # Join the control groups, then look again (as the WebSocket consumer does).
+            await self._groups_join(grant)
+            refusal = await self._recheck(grant)
+            if refusal is not None:
+                refusal.credential = grant.credential
+                raise refusal
+        except HandshakeRefused as refusal:
+            await self._refuse(refusal)
+            return False
+        self.bridge = get_bridge()
+        try:
+            await self.bridge.bind(grant.channel.routing_key)
+        except BrokerUnavailable as exc:
+            log.warning("SSE request %.300r refused with 503: %s", scope["path"], exc)
+            await self._refuse(
+                HandshakeRefused(CLOSE_TRY_AGAIN_LATER, REASON_BROKER_DOWN, credential=grant.credential)
+            )
+            return False
+        self._bound_key = grant.channel.routing_key
+        await self._stream(grant)
+        return True
+
+    async def _stream(self, grant: Grant) -> None:
+        """Send the headers, attach to the bridge, queue the replay (if resuming), start the writer."""
+        assert self.bridge is not None and grant.channel is not None
+        channel = grant.channel
+        await self.send_headers(status=200, headers=STREAM_HEADERS)
+        self._streaming = True
+        self.outbox = Outbox(send=self.base_send, close=self.close)
+        self.feed = ChannelFeed(
+            self.outbox, subscription_id=grant.subscription_id, channel_template=channel.channel_template
+        )
+        # attach and replay_since in one step (no await between): nothing missed, nothing twice.
+        self.bridge.attach(channel.routing_key, channel.address, self.feed, framing="sse")
+        last_event_id = self._last_event_id()
+        if last_event_id is not None:
+            held = self.bridge.replay_since(channel.routing_key, last_event_id)
+            if held is None:
+                self.outbox.enqueue(gap_event(last_event_id))
+            elif held:
+                self.outbox.put_batch(
+                    {
+                        "type": "http.response.body",
+                        "body": b"".join(item[1]["body"] for item in held),
+                        "more_body": True,
+                    },
+                    len(held),
+                    sum(item[2] for item in held),
+                    int(time.time()) // 60,
+                    self.feed,
+                )
+        self.outbox.start()
+        _live_sse.add(self)
+        websocket._live.add(self)  # type: ignore[arg-type]  # the periodic audit covers SSE too
+        websocket._audit_ensure_running()
+        _keepalive_ensure_running()
+        self._expiry_schedule(grant)
+        log.info(
+            "SSE open: subscription %s, %s %s %s%s",
+            grant.subscription_id,
+            grant.api_slug,
+            grant.version,
+            channel.address,
+            " (resuming)" if last_event_id else "",
+        )
+
+    def _last_event_id(self) -> str | None:
+        value = _header(self.scope, b"last-event-id")
+        if value is None:
+            query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
+            value = (query.get("last_event_id") or [None])[0]
+        return value or None
+
+    async def _refuse(self, refusal: HandshakeRefused, status: int | None = None) -> None:
+        """Answer with the refusal contract's HTTP status and JSON body; log like WebSocket."""
+        credential = refusal.credential
+        log.info(
+            "Refused SSE request for %.300r from %s (%s): %d %s",
+            self.scope["path"],
+            self._peer(),
+            f"{credential.kind} {credential.id}" if credential else "no credential",
+            refusal.code,
+            refusal.reason,
+        )
+        refused_status, headers, body = refusal_response(refusal.code, refusal.reason)
+        if status == 405:
+            headers.append((b"allow", b"GET"))
+        await self.send_response(status or refused_status, body, headers=headers)
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """End the stream with a last ``eventgate.close`` event carrying ``code`` (the WebSocket
+        close code of the same case) and ``reason``; stop the outbox first, so nothing is
+        delivered or metered after the decision. The server then reports the request done
+        (``http.disconnect``) and ``http_disconnect`` cleans up. Idempotent."""
+        if self._ending or not self._streaming:
+            return
+        self._ending = True
+        websocket._live.discard(self)  # type: ignore[arg-type]
+        if self.outbox is not None:
+            self.outbox.stop()
+        log.info(
+            "Closing SSE stream of subscription %s with %d: %s",
+            self.grant and self.grant.subscription_id,
+            code,
+            reason,
+        )
+        data = json.dumps({"close_code": code or 1000, "reason": reason or ""})
+        last = {"type": "http.response.body", "body": f"event: eventgate.close\ndata: {data}\n\n".encode()}
+        try:
+            await asyncio.wait_for(self.base_send(last), FINAL_SEND_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - the client is not reading, or gone
+            log.info("SSE stream of %s ended without its last event: %r", self._peer(), exc)
+            # No http.disconnect comes while the response is unfinished: stop through our own
+            # channel, which ends the consumer and so the response.
+            if self.channel_layer is not None:
+                await self.channel_layer.send(self.channel_name, {"type": "gateway.sse_end"})
+
+    async def gateway_sse_end(self, event: dict[str, Any]) -> None:
+        """Our own message: the stream could not be finished politely; end the consumer."""
+        await self._cleanup()
+        raise StopConsumer()
+
+    async def _cleanup(self) -> None:
+        """Stop the outbox and the expiry timer, leave the groups and the bridge (the binding
+        lingers for resume, ``Bridge.unbind_later``). Idempotent; runs however the request ends."""
+        if self._cleaned:
+            return
+        self._cleaned = self._ending = True
+        _live_sse.discard(self)
+        websocket._live.discard(self)  # type: ignore[arg-type]
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self.outbox is not None:
+            self.outbox.stop()
+        if self.grant is not None and self.channel_layer is not None:
+            for group in self._groups(self.grant):
+                await self.channel_layer.group_discard(group, self.channel_name)
+        if self.bridge is not None and self._bound_key is not None:
+            if self.feed is not None:
+                self.bridge.detach(self._bound_key, self.feed)
+            self.bridge.unbind_later(self._bound_key)
+            self._bound_key = None
+
+
+def gap_event(last_event_id: str) -> dict[str, Any]:
+    """The ``eventgate.gap`` event: ``last_event_id`` is not held by this process, so events may
+    have been missed; live events follow."""
+    data = json.dumps(
+        {
+            "last_event_id": last_event_id[:200],
+            "detail": "Events after this id are no longer held by this server; some may be missed.",
+        }
+    )
+    return {
+        "type": "http.response.body",
+        "body": f"event: eventgate.gap\ndata: {data}\n\n".encode(),
+        "more_body": True,
+    }
+
+
+# Open SSE streams of this process, for the keep-alive ticker; weak, so a dead one never lingers.
+_live_sse: weakref.WeakSet[EventSourceConsumer] = weakref.WeakSet()
+_keepalives: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+
+
+def _keepalive_ensure_running() -> None:
+    loop = asyncio.get_running_loop()
+    task = _keepalives.get(loop)
+    if task is None or task.done():
+        _keepalives[loop] = loop.create_task(_keepalive_forever(), name="eventgate-sse-keepalive")
+
+
+async def _keepalive_forever() -> None:
+    """One ticker per process (not one timer per stream): every ``GATEWAY_SSE_KEEPALIVE``
+    seconds a comment is queued on each open stream whose outbox has room (a full one is busy
+    anyway), so proxies and clients see the connection alive."""
+    while True:
+        await asyncio.sleep(float(settings.GATEWAY_SSE_KEEPALIVE))
+        for stream in list(_live_sse):
+            if stream.outbox is not None:
+                stream.outbox.enqueue(KEEPALIVE)
