@@ -186,7 +186,7 @@ def handshake_authorize(
     calendar month (UTC) are not used up [4429].
 
     The credential comes first, so unauthenticated clients learn nothing about which APIs
-    and channels exist. Sync: resolving the credential is usually a cache hit; then 4 queries
+    and channels exist. Sync: resolving the credential is usually a cache hit; then 3 queries
     (+2 for a channel, +1 for a quota).
     """
     if not secret:

@@ -87,7 +87,8 @@ class Subscriber(Protocol):
     """What the bridge fans out to (``gateway.delivery.ChannelFeed``, test collectors).
 
     A subscriber may also offer ``deliver_nowait(message, size, minute)``, the same without a
-    coroutine; the bridge then calls that (the fast path).
+    coroutine, which the bridge then calls (the fast path), and ``notice(message)``, an
+    unmetered message such as an SSE ``eventgate.gap`` notice.
     """
 
     async def deliver(self, message: dict[str, Any], size: int, minute: int) -> None:
@@ -122,6 +123,19 @@ class ReplayBuffer:
         self.bytes += len(message["body"])
         while len(events) > self.max_events or self.bytes > self.max_bytes:
             self.bytes -= len(events.popleft()[1]["body"])
+
+    def mark_gap(self, message: dict[str, Any]) -> None:
+        """Hold an ``eventgate.gap`` notice (``sse_gap``) in order with the events: a client
+        resuming from before it learns that events are missing there. Size 0: not an event."""
+        self.append("", message, 0)
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id of the newest event held (not counting gap notices), or None."""
+        for event_id, _message, size, _received in reversed(self.events):
+            if size:
+                return event_id
+        return None
 
     def since(self, last_event_id: str) -> list[ReplayItem] | None:
         """The events after ``last_event_id``, oldest first; None if that id is not held (never
@@ -236,6 +250,20 @@ def sse_event(event_id: str, frame: str) -> bytes:
     if event_id and not any(c in event_id for c in "\r\n\x00"):
         return ("id: " + event_id + "\n" + data + "\n\n").encode()
     return (data + "\n\n").encode()
+
+
+def sse_gap(last_event_id: str | None, detail: str) -> dict[str, Any]:
+    """The ``eventgate.gap`` SSE event (docs/sse.md) as an ASGI ``http.response.body`` message:
+    events after ``last_event_id`` (None: unknown) may be missing from this stream."""
+    data = json.dumps({"last_event_id": last_event_id[:200] if last_event_id else None, "detail": detail})
+    return {
+        "type": "http.response.body",
+        "body": f"event: eventgate.gap\ndata: {data}\n\n".encode(),
+        "more_body": True,
+    }
+
+
+REASON_GAP_BROKER = "RabbitMQ connection lost: events published until the gateway reconnected are missed."
 
 
 class Bridge:
@@ -454,6 +482,20 @@ class Bridge:
             log.warning(
                 "Gateway bridge lost its RabbitMQ connection; reconnecting (events meanwhile are lost)"
             )
+            self._gaps_mark()
+
+    def _gaps_mark(self) -> None:
+        """Tell SSE streams (open ones now, resuming ones through the replay buffer) that the
+        events published until the reconnection are missed."""
+        for route in self.routes.values():
+            if route.replay is None:
+                continue
+            notice = sse_gap(route.replay.last_event_id, REASON_GAP_BROKER)
+            route.replay.mark_gap(notice)
+            for subscriber in route.sse_subscribers:
+                tell = getattr(subscriber, "notice", None)
+                if tell is not None:
+                    tell(notice)
 
     async def _on_reconnect(self, *args: Any) -> None:
         # aio-pika re-declares the queue and restores recorded bindings; drop those nobody

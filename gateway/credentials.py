@@ -60,7 +60,7 @@ _MISS = "-"
 
 def _cache_seconds() -> int:
     """Seconds a resolved credential stays cached at most (``GATEWAY_CREDENTIAL_CACHE_SECONDS``)."""
-    return int(getattr(settings, "GATEWAY_CREDENTIAL_CACHE_SECONDS", 300))
+    return int(settings.GATEWAY_CREDENTIAL_CACHE_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,3 +202,7 @@ class ChannelFeed:
     def deliver_nowait(self, message: dict[str, Any], size: int, minute: int) -> None:
         """``deliver`` without a coroutine: the bridge's fast path."""
         self.outbox.put(message, size, minute, self)
+
+    def notice(self, message: dict[str, Any]) -> None:
+        """Queue an unmetered message from the bridge (an SSE gap notice); skipped when full."""
+        self.outbox.enqueue(message)

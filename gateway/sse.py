@@ -40,7 +40,7 @@ from django.conf import settings
 
 from gateway import consumers as websocket
 from gateway.auth import Grant, HandshakeRefused
-from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
+from gateway.bridge import Bridge, BrokerUnavailable, get_bridge, sse_gap
 from gateway.credentials import credential_from_scope
 from gateway.delivery import ChannelFeed, Outbox
 from gateway.security import GatewayOriginValidator
@@ -62,6 +62,7 @@ REFUSALS: dict[int, tuple[int, str]] = {
 }
 CLOSE_TRY_AGAIN_LATER = websocket.CLOSE_TRY_AGAIN_LATER
 REASON_BROKER_DOWN = websocket.REASON_BROKER_DOWN
+REASON_GAP_NOT_HELD = "Events after this id are no longer held by this server; some may be missed."
 KEEPALIVE = {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
 # Seconds the last event of a stream (eventgate.close) may wait on a client that does not read.
 FINAL_SEND_SECONDS = 5.0
@@ -215,7 +216,7 @@ class EventSourceConsumer(AsyncHttpConsumer):
         if last_event_id is not None:
             held = self.bridge.replay_since(channel.routing_key, last_event_id)
             if held is None:
-                self.outbox.enqueue(gap_event(last_event_id))
+                self.outbox.enqueue(sse_gap(last_event_id, REASON_GAP_NOT_HELD))
             elif held:
                 self.outbox.put_batch(
                     {
@@ -223,7 +224,7 @@ class EventSourceConsumer(AsyncHttpConsumer):
                         "body": b"".join(item[1]["body"] for item in held),
                         "more_body": True,
                     },
-                    len(held),
+                    sum(1 for item in held if item[2]),  # gap notices (size 0) are not events
                     sum(item[2] for item in held),
                     int(time.time()) // 60,
                     self.feed,
@@ -319,22 +320,6 @@ class EventSourceConsumer(AsyncHttpConsumer):
                 self.bridge.detach(self._bound_key, self.feed)
             self.bridge.unbind_later(self._bound_key)
             self._bound_key = None
-
-
-def gap_event(last_event_id: str) -> dict[str, Any]:
-    """The ``eventgate.gap`` event: ``last_event_id`` is not held by this process, so events may
-    have been missed; live events follow."""
-    data = json.dumps(
-        {
-            "last_event_id": last_event_id[:200],
-            "detail": "Events after this id are no longer held by this server; some may be missed.",
-        }
-    )
-    return {
-        "type": "http.response.body",
-        "body": f"event: eventgate.gap\ndata: {data}\n\n".encode(),
-        "more_body": True,
-    }
 
 
 # Open SSE streams of this process, for the keep-alive ticker; weak, so a dead one never lingers.

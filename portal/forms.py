@@ -356,7 +356,7 @@ class APIKeyForm(forms.Form):
     )
     expires = forms.ChoiceField(choices=EXPIRY_CHOICES, initial="never", label="Expiry")
     expires_on = forms.DateField(
-        required=False, label="Valid until", widget=forms.DateInput(attrs={"type": "date"})
+        required=False, label="Last day it works", widget=forms.DateInput(attrs={"type": "date"})
     )
 
     def clean(self) -> dict[str, Any]:

@@ -131,6 +131,9 @@ GATEWAY_SSE_KEEPALIVE = env.float("GATEWAY_SSE_KEEPALIVE", default=15.0)
 # Webhooks: callback URLs on private, loopback or link-local addresses are refused unless allowed
 # (tests serve callbacks on 127.0.0.1).
 WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=False)
+# Gateway: seconds a resolved credential stays in the shared cache at most (never past its expiry;
+# revocation and rotation invalidate it at once).
+GATEWAY_CREDENTIAL_CACHE_SECONDS = env.int("GATEWAY_CREDENTIAL_CACHE_SECONDS", default=300)
 # Gateway: how often (seconds) in-memory usage counters are flushed to analytics.
 GATEWAY_FLUSH_INTERVAL = env.float("GATEWAY_FLUSH_INTERVAL", default=5.0)
 # Gateway: how often (seconds) each process re-checks its live connections' keys and subscriptions.
@@ -247,7 +250,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Credentials never reach a log, whatever the level (uvicorn logs request headers at DEBUG).
+    "filters": {"credentials": {"()": "gateway.credentials.CredentialRedactor"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["credentials"]}
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     # daphne's access log prints request paths, which may carry an access_token query parameter.
     "loggers": {

@@ -64,7 +64,7 @@ def market_api(transactional_db):
     """An API (unique slug: the exchanges are shared with other test runs) with a receive channel
     ``prices/{symbol}`` and a send channel ``orders/{desk}``."""
     api = APIFactory(name="Market", slug=f"market-{uuid.uuid4().hex[:10]}")
-    version = APIVersionFactory(api=api, version="1.0.0")
+    version = APIVersionFactory(api=api, version="1.0.0", validate_payloads=True)
     prices = ChannelFactory(
         api_version=version,
         key="prices",
@@ -166,6 +166,8 @@ def test_test_key_connects_receives_and_sends_events(
 ):
     settings.EVENTGATE_PUBLIC_URL = gateway_server.url
     slug = market_api.slug
+    socket_urls: list[str] = []
+    page.on("websocket", lambda socket: socket_urls.append(socket.url))
     _sign_in(page, live_server, bob.email)
     # In a few clicks from anywhere: the navigation.
     page.get_by_role("navigation").get_by_role("link", name="Try it").click()
@@ -211,6 +213,12 @@ def test_test_key_connects_receives_and_sends_events(
 
     order = {"symbol": "ACME", "quantity": 10, "limit": 101.5}
     with InboundListener(routing_key(api=slug, version="1.0.0", address="orders/equities")) as inbound:
+        # The version checks payloads: one that fails its schema comes back as an error frame.
+        payload.fill(json.dumps({"symbol": "NOPE", "quantity": 10}))
+        page.get_by_role("button", name="Send", exact=True).click()
+        error = page.locator("[data-try-log] .eg-try-error").first
+        expect(error.locator(".eg-try-kind")).to_have_text("error 4400", timeout=10_000)
+        expect(error).to_contain_text("NOPE")
         payload.fill(json.dumps(order))
         page.get_by_role("button", name="Send", exact=True).click()
         [(body, headers)] = inbound.wait(1)
@@ -219,11 +227,15 @@ def test_test_key_connects_receives_and_sends_events(
     assert headers["eg-channel"] == "orders/equities"
     assert str(headers["eg-application"]) == str(market_app.pk)
     expect(page.locator("[data-try-log] li").first.locator(".eg-try-kind")).to_have_text("sent")
-    expect(page.locator("[data-try-log] .eg-try-error")).to_have_count(0)
+    expect(page.locator("[data-try-log] .eg-try-error")).to_have_count(1)
     shoot(page, "try-it-2-send")
 
-    # The address bar links to this selection, never to the credential.
+    # The address bar links to this selection; neither it nor a socket's URL holds the credential.
     assert "eg_" not in page.url
+    assert socket_urls == [
+        f"{gateway_server.ws_url}/ws/{slug}/1.0.0/prices/GLOBEX",
+        f"{gateway_server.ws_url}/ws/{slug}/1.0.0/orders/equities",
+    ]
     assert "channel=orders%2Fequities" in page.url
     page.get_by_role("button", name="Disconnect").click()
     expect(page.locator("[data-try-status]")).to_have_text("Closed · 1000")
@@ -315,7 +327,7 @@ def test_page_says_what_to_do_without_an_application_or_subscription(
     page.goto(f"{live_server.url}/try/?api={market_api.slug}")
     expect(page.get_by_text("Waiting room has no active subscription to connect with.")).to_be_visible()
     expect(page.get_by_test_id("try-problem")).to_have_text(
-        f"This application has no active subscription to “{market_api.slug}”."
+        "Market cannot be tried with this application now: see “Not offered here” below."
     )
     expect(page.get_by_test_id("try-unavailable")).to_contain_text(
         "the subscription (Gold plan) waits for an admin's approval"

@@ -42,7 +42,7 @@ from gateway.webhooks.addresses import (
     callback_resolve,
 )
 from gateway.webhooks.config import webhook_setting
-from portal.models import API, APIVersion, Subscription
+from portal.models import API, APIVersion, Channel, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _webhook_version(subscription: Subscription, version: str | None) -> APIVers
     return api_version
 
 
-def _webhook_channel(api_version: APIVersion, address: str) -> tuple[str, str, object]:
+def _webhook_channel(api_version: APIVersion, address: str) -> tuple[str, str, Channel]:
     """``(normalised address, routing key, channel)`` or ``ValidationError`` on ``channel``."""
     api = api_version.api
     address = address_normalize(address.strip())
@@ -231,13 +231,17 @@ def webhook_register(
 def webhook_verify_again(*, webhook: WebhookSubscription) -> WebhookSubscription:
     """Queue intent verification again (after a failure, or to re-check an active callback).
 
-    The webhook stays as it is (an active one keeps receiving) until the answer comes.
-    Raises ``ValidationError`` for a deleted webhook.
+    A failed webhook goes back to ``pending`` until the answer comes; an active one stays active
+    (and keeps receiving) meanwhile. Raises ``ValidationError`` for a deleted webhook.
     """
     if webhook.status == WebhookSubscription.Status.DELETED:
         raise ValidationError("This webhook is deleted; register a new one.")
     with transaction.atomic():
-        WebhookSubscription.objects.filter(pk=webhook.pk).update(verification_requested_at=timezone.now())
+        webhooks = WebhookSubscription.objects.filter(pk=webhook.pk)
+        webhooks.update(verification_requested_at=timezone.now())
+        webhooks.filter(status=WebhookSubscription.Status.FAILED).update(
+            status=WebhookSubscription.Status.PENDING, status_reason=""
+        )
         _enqueue_verification(webhook.pk)
     webhook.refresh_from_db()
     return webhook

@@ -102,15 +102,17 @@ def try_it(request: HttpRequest) -> HttpResponse:
         subscriptions = _subscriptions(application)
         offered = [_api_target(s) for s in subscriptions if _offered(s)]
         targets = [target for target in offered if target["versions"]]
+        unavailable = [s for s in subscriptions if not _offered(s)]
         selection = _select(
             offered,
+            unavailable={s.api.slug: s.api.name for s in unavailable},
             api=raw_api,
             version=_param(request, "version", problems),
             channel=_param(request, "channel", problems),
         )
         problems.extend(selection.problems)
         context["targets"] = targets
-        context["unavailable"] = [s for s in subscriptions if not _offered(s)]
+        context["unavailable"] = unavailable
         context["page_data"] = _page_data(application, targets, selection)
     context["problems"] = problems
     return render(request, "portal/try_it.html", context)
@@ -344,17 +346,25 @@ def _scalar_example(kind: Any, fmt: Any) -> Any:
     return None
 
 
-def _select(targets: list[dict[str, Any]], *, api: str, version: str, channel: str) -> Selection:
+def _select(
+    targets: list[dict[str, Any]], *, unavailable: dict[str, str], api: str, version: str, channel: str
+) -> Selection:
     """Resolve a deep link's ``api``, ``version`` and ``channel`` against ``targets``
-    (``_api_target`` dicts); unknown values become ``problems`` and fall back to defaults."""
+    (``_api_target`` dicts); unknown values become ``problems`` and fall back to defaults.
+    ``unavailable``: slug → name of APIs the application has a subscription to that the page
+    does not offer (listed on the page with the reason)."""
     selection = Selection()
     usable = [target for target in targets if target["versions"]]
+    if api in unavailable:
+        selection.problems.append(
+            f"{unavailable[api]} cannot be tried with this application now: see “Not offered here” below."
+        )
+    elif api and not usable:
+        selection.problems.append(f"This application has no active subscription to “{api[:100]}”.")
     if not usable:
-        if api:
-            selection.problems.append(f"This application has no active subscription to “{api[:100]}”.")
         return selection
     target = usable[0]
-    if api:
+    if api and api not in unavailable:
         found = next((t for t in targets if t["slug"] == api), None)
         if found is None:
             selection.problems.append(

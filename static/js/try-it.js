@@ -49,7 +49,7 @@
 
   let testKey = null; // {secret, prefix, expiresAt: Date}
   let socket = null;
-  let openChannel = null; // the channel the open socket is connected to
+  let openChannel = null; // {api, version, channel, address} of the open socket
   let events = 0;
 
   // ---- Selection: API and version, channel, parameter values -------------------------------
@@ -301,7 +301,11 @@
       return;
     }
     if (frame && typeof frame === "object" && frame.type === "error") {
-      entry("error", `error ${frame.code ?? ""}`.trim(), { detail: closeMessage(frame.code, frame.reason) });
+      // An error frame answers one client frame: its reason says what was wrong with it, more
+      // precisely than the code's general meaning (which is the fallback).
+      const reason = String(frame.reason || "") || closeMessage(frame.code);
+      const where = frame.pointer && !reason.includes(frame.pointer) ? ` (at ${frame.pointer})` : "";
+      entry("error", `error ${frame.code ?? ""}`.trim(), { channel: frame.channel ?? "", detail: reason + where });
       return;
     }
     if (frame && typeof frame === "object" && "payload" in frame) {
@@ -361,7 +365,8 @@
       note("Fix the channel's parameter values first (step 2).");
       return;
     }
-    const url = channelURL(version, concreteAddress(channel, parameterValues()));
+    const address = concreteAddress(channel, parameterValues());
+    const url = channelURL(version, address);
     if (socket) {
       const previous = socket;
       socket = null;
@@ -376,7 +381,7 @@
       return;
     }
     socket = current;
-    openChannel = { api, version, channel };
+    openChannel = { api, version, channel, address };
     events = 0;
     ui.closeBox.hidden = true;
     setStatus("Connecting…", "warning");
@@ -457,7 +462,7 @@
     // Single-channel mode: each text frame is one event's payload (docs/gateway.md). The
     // gateway answers nothing on success and an error frame for a refused event.
     socket.send(text);
-    entry("sent", "sent", { channel: concreteAddress(openChannel.channel, parameterValues()), detail: `${bytes} bytes`, body: pretty(value) });
+    entry("sent", "sent", { channel: openChannel.address, detail: `${bytes} bytes`, body: pretty(value) });
   };
 
   const showPayloadError = (text) => {
@@ -494,8 +499,8 @@
       ui.sendHint.textContent = "This channel has no send operation: consumers only receive events from it.";
     } else if (!open) {
       ui.sendHint.textContent = "This channel accepts events from you. Connect first; the event goes over the open connection as one text frame.";
-    } else if (openChannel.channel !== channel) {
-      ui.sendHint.textContent = "You picked another channel: reconnect to send on it.";
+    } else if (openChannel.channel !== channel || openChannel.address !== address) {
+      ui.sendHint.textContent = `Connected to ${openChannel.address}: reconnect to send on ${address}.`;
       ui.send.disabled = true;
     } else {
       ui.sendHint.textContent = "Edit the JSON payload and press Send. A refused event comes back as an error in the log.";

@@ -4,6 +4,7 @@ by all local subscribers, the connection recovers when RabbitMQ drops it; and th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -279,3 +280,40 @@ async def test_channel_feeds_get_events_without_waiting_and_meter_after_sending(
     assert [sum(row[0] for row in minute_rows)] == [3]
     assert meter.dropped[(subscription_id, "prices/{symbol}")] >= 2
     outbox.stop()
+
+
+class SSECollector(Collector):
+    """An SSE subscriber that also takes the bridge's unmetered notices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notices: list[dict[str, Any]] = []
+
+    def notice(self, message: dict[str, Any]) -> None:
+        self.notices.append(message)
+
+
+@pytest.mark.skipif(not shutil.which("rabbitmqctl"), reason="needs rabbitmqctl to drop the connection")
+async def test_sse_streams_are_told_of_the_gap_a_lost_connection_left(bridge):
+    slug = f"bridge-{uuid.uuid4().hex[:8]}"
+    key = routing_key(api=slug, version="1.0.0", address="prices/ACME")
+    sse = SSECollector()
+    await bridge.bind(key)
+    bridge.attach(key, "prices/ACME", sse, framing="sse")
+    [before] = await publish_bodies(slug, [b"1"])
+    await sse.next()
+    await asyncio.to_thread(close_connection, f"eventgate-gateway pid={os.getpid()}")
+    for _ in range(100):
+        if sse.notices:
+            break
+        await asyncio.sleep(0.1)
+    [notice] = sse.notices
+    assert notice["body"].startswith(b"event: eventgate.gap\ndata: ")
+    assert json.loads(notice["body"].split(b"data: ", 1)[1])["last_event_id"] == before
+    held = bridge.replay_since(key, before)
+    assert held is not None and [item[1] for item in held] == [notice], "resuming clients see it too"
+    for _ in range(100):
+        if bridge.connected:
+            break
+        await asyncio.sleep(0.1)
+    assert bridge.status()["reconnects"] == 1

@@ -1,7 +1,8 @@
 """RabbitMQ restarts mid-stream (issue 4, "Broker bridge"): the gateway's bridge reconnects by
 itself and re-establishes its queue, consumer and bindings; connected WebSocket and SSE clients
-stay connected and receive the events published after the recovery; while RabbitMQ is away, new
-handshakes are told to try again later (1013 / HTTP 503) (docs/delivery.md).
+stay connected and receive the events published after the recovery (SSE streams are told of the
+gap first); while RabbitMQ is away, new handshakes are told to try again later (1013 / HTTP 503)
+(docs/delivery.md).
 
 This stops the whole RabbitMQ application (``rabbitmqctl stop_app``/``start_app``), which every
 other process on this machine notices: always restarted in ``finally``."""
@@ -109,8 +110,14 @@ def test_clients_stay_connected_across_a_rabbitmq_restart_and_get_later_events(
         outcome["consumers_after"] = await asyncio.to_thread(rabbitmq_consumers, queue=queue)
         after = [await publish({"when": "after", "n": n}) for n in range(3)]
         outcome["ws_after"] = [json.loads(await asyncio.wait_for(ws.recv(), 10))["id"] for _ in after]
+        outcome["sse_gap"] = await sse.next_event(timeout=10)
         outcome["sse_after"] = [(await sse.next_event(timeout=10)).id for _ in after]
         outcome["after"] = after
+        # A client resuming from before the outage learns of the gap where it happened.
+        resumed = await sse_open(server.url, sse_path, headers={"Last-Event-ID": before})
+        outcome["resumed"] = [await resumed.next_event() for _ in range(4)]
+        await resumed.close()
+        outcome["before"] = before
         async with connect(ws_url) as newcomer:  # new handshakes work again
             later = await publish({"when": "later"})
             outcome["newcomer"] = json.loads(await asyncio.wait_for(newcomer.recv(), 10))["id"] == later
@@ -127,7 +134,12 @@ def test_clients_stay_connected_across_a_rabbitmq_restart_and_get_later_events(
     assert outcome["up"]["queue"] == outcome["queue"], "the same queue name, declared again"
     assert outcome["bindings_after"] == [key] and outcome["consumers_after"] == 1
     assert outcome["ws_after"] == outcome["after"], "the WebSocket stayed open and gets later events"
+    gap = outcome["sse_gap"]
+    assert gap.event == "eventgate.gap" and json.loads(gap.data)["last_event_id"] == outcome["before"]
     assert outcome["sse_after"] == outcome["after"], "the SSE stream stayed open and gets later events"
+    resumed = outcome["resumed"]
+    assert [event.event for event in resumed] == ["eventgate.gap"] + ["message"] * 3
+    assert [event.id for event in resumed[1:]] == outcome["after"]
     assert outcome["newcomer"]
     status_after = gateway_status(server)
     deadline = time.monotonic() + 10

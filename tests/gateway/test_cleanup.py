@@ -189,7 +189,9 @@ def close_code_of(sock: socket.socket) -> int | None:
     [
         (client_frame(0x1, b"\xff\xfe not UTF-8"), 1007),  # RFC 6455 §8.1: invalid UTF-8 text
         (client_frame(0x2, b"\x00\x01"), 1008),  # binary frames are not offered
-        (client_frame(0x1, b"x" * (1024 * 1024 + 1)), 1009),  # over GATEWAY_MAX_MESSAGE_BYTES
+        # Over GATEWAY_MAX_MESSAGE_BYTES: refused on its header, before any payload is read (the
+        # payload is not sent: unread bytes would make the server's close a TCP reset).
+        (struct.pack("!BBQ", 0x81, 0x80 | 127, 1024 * 1024 + 1) + os.urandom(4), 1009),
         (bytes([0x83, 0x80]) + os.urandom(4), 1002),  # reserved opcode: protocol error
     ],
     ids=["invalid-utf8", "binary", "oversize", "reserved-opcode"],

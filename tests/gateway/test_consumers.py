@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from analytics.models import UsageRecord
 from gateway.auth import month_start
-from gateway.consumers import GatewayConsumer
+from gateway.consumers import GatewayConsumer, live_connections_audit
 from gateway.metering import get_meter
 from gateway.publishing import event_publish
 from gateway.routing import websocket_urlpatterns
@@ -277,3 +277,31 @@ async def test_revocation_landing_mid_handshake_is_not_missed(stream_api, bob_su
     monkeypatch.setattr(GatewayConsumer, "_groups_join", revoke_then_join)
     code, reason = await refusal(prices(stream_api), secret=bob_subscribed.secret)
     assert (code, reason) == (4401, "credential revoked or expired")
+
+
+async def test_the_audit_closes_a_connection_once_its_monthly_quota_is_used_up(stream_api, bob_subscribed):
+    subscription = bob_subscribed.subscription
+
+    def limit_and_use_last_month() -> None:
+        subscription.plan.quota_events = 100
+        subscription.plan.save()
+        # The whole quota used, but last month.
+        previous = month_start() - timedelta(days=1)
+        UsageRecord.objects.create(subscription=subscription, bucket_start=previous, channel="c", events=100)
+
+    await sync_to_async(limit_and_use_last_month)()
+    client = communicator(prices(stream_api), secret=bob_subscribed.secret)
+    assert (await client.connect())[0]
+    try:
+        assert await live_connections_audit() == 0, "last month's usage does not count"
+        await sync_to_async(UsageRecord.objects.create)(
+            subscription=subscription, bucket_start=month_start(), channel="prices/{symbol}", events=100
+        )
+        assert await live_connections_audit() == 1
+        closed = await client.receive_output(timeout=2)
+        assert (closed["code"], closed["reason"]) == (
+            4429,
+            "events quota of plan 'Free' used up this month (100 events)",
+        )
+    finally:
+        await client.disconnect()

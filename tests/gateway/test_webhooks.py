@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 
 from analytics.services import usage_for_subscription
 from gateway.models import WebhookDelivery, WebhookSubscription
-from gateway.publishing import EventPublisher
+from gateway.publishing import EventPublisher, amqp_connect, exchange_declare, routing_key
 from portal.celery import app as celery_app
 from portal.models import API, APIKey, Subscription
 from portal.services.lifecycle import api_transition
@@ -432,3 +432,24 @@ def test_webhook_body_is_the_frame_websocket_clients_get(
     (post,) = wait_for(lambda: callback_server.received("/hooks/bob"), "the webhook delivery")
     assert post.body == frame.encode()
     assert APIKey.objects.filter(pk=bob_subscribed.key.pk, revoked_at__isnull=True).exists()
+
+
+def test_binding_left_from_an_earlier_run_is_removed_by_its_first_event(stack, stream_api):
+    """The durable queue outlives dispatcher processes, and with it bindings nobody needs."""
+    stale = routing_key(api=stream_api.slug, version="1.0.0", address="prices/STALE")
+
+    async def bind_stale() -> None:
+        connection = await amqp_connect(name="eventgate-test-stale-binding")
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(stack.dispatch_queue, durable=True)
+            await queue.bind(await exchange_declare(channel), stale)
+
+    asyncio.run(bind_stale())
+    assert stale in rabbitmq_bindings(queue=stack.dispatch_queue)
+    publish(stream_api, {"n": 1}, address="prices/STALE")
+    wait_for(
+        lambda: f"Webhook dispatcher unbound {stale}" in stack.dispatcher.log(), "the stale binding to go"
+    )
+    assert stale not in rabbitmq_bindings(queue=stack.dispatch_queue)
+    assert not WebhookDelivery.objects.exists()

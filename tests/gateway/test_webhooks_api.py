@@ -21,7 +21,9 @@ from gateway.models import WebhookDelivery, WebhookSubscription
 from gateway.webhooks.addresses import address_is_public
 from gateway.webhooks.services import (
     webhook_deliver,
+    webhook_deliveries_prune,
     webhook_deliveries_sweep,
+    webhook_leases_renew,
     webhook_usage_flush,
     webhook_verify,
 )
@@ -391,6 +393,46 @@ def test_sweep_requeues_a_delivery_whose_task_was_lost(
     recent.refresh_from_db()
     assert (lost.status, recent.status) == ("delivered", "pending")
     assert len(callback_server.received("/hook")) == 1
+
+
+def test_callback_is_verified_again_when_its_lease_ends(
+    subscription, settings, celery_eager, callback_server: CallbackServer, django_capture_on_commit_callbacks
+):
+    settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
+    ended = webhook_for(subscription, callback_server.url("/ok"), lease_expires_at=timezone.now())
+    callback_server.verify["/gone"] = 410
+    gone = webhook_for(
+        subscription, callback_server.url("/gone"), address="prices/GLOBEX", lease_expires_at=timezone.now()
+    )
+    running = webhook_for(
+        subscription, callback_server.url("/later"), lease_expires_at=timezone.now() + timedelta(days=1)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert webhook_leases_renew() == 2
+    for webhook in (ended, gone, running):
+        webhook.refresh_from_db()
+    assert ended.status == "active" and ended.lease_expires_at > timezone.now() + timedelta(days=9)
+    assert (gone.status, gone.status_reason) == (
+        "failed",
+        "The callback answered HTTP 410 Gone to the verification request.",
+    )
+    assert running.status == "active" and callback_server.received("/later", method="GET") == []
+
+
+def test_old_deliveries_are_pruned_once_metered(subscription):
+    webhook = webhook_for(subscription, "http://93.184.216.34/hook")
+    old = timezone.now() - timedelta(days=31)
+    gone = [
+        delivery_for(webhook, event_id="metered", status="delivered", metered=True, created=old),
+        delivery_for(webhook, event_id="dead", status="dead", created=old),
+    ]
+    kept = [
+        delivery_for(webhook, event_id="unmetered", status="delivered", created=old),
+        delivery_for(webhook, event_id="retrying", status="retrying", created=old),
+        delivery_for(webhook, event_id="recent", status="dead"),
+    ]
+    assert webhook_deliveries_prune() == len(gone)
+    assert set(WebhookDelivery.objects.values_list("event_id", flat=True)) == {d.event_id for d in kept}
 
 
 # --- portal pages --------------------------------------------------------------------------------------

@@ -195,6 +195,12 @@ def test_subscriptions_the_gateway_would_refuse_are_listed_with_the_reason(clien
     text = " ".join(response.content.decode().split())
     assert "waits for an admin's approval; the gateway refuses connections until then." in text
     assert "the API is blocked; the gateway refuses connections to it for now." in text
+    # A deep link to one of them says where to look.
+    response = client.get(f"/try/?application={bob_app.pk}&api={pending_api.slug}")
+    assert "Weather cannot be tried with this application now: see “Not offered here” below." in (
+        response.content.decode()
+    )
+    assert _page_data(response)["selected"]["api"] == "ticker"
 
 
 def test_application_without_active_subscriptions_says_what_to_do(client, bob):
