@@ -212,3 +212,42 @@ def test_close_policy_closes_a_client_that_stops_reading_with_1013(close_server,
     while gateway_status(close_server)["connections"]["websocket"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert gateway_status(close_server)["connections"]["websocket"] == 0
+
+
+def test_close_policy_ends_an_sse_stream_that_stops_being_read(close_server, stream_api, bob_subscribed):
+    """The stream's last event cannot be written to a client that does not read: the gateway
+    gives up after a few seconds, ends the response and cleans up all the same."""
+    path = f"/sse/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+
+    async def scenario() -> tuple[int, bool]:
+        host, port = close_server.url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.connect((host, int(port)))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        pad = "x" * PAD
+        async with EventPublisher(confirm=False) as publisher:
+            for seq in range(2000):
+                await publisher.publish(
+                    api=stream_api.slug,
+                    version="1.0.0",
+                    address="prices/ACME",
+                    payload={"seq": seq, "pad": pad},
+                )
+                if seq % 10 == 9:
+                    await asyncio.sleep(0.01)
+        deadline = time.monotonic() + 20
+        while gateway_status(close_server)["connections"]["sse"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        open_after = gateway_status(close_server)["connections"]["sse"]
+        # Reading again: the stream ends (the server closed it), having delivered less than all.
+        sock.settimeout(10)
+        received = b""
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+        sock.close()
+        return open_after, received.count(b"\nid: ") < 2000
+
+    open_after, fewer = asyncio.run(scenario())
+    assert open_after == 0 and fewer
+    assert "Slow consumer" in close_server.log() or "1013" in close_server.log()

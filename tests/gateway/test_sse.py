@@ -113,14 +113,19 @@ def test_resume_with_last_event_id_replays_missed_events_in_order(sse_server, st
             live = await publish(5)
             after = await resumed.next_event()
             await resumed.close()
+            # Clients that cannot set headers (a new EventSource) give the id in the query.
+            by_query = await sse_open(sse_server.url, f"{path}&last_event_id={missed[0]}")
+            queried = [(await by_query.next_event()).id for _ in range(3)]
+            await by_query.close()
             unknown = await sse_open(sse_server.url, path, headers={"Last-Event-ID": "not-held"})
             gap = await unknown.next_event()
             live_after_gap = await publish(6)
             next_after_gap = await unknown.next_event()
             await unknown.close()
-        return missed, replayed, live, after, gap, live_after_gap, next_after_gap
+        return missed, replayed, live, after, gap, live_after_gap, next_after_gap, queried
 
-    missed, replayed, live, after, gap, live_after_gap, next_after_gap = asyncio.run(scenario())
+    missed, replayed, live, after, gap, live_after_gap, next_after_gap, queried = asyncio.run(scenario())
+    assert queried == [*missed[1:], live]
     assert [event.id for event in replayed] == missed
     assert [json.loads(event.data)["payload"]["n"] for event in replayed] == [2, 3, 4]
     assert after.id == live, "live events follow the replay, nothing repeated"
@@ -205,3 +210,19 @@ def test_only_get_opens_a_stream(sse_server, stream_api, bob_subscribed):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=5)
     assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET"
+
+
+def test_a_foreign_origin_is_refused_before_any_binding(sse_server, stream_api, bob_subscribed):
+    async def attempt():
+        stream = await sse_open(
+            sse_server.url,
+            sse_path(stream_api, bob_subscribed.secret),
+            headers={"Origin": "https://evil.example"},
+        )
+        body = json.loads(await stream.body())
+        await stream.close()
+        return stream.status, body
+
+    status, body = asyncio.run(attempt())
+    assert (status, body["close_code"], body["error"]) == (403, 4403, "forbidden")
+    assert gateway_status(sse_server)["bridge"] is None
