@@ -37,7 +37,7 @@ run: export STRIPE_API_KEY := sk_test_localstripe
 run: export STRIPE_API_BASE := http://127.0.0.1:8420
 RUN_PROCESSES :=
 else
-RUN_PROCESSES := web worker beat demo banner
+RUN_PROCESSES := web worker beat webhooks demo banner
 endif
 
 demo-data: setup

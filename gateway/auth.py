@@ -20,6 +20,8 @@ import functools
 import json
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -187,7 +189,7 @@ def handshake_authorize(
 
     The credential comes first, so unauthenticated clients learn nothing about which APIs
     and channels exist. Sync: resolving the credential is usually a cache hit; then 3 queries
-    (+2 for a channel, +1 for a quota).
+    (+2 for a channel when its version's channels are not cached, +1 for a quota).
     """
     if not secret:
         raise HandshakeRefused(
@@ -236,7 +238,7 @@ def _authorize(
         validate_payloads=api_version.validate_payloads,
     )
     if address is not None:
-        channels = api_version.channels.prefetch_related("operations")
+        channels = version_channels(api_version.pk)
         channel = channel_authorize(grant=grant, channels=channels, address=address, directions=DIRECTIONS)
         grant = dataclasses.replace(grant, channel=channel)
     if quota:
@@ -244,6 +246,30 @@ def _authorize(
         if refusal is not None:
             raise refusal
     return grant
+
+
+# Seconds a version's channels stay in process memory. Channels are fixed when a version is
+# imported; an admin's edit of one (Django admin) reaches handshakes within this time.
+CHANNELS_CACHE_SECONDS = 60.0
+_channels_cache: dict[int, tuple[float, tuple[Channel, ...]]] = {}
+_channels_lock = threading.Lock()
+
+
+def version_channels(api_version_id: int) -> tuple[Channel, ...]:
+    """The channels of API version ``api_version_id`` with their operations prefetched (2
+    queries), cached per process for ``CHANNELS_CACHE_SECONDS``: handshakes and multiplexed
+    frames match against them without a query, and connections share one copy."""
+    now = time.monotonic()
+    with _channels_lock:
+        cached = _channels_cache.get(api_version_id)
+    if cached is not None and now - cached[0] < CHANNELS_CACHE_SECONDS:
+        return cached[1]
+    channels = tuple(Channel.objects.filter(api_version_id=api_version_id).prefetch_related("operations"))
+    with _channels_lock:
+        if len(_channels_cache) >= 256:
+            _channels_cache.clear()
+        _channels_cache[api_version_id] = (now, channels)
+    return channels
 
 
 def _active_subscription(*, credential: Credential, api: API) -> Subscription:

@@ -54,6 +54,7 @@ from gateway.auth import (
     grants_refusals,
     handshake_authorize,
     subscription_ended_reason,
+    version_channels,
 )
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
 from gateway.control import api_group, api_version_group, subscription_group
@@ -63,7 +64,6 @@ from gateway.inbound import PayloadInvalid, get_inbound_publisher, payload_parse
 from gateway.metering import get_meter
 from gateway.publishing import address_normalize
 from gateway.schemas import payload_error
-from portal.models import Channel
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +428,6 @@ class MultiplexConsumer(GatewayConsumer):
         super().__init__(*args, **kwargs)
         # (address, direction) → its ChannelGrant or refusal; bounded, cleared when full.
         self._channels: dict[tuple[str, str], ChannelGrant | HandshakeRefused] = {}
-        self._version_channels: list[Channel] | None = None
 
     def _address(self) -> str | None:
         return None
@@ -553,16 +552,9 @@ class MultiplexConsumer(GatewayConsumer):
     @database_sync_to_async
     def _channel_authorize(self, address: str, direction: str) -> ChannelGrant | HandshakeRefused:
         assert self.grant is not None
-        if self._version_channels is None:
-            self._version_channels = list(
-                Channel.objects.filter(api_version_id=self.grant.api_version_id).prefetch_related(
-                    "operations"
-                )
-            )
+        grant, channels = self.grant, version_channels(self.grant.api_version_id)
         try:
-            return channel_authorize(
-                grant=self.grant, channels=self._version_channels, address=address, directions=(direction,)
-            )
+            return channel_authorize(grant=grant, channels=channels, address=address, directions=(direction,))
         except HandshakeRefused as refusal:
             return refusal
 

@@ -131,6 +131,20 @@ GATEWAY_SSE_KEEPALIVE = env.float("GATEWAY_SSE_KEEPALIVE", default=15.0)
 # Webhooks: callback URLs on private, loopback or link-local addresses are refused unless allowed
 # (tests serve callbacks on 127.0.0.1).
 WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=False)
+# Attempts per delivery (the first one included) before it becomes a dead letter.
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
+# Seconds before the first retry; each later retry waits twice as long as the one before.
+WEBHOOK_RETRY_BASE_DELAY = env.float("WEBHOOK_RETRY_BASE_DELAY", default=30.0)
+# Seconds a callback has to answer (verification and deliveries).
+WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=10.0)
+# hub.lease_seconds (W3C WebSub §5.1): an active callback is verified again when its lease ends.
+WEBHOOK_LEASE_SECONDS = env.int("WEBHOOK_LEASE_SECONDS", default=10 * 24 * 3600)
+# The webhook dispatcher's durable RabbitMQ queue (shared by all dispatcher processes).
+WEBHOOK_DISPATCH_QUEUE = env("WEBHOOK_DISPATCH_QUEUE", default="eventgate.webhooks")
+# Seconds between the dispatcher's looks at the database (bindings, renewals, metering).
+WEBHOOK_DISPATCH_POLL_INTERVAL = env.float("WEBHOOK_DISPATCH_POLL_INTERVAL", default=2.0)
+# Days a webhook delivery log entry is kept.
+WEBHOOK_DELIVERY_RETENTION_DAYS = env.int("WEBHOOK_DELIVERY_RETENTION_DAYS", default=30)
 # Gateway: seconds a resolved credential stays in the shared cache at most (never past its expiry;
 # revocation and rotation invalidate it at once).
 GATEWAY_CREDENTIAL_CACHE_SECONDS = env.int("GATEWAY_CREDENTIAL_CACHE_SECONDS", default=300)
@@ -220,6 +234,8 @@ SPECTACULAR_SETTINGS = {
         "APIStatusEnum": "portal.models.API.Status",
         "APIVersionStatusEnum": "portal.models.APIVersion.Status",
         "SubscriptionStatusEnum": "portal.models.Subscription.Status",
+        "WebhookStatusEnum": "gateway.models.WebhookSubscription.Status",
+        "WebhookDeliveryStatusEnum": "gateway.models.WebhookDelivery.Status",
     },
 }
 

@@ -6,5 +6,4 @@ retries and dead letters, redelivery (``docs/webhooks.md``).
 - ``gateway.webhooks.services``: what the portal, REST API, Celery tasks and the dispatcher call;
 - ``gateway.webhooks.dispatcher``: the process that turns RabbitMQ events into deliveries
   (``manage.py webhook_dispatcher``);
-- ``gateway.webhooks.config``: settings and their defaults.
 """

@@ -24,8 +24,9 @@ import time
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
-from gateway.webhooks.config import allow_private_addresses
-from portal.asyncapi.remote import _is_public, _PinnedHTTPConnection, _PinnedHTTPSConnection
+from django.conf import settings
+
+from portal.asyncapi.remote import PinnedHTTPConnection, PinnedHTTPSConnection, is_public_address
 
 MAX_CALLBACK_URL_LENGTH = 2000
 # Bytes of a callback's response body read at most (the challenge echo is short; a delivery's
@@ -68,12 +69,12 @@ def address_is_public(address: str) -> bool:
     addresses the same rule for the IPv4 addresses they embed: a relay would carry the request
     on to that address. (NAT64 ``64:ff9b::/96``, RFC 6052, lies in the reserved ``::/8``.)
     """
-    if not _is_public(address):
+    if not is_public_address(address):
         return False
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = [ip.sixtofour, *(ip.teredo or ())]
-        return all(_is_public(str(inner)) for inner in embedded if inner is not None)
+        return all(is_public_address(str(inner)) for inner in embedded if inner is not None)
     return True
 
 
@@ -128,7 +129,7 @@ def callback_resolve(url: str) -> CallbackTarget:
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
         raise CallbackRefused(f"The callback host {host!r} resolves to no address.")
-    if not allow_private_addresses():
+    if not settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
         for address in addresses:
             if not address_is_public(address):
                 raise CallbackRefused(
@@ -157,7 +158,7 @@ def callback_request(
     Raises ``TimeoutError`` past the deadline, ``OSError`` or ``http.client.HTTPException`` for
     network and protocol errors.
     """
-    connection_class = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+    connection_class = PinnedHTTPSConnection if target.scheme == "https" else PinnedHTTPConnection
     connection = connection_class(target.host, target.port, address=target.address, timeout=timeout)
     started = time.monotonic()
     deadline = started + timeout

@@ -40,7 +40,6 @@ from django.db import close_old_connections
 
 from gateway.bridge import frame_build
 from gateway.publishing import amqp_connect, exchange_declare
-from gateway.webhooks.config import webhook_setting
 from gateway.webhooks.services import (
     EventForWebhooks,
     WebhookRoute,
@@ -76,8 +75,8 @@ class WebhookDispatcher:
     """The dispatcher of one process (see the module docstring)."""
 
     def __init__(self, *, queue_name: str | None = None) -> None:
-        self.queue_name = queue_name or webhook_setting("WEBHOOK_DISPATCH_QUEUE")
-        self.poll_interval = float(webhook_setting("WEBHOOK_DISPATCH_POLL_INTERVAL"))
+        self.queue_name = queue_name or settings.WEBHOOK_DISPATCH_QUEUE
+        self.poll_interval = float(settings.WEBHOOK_DISPATCH_POLL_INTERVAL)
         self.flush_interval = float(settings.GATEWAY_FLUSH_INTERVAL)
         self.routes: dict[str, WebhookRoute] = {}
         self.dropped = 0  # events whose body is not one JSON value, or too big

@@ -41,7 +41,6 @@ from gateway.webhooks.addresses import (
     callback_request,
     callback_resolve,
 )
-from gateway.webhooks.config import webhook_setting
 from portal.models import API, APIVersion, Channel, Subscription
 
 log = logging.getLogger(__name__)
@@ -218,7 +217,7 @@ def webhook_register(
             routing_key=key,
             callback_url=callback_url,
             secret=secret,
-            lease_seconds=webhook_setting("WEBHOOK_LEASE_SECONDS"),
+            lease_seconds=settings.WEBHOOK_LEASE_SECONDS,
             verification_requested_at=timezone.now(),
         )
         _enqueue_verification(webhook.pk)
@@ -320,7 +319,7 @@ def webhook_verify(*, webhook_id: int) -> WebhookSubscription | None:
     if webhook is None:
         return None
     challenge = secrets.token_urlsafe(32)
-    timeout = webhook_setting("WEBHOOK_TIMEOUT")
+    timeout = settings.WEBHOOK_TIMEOUT
     query = urlencode(
         {
             "hub.mode": "subscribe",
@@ -422,7 +421,7 @@ class AttemptResult:
 
 
 def _attempt(delivery: WebhookDelivery, attempt: int) -> AttemptResult:
-    timeout = webhook_setting("WEBHOOK_TIMEOUT")
+    timeout = settings.WEBHOOK_TIMEOUT
     body = delivery.body.encode()
     try:
         target = callback_resolve(delivery.webhook.callback_url)
@@ -454,7 +453,7 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
     schedules the retry); else ``dead`` (a dead letter).
     """
     now = timezone.now()
-    stale = now - timedelta(seconds=webhook_setting("WEBHOOK_TIMEOUT") + 60)
+    stale = now - timedelta(seconds=settings.WEBHOOK_TIMEOUT + 60)
     claimable = Q(status__in=WebhookDelivery.CLAIMABLE) | Q(
         status=WebhookDelivery.Status.SENDING, claimed_at__lt=stale
     )
@@ -499,7 +498,7 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
         )
         return None
     delivery.attempts = attempt
-    delay = delivery.retry_delay(webhook_setting("WEBHOOK_RETRY_BASE_DELAY"))
+    delay = delivery.retry_delay(settings.WEBHOOK_RETRY_BASE_DELAY)
     claimed.update(status=WebhookDelivery.Status.RETRYING, next_attempt_at=done + delay, **fields)
     return delay.total_seconds()
 
@@ -574,7 +573,7 @@ def webhook_deliveries_create(*, events: Iterable[EventForWebhooks]) -> int:
     (``one_delivery_per_event_and_webhook``). Returns the number of deliveries created.
     """
     now = timezone.now()
-    max_attempts = max(1, webhook_setting("WEBHOOK_MAX_ATTEMPTS"))
+    max_attempts = max(1, settings.WEBHOOK_MAX_ATTEMPTS)
     rows = []
     for event in events:
         size = len(event.frame.encode())
@@ -650,7 +649,7 @@ def webhook_deliveries_sweep(*, grace_seconds: float = 300.0) -> int:
     """
     now = timezone.now()
     cutoff = now - timedelta(seconds=grace_seconds)
-    stuck_sending = now - timedelta(seconds=webhook_setting("WEBHOOK_TIMEOUT") + grace_seconds)
+    stuck_sending = now - timedelta(seconds=settings.WEBHOOK_TIMEOUT + grace_seconds)
     lost = list(
         WebhookDelivery.objects.filter(
             Q(status__in=WebhookDelivery.CLAIMABLE, next_attempt_at__lt=cutoff)
@@ -695,7 +694,7 @@ def webhook_leases_renew() -> int:
 def webhook_deliveries_prune() -> int:
     """Delete finished deliveries older than ``WEBHOOK_DELIVERY_RETENTION_DAYS`` (metered ones
     only, so usage is never lost); returns how many, at most 10,000 per call."""
-    cutoff = timezone.now() - timedelta(days=webhook_setting("WEBHOOK_DELIVERY_RETENTION_DAYS"))
+    cutoff = timezone.now() - timedelta(days=settings.WEBHOOK_DELIVERY_RETENTION_DAYS)
     old = list(
         WebhookDelivery.objects.filter(created__lt=cutoff, status__in=WebhookDelivery.FINAL)
         .exclude(status=WebhookDelivery.Status.DELIVERED, metered=False)

@@ -63,6 +63,7 @@ class APIRootView(APIView):
                 "approvals": link("api:approval_list"),
                 "applications": link("api:application_list"),
                 "subscriptions": link("api:subscription_list"),
+                "webhooks": link("api:webhook_list"),
                 "schema": link("schema"),
                 "docs": link("api-docs"),
             }

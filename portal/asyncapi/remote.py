@@ -32,7 +32,7 @@ from portal.asyncapi.errors import AsyncAPIError
 _CHUNK = 64 * 1024
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
+class PinnedHTTPConnection(http.client.HTTPConnection):
     """Connects to ``address`` (already checked) while ``host`` stays the name in ``Host``."""
 
     def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
@@ -43,8 +43,8 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self.sock = socket.create_connection((self.address, self.port), self.timeout)
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """As ``_PinnedHTTPConnection``, with TLS verified against the host name (SNI)."""
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """As ``PinnedHTTPConnection``, with TLS verified against the host name (SNI)."""
 
     def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
         self.tls = ssl.create_default_context()
@@ -88,7 +88,7 @@ def fetch_remote(url: str) -> bytes:
         raise AsyncAPIError(f'the reference "{url}" has an invalid port') from None
     address = _checked_address(host, port, url)
     timeout = float(settings.ASYNCAPI_REMOTE_REF_TIMEOUT)
-    connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+    connection_class = PinnedHTTPSConnection if parts.scheme == "https" else PinnedHTTPConnection
     connection = connection_class(host, port, address=address, timeout=timeout)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
@@ -112,7 +112,7 @@ def _checked_address(host: str, port: int, url: str) -> str:
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not settings.ASYNCAPI_REMOTE_REFS_ALLOW_PRIVATE:
         for address in addresses:
-            if not _is_public(address):
+            if not is_public_address(address):
                 raise AsyncAPIError(
                     f'the host of "{url}" resolves to {address}, a private, loopback, link-local, multicast '
                     "or reserved address; Eventgate fetches references only from public addresses"
@@ -122,7 +122,10 @@ def _checked_address(host: str, port: int, url: str) -> str:
     return addresses[0]
 
 
-def _is_public(address: str) -> bool:
+def is_public_address(address: str) -> bool:
+    """Whether the IP ``address`` (text, IPv4 or IPv6, an IPv6 zone allowed) is a public unicast
+    address: not private, loopback, link-local, multicast, reserved or unspecified (IANA special
+    registries via ``ipaddress.is_global``); an IPv4-mapped IPv6 address is judged as IPv4."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped

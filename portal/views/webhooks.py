@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -23,7 +24,6 @@ from django.views.decorators.http import require_POST
 
 from gateway.models import WebhookDelivery, WebhookSubscription
 from gateway.webhooks.addresses import MAX_CALLBACK_URL_LENGTH
-from gateway.webhooks.config import webhook_setting
 from gateway.webhooks.services import (
     SECRET_MIN_CHARACTERS,
     delivery_redeliver,
@@ -160,7 +160,7 @@ def webhook_list(request: HttpRequest, pk: int) -> HttpResponse:
         "webhooks": webhooks,
         "form": form,
         "targets": targets,
-        "timeout": webhook_setting("WEBHOOK_TIMEOUT"),
+        "timeout": settings.WEBHOOK_TIMEOUT,
     }
     return render(request, "portal/webhook_list.html", context)
 

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from portal.asyncapi import AsyncAPIError
-from portal.asyncapi.remote import _is_public
+from portal.asyncapi.remote import is_public_address
 from portal.models import API, APIVersion, Channel, Operation
 from portal.services.apis import api_import
 
@@ -192,4 +192,4 @@ def test_allowed_remote_refs_are_fetched_and_bundled_into_the_document(alice, re
     ],
 )
 def test_only_public_addresses_count_as_public(address, public):
-    assert _is_public(address) is public
+    assert is_public_address(address) is public
