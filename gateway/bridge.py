@@ -61,22 +61,6 @@ log = logging.getLogger(__name__)
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
-def gateway_setting(name: str, default: float) -> float:
-    """A numeric gateway setting: ``settings.<name>`` if defined, else the environment variable
-    ``<name>``, else ``default``. For the SSE replay settings, which live here rather than in
-    ``portal/settings.py``. Raises ``ValueError`` for a value that is not a number."""
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(name)
-    return float(default if value in (None, "") else value)
-
-
-# Server-Sent Events resume (docs/sse.md): per channel, what this process holds for clients that
-# reconnect with Last-Event-ID, and how long a channel stays bound after its last SSE client left.
-SSE_REPLAY_EVENTS_DEFAULT = 1000  # events per channel
-SSE_REPLAY_BYTES_DEFAULT = 1024 * 1024  # bytes of SSE text per channel
-SSE_REPLAY_SECONDS_DEFAULT = 120.0  # age of the oldest event held
-SSE_LINGER_SECONDS_DEFAULT = 60.0  # binding kept after the last SSE subscriber of a channel left
 
 
 class BrokerUnavailable(Exception):
@@ -280,10 +264,11 @@ class Bridge:
         self._bind_lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
         self.max_bytes = int(settings.GATEWAY_MAX_MESSAGE_BYTES)
-        self.replay_events = int(gateway_setting("GATEWAY_SSE_REPLAY_EVENTS", SSE_REPLAY_EVENTS_DEFAULT))
-        self.replay_bytes = int(gateway_setting("GATEWAY_SSE_REPLAY_BYTES", SSE_REPLAY_BYTES_DEFAULT))
-        self.replay_seconds = gateway_setting("GATEWAY_SSE_REPLAY_SECONDS", SSE_REPLAY_SECONDS_DEFAULT)
-        self.linger_seconds = gateway_setting("GATEWAY_SSE_LINGER_SECONDS", SSE_LINGER_SECONDS_DEFAULT)
+        # Server-Sent Events resume (docs/sse.md).
+        self.replay_events = int(settings.GATEWAY_SSE_REPLAY_EVENTS)
+        self.replay_bytes = int(settings.GATEWAY_SSE_REPLAY_BYTES)
+        self.replay_seconds = float(settings.GATEWAY_SSE_REPLAY_SECONDS)
+        self.linger_seconds = float(settings.GATEWAY_SSE_LINGER_SECONDS)
         # Events dropped before fan-out, by reason: "oversize" (frame over max_bytes), "invalid"
         # (body not one JSON value), "failed" (a subscriber raised).
         self.dropped: dict[str, int] = {"oversize": 0, "invalid": 0, "failed": 0}

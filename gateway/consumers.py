@@ -41,6 +41,8 @@ from django.conf import settings
 
 from gateway.auth import (
     CLOSE_BAD_REQUEST,
+    CLOSE_FORBIDDEN,
+    CLOSE_GONE,
     CLOSE_NOT_FOUND,
     CLOSE_PLAN_CHANGED,
     CLOSE_UNAUTHORIZED,
@@ -70,8 +72,6 @@ log = logging.getLogger(__name__)
 CLOSE_POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_FORBIDDEN = 4403
-CLOSE_GONE = 4410
 REASON_BINARY = "Binary frames are not accepted: send events and control frames as JSON text."
 REASON_BROKER_DOWN = "Event backbone unavailable; try again later."
 REASON_NO_ROUTE = "Not a gateway route: use /ws/<api>/<version>/<channel address> or /ws/<api>/<version>."

@@ -4,10 +4,10 @@ Each accepted connection joins the groups of its API key, its subscription, its 
 version. When a key stops being usable (revoked, expired by an admin), a subscription stops being
 active (e.g. cancelled), an API stops being connectable (blocked, retired) or a version is
 retired, ``gateway.signals`` sends a message once the change commits, and every gateway process
-closes those connections: 4401 for a key (``gateway.consumers.CLOSE_REVOKED``), 4403 for a
-subscription (``CLOSE_SUBSCRIPTION_ENDED``), 4410 for an API or version
-(``CLOSE_API_UNAVAILABLE``). Saves through the ORM (services, Django
-admin) are covered; raw ``QuerySet.update()`` calls must call these functions themselves.
+closes those connections: 4401 for a credential, 4403 for a subscription (suspended, cancelled),
+4409 for a subscription's plan change, 4410 for an API or version (``gateway.auth.CLOSE_*``).
+Saves through the ORM (services, Django admin) are covered; raw ``QuerySet.update()`` calls must
+call these functions themselves.
 """
 
 from __future__ import annotations
@@ -72,9 +72,7 @@ def subscription_ended_notify(*, subscription_id: int, status: str = "") -> None
     """Tell every gateway process to close the live connections of a subscription that is no
     longer active (sync code); ``status`` (its new ``Subscription.Status``, e.g. ``suspended``)
     is named in the close reason."""
-    _group_send(
-        subscription_group(subscription_id), {"type": "gateway.subscription_ended", "status": status}
-    )
+    _group_send(subscription_group(subscription_id), {"type": "gateway.subscription_ended", "status": status})
 
 
 def api_unavailable_notify(*, api_id: int, status: str) -> None:

@@ -36,10 +36,11 @@ MATCH_TIME_BUDGET = 0.05
 
 
 class MatchBudget:
-    """The matching time left to one handshake, shared by all its template and pattern matches.
+    """The matching time left to one handshake (or frame, or client event), shared by all its
+    template and pattern matches.
 
     Only time spent matching counts, not compiling: a 600-channel API compiles its templates once
-    per process (``_template_regex``). ``run`` matches with the ``regex`` module's ``timeout=``
+    per process (``gateway.auth._template_regex``). ``run`` matches with the ``regex`` module's ``timeout=``
     (seconds for the whole call) and ``concurrent=True`` (the GIL is released while matching,
     so the event loop keeps serving other clients); it raises ``TimeoutError`` once the budget
     is spent.

@@ -128,6 +128,13 @@ GATEWAY_OUTBOX_EVENTS = env.int("GATEWAY_OUTBOX_EVENTS", default=256)
 GATEWAY_SLOW_CONSUMER_POLICY = env("GATEWAY_SLOW_CONSUMER_POLICY", default="drop")
 # Server-Sent Events: seconds between keep-alive comments.
 GATEWAY_SSE_KEEPALIVE = env.float("GATEWAY_SSE_KEEPALIVE", default=15.0)
+# Server-Sent Events resume with Last-Event-ID (docs/sse.md), per channel and process: events,
+# bytes of SSE text and age (seconds) held for clients that reconnect, and how long (seconds) a
+# channel stays bound after its last SSE client left.
+GATEWAY_SSE_REPLAY_EVENTS = env.int("GATEWAY_SSE_REPLAY_EVENTS", default=1000)
+GATEWAY_SSE_REPLAY_BYTES = env.int("GATEWAY_SSE_REPLAY_BYTES", default=1024 * 1024)
+GATEWAY_SSE_REPLAY_SECONDS = env.float("GATEWAY_SSE_REPLAY_SECONDS", default=120.0)
+GATEWAY_SSE_LINGER_SECONDS = env.float("GATEWAY_SSE_LINGER_SECONDS", default=60.0)
 # Webhooks: callback URLs on private, loopback or link-local addresses are refused unless allowed
 # (tests serve callbacks on 127.0.0.1).
 WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=False)
