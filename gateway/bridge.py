@@ -61,8 +61,6 @@ log = logging.getLogger(__name__)
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
-
-
 class BrokerUnavailable(Exception):
     """RabbitMQ could not be reached or refused a declaration/binding."""
 

@@ -215,7 +215,6 @@ class ApplicationKeyRevokeView(V1View):
         return Response(APIKeySerializer(key).data)
 
 
-
 # --- credentials: key rotation, the OAuth2 client and its tokens (docs/credentials.md) ------------
 
 
