@@ -16,7 +16,7 @@ broker binding or queue, no metering for a refused handshake. Open connections c
 - 4401 credential revoked or expired; 4403 subscription suspended, cancelled or otherwise ended;
   4409 business plan changed; 4410 API blocked or retired, version retired; 4429 quota used up
   (audit) — through control messages over the Channels layer (``gateway.control``), and the
-  periodic audit (``live_connections_audit``) for what sends none;
+  periodic audit (``gateway.connections.live_connections_audit``) for what sends none;
 - 1008 a binary frame; 1009 a frame over ``GATEWAY_MAX_MESSAGE_BYTES`` (uvicorn itself);
   1011 internal error; 1013 RabbitMQ unreachable at the handshake, or a slow consumer under the
   "close" policy (``gateway.delivery``).
@@ -32,35 +32,25 @@ import asyncio
 import json
 import logging
 import time
-import weakref
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
 
 from gateway.auth import (
     CLOSE_BAD_REQUEST,
-    CLOSE_FORBIDDEN,
-    CLOSE_GONE,
     CLOSE_NOT_FOUND,
-    CLOSE_PLAN_CHANGED,
     CLOSE_UNAUTHORIZED,
-    REASON_PLAN_CHANGED,
     ChannelGrant,
     Grant,
     HandshakeRefused,
-    api_unavailable_reason,
     channel_authorize,
     close_reason,
-    grants_refusals,
-    handshake_authorize,
-    subscription_ended_reason,
     version_channels,
 )
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
-from gateway.control import api_group, api_version_group, subscription_group
-from gateway.credentials import credential_from_scope, credential_group
+from gateway.connections import LiveConnection, live_add, live_discard
+from gateway.credentials import credential_from_scope
 from gateway.delivery import ChannelFeed, Outbox
 from gateway.inbound import PayloadInvalid, get_inbound_publisher, payload_parse
 from gateway.metering import get_meter
@@ -84,7 +74,7 @@ _INLINE_VALIDATION_BYTES = 64 * 1024
 _FRAME_TYPES = ("subscribe", "unsubscribe", "publish")
 
 
-class GatewayConsumer(AsyncWebsocketConsumer):
+class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
     """What both modes share: the handshake, control messages, channel bindings, client events.
 
     Subclasses say what the URL names (``_address``) and what a text frame is (``receive``).
@@ -99,8 +89,6 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         self.feeds: dict[str, tuple[ChannelGrant, ChannelFeed]] = {}  # address → its subscription
         self._subprotocol: str | None = None
         self._ending = False
-        self._expiry: asyncio.TimerHandle | None = None
-        self._expiry_task: asyncio.Task[None] | None = None
 
     def _address(self) -> str | None:
         """The channel address in the URL (None: multiplexed mode)."""
@@ -160,8 +148,7 @@ class GatewayConsumer(AsyncWebsocketConsumer):
                 return
         await self.accept(self._subprotocol)
         self.outbox.start()
-        _live.add(self)
-        _audit_ensure_running()
+        live_add(self)
         self._expiry_schedule(grant)
         log.info(
             "WebSocket open: subscription %s, %s %s %s",
@@ -170,34 +157,6 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             grant.version,
             channel.address if channel else "(multiplexed)",
         )
-
-    def _expiry_schedule(self, grant: Grant) -> None:
-        """Close with 4401 when the credential expires (an OAuth token's ``expires_in``)."""
-        expires_at = grant.credential.expires_at
-        if expires_at is None:
-            return
-        self._expiry = asyncio.get_running_loop().call_later(
-            max(0.0, expires_at - time.time()), self._expired
-        )
-
-    def _expired(self) -> None:
-        self._expiry_task = asyncio.get_running_loop().create_task(
-            self.close(CLOSE_UNAUTHORIZED, "Credential expired.")
-        )
-
-    @staticmethod
-    def _groups(grant: Grant) -> tuple[str, ...]:
-        return (
-            credential_group(grant.credential),
-            subscription_group(grant.subscription_id),
-            api_group(grant.api_id),
-            api_version_group(grant.api_version_id),
-        )
-
-    async def _groups_join(self, grant: Grant) -> None:
-        self.grant = grant
-        for group in self._groups(grant):
-            await self.channel_layer.group_add(group, self.channel_name)
 
     # --- channels -------------------------------------------------------------------------
 
@@ -231,12 +190,12 @@ class GatewayConsumer(AsyncWebsocketConsumer):
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close with ``code`` and ``reason`` (cut to 123 bytes): stop the outbox and the feeds
         first, so nothing is delivered or metered after the decision; bindings go in
-        ``disconnect``. Idempotent. (The control handlers below call only ``close``, so the SSE
-        consumer reuses them with its own.)"""
+        ``disconnect``. Idempotent. (The control handlers of ``gateway.connections.LiveConnection``
+        call only ``close``.)"""
         if self._ending:
             return
         self._ending = True
-        _live.discard(self)
+        live_discard(self)
         if self.outbox is not None:
             self.outbox.stop()
         if self.bridge is not None:
@@ -252,44 +211,16 @@ class GatewayConsumer(AsyncWebsocketConsumer):
             log.debug("Close after the client left: %r", exc)
 
     async def disconnect(self, code: int) -> None:
-        _live.discard(self)
+        live_discard(self)
         self._ending = True
-        if self._expiry is not None:
-            self._expiry.cancel()
+        self._expiry_cancel()
         if self.outbox is not None:
             self.outbox.stop()
-        if self.grant is not None:
-            for group in self._groups(self.grant):
-                await self.channel_layer.group_discard(group, self.channel_name)
+        await self._groups_leave()
         for address in list(self.feeds):
             channel = self._channel_detach(address)
             if channel is not None:
                 await self._channel_unbind(channel)
-
-    async def gateway_revoke(self, event: dict[str, Any]) -> None:
-        """Control message ``gateway.revoke``: the credential was revoked (4401)."""
-        kind = self.grant.credential.kind if self.grant else ""
-        await self.close(
-            CLOSE_UNAUTHORIZED, "API key revoked." if kind == "api_key" else "Credential revoked."
-        )
-
-    async def gateway_subscription_ended(self, event: dict[str, Any]) -> None:
-        """Control message ``gateway.subscription_ended``: the subscription is no longer active;
-        ``status`` (when given) is its new state, named in the reason (4403)."""
-        await self.close(CLOSE_FORBIDDEN, subscription_ended_reason(event.get("status")))
-
-    async def gateway_plan_changed(self, event: dict[str, Any]) -> None:
-        """Control message ``gateway.plan_changed``: the subscription moved to another business
-        plan; the client reconnects to continue under it (4409)."""
-        await self.close(CLOSE_PLAN_CHANGED, REASON_PLAN_CHANGED)
-
-    async def gateway_api_unavailable(self, event: dict[str, Any]) -> None:
-        """Control message ``gateway.api_unavailable``: the API was blocked or retired
-        (``scope`` absent or ``"api"``), or the version retired (``scope`` ``"version"``);
-        ``status`` is the new state (4410)."""
-        await self.close(
-            CLOSE_GONE, api_unavailable_reason(event.get("scope", "api"), event.get("status", ""))
-        )
 
     # --- client frames --------------------------------------------------------------------
 
@@ -366,20 +297,6 @@ class GatewayConsumer(AsyncWebsocketConsumer):
         if pointer is not None:
             frame["pointer"] = pointer
         self._reply(frame)
-
-    # --- database (worker thread) ---------------------------------------------------------
-
-    @database_sync_to_async
-    def _authorize(self, *, secret: str | None, api_slug: str, version: str, address: str | None) -> Grant:
-        return handshake_authorize(secret=secret, api_slug=api_slug, version=version, address=address)
-
-    @database_sync_to_async
-    def _recheck(self, grant: Grant) -> HandshakeRefused | None:
-        return grants_refusals([grant], quota=False)[0]
-
-    def _peer(self) -> str:
-        client = self.scope.get("client") or ("?", 0)
-        return f"{client[0]}:{client[1]}"
 
 
 class EventStreamConsumer(GatewayConsumer):
@@ -568,44 +485,3 @@ class NoRouteConsumer(AsyncWebsocketConsumer):
         _, subprotocol = credential_from_scope(self.scope)
         await self.accept(subprotocol)
         await self.close(code=CLOSE_NOT_FOUND, reason=REASON_NO_ROUTE)
-
-
-# The accepted connections of this process, for the audit; weak, so a dead one never lingers.
-_live: weakref.WeakSet[GatewayConsumer] = weakref.WeakSet()
-_audits: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
-
-
-def _audit_ensure_running() -> None:
-    loop = asyncio.get_running_loop()
-    task = _audits.get(loop)
-    if task is None or task.done():
-        _audits[loop] = loop.create_task(_audit_forever(), name="eventgate-live-audit")
-
-
-async def _audit_forever() -> None:
-    while True:
-        await asyncio.sleep(float(settings.GATEWAY_AUDIT_INTERVAL))
-        try:
-            await live_connections_audit()
-        except Exception:  # noqa: BLE001 - database down: keep streaming, try again next time
-            log.exception("Live connection audit failed")
-
-
-async def live_connections_audit() -> int:
-    """Close this process's connections that would be refused now (``gateway.auth.grants_refusals``):
-    credential no longer usable (4401, API keys and OAuth tokens), subscription no longer active
-    (4403), business plan changed (4409), API or version no longer served (4410), quota used up
-    (4429). At most 6 queries however many connections; returns the number closed. Catches what
-    sends no control message: expiry, deletion, a deactivated owner, a raw update, a lost message.
-    """
-    consumers = [consumer for consumer in list(_live) if consumer.grant is not None]
-    if not consumers:
-        return 0
-    grants = [consumer.grant for consumer in consumers if consumer.grant is not None]
-    refusals = await database_sync_to_async(grants_refusals)(grants)
-    closed = 0
-    for consumer, refusal in zip(consumers, refusals, strict=True):
-        if refusal is not None:
-            await consumer.close(code=refusal.code, reason=refusal.reason)
-            closed += 1
-    return closed

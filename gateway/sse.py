@@ -38,9 +38,10 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
-from gateway import consumers as websocket
 from gateway.auth import Grant, HandshakeRefused
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge, sse_gap
+from gateway.connections import LiveConnection, live_add, live_discard
+from gateway.consumers import CLOSE_TRY_AGAIN_LATER, REASON_BROKER_DOWN
 from gateway.credentials import credential_from_scope
 from gateway.delivery import ChannelFeed, Outbox
 from gateway.security import GatewayOriginValidator
@@ -60,8 +61,6 @@ REFUSALS: dict[int, tuple[int, str]] = {
     1011: (500, "internal_error"),
     1013: (503, "unavailable"),
 }
-CLOSE_TRY_AGAIN_LATER = websocket.CLOSE_TRY_AGAIN_LATER
-REASON_BROKER_DOWN = websocket.REASON_BROKER_DOWN
 REASON_GAP_NOT_HELD = "Events after this id are no longer held by this server; some may be missed."
 KEEPALIVE = {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
 # Seconds the last event of a stream (eventgate.close) may wait on a client that does not read.
@@ -108,14 +107,14 @@ def _origin_allowed(scope: dict[str, Any]) -> bool:
     return _origin_validator.valid_origin(urlparse(origin) if origin else None)
 
 
-class EventSourceConsumer(AsyncHttpConsumer):
+class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
     """Streams one channel's events to one authorized client as Server-Sent Events.
 
     Shares the WebSocket consumer's handshake (``gateway.auth.handshake_authorize`` and the
     second look after joining the control groups), control groups and handlers, credential
-    expiry timer and periodic audit (``gateway.consumers.GatewayConsumer``: its methods are
-    reused here, not copied); they end a connection through ``close(code, reason)``, which here
-    sends a last ``eventgate.close`` event carrying the same code. Metered like WebSocket: per
+    expiry timer and periodic audit (``gateway.connections.LiveConnection``); they end a
+    connection through ``close(code, reason)``, which here sends a last ``eventgate.close`` event
+    carrying the same code. Metered like WebSocket: per
     event handed to the socket, 1 event and the frame's UTF-8 length (the ``data``), under the
     subscription and channel template.
     """
@@ -131,20 +130,6 @@ class EventSourceConsumer(AsyncHttpConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ending = False
-        self._expiry: asyncio.TimerHandle | None = None
-
-    # The WebSocket consumer's logic, shared as is (they use grant, channel_layer, close).
-    _groups = staticmethod(websocket.GatewayConsumer._groups)
-    _groups_join = websocket.GatewayConsumer._groups_join
-    _authorize = websocket.GatewayConsumer._authorize
-    _recheck = websocket.GatewayConsumer._recheck
-    _expiry_schedule = websocket.GatewayConsumer._expiry_schedule
-    _expired = websocket.GatewayConsumer._expired
-    _peer = websocket.GatewayConsumer._peer
-    gateway_revoke = websocket.GatewayConsumer.gateway_revoke
-    gateway_subscription_ended = websocket.GatewayConsumer.gateway_subscription_ended
-    gateway_plan_changed = websocket.GatewayConsumer.gateway_plan_changed
-    gateway_api_unavailable = websocket.GatewayConsumer.gateway_api_unavailable
 
     async def http_request(self, message: dict[str, Any]) -> None:
         if message.get("more_body"):
@@ -231,8 +216,7 @@ class EventSourceConsumer(AsyncHttpConsumer):
                 )
         self.outbox.start()
         _live_sse.add(self)
-        websocket._live.add(self)  # type: ignore[arg-type]  # the periodic audit covers SSE too
-        websocket._audit_ensure_running()
+        live_add(self)  # the periodic audit covers SSE too
         _keepalive_ensure_running()
         self._expiry_schedule(grant)
         log.info(
@@ -275,7 +259,7 @@ class EventSourceConsumer(AsyncHttpConsumer):
         if self._ending or not self._streaming:
             return
         self._ending = True
-        websocket._live.discard(self)  # type: ignore[arg-type]
+        live_discard(self)
         if self.outbox is not None:
             self.outbox.stop()
         log.info(
@@ -307,14 +291,11 @@ class EventSourceConsumer(AsyncHttpConsumer):
             return
         self._cleaned = self._ending = True
         _live_sse.discard(self)
-        websocket._live.discard(self)  # type: ignore[arg-type]
-        if self._expiry is not None:
-            self._expiry.cancel()
+        live_discard(self)
+        self._expiry_cancel()
         if self.outbox is not None:
             self.outbox.stop()
-        if self.grant is not None and self.channel_layer is not None:
-            for group in self._groups(self.grant):
-                await self.channel_layer.group_discard(group, self.channel_name)
+        await self._groups_leave()
         if self.bridge is not None and self._bound_key is not None:
             if self.feed is not None:
                 self.bridge.detach(self._bound_key, self.feed)

@@ -13,7 +13,7 @@ schema as written and changes only where and how to connect:
   addresses with or without a leading ``/`` (the gateway drops an extra one). AsyncAPI 2.x:
   Server Object ``url`` and ``protocol`` (2.6.0 §Server Object); 3.x: ``host``, ``pathname`` and
   ``protocol`` (3.0.0 §Server Object).
-- ``components.securitySchemes``: the credentials the gateway accepts (gateway/auth.py): the API
+- ``components.securitySchemes``: the credentials the gateway accepts (gateway/credentials.py): the API
   key as ``Authorization: Bearer`` (RFC 6750 §2.1; Security Scheme ``http``/``bearer``) or in the
   ``access_token`` query parameter (RFC 6750 §2.3; ``httpApiKey`` ``in: query``).
 - Every server, operation and operation trait ``security`` points at those schemes (2.x: Security

@@ -105,13 +105,17 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
-async def handshake_status(url: str) -> int | None:
-    """The HTTP status of a refused handshake, or None when the gateway accepted it."""
-    try:
-        async with connect(url, open_timeout=10):
+async def refusal_code(url: str) -> int | None:
+    """The close code of a refused handshake (the gateway accepts, then closes at once with a
+    4xxx code), or None when the connection stays open."""
+    async with connect(url, open_timeout=10) as client:
+        try:
+            await asyncio.wait_for(client.recv(), timeout=2)
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        except TimeoutError:
             return None
-    except websockets.InvalidStatus as refused:
-        return refused.response.status_code
+    return None
 
 
 async def receive_events(url: str, count: int) -> list[str]:
@@ -181,7 +185,7 @@ def test_provider_to_consumer_to_invoice(
     url = f"{gateway_server.ws_url}/ws/stock-prices/1.0.0/prices/ACME?access_token={secret}"
 
     # 4. Pending subscription: refused before any event flows. Approved: accepted.
-    assert asyncio.run(handshake_status(url)) == 403
+    assert asyncio.run(refusal_code(url)) == 4403
     subscription = Subscription.objects.get(application_id=application["id"])
     approvals_page = admin_session.get(f"{base}/staff/approvals/").text
     assert "Trading screen" in approvals_page and consumer.email in approvals_page

@@ -162,7 +162,7 @@ def subscription_reject(*, subscription: Subscription, approver: User, reason: s
 
 
 def subscription_cancel(*, subscription: Subscription, actor: User) -> Subscription:
-    """Cancel a pending or active subscription (its application's owner, or an admin).
+    """Cancel a pending, active or suspended subscription (its application's owner, or an admin).
 
     Saved with ``save()``: once it commits, ``gateway.signals`` closes its live connections
     (close code 4403). The application can subscribe to the API again afterwards. Raises
@@ -173,7 +173,8 @@ def subscription_cancel(*, subscription: Subscription, actor: User) -> Subscript
         raise PermissionDenied("Only the application's owner or an admin can cancel its subscription.")
     with transaction.atomic():
         locked = Subscription.objects.select_for_update().get(pk=subscription.pk)
-        if locked.status not in (Subscription.Status.PENDING, Subscription.Status.ACTIVE):
+        cancellable = (Subscription.Status.PENDING, Subscription.Status.ACTIVE, Subscription.Status.SUSPENDED)
+        if locked.status not in cancellable:
             raise ValidationError(f"This subscription is already {locked.get_status_display().lower()}.")
         locked.status = Subscription.Status.CANCELLED
         locked.decided_at = timezone.now()

@@ -20,7 +20,8 @@ from django.utils import timezone
 
 from analytics.models import UsageRecord
 from gateway.auth import month_start
-from gateway.consumers import GatewayConsumer, live_connections_audit
+from gateway.connections import live_connections_audit
+from gateway.consumers import GatewayConsumer
 from gateway.metering import get_meter
 from gateway.publishing import event_publish
 from gateway.routing import websocket_urlpatterns
