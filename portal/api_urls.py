@@ -43,6 +43,11 @@ urlpatterns = [
         api.APIVersionLifecycleView.as_view(),
         name="api_version_lifecycle",
     ),
+    path(
+        "apis/<slug:slug>/versions/<str:version>/payload-validation",
+        api.APIVersionPayloadValidationView.as_view(),
+        name="api_version_payload_validation",
+    ),
     path("provider/apis/", api.ProviderAPIListView.as_view(), name="provider_api_list"),
     path("plan-templates/", api.PlanTemplateListView.as_view(), name="plan_template_list"),
     # Approvals (admins).

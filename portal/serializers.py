@@ -200,6 +200,7 @@ class APIVersionSerializer(serializers.ModelSerializer[APIVersion]):
             "tags",
             "servers",
             "security_schemes",
+            "validate_payloads",
             "channels",
         ]
         read_only_fields = fields

@@ -76,6 +76,11 @@ urlpatterns = [
         provider.provider_version_lifecycle,
         name="provider_version_lifecycle",
     ),
+    path(
+        "provider/apis/<slug:slug>/versions/<int:version_id>/validation/",
+        provider.provider_version_validation,
+        name="provider_version_validation",
+    ),
     path("staff/approvals/", staff.approvals, name="approvals"),
     path(
         "staff/subscriptions/<int:pk>/approve/",

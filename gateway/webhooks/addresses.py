@@ -18,6 +18,8 @@ TLS (SNI and certificate check), so a second DNS answer cannot swap in an intern
 
 from __future__ import annotations
 
+import http.client
+import io
 import ipaddress
 import socket
 import time
@@ -142,6 +144,82 @@ def callback_resolve(url: str) -> CallbackTarget:
     return CallbackTarget(url=url, scheme=parts.scheme, host=host, port=port, path=path, address=addresses[0])
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The raw reads of a response: each ``recv_into`` may wait only until ``deadline``
+    (``time.monotonic()`` seconds), so a callback trickling bytes cannot stretch the exchange."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the callback's response did not arrive in time")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """What ``http.client.HTTPResponse`` needs of a socket (``makefile("rb")``), reading
+    through ``_DeadlineReader``."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+class _DeadlineMixin:
+    """Connect, send and read of one HTTP exchange under one deadline (``time.monotonic()``
+    seconds): each socket operation may wait only for the time left, never a fresh timeout."""
+
+    deadline: float
+    sock: socket.socket | None
+
+    def _time_left(self) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the callback did not answer in time")
+        return remaining
+
+    def send(self, data: bytes) -> None:  # type: ignore[override]
+        # sendall's timeout bounds the whole call (Python 3.5+), not each chunk.
+        if self.sock is not None:
+            self.sock.settimeout(self._time_left())
+        super().send(data)  # type: ignore[misc]
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        self._time_left()
+        return super().getresponse()  # type: ignore[misc, no-any-return]
+
+    def response_class(self, sock: socket.socket, *args: object, **kwargs: object) -> http.client.HTTPResponse:
+        return http.client.HTTPResponse(_DeadlineSocket(sock, self.deadline), *args, **kwargs)  # type: ignore[arg-type]
+
+
+class _DeadlineHTTPConnection(_DeadlineMixin, PinnedHTTPConnection):
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self._time_left())
+
+
+class _DeadlineHTTPSConnection(_DeadlineMixin, PinnedHTTPSConnection):
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self._time_left())
+        try:
+            # The TLS handshake gets the time left, not a new timeout.
+            sock.settimeout(self._time_left())
+            self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
 def callback_request(
     target: CallbackTarget,
     *,
@@ -153,27 +231,27 @@ def callback_request(
 ) -> CallbackResponse:
     """Send one request to ``target.address`` (not a new DNS answer) and read the response.
 
-    ``path`` is the request target (path and query). The whole exchange (connect, send, response
-    headers and up to ``MAX_RESPONSE_BYTES`` of body) must finish within ``timeout`` seconds.
-    Raises ``TimeoutError`` past the deadline, ``OSError`` or ``http.client.HTTPException`` for
-    network and protocol errors.
+    ``path`` is the request target (path and query). ``timeout`` seconds is a hard deadline for
+    the whole exchange: connect, TLS handshake, sending the request, the status line, the
+    headers and up to ``MAX_RESPONSE_BYTES`` of body. Every socket operation waits only for the
+    time left (``_DeadlineMixin``), so a callback that trickles its status line, headers or body
+    byte by byte cannot hold a worker past the deadline. Raises ``TimeoutError`` past the
+    deadline, ``OSError`` or ``http.client.HTTPException`` for network and protocol errors.
     """
-    connection_class = PinnedHTTPSConnection if target.scheme == "https" else PinnedHTTPConnection
+    connection_class = _DeadlineHTTPSConnection if target.scheme == "https" else _DeadlineHTTPConnection
     connection = connection_class(target.host, target.port, address=target.address, timeout=timeout)
     started = time.monotonic()
-    deadline = started + timeout
+    connection.deadline = started + timeout
     try:
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         latency_ms = int((time.monotonic() - started) * 1000)
         content = bytearray()
-        # read1 returns after one socket read: a callback trickling bytes cannot pass the deadline.
+        # read1 makes at most one socket read, each bounded by the deadline.
         while len(content) < MAX_RESPONSE_BYTES and (
             chunk := response.read1(min(_CHUNK, MAX_RESPONSE_BYTES - len(content)))
         ):
             content += chunk
-            if time.monotonic() > deadline:
-                raise TimeoutError
         return CallbackResponse(
             status=response.status, reason=response.reason, body=bytes(content), latency_ms=latency_ms
         )

@@ -13,7 +13,7 @@ from django.db.models import Prefetch
 from django.http import Http404, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import permissions, status
+from rest_framework import permissions, serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -45,7 +45,7 @@ from portal.serializers import (
     PlanTemplateSerializer,
     ProviderAPISerializer,
 )
-from portal.services.apis import api_import, api_publish
+from portal.services.apis import api_import, api_publish, api_version_payload_validation_set
 from portal.services.lifecycle import api_transition, api_version_transition
 from portal.services.subscriptions import plan_create
 
@@ -198,6 +198,33 @@ def _move(request: Request, transition: Callable[..., Any], **subject: Any) -> A
             actor=request.user,
             reason=move.validated_data["reason"],
         )
+
+
+class PayloadValidationSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField(
+        help_text="Check events clients send against their send operation's payload schema."
+    )
+
+
+class APIVersionPayloadValidationView(V1View):
+    @extend_schema(
+        request=PayloadValidationSerializer,
+        responses={200: APIVersionSerializer},
+        summary="Turn payload validation of client events on or off",
+        description="With it on, the gateway refuses an event a client sends whose payload fails the "
+        "send operation's message schema (error frame 4400 with the JSON Pointer of the failure); it "
+        "applies to connections opened afterwards. Your API's versions only (or an admin).",
+    )
+    def post(self, request: Request, slug: str, version: str) -> Response:
+        api = get_api_for_user(request.user, slug, access="manage")
+        api_version = get_version_of(api.versions.all(), version)
+        body = PayloadValidationSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        with service_errors():
+            api_version_payload_validation_set(
+                api_version=api_version, enabled=body.validated_data["enabled"], actor=request.user
+            )
+        return Response(APIVersionSerializer(version_in_full(api_version)).data)
 
 
 class APIVersionLifecycleView(V1View):

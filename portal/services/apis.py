@@ -236,3 +236,20 @@ def api_publish(*, api_version: APIVersion, actor: User | None = None) -> APIVer
     ``portal.services.lifecycle`` for the rules.
     """
     return api_publish_version(api_version=api_version, actor=actor)
+
+
+def api_version_payload_validation_set(*, api_version: APIVersion, enabled: bool, actor: User) -> APIVersion:
+    """Turn on or off the checking of client→server events against their send operation's
+    message payload schemas (``APIVersion.validate_payloads``).
+
+    With it on, the gateway answers an event whose payload fails the schema with an error frame
+    (code 4400, the JSON Pointer of the failure) and publishes nothing (docs/gateway.md). It
+    applies to connections opened after the change. Raises ``PermissionDenied`` unless
+    ``actor`` is the API's provider or an admin.
+    """
+    if not (actor.is_staff or api_version.api.provider_id == actor.pk):
+        raise PermissionDenied("Only the API's provider or an admin can change payload validation.")
+    if api_version.validate_payloads != enabled:
+        api_version.validate_payloads = enabled
+        api_version.save(update_fields=["validate_payloads"])
+    return api_version

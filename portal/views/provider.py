@@ -31,7 +31,12 @@ from portal.forms import (
 )
 from portal.models import API, APIVersion, Subscription, User
 from portal.plans import PLAN_TEMPLATES, plan_template
-from portal.services.apis import api_import, api_publish, provider_organization_set
+from portal.services.apis import (
+    api_import,
+    api_publish,
+    api_version_payload_validation_set,
+    provider_organization_set,
+)
 from portal.services.lifecycle import Block, api_block_details, api_transition, api_version_transition
 from portal.services.subscriptions import plan_create
 from portal.views.catalog import channels_of, summary_repeats_description
@@ -346,4 +351,24 @@ def provider_version_publish(request: HttpRequest, slug: str, version_id: int) -
         messages.success(
             request, f"Published {api.name} {version.version}: it is in the catalog. {next_step}"
         )
+    return redirect("portal:provider_api_detail", slug=api.slug)
+
+
+@provider_required
+@require_POST
+def provider_version_validation(request: HttpRequest, slug: str, version_id: int) -> HttpResponse:
+    """POST ``enabled`` ("on" or absent): check client events of one version against their
+    payload schemas, or stop checking (``api_version_payload_validation_set``)."""
+    api = _get_api_for_provider(request, slug)
+    version = _get_version_for_provider(request, api, version_id)
+    enabled = request.POST.get("enabled") == "on"
+    api_version_payload_validation_set(api_version=version, enabled=enabled, actor=request.user)
+    if enabled:
+        messages.success(
+            request,
+            f"{api.name} {version.version}: events clients send are now checked against their payload "
+            "schemas (new connections); events that fail are refused with the reason.",
+        )
+    else:
+        messages.success(request, f"{api.name} {version.version}: events clients send are no longer checked.")
     return redirect("portal:provider_api_detail", slug=api.slug)

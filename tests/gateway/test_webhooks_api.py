@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -490,3 +491,83 @@ def test_deleting_from_the_page_keeps_the_log(client, bob, subscription):
     assert (queued.status, queued.last_error) == ("cancelled", "the webhook was deleted")
     page = client.get(webhook.get_absolute_url()).content.decode()
     assert "Deleted" in page and "e2" in page and "Verify again" not in page
+
+
+# --- the delivery timeout is one deadline for the whole exchange ------------------------------------
+
+
+class TricklingCallback:
+    """A callback on 127.0.0.1 that reads the request, then sends its response a few bytes at a
+    time, ``pause`` seconds apart: the status line byte by byte (``"status"``), or the status
+    line and then one header at a time (``"headers"``), or the headers and then the body in small
+    pieces (``"body"``). Sent to the end, the answer is a valid ``200 OK``, after ``pieces *
+    pause`` seconds."""
+
+    def __init__(self, part: str, *, pause: float = 0.25, pieces: int = 40) -> None:
+        import socket
+        import threading
+
+        self.part, self.pause, self.pieces = part, pause, pieces
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _pieces(self) -> list[bytes]:
+        status = b"HTTP/1.1 200 OK\r\n"
+        if self.part == "status":
+            return [bytes([b]) for b in status] + [b"Content-Length: 0\r\n\r\n"]
+        if self.part == "headers":
+            headers = [f"X-Slow-{n}: {n}\r\n".encode() for n in range(self.pieces)]
+            return [status, *headers, b"Content-Length: 0\r\n\r\n"]
+        body = [b"x" * 10] * self.pieces
+        return [status + f"Content-Length: {10 * self.pieces}\r\n\r\n".encode(), *body]
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(65536)  # the request (small: headers and a short body)
+                try:
+                    for piece in self._pieces():
+                        if self.stopped.wait(self.pause):
+                            return
+                        connection.sendall(piece)
+                except OSError:  # the client gave up: the point of the test
+                    pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("part", ["status", "headers", "body"])
+def test_a_callback_trickling_its_answer_fails_the_attempt_at_the_timeout(subscription, settings, part):
+    """WEBHOOK_TIMEOUT bounds connect, request, status line, headers and body together: a
+    callback sending a byte or a header now and then is a failed (retried) attempt once the time
+    is up, never "delivered" after minutes."""
+    settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
+    settings.WEBHOOK_TIMEOUT = 1.5
+    callback = TricklingCallback(part)  # would answer 200 after 40 * 0.25 = 10 s
+    try:
+        webhook = webhook_for(subscription, callback.url("/slow"))
+        delivery = delivery_for(webhook)
+        started = time.monotonic()
+        retry_in = webhook_deliver(delivery_id=str(delivery.pk))
+        elapsed = time.monotonic() - started
+    finally:
+        callback.close()
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("retrying", 1, None)
+    assert delivery.last_error == "timed out after 1.5 s"
+    assert retry_in is not None
+    assert elapsed < 5, f"the attempt took {elapsed:.1f} s with WEBHOOK_TIMEOUT=1.5"
