@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -155,15 +156,39 @@ def reinstate(
             modeladmin.message_user(request, f"{subscription} is active again.")
 
 
+class SubscriptionAdminForm(forms.ModelForm):
+    """Refuses, as field errors, the plans ``subscription_plan_change`` would refuse for any
+    admin: another API's plan, or one not approved (so the page never reports a change that
+    did not happen)."""
+
+    def clean_plan(self) -> BusinessPlan:
+        plan = self.cleaned_data["plan"]
+        subscription = self.instance
+        if subscription.pk and plan.pk != subscription.plan_id:
+            if plan.api_id != subscription.api_id:
+                raise forms.ValidationError(
+                    f"{plan.name} is a plan of another API than {subscription.api.name}."
+                )
+            if not plan.is_approved:
+                raise forms.ValidationError("This plan is not approved, so it cannot be offered.")
+        return plan
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
     """Suspension through the actions (``subscription_suspend``/``_reinstate``); a plan changed
     in the form goes through ``subscription_plan_change`` (same API, offered plans; live
     connections close with 4409)."""
 
-    list_display = ["application", "api", "plan", "status", "created"]
+    form = SubscriptionAdminForm
+    list_display = ["application", "owner", "api", "plan", "status", "created"]
+    list_select_related = ["application__owner", "api", "plan"]
     list_filter = ["status"]
     actions = [suspend, reinstate]
+
+    @admin.display(description="Owner", ordering="application__owner__email")
+    def owner(self, subscription: Subscription) -> str:
+        return subscription.application.owner.email
 
     def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
         if not (change and "plan" in form.changed_data):
