@@ -307,21 +307,33 @@ def owner_credentials_revoked_notify(*, user_id: int) -> None:
 
 
 # Where a credential can show up in a log line: request headers (uvicorn and websockets log them
-# at DEBUG), query strings, form bodies, JSON token responses, and API keys anywhere.
+# at DEBUG), query strings, form bodies, JSON token responses, Python reprs of dicts and keyword
+# arguments (oauthlib logs "Issuing token to client id ... {'access_token': '...', ...}" at
+# DEBUG), and API keys anywhere.
+_SECRET_NAMES = r"(?:access_token|refresh_token|id_token|client_secret|token|secret|password)"
 _REDACTIONS = (
-    (re.compile(r"(?i)(authorization:?\s*(?:bearer|basic)\s+)[^\s'\",]+"), r"\1[redacted]"),
+    # Authorization: Bearer x / 'HTTP_AUTHORIZATION': 'Basic x' / ("authorization", "Bearer x")
+    (
+        re.compile(r"(?i)(authorization['\"]?[\s:=,]*+b?['\"]?\s*+(?:bearer|basic)\s++)[^\s'\",)]+"),
+        r"\1[redacted]",
+    ),
+    (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{16,}"), r"\1[redacted]"),
     (re.compile(r"(eventgate\.bearer\.)[^\s'\",]+"), r"\1[redacted]"),
-    (re.compile(r"(?i)\b((?:access_token|client_secret|token)=)[^&\s'\"]+"), r"\1[redacted]"),
-    (re.compile(r"(?i)(\"(?:access_token|client_secret|token)\"\s*:\s*\")[^\"]+"), r"\1[redacted]"),
+    # access_token=x (query, form) and access_token='x' (a keyword argument's repr)
+    (re.compile(rf"(?i)\b({_SECRET_NAMES}=['\"]?)[^&\s'\"]+"), r"\1[redacted]"),
+    # "access_token": "x" (JSON) and 'access_token': 'x' or b'x' (a Python dict's repr)
+    (re.compile(rf"(?i)(['\"]{_SECRET_NAMES}['\"]\s*:\s*b?['\"])[^'\"]+"), r"\1[redacted]"),
     (re.compile(r"\beg_[A-Za-z0-9_-]{16,}"), "eg_[redacted]"),
 )
 
 
 class CredentialRedactor(logging.Filter):
     """A logging filter that replaces credentials in a record's message with ``[redacted]``:
-    bearer and basic ``Authorization`` values, ``eventgate.bearer.<token>`` subprotocols,
-    ``access_token`` / ``client_secret`` / ``token`` parameters and JSON fields, and ``eg_`` API
-    keys anywhere. Put it on the handlers in ``LOGGING`` so every logger's records pass it (at
+    bearer and basic ``Authorization`` values (also as a header dict's repr), ``Bearer <token>``
+    anywhere, ``eventgate.bearer.<token>`` subprotocols, ``access_token`` / ``refresh_token`` /
+    ``id_token`` / ``client_secret`` / ``token`` / ``secret`` / ``password`` as query or form
+    parameters, keyword arguments, JSON fields and Python dict reprs (single quotes), and ``eg_``
+    API keys anywhere. Put it on the handlers in ``LOGGING`` so every logger's records pass it (at
     DEBUG, uvicorn's WebSocket protocol logs request headers, ``Authorization`` included).
     """
 

@@ -14,9 +14,12 @@ nothing grants everything available (§3.3 lets the server apply a default).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauth2_provider.scopes import BaseScopes
 from oauth2_provider.views import RevokeTokenView as DOTRevokeTokenView
@@ -162,14 +165,78 @@ def _description_safe(text: str, limit: int = 80) -> str:
     return "".join(ch if ch == " " or _SCOPE_TOKEN.fullmatch(ch) else "?" for ch in cut)
 
 
+GRANT_TYPES = ("client_credentials",)
+# Characters of a token request's scope parameter at most: an application with many subscribed
+# channels stays far below; a longer value would be stored on the token and echoed back.
+MAX_SCOPE_CHARS = 10_000
+
+
+def _token_error(error: str, description: str) -> JsonResponse:
+    """An RFC 6749 §5.2 error response: 400, JSON ``{"error", "error_description"}``, not cached."""
+    response = JsonResponse({"error": error, "error_description": description}, status=400)
+    response["Cache-Control"] = "no-store"
+    response["Pragma"] = "no-cache"
+    return response
+
+
+def _request_problem(request: HttpRequest) -> str | None:
+    """Why the form parameters or Basic credentials of an OAuth request cannot be processed, or
+    None: a parameter given more than once (RFC 6749 §3.1, §3.2: "MUST NOT be included more than
+    once"), or a NUL character (PostgreSQL text cannot hold one; DOT would answer a 500)."""
+    for name, values in request.POST.lists():
+        if len(values) > 1:
+            return f"Duplicate {_description_safe(name, 40)} parameter."
+        if "\x00" in name or "\x00" in values[0]:
+            return f"The {_description_safe(name, 40)} parameter contains a NUL character."
+    authorization = request.headers.get("Authorization", "")
+    if authorization[:6].lower() == "basic ":
+        try:
+            credentials = base64.b64decode(authorization[6:].strip(), validate=True)
+        except (ValueError, binascii.Error):
+            return None  # DOT answers invalid_client
+        if b"\x00" in credentials or b"%00" in credentials:
+            return "The client credentials contain a NUL character."
+    return None
+
+
 class TokenView(DOTTokenView):
-    """``/o/token/``: DOT's token endpoint (RFC 6749 §3.2) with ``ScopeExplainingValidator``."""
+    """``/o/token/``: DOT's token endpoint (RFC 6749 §3.2) with ``ScopeExplainingValidator``,
+    for the client credentials grant only (§4.4).
+
+    Checked before DOT sees the request (DOT dispatches the device code grant on its own and
+    answered a 500 when ``device_code`` was missing): ``grant_type`` missing or empty, a
+    parameter given twice or holding a NUL character answer ``invalid_request``; a grant type
+    other than ``client_credentials`` ``unsupported_grant_type``; a scope over
+    ``MAX_SCOPE_CHARS`` characters ``invalid_scope`` (all 400, RFC 6749 §5.2).
+    """
 
     validator_class = ScopeExplainingValidator
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if problem := _request_problem(request):
+            return _token_error("invalid_request", problem)
+        grant_type = request.POST.get("grant_type", "")
+        if not grant_type:
+            return _token_error("invalid_request", "Missing grant_type parameter (use client_credentials).")
+        if grant_type not in GRANT_TYPES:
+            return _token_error(
+                "unsupported_grant_type",
+                f"Grant type {_description_safe(grant_type)} is not supported; "
+                "this server issues tokens for the client_credentials grant only.",
+            )
+        if len(request.POST.get("scope", "")) > MAX_SCOPE_CHARS:
+            return _token_error("invalid_scope", f"The scope is longer than {MAX_SCOPE_CHARS:,} characters.")
+        return super().post(request, *args, **kwargs)
 
 
 class RevokeTokenView(DOTRevokeTokenView):
     """``/o/revoke_token/``: DOT's revocation endpoint (RFC 7009); a client revokes only its own
-    tokens. The deletion closes the token's live connections (``gateway.signals``)."""
+    tokens. The deletion closes the token's live connections (``gateway.signals``). Parameters
+    given twice or holding a NUL character answer ``invalid_request`` (400, RFC 7009 §2.2.1)."""
 
     validator_class = ScopeExplainingValidator
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if problem := _request_problem(request):
+            return _token_error("invalid_request", problem)
+        return super().post(request, *args, **kwargs)

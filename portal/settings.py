@@ -284,6 +284,9 @@ LOGGING = {
         "django.channels.server": {"level": "WARNING"},
         # stripe-python logs every request at INFO.
         "stripe": {"level": "WARNING"},
+        # With DEBUG=True Django logs every SQL statement with its parameters at DEBUG, including
+        # the OAuth access token django-oauth-toolkit inserts: never below INFO.
+        "django.db.backends": {"level": "INFO"},
     },
 }
 

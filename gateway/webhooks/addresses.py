@@ -24,6 +24,7 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from django.conf import settings
@@ -145,23 +146,31 @@ def callback_resolve(url: str) -> CallbackTarget:
 
 
 class _DeadlineReader(io.RawIOBase):
-    """The raw reads of a response: each ``recv_into`` may wait only until ``deadline``
-    (``time.monotonic()`` seconds), so a callback trickling bytes cannot stretch the exchange."""
+    """The raw reads of a response: each may wait only until ``deadline`` (``time.monotonic()``
+    seconds), so a callback trickling bytes cannot stretch the exchange. Reads through the
+    socket's own ``SocketIO`` (``makefile``), which keeps the socket open until the response is
+    closed even after the connection lets go of it (``Connection: close`` answers)."""
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         super().__init__()
         self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
         self._deadline = deadline
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int | None:
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("the callback's response did not arrive in time")
         self._sock.settimeout(remaining)
-        return self._sock.recv_into(buffer)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
 class _DeadlineSocket:
@@ -199,7 +208,9 @@ class _DeadlineMixin:
         self._time_left()
         return super().getresponse()  # type: ignore[misc, no-any-return]
 
-    def response_class(self, sock: socket.socket, *args: object, **kwargs: object) -> http.client.HTTPResponse:
+    def response_class(self, sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        # http.client calls self.response_class(self.sock, method=...): reads go through
+        # _DeadlineReader instead of the socket's own file.
         return http.client.HTTPResponse(_DeadlineSocket(sock, self.deadline), *args, **kwargs)  # type: ignore[arg-type]
 
 

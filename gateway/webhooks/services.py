@@ -32,7 +32,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from analytics.services import UsageRow, usage_record_batch
-from gateway.auth import channel_match
+from gateway.auth import _quota_refusals, channel_match
 from gateway.models import WebhookDelivery, WebhookSubscription
 from gateway.publishing import address_normalize, routing_key
 from gateway.webhooks.addresses import (
@@ -365,11 +365,18 @@ def webhook_verify(*, webhook_id: int) -> WebhookSubscription | None:
 # --- delivery (WebSub §7) -----------------------------------------------------------------------
 
 
-def delivery_refusal(webhook: WebhookSubscription) -> str | None:
-    """Why events must not be delivered to ``webhook`` now, or None (``deliverable()``'s rule).
+def delivery_refusal(webhook: WebhookSubscription, *, quota: bool = True) -> str | None:
+    """Why events must not be delivered to ``webhook`` now, or None.
 
-    ``webhook`` needs ``subscription__api``, ``subscription__application__owner`` and
-    ``api_version`` loaded (``select_related``) to avoid extra queries.
+    ``deliverable()``'s rule (webhook active, subscription active, owner active, API and version
+    served) and, with ``quota``, the subscription's business plan quota: once the plan's
+    ``quota_events`` or ``quota_bytes`` for this calendar month is used up, events are not
+    delivered, as WebSocket and SSE handshakes are refused with 4429 (the gateway's own rule,
+    ``gateway.auth._quota_refusals``; one query when the plan has a quota).
+
+    ``webhook`` needs ``subscription__api``, ``subscription__plan``,
+    ``subscription__application__owner`` and ``api_version`` loaded (``select_related``) to
+    avoid extra queries.
     """
     subscription = webhook.subscription
     api = subscription.api
@@ -383,7 +390,33 @@ def delivery_refusal(webhook: WebhookSubscription) -> str | None:
         return f"{api.name} is {api.get_status_display().lower()}"
     if webhook.api_version.status not in APIVersion.LIVE_STATUSES:
         return f"version {webhook.api_version.version} is {webhook.api_version.get_status_display().lower()}"
+    if quota:
+        return quota_refusal(subscription)
     return None
+
+
+def quota_refusal(subscription: Subscription) -> str | None:
+    """Why ``subscription``'s events quota (or bytes quota) stops deliveries this calendar month
+    (UTC), e.g. ``"the events quota of plan 'Free' is used up this month (3 events)"``, or None.
+
+    The gateway's rule (``gateway.auth._quota_refusals``, the 4429 of WebSocket and SSE
+    handshakes): usage is what was metered (both directions) since the month started.
+    """
+    refused = _quota_refusals({subscription.pk: subscription.plan}).get(subscription.pk)
+    return None if refused is None else _quota_text(refused.reason)
+
+
+def _quota_text(reason: str) -> str:
+    # "events quota of plan 'Free' used up this month (3 events)" -> a sentence for the log
+    return f"the {reason.replace(' used up ', ' is used up ', 1)}"
+
+
+_DELIVERY_RELATED = (
+    "webhook__subscription__api",
+    "webhook__subscription__plan",
+    "webhook__subscription__application__owner",
+    "webhook__api_version",
+)
 
 
 def _header_text(value: str) -> str:
@@ -446,8 +479,9 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
     """Make one attempt of delivery ``delivery_id``; return seconds until the next, or None.
 
     Claims the delivery first (``pending``/``retrying`` → ``sending`` with a conditional
-    ``UPDATE``), so a task run twice sends once. Checks access before sending
-    (``delivery_refusal``): if it ended, the delivery is ``cancelled`` unsent. 2xx:
+    ``UPDATE``), so a task run twice sends once. Checks access and the plan's quota before
+    sending (``delivery_refusal``): if access ended or the quota is used up, the delivery is
+    ``cancelled`` unsent (final: never retried, never metered; ``last_error`` says why). 2xx:
     ``delivered``. Otherwise, while attempts remain (``max_attempts``), ``retrying`` after
     ``WEBHOOK_RETRY_BASE_DELAY * 2 ** (attempt - 1)`` seconds (the return value; the caller
     schedules the retry); else ``dead`` (a dead letter).
@@ -461,9 +495,7 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
         status=WebhookDelivery.Status.SENDING, claimed_at=now
     ):
         return None
-    delivery = WebhookDelivery.objects.select_related(
-        "webhook__subscription__api", "webhook__subscription__application__owner", "webhook__api_version"
-    ).get(pk=delivery_id)
+    delivery = WebhookDelivery.objects.select_related(*_DELIVERY_RELATED).get(pk=delivery_id)
     claimed = WebhookDelivery.objects.filter(
         pk=delivery.pk, status=WebhookDelivery.Status.SENDING, claimed_at=now
     )
@@ -516,7 +548,7 @@ def delivery_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:
             f"This delivery is {delivery.get_status_display().lower()}: redeliver it once it has finished."
         )
     webhook = WebhookSubscription.objects.select_related(
-        "subscription__api", "subscription__application__owner", "api_version"
+        "subscription__api", "subscription__plan", "subscription__application__owner", "api_version"
     ).get(pk=delivery.webhook_id)
     refusal = delivery_refusal(webhook)
     if refusal is not None:
@@ -570,10 +602,15 @@ def webhook_deliveries_create(*, events: Iterable[EventForWebhooks]) -> int:
 
     One ``INSERT`` for the whole batch; an (event, webhook) pair stored before (RabbitMQ
     redelivered an event the dispatcher had not acknowledged) is skipped
-    (``one_delivery_per_event_and_webhook``). Returns the number of deliveries created.
+    (``one_delivery_per_event_and_webhook``). A webhook whose subscription's plan quota is used
+    up this month (``quota_refusal``) gets its deliveries stored as ``cancelled`` with the reason,
+    and no task: they are never sent, retried or metered. Returns the number of deliveries
+    created (queued or not).
     """
+    events = list(events)
     now = timezone.now()
     max_attempts = max(1, settings.WEBHOOK_MAX_ATTEMPTS)
+    refusals = _quota_refusals_by_webhook({webhook_id for e in events for webhook_id in e.webhook_ids})
     rows = []
     for event in events:
         size = len(event.frame.encode())
@@ -586,7 +623,11 @@ def webhook_deliveries_create(*, events: Iterable[EventForWebhooks]) -> int:
                 size=size,
                 max_attempts=max_attempts,
                 created=now,
-                next_attempt_at=now,
+                **(
+                    {"status": WebhookDelivery.Status.CANCELLED, "last_error": refusals[webhook_id][:500]}
+                    if webhook_id in refusals
+                    else {"next_attempt_at": now}
+                ),
             )
             for webhook_id in event.webhook_ids
         )
@@ -595,10 +636,27 @@ def webhook_deliveries_create(*, events: Iterable[EventForWebhooks]) -> int:
     with transaction.atomic():
         WebhookDelivery.objects.bulk_create(rows, ignore_conflicts=True)
         created = list(
-            WebhookDelivery.objects.filter(pk__in=[row.pk for row in rows]).values_list("pk", flat=True)
+            WebhookDelivery.objects.filter(pk__in=[row.pk for row in rows]).values_list("pk", "status")
         )
-        transaction.on_commit(lambda: [_enqueue_delivery(pk) for pk in created])
+        queued = [pk for pk, status in created if status == WebhookDelivery.Status.PENDING]
+        transaction.on_commit(lambda: [_enqueue_delivery(pk) for pk in queued])
     return len(created)
+
+
+def _quota_refusals_by_webhook(webhook_ids: set[int]) -> dict[int, str]:
+    """Webhook id → why its subscription's plan quota stops deliveries (``quota_refusal``), for
+    those of ``webhook_ids`` over quota; at most 2 queries."""
+    if not webhook_ids:
+        return {}
+    webhooks = list(
+        WebhookSubscription.objects.filter(pk__in=webhook_ids)
+        .select_related("subscription__plan")
+        .only("pk", "subscription__id", "subscription__plan")
+    )
+    refused = _quota_refusals({w.subscription.pk: w.subscription.plan for w in webhooks})
+    return {
+        w.pk: _quota_text(refused[w.subscription.pk].reason) for w in webhooks if w.subscription.pk in refused
+    }
 
 
 def webhook_usage_flush(*, limit: int = 10_000) -> int:

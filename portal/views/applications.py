@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 from portal.forms import APIKeyForm, APIKeyRotateForm, ApplicationForm, add_service_errors, service_error_text
 from portal.links import gateway_ws_url
 from portal.models import APIKey, Application, Channel, Subscription
-from portal.oauth import application_scopes
+from portal.oauth import application_scopes, scope_name
 from portal.services.credentials import (
     api_key_create,
     api_key_expiry,
@@ -209,9 +209,29 @@ def _key_row(key: APIKey, now: datetime, prefixes: dict[int, str]) -> KeyRow:
     return KeyRow(key, "active", "success", f"{created} · never expires")
 
 
-def _credentials_context(request: HttpRequest, application: Application) -> dict[str, object]:
+def _example_scope(target: LiveTarget | None, scopes: dict[str, str]) -> str:
+    """The scope the OAuth snippet asks for: receiving ``target``'s channel (the one the connect
+    snippet next to it opens), or its whole API if that channel's template cannot travel as a
+    scope-token; "" (ask for no scope, which grants everything available) if neither is
+    available, so the two snippets never disagree."""
+    if target is None:
+        return ""
+    api_slug = target.subscription.api.slug
+    for scope in (
+        scope_name(api_slug=api_slug, direction="receive", channel=target.channel.address),
+        scope_name(api_slug=api_slug, direction="receive"),
+    ):
+        if scope in scopes:
+            return scope
+    return ""
+
+
+def _credentials_context(
+    request: HttpRequest, application: Application, oauth_target: LiveTarget | None
+) -> dict[str, object]:
     """The application page's credentials: key rows, the OAuth2 client, its tokens and scopes,
-    and any secret made by the previous request (popped: shown once)."""
+    and any secret made by the previous request (popped: shown once). ``oauth_target`` is the
+    channel the OAuth snippets use: the token snippet asks for a scope that allows it."""
     now = timezone.now()
     keys = list(application.api_keys.all())
     prefixes = {key.pk: key.prefix for key in keys}
@@ -230,8 +250,9 @@ def _credentials_context(request: HttpRequest, application: Application) -> dict
         "tokens": list(tokens[:MAX_LISTED_TOKENS]),
         "token_count": tokens.count(),
         "scopes": scopes,
-        # A narrow one for the snippet: a channel scope, as least privilege suggests.
-        "example_scope": next((s for s in scopes if s.count(":") == 2), next(iter(scopes), "")),
+        # A narrow one for the snippet, as least privilege suggests: the connect snippet's channel.
+        "example_scope": _example_scope(oauth_target, scopes),
+        "oauth_ws_url": oauth_target.url("") if oauth_target else "",
         "token_url": f"{settings.EVENTGATE_PUBLIC_URL.rstrip('/')}/o/token/",
     }
 
@@ -246,17 +267,21 @@ def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
     subscriptions = application.subscriptions.select_related("api", "plan")
     targets = _live_targets(application)
     first_target = targets[0] if targets else None
+    # The console only offers what the gateway would accept: active subscriptions.
+    live_targets = [t for t in targets if t.subscription.status == Subscription.Status.ACTIVE]
     context = {
         "application": application,
         "subscriptions": subscriptions,
         "has_live_subscription": any(s.status in ("active", "pending") for s in subscriptions),
         "secret": secret,
+        # The CLI cannot set headers: its URL carries the key; the JavaScript snippet offers it as
+        # a subprotocol instead (docs/credentials.md), so its URL has none.
         "snippet_url": first_target.url(secret) if first_target and secret else "",
+        "snippet_ws_url": first_target.url("") if first_target else "",
         "first_target": first_target,
-        # The console only offers what the gateway would accept: active subscriptions.
-        "live_targets": [t for t in targets if t.subscription.status == Subscription.Status.ACTIVE],
-        "oauth_ws_url": first_target.url("") if first_target else "",
-        **_credentials_context(request, application),
+        "live_targets": live_targets,
+        # Tokens are scoped from active subscriptions only: the OAuth snippets use the first of those.
+        **_credentials_context(request, application, live_targets[0] if live_targets else None),
     }
     return render(request, "portal/application_detail.html", context)
 

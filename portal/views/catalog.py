@@ -307,6 +307,10 @@ def _announce(request: HttpRequest, subscription: Subscription) -> None:
             f"{application} asked to subscribe to {api} on the {plan} plan. "
             "An admin will review it; you can generate a key meanwhile.",
         )
+    elif subscription.application.api_keys.usable().exists() or subscription.application.oauth_client_id:
+        messages.success(
+            request, f"{application} is subscribed to {api}. Its API keys and OAuth client work for it now."
+        )
     else:
         messages.success(request, f"{application} is subscribed to {api}. Generate an API key to connect.")
 

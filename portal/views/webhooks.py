@@ -27,6 +27,8 @@ from gateway.webhooks.addresses import MAX_CALLBACK_URL_LENGTH
 from gateway.webhooks.services import (
     SECRET_MIN_CHARACTERS,
     delivery_redeliver,
+    delivery_refusal,
+    quota_refusal,
     webhook_delete,
     webhook_register,
     webhook_topic_url,
@@ -48,11 +50,36 @@ def _get_webhook_for_user(
 ) -> WebhookSubscription:
     """Webhook ``webhook_id`` of the user's ``application``, or 404 (never another user's)."""
     return get_object_or_404(
-        WebhookSubscription.objects.select_related("subscription__api", "api_version", "channel"),
+        WebhookSubscription.objects.select_related(*_WEBHOOK_RELATED, "channel"),
         pk=webhook_id,
         subscription__application=application,
         subscription__application__owner=request.user,
     )
+
+
+# What delivery_refusal reads, loaded with the webhook.
+_WEBHOOK_RELATED = (
+    "subscription__api",
+    "subscription__plan",
+    "subscription__application__owner",
+    "api_version",
+)
+
+
+def _paused_reason(webhook: WebhookSubscription, quotas: dict[int, str | None]) -> str | None:
+    """Why events are not delivered to the verified (active) ``webhook`` now (its subscription
+    suspended or cancelled, the API blocked, the plan's quota used up: ``delivery_refusal``), or
+    None; None for a webhook that is not active (its own status says why). ``quotas`` caches the
+    quota check per subscription id."""
+    if webhook.status != WebhookSubscription.Status.ACTIVE:
+        return None
+    refusal = delivery_refusal(webhook, quota=False)
+    if refusal is None:
+        subscription = webhook.subscription
+        if subscription.pk not in quotas:
+            quotas[subscription.pk] = quota_refusal(subscription)
+        refusal = quotas[subscription.pk]
+    return refusal
 
 
 @dataclass(frozen=True)
@@ -150,11 +177,14 @@ def webhook_list(request: HttpRequest, pk: int) -> HttpResponse:
                 f"Registered the webhook for {webhook.address}. Eventgate is verifying your callback now.",
             )
             return redirect(webhook.get_absolute_url())
-    webhooks = (
+    webhooks = list(
         WebhookSubscription.objects.visible()
         .filter(subscription__application=application)
-        .select_related("subscription__api", "api_version")
+        .select_related(*_WEBHOOK_RELATED)
     )
+    quotas: dict[int, str | None] = {}
+    for webhook in webhooks:
+        webhook.paused_reason = _paused_reason(webhook, quotas)  # type: ignore[attr-defined]
     context = {
         "application": application,
         "webhooks": webhooks,
@@ -187,6 +217,7 @@ def webhook_detail(request: HttpRequest, pk: int, webhook_id: int) -> HttpRespon
         "dead_count": webhook.deliveries.dead_letters().count(),
         "total_count": webhook.deliveries.count(),
         "subscription_active": webhook.subscription.status == Subscription.Status.ACTIVE,
+        "paused_reason": _paused_reason(webhook, {}),
     }
     return render(request, "portal/webhook_detail.html", context)
 

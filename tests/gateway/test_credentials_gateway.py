@@ -157,7 +157,40 @@ def test_credential_groups_are_per_kind_and_id():
             None,
             '{"access_token": "[redacted]", "expires_in": 3600}',
         ),
+        (
+            # oauthlib at DEBUG: the token response as a Python dict's repr
+            "Issuing token to client id %r (%r), %r.",
+            (
+                "cid",
+                "<Application: x>",
+                {"access_token": "Zx81kLm", "refresh_token": "Rf9", "scope": "a:receive"},
+            ),
+            "Issuing token to client id 'cid' ('<Application: x>'), "
+            "{'access_token': '[redacted]', 'refresh_token': '[redacted]', 'scope': 'a:receive'}.",
+        ),
+        (
+            "form %r",
+            ({"client_id": "cid", "client_secret": "s3cr3t", "token": b"Tk1"},),
+            "form {'client_id': 'cid', 'client_secret': '[redacted]', 'token': b'[redacted]'}",
+        ),
+        (
+            "Request(token='Tk1', token_type_hint='access_token')",
+            None,
+            "Request(token='[redacted]', token_type_hint='access_token')",
+        ),
+        (
+            "headers %r",
+            ({"HTTP_AUTHORIZATION": "Basic Y2xpZW50OnNlY3JldA=="},),
+            "headers {'HTTP_AUTHORIZATION': 'Basic [redacted]'}",
+        ),
+        ("refresh_token=Rf9&password=hunter2", None, "refresh_token=[redacted]&password=[redacted]"),
+        ("invalid Bearer 0KW9aBcDeFgHiJkLmNoPqRsTuV here", None, "invalid Bearer [redacted] here"),
         ("key %s leaked", ("eg_abcdefghijklmnopqrstuvwxyz",), "key eg_[redacted] leaked"),
+        (
+            "token_type_hint=access_token&close code=4401",
+            None,
+            "token_type_hint=access_token&close code=4401",
+        ),
         ("nothing to hide in %s", ("prices/ACME",), "nothing to hide in prices/ACME"),
     ],
 )
@@ -555,26 +588,52 @@ def test_credentials_never_reach_logs_or_error_pages(gateway_server, stream_api,
 
 
 @pytest.mark.e2e
-def test_credentials_never_reach_a_debug_log(transactional_db, stream_api, bob_subscribed, tmp_path):
-    # At DEBUG, uvicorn's WebSocket protocol logs every request header.
+def test_credentials_never_reach_a_debug_log(
+    transactional_db, stream_api, bob_subscribed, bob_oauth, tmp_path
+):
+    # At DEBUG, uvicorn's WebSocket protocol logs every request header and oauthlib logs the
+    # tokens it issues (as Python dict reprs) and the requests it validates.
     server = gateway_start(tmp_path / "debug.log", LOG_LEVEL="DEBUG")
     secret = bob_subscribed.secret
+    client_id, client_secret = bob_oauth
     url = f"{server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME"
     try:
+        token = _access_token(server, client_id, client_secret)
+        scoped = _access_token(server, client_id, client_secret, scope=f"{stream_api.slug}:receive")
+        revoked = _access_token(server, client_id, client_secret)
 
         async def scenario():
-            for options in (
-                {"additional_headers": {"Authorization": f"Bearer {secret}"}},
-                {"subprotocols": [SUBPROTOCOL, f"eventgate.bearer.{secret}"]},
-            ):
-                async with connect(url, **options) as client:
+            for credential in (secret, token):
+                for options in (
+                    {"additional_headers": {"Authorization": f"Bearer {credential}"}},
+                    {"subprotocols": [SUBPROTOCOL, f"eventgate.bearer.{credential}"]},
+                ):
+                    async with connect(url, **options) as client:
+                        assert await _streams(client, stream_api.slug, "prices/ACME")
+                async with connect(f"{url}?access_token={credential}") as client:
                     assert await _streams(client, stream_api.slug, "prices/ACME")
-            async with connect(f"{url}?access_token={secret}") as client:
+            async with connect(url, subprotocols=[SUBPROTOCOL, f"eventgate.bearer.{scoped}"]) as client:
                 assert await _streams(client, stream_api.slug, "prices/ACME")
 
         asyncio.run(scenario())
+        status, body = _http(
+            server,
+            "/o/revoke_token/",
+            data={"token": revoked, "token_type_hint": "access_token"},
+            auth=(client_id, client_secret),
+        )
+        assert status == 200, body
+        status, body = _http(
+            server,
+            "/o/revoke_token/",
+            data={"token": token, "client_id": client_id, "client_secret": client_secret},
+        )
+        assert status == 200, body
     finally:
         server.stop()
     log = server.log()
     assert "DEBUG" in log and "[redacted]" in log
-    assert secret not in log and secret[3:20] not in log
+    assert "Issuing token" in log or "access_token" in log  # oauthlib's lines are there, masked
+    for credential in (secret, token, scoped, revoked, client_secret):
+        assert credential not in log, f"a credential ({credential[:4]}…) is in the DEBUG log"
+        assert credential[3:20] not in log

@@ -15,13 +15,17 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from analytics.services import usage_for_subscription
+from analytics.services import usage_for_subscription, usage_record_batch
 from gateway.models import WebhookDelivery, WebhookSubscription
 from gateway.webhooks.addresses import address_is_public
 from gateway.webhooks.services import (
+    EventForWebhooks,
+    delivery_redeliver,
     webhook_deliver,
+    webhook_deliveries_create,
     webhook_deliveries_prune,
     webhook_deliveries_sweep,
     webhook_leases_renew,
@@ -32,6 +36,7 @@ from portal.celery import app as celery_app
 from portal.models import Subscription
 from tests.factories import (
     ApplicationFactory,
+    BusinessPlanFactory,
     ChannelFactory,
     OperationFactory,
     SubscriptionFactory,
@@ -445,6 +450,46 @@ def test_application_page_links_to_its_webhooks(client, bob, subscription):
     assert f'href="/apps/{subscription.application_id}/webhooks/"' in page
 
 
+@pytest.mark.parametrize(
+    ("status", "reason", "explained"),
+    [
+        ("suspended", "unpaid invoice", "is suspended: no events are delivered until an admin reinstates it"),
+        ("cancelled", "", "is cancelled: no events are delivered"),
+    ],
+)
+def test_webhook_of_an_inactive_subscription_shows_paused_and_why(
+    client, bob, subscription, status, reason, explained
+):
+    webhook = webhook_for(subscription, "http://93.184.216.34/hook", verified_at=timezone.now())
+    Subscription.objects.filter(pk=subscription.pk).update(
+        status=status, decision_reason=reason, decided_at=timezone.now()
+    )
+    client.force_login(bob)
+    detail = client.get(f"/apps/{subscription.application_id}/webhooks/{webhook.pk}/").content.decode()
+    badge = detail.split('data-testid="webhook-status"', 1)[1].split("<", 1)[0]
+    assert badge.endswith(">Paused")
+    assert "Deliveries are paused." in detail and explained in detail
+    assert reason in detail
+    assert "Active since" not in detail
+    listing = client.get(f"/apps/{subscription.application_id}/webhooks/").content.decode()
+    assert ">Paused</span>" in listing and ">Active</span>" not in listing
+    assert f"Deliveries paused: the subscription is {status}." in listing
+
+
+def test_webhook_over_the_plan_quota_shows_paused_and_why(client, bob, subscription):
+    webhook = webhook_for(subscription, "http://93.184.216.34/hook", verified_at=timezone.now())
+    client.force_login(bob)
+    url = f"/apps/{subscription.application_id}/webhooks/{webhook.pk}/"
+    assert "Active since" in client.get(url).content.decode()
+    quota_used_up(subscription)
+    detail = client.get(url).content.decode()
+    assert (
+        "Deliveries are paused:</strong> the events quota of plan 'Free' is used up this month (3 events)"
+        in (detail.replace("&#x27;", "'"))
+    )
+    assert "Active since" not in detail
+
+
 def test_webhook_page_registers_and_explains_refusals(
     client, bob, subscription, settings, django_capture_on_commit_callbacks
 ):
@@ -571,3 +616,75 @@ def test_a_callback_trickling_its_answer_fails_the_attempt_at_the_timeout(subscr
     assert delivery.last_error == "timed out after 1.5 s"
     assert retry_in is not None
     assert elapsed < 5, f"the attempt took {elapsed:.1f} s with WEBHOOK_TIMEOUT=1.5"
+
+
+def delivery_redeliver_refusal(delivery: WebhookDelivery) -> str:
+    with pytest.raises(ValidationError) as refused:
+        delivery_redeliver(delivery=delivery)
+    return refused.value.messages[0]
+
+
+# --- the plan's quota -------------------------------------------------------------------------------
+
+
+def quota_used_up(subscription: Subscription, events: int = 3) -> None:
+    """Give ``subscription``'s plan an events quota of ``events`` and meter that many events."""
+    plan = subscription.plan
+    plan.quota_events = events
+    plan.save()
+    minute = timezone.now().replace(second=0, microsecond=0)
+    usage_record_batch(rows=[(subscription.pk, minute, "prices/{symbol}", "out", events, 100)])
+
+
+def test_no_delivery_once_the_plan_quota_is_used_up(
+    subscription, settings, celery_eager, callback_server: CallbackServer, django_capture_on_commit_callbacks
+):
+    """As WebSocket handshakes get 4429: a delivery over the plan's events quota is not sent,
+    ends "Not sent" with the reason (no retry) and is not metered."""
+    settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
+    webhook = webhook_for(subscription, callback_server.url("/hook"))
+    under = delivery_for(webhook, event_id="under")
+    assert webhook_deliver(delivery_id=str(under.pk)) is None, WebhookDelivery.objects.get(
+        pk=under.pk
+    ).last_error
+    assert webhook_usage_flush() == 1
+
+    quota_used_up(subscription)
+    queued = delivery_for(webhook, event_id="queued")  # stored before the quota ran out
+    assert webhook_deliver(delivery_id=str(queued.pk)) is None
+    queued.refresh_from_db()
+    assert (queued.status, queued.attempts, queued.next_attempt_at) == ("cancelled", 0, None)
+    assert queued.last_error == "the events quota of plan 'Free' is used up this month (3 events)"
+    # The dispatcher stores new events as not sent, and queues no task for them.
+    events = [
+        EventForWebhooks(event_id=f"new{n}", frame='{"id":"x"}', webhook_ids=(webhook.pk,)) for n in range(2)
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert webhook_deliveries_create(events=events) == 2
+    new = list(WebhookDelivery.objects.filter(event_id__startswith="new"))
+    assert {(d.status, d.last_error) for d in new} == {("cancelled", queued.last_error)}
+    assert [r.body for r in callback_server.received("/hook")] == [under.body.encode()]
+    assert webhook_usage_flush() == 0
+    assert usage_for_subscription(subscription=subscription).events == 4  # 1 delivered + 3 metered
+    # Redelivery is refused the same way.
+    assert delivery_redeliver_refusal(queued) == "Cannot redeliver: " + queued.last_error + "."
+
+
+def test_deliveries_of_other_subscriptions_go_on_when_one_quota_is_used_up(
+    subscription, settings, celery_eager, callback_server: CallbackServer, django_capture_on_commit_callbacks
+):
+    settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
+    other_subscription = SubscriptionFactory(
+        application=ApplicationFactory(owner=subscription.application.owner, name="Second app"),
+        plan=BusinessPlanFactory(api=subscription.api, name="Unlimited"),
+    )
+    quota_used_up(subscription)
+    over = webhook_for(subscription, callback_server.url("/over"))
+    fine = webhook_for(other_subscription, callback_server.url("/fine"))
+    event = EventForWebhooks(event_id="e9", frame='{"id":"e9"}', webhook_ids=(over.pk, fine.pk))
+    with django_capture_on_commit_callbacks(execute=True) as queued:
+        assert webhook_deliveries_create(events=[event]) == 2
+    assert len(queued) == 1  # one task, for the delivery under quota
+    statuses = dict(WebhookDelivery.objects.values_list("webhook_id", "status"))
+    assert statuses == {over.pk: "cancelled", fine.pk: "delivered"}  # eager Celery sent it
+    assert callback_server.received("/over") == [] and len(callback_server.received("/fine")) == 1

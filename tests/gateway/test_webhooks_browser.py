@@ -140,3 +140,36 @@ def test_consumer_registers_a_webhook_and_reads_its_delivery_log(
     expect(page.get_by_test_id("webhook-list").locator("a")).to_have_count(2)
     shoot(page, "webhooks-06-list")
     assert subscription.webhooks.count() == 2
+
+
+def test_webhook_of_a_suspended_subscription_shows_paused(page: Page, live_server, ticker_api, bob):
+    application = ApplicationFactory(owner=bob, name="Trading bot")
+    subscription = SubscriptionFactory(application=application, plan=ticker_api.plans.get(name="Free"))
+    version = ticker_api.versions.get()
+    webhook = WebhookSubscription.objects.create(
+        subscription=subscription,
+        api_version=version,
+        channel=version.channels.get(key="prices"),
+        address="prices/ACME",
+        routing_key="ticker.1%2E0%2E0.prices.ACME",
+        callback_url="https://hooks.example.com/eventgate",
+        secret="s" * 20,
+        status=WebhookSubscription.Status.ACTIVE,
+        lease_seconds=864000,
+        verified_at=timezone.now(),
+    )
+    subscription.status = subscription.Status.SUSPENDED
+    subscription.decision_reason = "unpaid invoice INV-0042"
+    subscription.decided_at = timezone.now()
+    subscription.save()
+    sign_in(page, live_server.url, bob.email)
+
+    page.goto(f"{live_server.url}/apps/{application.pk}/webhooks/")
+    expect(page.get_by_test_id("webhook-list")).to_contain_text("Paused")
+    expect(page.get_by_test_id("webhook-paused")).to_contain_text("the subscription is suspended")
+    shoot(page, "webhooks-10-paused-list")
+    page.goto(live_server.url + webhook.get_absolute_url())
+    expect(page.get_by_test_id("webhook-status")).to_have_text("Paused")
+    expect(page.get_by_test_id("webhook-state")).to_contain_text("Deliveries are paused.")
+    expect(page.get_by_test_id("webhook-state")).to_contain_text("unpaid invoice INV-0042")
+    shoot(page, "webhooks-11-paused-detail")

@@ -26,8 +26,10 @@ from portal.services.credentials import (
 )
 from portal.services.subscriptions import api_key_revoke
 from tests.factories import (
+    APIFactory,
     APIVersionFactory,
     ApplicationFactory,
+    BusinessPlanFactory,
     ChannelFactory,
     OperationFactory,
     SubscriptionFactory,
@@ -223,6 +225,101 @@ def test_invalid_scope_never_echoes_values_outside_the_grammar(client, bob_app):
     description = response.json()["error_description"]
     assert "2 values not of the form <api>:<receive|send>[:<channel>]" in description
     assert secret not in response.content.decode() and "eg_pasted" not in description
+
+
+@pytest.mark.parametrize(
+    "grant_type",
+    [
+        "urn:ietf:params:oauth:grant-type:device_code",
+        "authorization_code",
+        "password",
+        "refresh_token",
+        "implicit",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "x" * 5000,
+        "clïent_credentials",
+    ],
+)
+@pytest.mark.parametrize("authenticated", [False, True])
+def test_other_grant_types_are_unsupported_grant_type(client, bob_app, grant_type, authenticated):
+    """RFC 6749 §5.2: only client credentials; never a 500 (DOT's device code branch raised
+    KeyError 'device_code' without authentication)."""
+    oauth_client, secret = oauth_client_create(application=bob_app)
+    headers = _basic_client(oauth_client.client_id, secret) if authenticated else {}
+    response = client.post("/o/token/", {"grant_type": grant_type}, **headers)
+    assert response.status_code == 400, response.content
+    assert response["Content-Type"] == "application/json" and response["Cache-Control"] == "no-store"
+    body = response.json()
+    assert body["error"] == "unsupported_grant_type"
+    assert "client_credentials" in body["error_description"] and len(body["error_description"]) < 200
+    assert not AccessToken.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("", "invalid_request"),
+        ("grant_type=", "invalid_request"),
+        ("scope=ticker%3Areceive", "invalid_request"),
+        ("grant_type=client_credentials&grant_type=client_credentials", "invalid_request"),
+        ("grant_type=client_credentials&grant_type=password", "invalid_request"),
+    ],
+)
+def test_missing_empty_or_duplicate_grant_type_is_invalid_request(client, bob_app, body, error):
+    oauth_client, secret = oauth_client_create(application=bob_app)
+    response = client.post(
+        "/o/token/",
+        body,
+        content_type="application/x-www-form-urlencoded",
+        **_basic_client(oauth_client.client_id, secret),
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == error
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"grant_type=client_credentials&scope=" + b"ticker%3Areceive+" * 20000,
+        b"grant_type=client_credentials&scope=" + b"a" * 100_000,
+        b"grant_type=client_credentials&scope=%FF%FE%00",
+        b"grant_type=client_credentials&scope=\xff\xfe",
+        b"grant_type=client_credentials&scope=ticker%3Areceive&scope=ticker%3Asend",
+        b"grant_type=client_credentials&client_id=%00&client_secret=%00",
+        b"grant_type=\xff%00",
+        b"\xff\xfe\x00=1",
+        b"grant_type=client_credentials&client_id=x&client_id=y",
+        b"grant_type=client_credentials&scope=ticker%3Areceive&unknown=%00",
+    ],
+)
+@pytest.mark.parametrize("authenticated", [False, True])
+def test_token_endpoint_answers_odd_requests_with_a_4xx(client, bob_app, body, authenticated):
+    oauth_client, secret = oauth_client_create(application=bob_app)
+    headers = _basic_client(oauth_client.client_id, secret) if authenticated else {}
+    response = client.post("/o/token/", body, content_type="application/x-www-form-urlencoded", **headers)
+    assert 400 <= response.status_code < 500, response.content
+    assert "error" in response.json()
+    assert secret not in response.content.decode()
+
+
+@pytest.mark.parametrize("credentials", ["a\x00b:c", "a%00b:c", "a:\x00", "\x00:"])
+def test_nul_in_basic_client_credentials_is_invalid_request(client, bob_app, credentials):
+    token = base64.b64encode(credentials.encode()).decode()
+    for path, data in (
+        ("/o/token/", {"grant_type": "client_credentials"}),
+        ("/o/revoke_token/", {"token": "x"}),
+    ):
+        response = client.post(path, data, HTTP_AUTHORIZATION=f"Basic {token}")
+        assert response.status_code == 400, (path, response.content)
+        assert response.json()["error"] == "invalid_request"
+
+
+def test_revocation_with_a_nul_token_is_invalid_request(client, bob_app):
+    oauth_client, secret = oauth_client_create(application=bob_app)
+    response = client.post(
+        "/o/revoke_token/", {"token": "abc\x00"}, **_basic_client(oauth_client.client_id, secret)
+    )
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
 
 
 def test_application_without_subscriptions_gets_no_scope(client, bob):
@@ -458,3 +555,71 @@ def test_rest_oauth_client_tokens_and_revocation(client, bob, bob_app):
     response = client.post(f"{url}/secret", **basic(bob))
     assert response.status_code == 200
     assert response.json()["client_secret"] != created["client_secret"]
+
+
+# --- the application page's snippets ----------------------------------------------------------------
+
+
+def _pre(page: str, element_id: str) -> str:
+    """The text of ``<pre id=element_id>`` on ``page`` (HTML-unescaped)."""
+    import html
+
+    return html.unescape(page.split(f'id="{element_id}">', 1)[1].split("</pre>", 1)[0])
+
+
+@pytest.mark.parametrize("second_first", [False, True])
+def test_oauth_snippets_ask_for_the_scope_of_the_channel_they_connect_to(
+    client, bob, bob_app, alice, second_first
+):
+    """Copying the token snippet and then the connect snippet works (no 4405): both name the
+    same API and channel, whichever subscription came first."""
+    weather = APIFactory(provider=alice, name="Weather", slug="weather")
+    version = APIVersionFactory(api=weather, version="2.0.0")
+    OperationFactory(channel=ChannelFactory(api_version=version, key="alerts", address="alerts/{region}"))
+    second = SubscriptionFactory(application=bob_app, plan=BusinessPlanFactory(api=weather, name="Free"))
+    if second_first:  # the other subscription is the older one
+        second.created = timezone.now() - timedelta(days=30)
+        second.save()
+    oauth_client_create(application=bob_app)
+    client.force_login(bob)
+    page = client.get(f"/apps/{bob_app.pk}/").content.decode()
+    token_snippet, connect_snippet = _pre(page, "snippet-token"), _pre(page, "snippet-oauth-js")
+    scope = token_snippet.split('-d "scope=', 1)[1].split('"', 1)[0]
+    api_slug, direction, template = scope.split(":", 2)
+    url = connect_snippet.split('WebSocket("', 1)[1].split('"', 1)[0]
+    assert direction == "receive"
+    assert f"/ws/{api_slug}/" in url, (scope, url)
+    channel = {"ticker": "prices/{symbol}", "weather": "alerts/{region}"}[api_slug]
+    assert template == channel
+    # The gateway's own check: a token with this scope may receive the connected channel.
+    token = _token(client, bob_app.oauth_client, _regenerated_secret(bob_app), scope=scope)
+    assert token.status_code == 200, token.content
+    credential = credential_resolve(token.json()["access_token"])
+    assert credential.allows(api_slug=api_slug, channel=channel, direction="receive")
+
+
+def _regenerated_secret(application: Application) -> str:
+    _, secret = oauth_client_secret_regenerate(application=application)
+    return secret
+
+
+def test_new_key_javascript_snippet_authenticates_with_the_subprotocol(client, bob, bob_app):
+    client.force_login(bob)
+    page = client.post(f"/apps/{bob_app.pk}/keys/", follow=True).content.decode()
+    snippet = _pre(page, "snippet-js")
+    secret = page.split('data-testid="api-key-secret">', 1)[1].split("<", 1)[0]
+    assert f'const key = "{secret}";' in snippet
+    assert (
+        'new WebSocket("ws://127.0.0.1:8000/ws/ticker/1.0.0/prices/ACME", '
+        '["eventgate.v1", "eventgate.bearer." + key]);' in snippet
+    )
+    assert "access_token" not in snippet
+
+
+def test_unnamed_keys_are_listed_as_default(client, bob, bob_app):
+    api_key_create(application=bob_app)
+    api_key_create(application=bob_app, name="production")
+    client.force_login(bob)
+    page = client.get(f"/apps/{bob_app.pk}/").content.decode()
+    names = [part.split(">", 1)[1].split("<", 1)[0] for part in page.split('data-testid="key-name"')[1:]]
+    assert sorted(names) == ["default", "production"]

@@ -136,3 +136,37 @@ def test_consumer_manages_keys_and_oauth_client_from_the_application_page(
     expect(page.get_by_text("Revoked access token")).to_be_visible()
     assert not AccessToken.objects.exists()
     shoot(page, "token-revoked")
+
+
+def test_application_page_snippets_agree_and_unnamed_keys_read_default(
+    page: Page, live_server, transactional_db, bob, alice, ticker_api
+):
+    from tests.factories import APIFactory, APIVersionFactory, BusinessPlanFactory
+
+    application = ApplicationFactory(owner=bob, name="Two APIs")
+    SubscriptionFactory(application=application, plan=ticker_api.plans.get(name="Free"))
+    weather = APIFactory(provider=alice, name="Weather", slug="weather")
+    version = APIVersionFactory(api=weather, version="2.0.0")
+    OperationFactory(channel=ChannelFactory(api_version=version, key="alerts", address="alerts/{region}"))
+    SubscriptionFactory(application=application, plan=BusinessPlanFactory(api=weather, name="Free"))
+
+    page.goto(f"{live_server.url}/accounts/login/?next=/apps/{application.pk}/")
+    page.get_by_label("Email").fill("bob@example.com")
+    page.get_by_label("Password").fill("correct horse battery")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Generate API key").click()  # no name: "default"
+    secret = page.get_by_test_id("api-key-secret").inner_text()
+    expect(page.get_by_test_id("key-name")).to_have_text("default")
+    snippet = page.locator("#snippet-js").inner_text()
+    assert f'const key = "{secret}";' in snippet and '"eventgate.bearer." + key' in snippet
+    assert "access_token" not in snippet
+    shoot(page, "new-key-snippets")
+
+    page.get_by_role("button", name="Create consumer key and secret").click()
+    token_snippet = page.locator("#snippet-token").inner_text()
+    connect_snippet = page.locator("#snippet-oauth-js").inner_text()
+    scope = token_snippet.split("scope=", 1)[1].split('"', 1)[0]
+    api_slug = scope.split(":", 1)[0]
+    assert f"/ws/{api_slug}/" in connect_snippet, (scope, connect_snippet)
+    page.locator("#oauth").scroll_into_view_if_needed()
+    shoot(page, "oauth-snippets-agree")

@@ -341,8 +341,17 @@ def test_subscribe_to_free_plan_is_active_at_once(client, bob, bob_app, free):
     assert response["Location"] == f"/apps/{bob_app.pk}/"
     assert Subscription.objects.get(application=bob_app).status == Subscription.Status.ACTIVE
     page = _content(client.get(response["Location"]))
-    assert "is subscribed to Ticker" in page
+    assert "is subscribed to Ticker. Generate an API key to connect." in page
     assert ">Active<" in page
+
+
+def test_subscribing_an_application_with_a_key_says_the_key_works_now(client, bob, bob_app, free):
+    APIKey.generate(application=bob_app)
+    client.force_login(bob)
+    response = client.post("/apis/ticker/", {"application": bob_app.pk, "plan": free.pk}, follow=True)
+    page = _content(response)
+    assert "is subscribed to Ticker. Its API keys and OAuth client work for it now." in page
+    assert "Generate an API key to connect" not in page
 
 
 def test_subscribe_to_plan_requiring_approval_stays_pending_and_says_so(client, bob, bob_app, gold):
@@ -407,7 +416,11 @@ def test_generated_key_is_shown_once_with_ready_to_run_snippets(client, bob, bob
     url = f"ws://127.0.0.1:8000/ws/ticker/1.0.0/prices/ACME?access_token={secret}"
     # A new user has no websockets package: the copied snippet installs it first.
     assert f"pip install websockets\npython -m websockets '{url}'" in page
-    assert f'new WebSocket("{url}")' in page
+    assert f'const key = "{secret}";' in page
+    assert (
+        'new WebSocket("ws://127.0.0.1:8000/ws/ticker/1.0.0/prices/ACME", '
+        '["eventgate.v1", "eventgate.bearer." + key]);' in page
+    )
     assert "data-live-panel" in page
     again = _content(client.get(f"/apps/{bob_app.pk}/"))
     assert secret not in again
