@@ -7,7 +7,6 @@ Screenshots go to var/screenshots/credentials-<step>.png, to be looked at.
 from __future__ import annotations
 
 import base64
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,54 +15,24 @@ from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 from oauth2_provider.models import AccessToken
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.factories import ApplicationFactory, ChannelFactory, OperationFactory, SubscriptionFactory
-from tests.test_browser import CHROMIUM_ARGS
+
+# Chromium and the module-scoped Playwright fixtures (see tests/test_browser.py for why they are
+# module-scoped) and the ORM beside Playwright's loop.
+from tests.test_browser import (  # noqa: F401 - fixtures
+    allow_orm_beside_playwright,
+    browser,
+    browser_context_args,
+    browser_type,
+    browser_type_launch_args,
+    playwright,
+)
 
 pytestmark = pytest.mark.browser
 
 SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def allow_orm_beside_playwright(django_db_setup):
-    """The ORM runs beside Playwright's event loop in this thread (see tests/test_browser.py)."""
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    yield
-    if previous is None:
-        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    else:
-        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as playwright:
-        yield playwright
-
-
-@pytest.fixture(scope="module")
-def browser_type(playwright, browser_name):
-    return getattr(playwright, browser_name or "chromium")
-
-
-@pytest.fixture(scope="module")
-def browser(browser_type, browser_type_launch_args):
-    browser = browser_type.launch(**browser_type_launch_args)
-    yield browser
-    browser.close()
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    return {**browser_type_launch_args, "executable_path": "/usr/bin/chromium", "args": CHROMIUM_ARGS}
-
-
-@pytest.fixture(scope="module")
-def browser_context_args():
-    return {"viewport": {"width": 1280, "height": 900}}
 
 
 def shoot(page: Page, step: str) -> None:
