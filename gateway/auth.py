@@ -105,6 +105,10 @@ class ChannelGrant:
     receive_operation: bool
     send_operation: bool
     payload_schemas: tuple[str, ...] = ()
+    # Whether checking a payload against ``payload_schemas`` may take long enough to matter on
+    # an event loop: a schema with ``pattern``/``patternProperties`` (provider patterns, up to
+    # the time budget per event) or ``uniqueItems`` (quadratic in the array's length).
+    payload_check_slow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +325,10 @@ def channel_authorize(
         raise HandshakeRefused(CLOSE_BAD_REQUEST, "NUL character in the channel address")
     try:
         key = routing_key(api=grant.api_slug, version=grant.version, address=address)
+    except UnicodeError:  # a lone surrogate: not encodable as UTF-8 (a ValueError too, so first)
+        raise HandshakeRefused(
+            CLOSE_BAD_REQUEST, "channel address is not valid Unicode (a lone UTF-16 surrogate)"
+        ) from None
     except ValueError:  # AMQP routing keys hold 255 bytes at most
         raise HandshakeRefused(
             CLOSE_BAD_REQUEST, "channel address too long: its routing key exceeds 255 bytes"
@@ -334,13 +342,15 @@ def channel_authorize(
         credential.allows(api_slug=grant.api_slug, channel=channel.address, direction=d) for d in offered
     ):
         raise HandshakeRefused(CLOSE_NOT_ALLOWED, _scope_lacks(channel.address, offered))
+    schemas = _payload_schemas(channel)
     return ChannelGrant(
         address=address,
         channel_template=channel.address,
         routing_key=key,
         receive_operation=channel.can_receive,
         send_operation=channel.can_send,
-        payload_schemas=_payload_schemas(channel),
+        payload_schemas=schemas,
+        payload_check_slow=any(_SLOW_KEYWORDS.search(schema) for schema in schemas),
     )
 
 
@@ -388,6 +398,9 @@ def _payload_schemas(channel: Channel) -> tuple[str, ...]:
     return tuple(schemas)
 
 
+# Keywords whose check can hold a thread for long (in a schema's JSON text; a property that
+# happens to be named so only sends its checks to a thread, which is harmless).
+_SLOW_KEYWORDS = re.compile(r'"(?:pattern|patternProperties|uniqueItems)":')
 _JSON_SCHEMA_FORMATS = ("application/vnd.aai.asyncapi", "application/schema+json", "application/schema+yaml")
 
 

@@ -14,13 +14,17 @@ subscription ended, 4409 business plan changed, 4410 API or version gone, 4429 q
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import weakref
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from gateway.auth import (
     CLOSE_FORBIDDEN,
@@ -40,6 +44,21 @@ from gateway.credentials import credential_group
 
 log = logging.getLogger(__name__)
 
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 §7.4.1
+REASON_CONTROL_DOWN = "Control channel (Redis) unavailable; try again later."
+# Seconds between attempts to receive control messages while the channel layer is unreachable.
+CONTROL_RETRY_SECONDS = 1.0
+# Seconds a finished connection waits for its cancelled receive tasks. channels-redis can absorb
+# a cancellation that lands while it holds its receive lock (its task then stays "cancelling",
+# polling Redis); the connection must end anyway, so it never waits longer than this.
+CANCEL_WAIT_SECONDS = 1.0
+
+
+def layer_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the channel layer's Redis cannot be reached (redis-py errors, a
+    refused or reset socket, a timeout), as opposed to a bug."""
+    return isinstance(exc, RedisError | OSError | TimeoutError)
+
 
 class LiveConnection:
     """Mixin for a gateway consumer (``AsyncConsumer`` subclass) that serves one ``Grant``.
@@ -52,6 +71,100 @@ class LiveConnection:
     grant: Grant | None = None
     _expiry: asyncio.TimerHandle | None = None
     _expiry_task: asyncio.Task[None] | None = None
+    _stopped: asyncio.Future[None] | None = None
+
+    # --- the consumer's life: one dispatch loop, one clean-up -------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The ASGI application of one connection (replaces ``AsyncConsumer.__call__``).
+
+        Differences from Channels' loop: control messages are received from the channel layer
+        only once the connection is live (``grant`` set, not ending), so a refused handshake
+        never touches Redis; a channel layer that cannot be reached (Redis down) does not end
+        the connection (control messages are retried every ``CONTROL_RETRY_SECONDS``; the audit
+        still runs); and ``_finish`` (unbind, outbox stop, registry) runs however the
+        connection ends, exceptions included.
+        """
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)  # type: ignore[attr-defined]
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()  # no I/O in channels-redis
+        self.base_send = send
+        self._stopped = asyncio.get_running_loop().create_future()
+        try:
+            await self._dispatch_forever(receive)
+        except StopConsumer:
+            pass
+        finally:
+            try:
+                await self._finish()
+            except Exception:  # noqa: BLE001 - clean-up must not hide the original error
+                log.exception("Clean-up of a gateway connection failed")
+
+    async def _dispatch_forever(self, receive: Any) -> None:
+        client: asyncio.Future[Any] = asyncio.ensure_future(receive())
+        control: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if control is None and self._control_wanted():
+                    control = asyncio.ensure_future(self._control_receive())
+                stopped = self._stopped
+                assert stopped is not None
+                waiting = {client, stopped} if control is None else {client, control, stopped}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if stopped.done():
+                    return
+                if client.done():
+                    message = client.result()
+                    await self.dispatch(message)  # type: ignore[attr-defined]
+                    client = asyncio.ensure_future(receive())
+                if control is not None and control.done():
+                    message, control = control.result(), None
+                    await self.dispatch(message)  # type: ignore[attr-defined]
+        finally:
+            pending = [task for task in (client, control) if task is not None and not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
+
+    def _consumer_stop(self) -> None:
+        """End the connection's dispatch loop from outside it (a task, a timer): ``_finish``
+        runs and the ASGI application returns, which ends an unfinished HTTP response."""
+        stopped = getattr(self, "_stopped", None)
+        if stopped is not None and not stopped.done():
+            stopped.set_result(None)
+
+    def _control_wanted(self) -> bool:
+        return (
+            self.grant is not None
+            and self.channel_layer is not None  # type: ignore[attr-defined]
+            and not getattr(self, "_ending", False)
+        )
+
+    async def _control_receive(self) -> dict[str, Any]:
+        """The next control message of this connection; retried while Redis is unreachable."""
+        failures = 0
+        while True:
+            try:
+                message = await self.channel_layer.receive(self.channel_name)  # type: ignore[attr-defined]
+            except Exception as exc:
+                if not layer_unavailable(exc):
+                    raise
+                if failures == 0:
+                    log.warning(
+                        "Control messages unavailable (%r); retrying every %g s", exc, CONTROL_RETRY_SECONDS
+                    )
+                failures += 1
+                await asyncio.sleep(CONTROL_RETRY_SECONDS)
+                continue
+            if failures:
+                log.info("Control messages available again after %d failed attempts", failures)
+            return message
+
+    async def _finish(self) -> None:
+        """Release everything the connection holds (idempotent; the consumer's own clean-up)."""
+        raise NotImplementedError
 
     # --- handshake (database work in a worker thread) --------------------------------------
 
@@ -76,17 +189,35 @@ class LiveConnection:
         )
 
     async def _groups_join(self, grant: Grant) -> None:
+        """Join ``grant``'s control groups. Raises ``HandshakeRefused`` (1013) when the channel
+        layer cannot be reached: without its control messages a connection would miss a
+        revocation for up to an audit interval, so none is opened then."""
         self.grant = grant
-        for group in self._groups(grant):
-            await self.channel_layer.group_add(group, self.channel_name)  # type: ignore[attr-defined]
+        try:
+            for group in self._groups(grant):
+                await self.channel_layer.group_add(group, self.channel_name)  # type: ignore[attr-defined]
+        except Exception as exc:
+            if not layer_unavailable(exc):
+                raise
+            log.warning("Handshake refused with 1013: channel layer unavailable: %r", exc)
+            raise HandshakeRefused(
+                CLOSE_TRY_AGAIN_LATER, REASON_CONTROL_DOWN, credential=grant.credential
+            ) from None
 
     async def _groups_leave(self) -> None:
-        if self.grant is not None and self.channel_layer is not None:  # type: ignore[attr-defined]
+        """Leave the control groups (best effort: with Redis down, channels-redis forgets the
+        membership after ``group_expiry`` anyway)."""
+        if self.grant is None or self.channel_layer is None:  # type: ignore[attr-defined]
+            return
+        try:
             for group in self._groups(self.grant):
                 await self.channel_layer.group_discard(group, self.channel_name)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - clean-up goes on without Redis
+            log.warning("Could not leave the control groups: %r", exc)
 
     def _expiry_schedule(self, grant: Grant) -> None:
-        """Close with 4401 when the credential expires (an OAuth token's ``expires_in``)."""
+        """Close with 4401 when the credential expires (an OAuth token's ``expires_in``, a rotated
+        API key's grace period; moved by ``gateway_credential_expiry``)."""
         expires_at = grant.credential.expires_at
         if expires_at is None:
             return
@@ -97,6 +228,7 @@ class LiveConnection:
     def _expiry_cancel(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
+            self._expiry = None
 
     def _expired(self) -> None:
         self._expiry_task = asyncio.get_running_loop().create_task(
@@ -115,6 +247,21 @@ class LiveConnection:
         await self.close(
             CLOSE_UNAUTHORIZED, "API key revoked." if kind == "api_key" else "Credential revoked."
         )
+
+    async def gateway_credential_expiry(self, event: dict[str, Any]) -> None:
+        """Control message ``gateway.credential_expiry``: the credential now expires at
+        ``expires_at`` (Unix seconds; None: never), e.g. a rotated key's grace period. The grant
+        takes the new expiry (client events after it are refused, ``Grant.refusal``) and the
+        timer moves: at expiry the connection closes with 4401 "Credential expired."."""
+        if self.grant is None:
+            return
+        expires_at = event.get("expires_at")
+        credential = dataclasses.replace(
+            self.grant.credential, expires_at=None if expires_at is None else float(expires_at)
+        )
+        self.grant = dataclasses.replace(self.grant, credential=credential)
+        self._expiry_cancel()
+        self._expiry_schedule(self.grant)
 
     async def gateway_subscription_ended(self, event: dict[str, Any]) -> None:
         """Control message ``gateway.subscription_ended``: the subscription is no longer active;

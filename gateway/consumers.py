@@ -69,7 +69,8 @@ REASON_NO_ROUTE = "Not a gateway route: use /ws/<api>/<version>/<channel address
 # ``id`` a client may tag a frame with (echoed in the reply).
 MAX_CHANNELS_PER_CONNECTION = 100
 MAX_FRAME_ID_CHARS = 200
-# Payloads up to this size (bytes) are validated on the event loop; larger ones in a thread.
+# Payloads up to this size (bytes) whose schemas have no slow keyword (``ChannelGrant.
+# payload_check_slow``) are validated on the event loop; others in a worker thread.
 _INLINE_VALIDATION_BYTES = 64 * 1024
 _FRAME_TYPES = ("subscribe", "unsubscribe", "publish")
 
@@ -89,6 +90,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         self.feeds: dict[str, tuple[ChannelGrant, ChannelFeed]] = {}  # address → its subscription
         self._subprotocol: str | None = None
         self._ending = False
+        self._finished = False
 
     def _address(self) -> str | None:
         """The channel address in the URL (None: multiplexed mode)."""
@@ -211,16 +213,28 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
             log.debug("Close after the client left: %r", exc)
 
     async def disconnect(self, code: int) -> None:
+        await self._finish()
+
+    async def _finish(self) -> None:
+        """Release what the connection holds: registry, expiry timer, outbox, feeds and their
+        bindings, control groups. Runs however the connection ends (``LiveConnection.__call__``:
+        the client left, an exception, Redis down); idempotent; one failure does not stop the
+        rest."""
+        if self._finished:
+            return
+        self._finished = self._ending = True
         live_discard(self)
-        self._ending = True
         self._expiry_cancel()
         if self.outbox is not None:
             self.outbox.stop()
-        await self._groups_leave()
         for address in list(self.feeds):
             channel = self._channel_detach(address)
             if channel is not None:
-                await self._channel_unbind(channel)
+                try:
+                    await self._channel_unbind(channel)
+                except Exception:  # noqa: BLE001 - the next binding must still go
+                    log.exception("Unbinding %s failed", channel.routing_key)
+        await self._groups_leave()
 
     # --- client frames --------------------------------------------------------------------
 
@@ -250,9 +264,12 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
                 self._error(refusal.code, refusal.reason, frame_id=frame_id, channel=channel.address)
             return False
         if self.grant.validate_payloads and channel.payload_schemas:
-            if len(body) <= _INLINE_VALIDATION_BYTES:
+            if len(body) <= _INLINE_VALIDATION_BYTES and not channel.payload_check_slow:
                 failure = payload_error(channel.payload_schemas, payload)
-            else:  # jsonschema is pure Python: a large payload must not hold the event loop
+            else:
+                # Provider patterns may use their whole time budget (0.1 s) per event, and
+                # jsonschema is pure Python: in a worker thread, so the event loop keeps serving
+                # every other connection meanwhile (the regex module releases the GIL).
                 failure = await asyncio.to_thread(payload_error, channel.payload_schemas, payload)
             if failure is not None:
                 pointer, reason = failure
@@ -272,10 +289,13 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         return True
 
     def _reply(self, frame: dict[str, Any]) -> None:
-        """Queue an ack or error frame behind the events already queued (never waits)."""
+        """Queue an ack or error frame behind the events already queued (never waits).
+
+        ASCII JSON: a frame echoes client text (channel, id), which the socket must always be
+        able to send, whatever it holds."""
         if self.outbox is None:
             return
-        text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(frame, separators=(",", ":"))
         if not self.outbox.enqueue({"type": "websocket.send", "text": text}):
             log.debug("Reply to a full or closed outbox dropped: %s", text[:200])
 
@@ -366,7 +386,8 @@ class MultiplexConsumer(GatewayConsumer):
             await self._subscribe(channel, frame_id)
         else:
             payload = frame["payload"]
-            body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+            # payload_parse refused what cannot be written back (NaN, 1e999, lone surrogates).
+            body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
             if await self._client_event(channel, payload, body, frame_id=frame_id):
                 self._reply({"type": "ack", "id": frame_id, "channel": channel.address})
 

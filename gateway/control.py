@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -41,7 +42,7 @@ def api_version_group(api_version_id: int) -> str:
     return f"gateway.apiversion.{api_version_id}"
 
 
-def _group_send(group: str, message: dict[str, str]) -> None:
+def _group_send(group: str, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
@@ -105,3 +106,12 @@ def subscription_plan_changed_notify(*, subscription_id: int) -> None:
     """Tell every gateway process to close the live connections of a subscription that moved to
     another business plan (close code 4409: reconnect to continue under the new plan)."""
     _group_send(subscription_group(subscription_id), {"type": "gateway.plan_changed"})
+
+
+def credential_expiry_notify(*, group: str, expires_at: float | None) -> None:
+    """Tell every gateway process that the credential of ``group`` (``api_key_group`` or
+    ``oauth_token_group``) now expires at ``expires_at`` (Unix seconds; None: never), e.g. at
+    the end of a rotation's grace period. Message ``{"type": "gateway.credential_expiry",
+    "expires_at": float | None}``: each live connection moves its expiry timer, closes with 4401
+    "Credential expired." when it fires and refuses client events after it."""
+    _group_send(group, {"type": "gateway.credential_expiry", "expires_at": expires_at})

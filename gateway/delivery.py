@@ -163,7 +163,11 @@ class Outbox:
             while True:
                 while queue:
                     message, size, minute, feed, events = queue.popleft()
-                    await send(message)
+                    try:
+                        await send(message)
+                    except (UnicodeError, TypeError) as exc:  # this message is bad, not the socket
+                        log.error("Outbox skipped a message it cannot send: %r", exc)
+                        continue
                     if feed is not None:
                         meter_add((feed.subscription_id, feed.channel_template, "out", minute), size, events)
                         self.sent += events

@@ -33,6 +33,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import aio_pika
@@ -57,15 +58,61 @@ def _refuse_constant(name: str) -> Any:
     raise PayloadInvalid(f"{name} is not JSON")
 
 
-def payload_parse(text: str) -> Any:
-    """The JSON value of ``text``. Raises ``PayloadInvalid`` unless it is exactly one JSON value
-    (RFC 8259: ``NaN``/``Infinity`` are not JSON; nesting too deep to parse is refused too)."""
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (_INFINITY, -_INFINITY):
+        raise PayloadInvalid(f"number {text[:40]} is out of range (not a finite double)")
+    return number
+
+
+def _integer(text: str) -> int:
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return int(text)
+    except ValueError:  # CPython's int max-str-digits limit (4300 digits by default)
+        raise PayloadInvalid(f"integer of {len(text.lstrip('-'))} digits is too long") from None
+
+
+_INFINITY = float("inf")
+# A \uD800-\uDFFF escape: the only way a lone surrogate gets into a parsed str (RFC 8259 §8.2).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def payload_parse(text: str) -> Any:
+    """The JSON value of ``text``. Raises ``PayloadInvalid`` (its text says what and where)
+    unless it is exactly one JSON value that can be passed on as UTF-8 JSON: RFC 8259 §6 and §8.2
+    leave these to implementations, and the gateway refuses them: ``NaN``/``Infinity`` and
+    numbers that overflow a double (``1e999``), integers over Python's 4300-digit conversion
+    limit, strings with a lone UTF-16 surrogate (``"\\ud800"``: not encodable as UTF-8), and
+    nesting too deep to parse.
+
+    Cost: one ``json.loads``; the surrogate check only runs for text with a ``\\uD8..``-``\\uDF..``
+    escape.
+    """
+    try:
+        value = json.loads(
+            text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_integer
+        )
     except RecursionError:
         raise PayloadInvalid("payload nested too deeply") from None
     except json.JSONDecodeError as error:
         raise PayloadInvalid(f"payload is not JSON: {error.msg} at character {error.pos}") from None
+    except PayloadInvalid:
+        raise
+    except ValueError as error:  # anything else json refuses: say what, never a traceback
+        raise PayloadInvalid(f"payload is not usable JSON: {str(error)[:100]}") from None
+    if _SURROGATE_ESCAPE.search(text) is not None and _has_lone_surrogate(value):
+        raise PayloadInvalid(
+            "a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not Unicode"
+        )
+    return value
 
 
 def inbound_message(*, grant: Grant, channel: ChannelGrant, body: bytes) -> aio_pika.Message:

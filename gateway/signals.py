@@ -15,9 +15,12 @@ from oauth2_provider.models import AccessToken
 from oauth2_provider.models import Application as OAuthClient
 
 from gateway.control import (
+    api_key_group,
     api_key_revoked_notify,
     api_unavailable_notify,
     api_version_unavailable_notify,
+    credential_expiry_notify,
+    oauth_token_group,
     oauth_token_revoked_notify,
     subscription_ended_notify,
     subscription_plan_changed_notify,
@@ -32,11 +35,29 @@ from gateway.credentials import (
 from portal.models import API, APIKey, APIVersion, Application, Subscription, User
 
 
+@receiver(post_init, sender=APIKey, dispatch_uid="gateway.api_key_loaded")
+def api_key_loaded(sender: type[APIKey], instance: APIKey, **kwargs: Any) -> None:
+    # The expiry as loaded, so that a save can tell a changed expiry (rotation grace) apart.
+    instance._gateway_expires_at = instance.__dict__.get("expires_at")  # type: ignore[attr-defined]
+
+
 @receiver(post_save, sender=APIKey, dispatch_uid="gateway.api_key_saved")
 def api_key_saved(sender: type[APIKey], instance: APIKey, created: bool, **kwargs: Any) -> None:
     # A new row has no connections yet.
-    if not created and not instance.is_usable:
+    loaded = getattr(instance, "_gateway_expires_at", None)
+    instance._gateway_expires_at = instance.expires_at  # type: ignore[attr-defined]
+    if created:
+        return
+    if not instance.is_usable:
         transaction.on_commit(lambda: api_key_revoked_notify(key_id=instance.pk))
+    elif instance.expires_at != loaded:
+        # Still usable, but until another time (a rotation's grace period): live connections
+        # move their expiry timers (gateway.connections.LiveConnection).
+        key_id = instance.pk
+        expires_at = instance.expires_at.timestamp() if instance.expires_at else None
+        transaction.on_commit(
+            lambda: credential_expiry_notify(group=api_key_group(key_id), expires_at=expires_at)
+        )
 
 
 @receiver(post_save, sender=Subscription, dispatch_uid="gateway.subscription_saved")
@@ -119,6 +140,9 @@ def access_token_refresh(sender: type[AccessToken], instance: AccessToken, **kwa
         credential_cache_refresh(kind=OAUTH_TOKEN, digest=checksum)
         if deleted or instance.is_expired():
             oauth_token_revoked_notify(token_id=token_id)
+        elif instance.expires is not None:  # its expiry may have moved: live timers follow
+            expires_at = instance.expires.timestamp()
+            credential_expiry_notify(group=oauth_token_group(token_id), expires_at=expires_at)
 
     transaction.on_commit(refresh)
 

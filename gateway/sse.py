@@ -274,15 +274,13 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
             await asyncio.wait_for(self.base_send(last), FINAL_SEND_SECONDS)
         except Exception as exc:  # noqa: BLE001 - the client is not reading, or gone
             log.info("SSE stream of %s ended without its last event: %r", self._peer(), exc)
-            # No http.disconnect comes while the response is unfinished: stop through our own
-            # channel, which ends the consumer and so the response.
-            if self.channel_layer is not None:
-                await self.channel_layer.send(self.channel_name, {"type": "gateway.sse_end"})
+            # No http.disconnect comes while the response is unfinished: end the consumer's
+            # loop (no channel layer involved: it may be the thing that is down), which cleans
+            # up and returns, and so ends the response.
+            self._consumer_stop()
 
-    async def gateway_sse_end(self, event: dict[str, Any]) -> None:
-        """Our own message: the stream could not be finished politely; end the consumer."""
+    async def _finish(self) -> None:
         await self._cleanup()
-        raise StopConsumer()
 
     async def _cleanup(self) -> None:
         """Stop the outbox and the expiry timer, leave the groups and the bridge (the binding

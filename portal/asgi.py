@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 from typing import Any
 
 from django.core.asgi import get_asgi_application
@@ -22,11 +23,12 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from gateway.auth import CLOSE_NOT_FOUND  # noqa: E402
 from gateway.bridge import _bridges  # noqa: E402
 from gateway.metering import get_meter  # noqa: E402
 from gateway.routing import websocket_urlpatterns  # noqa: E402
 from gateway.security import GatewayOriginValidator  # noqa: E402
-from gateway.sse import EventSourceConsumer  # noqa: E402
+from gateway.sse import EventSourceConsumer, refusal_response  # noqa: E402
 
 ASGIApp = Any
 
@@ -94,20 +96,29 @@ async def gateway_status(scope: dict[str, Any], receive: Any, send: Any) -> None
     await send({"type": "http.response.body", "body": body})
 
 
-sse_app = connections_counted(
-    "sse",
-    URLRouter(
-        [re_path(r"^sse/(?P<api>[^/]+)/(?P<version>[^/]+)/(?P<address>.+)$", EventSourceConsumer.as_asgi())]
-    ),
-)
+SSE_ROUTE = r"^sse/(?P<api>[^/]+)/(?P<version>[^/]+)/(?P<address>.+)$"
+_sse_route = re.compile(SSE_ROUTE)
+sse_app = connections_counted("sse", URLRouter([re_path(SSE_ROUTE, EventSourceConsumer.as_asgi())]))
+REASON_SSE_NO_ROUTE = "Not a gateway route: use /sse/<api>/<version>/<channel address>."
+
+
+async def sse_no_route(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Any other ``/sse/`` path (no address, an empty API or version): 404 with the refusal
+    contract's JSON body (``gateway.sse.refusal_response``, close code 4404)."""
+    status, headers, body = refusal_response(CLOSE_NOT_FOUND, REASON_SSE_NO_ROUTE)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def http_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Routes ``/sse/<api>/<version>/<address>`` to the SSE consumer, ``/gateway/status`` to
-    ``gateway_status``, everything else (and ``/sse/`` paths of another shape) to Django."""
+    """Routes ``/sse/<api>/<version>/<address>`` to the SSE consumer (other ``/sse/`` paths to
+    ``sse_no_route``), ``/gateway/status`` to ``gateway_status``, everything else to Django."""
     path = scope["path"]
-    if path.startswith("/sse/") and path.count("/") >= 4:
-        await sse_app(scope, receive, send)
+    if path.startswith("/sse/"):
+        if _sse_route.match(path[1:]):
+            await sse_app(scope, receive, send)
+        else:
+            await sse_no_route(scope, receive, send)
     elif path == "/gateway/status":
         await gateway_status(scope, receive, send)
     else:
