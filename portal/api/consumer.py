@@ -34,6 +34,7 @@ from portal.serializers import (
 from portal.services.credentials import (
     api_key_create,
     api_key_expiry,
+    api_key_revoke,
     api_key_rotate,
     oauth_client_create,
     oauth_client_secret_regenerate,
@@ -41,7 +42,6 @@ from portal.services.credentials import (
     oauth_tokens_revoke,
 )
 from portal.services.subscriptions import (
-    api_key_revoke,
     application_create,
     application_delete,
     application_update,

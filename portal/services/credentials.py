@@ -90,6 +90,16 @@ def api_key_create(
     return key, secret
 
 
+def api_key_revoke(*, key: APIKey) -> APIKey:
+    """Revoke ``key``: handshakes with it are refused from now on, and once the revocation
+    commits, every gateway process closes the key's open connections (close code 4401, through
+    ``gateway.signals`` on save). Revoking twice keeps the first time."""
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+    return key
+
+
 def api_key_rotate(*, key: APIKey, grace_seconds: int = ROTATION_DEFAULT_GRACE_SECONDS) -> tuple[APIKey, str]:
     """Replace ``key`` with a new key of the same application and name; returns
     ``(new key, secret)``, the secret shown once.

@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, QuerySet
 from django.utils import timezone
 
-from portal.models import API, APIKey, Application, BusinessPlan, Subscription, User
+from portal.models import API, Application, BusinessPlan, Subscription, User
 from portal.plans import plan_fields_validate
 
 # What plan_create accepts besides the name: the plan's own terms, never its approval state.
@@ -304,24 +304,6 @@ def plan_reject(*, plan: BusinessPlan, approver: User, reason: str) -> BusinessP
     _check_staff(approver)
     reason = _reason_required(reason, f"the plan {plan.name}")
     return _plan_decide(plan=plan, approver=approver, approve=False, reason=reason)
-
-
-def api_key_create(*, application: Application, name: str = "default") -> tuple[APIKey, str]:
-    """Generate an API key for ``application``; returns ``(key, secret)``.
-
-    The secret is shown to the consumer once and never stored (only its SHA-256).
-    """
-    return APIKey.generate(application=application, name=name or "default")
-
-
-def api_key_revoke(*, key: APIKey) -> APIKey:
-    """Revoke ``key``: handshakes with it are refused from now on, and once the revocation
-    commits, every gateway process closes the key's open connections (close code 4401, through
-    ``gateway.signals`` on save). Revoking twice keeps the first time."""
-    if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
-    return key
 
 
 # --- Suspension and plan changes (live connections: gateway.signals closes them on save) -------

@@ -28,7 +28,7 @@ from gateway.routing import websocket_urlpatterns
 from gateway.security import GatewayOriginValidator
 from portal.asgi import application
 from portal.models import API, APIKey, APIVersion
-from portal.services.subscriptions import api_key_revoke
+from portal.services.credentials import api_key_revoke
 from tests.factories import ApplicationFactory, ChannelFactory, SubscriptionFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("gateway_cleanup")]

@@ -46,8 +46,7 @@ from gateway.credentials import (
 )
 from gateway.publishing import EventPublisher
 from portal.models import APIKey
-from portal.services.credentials import api_key_rotate, oauth_client_create
-from portal.services.subscriptions import api_key_revoke
+from portal.services.credentials import api_key_revoke, api_key_rotate, oauth_client_create
 from tests.factories import ApplicationFactory, ChannelFactory, OperationFactory
 from tests.fixtures.servers import gateway_start, server_env
 

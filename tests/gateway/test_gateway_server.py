@@ -163,7 +163,7 @@ def test_binary_frame_closes_with_1008_and_nothing_is_metered_afterwards(
 
 
 def test_revoking_a_key_closes_its_live_connections_with_4401(gateway_server, stream_api, bob_subscribed):
-    from portal.services.subscriptions import api_key_revoke
+    from portal.services.credentials import api_key_revoke
 
     url = (
         f"{gateway_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"

@@ -149,7 +149,7 @@ def test_binding_lingers_after_the_last_sse_client_then_goes(sse_server, stream_
 
 
 def test_revoking_the_key_ends_the_stream_with_its_close_code(sse_server, stream_api, bob_subscribed):
-    from portal.services.subscriptions import api_key_revoke
+    from portal.services.credentials import api_key_revoke
 
     async def scenario():
         stream = await sse_open(sse_server.url, sse_path(stream_api, bob_subscribed.secret))

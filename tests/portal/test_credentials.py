@@ -19,12 +19,12 @@ from portal.oauth import SubscriptionScopes, application_scopes
 from portal.services.credentials import (
     api_key_create,
     api_key_expiry,
+    api_key_revoke,
     api_key_rotate,
     oauth_client_create,
     oauth_client_secret_regenerate,
     oauth_tokens_revoke,
 )
-from portal.services.subscriptions import api_key_revoke
 from tests.factories import (
     APIFactory,
     APIVersionFactory,

@@ -26,8 +26,9 @@ from portal.demo import DEMO_APIS, DemoAPI
 from portal.models import API, APIKey, APIVersion, Application, BusinessPlan, Subscription, User
 from portal.plans import plan_template
 from portal.services.apis import api_import, api_publish
+from portal.services.credentials import api_key_create, api_key_revoke
 from portal.services.lifecycle import api_transition
-from portal.services.subscriptions import api_key_create, api_key_revoke, subscription_create
+from portal.services.subscriptions import subscription_create
 
 DEMO_PASSWORD = "eventgate-demo"
 DEMO_KEY_NAME = "demo"
