@@ -285,6 +285,10 @@ def test_live_events_arrive_in_the_browser(page: Page, live_server, gateway_serv
     expect(page.locator("[data-live-log] li").first).to_contain_text('{"symbol": "GLOBEX", "price": 64.15}')
     shoot(page, "09-live-events")
 
+    # Disconnect closes the socket (the gateway_server fixture then checks nothing is left open).
+    page.get_by_role("button", name="Disconnect").click()
+    expect(page.locator("[data-live-status]")).not_to_have_text(re.compile("Connected"), timeout=10_000)
+
 
 def test_consumer_sees_pending_subscription_and_usage(page: Page, live_server, stock_api, bob):
     """Not part of the journey: pages a consumer meets later, screenshotted to be looked at."""
