@@ -37,7 +37,7 @@ from billing.tasks import invoice_period_task
 from portal.demo import STOCK_PRICES
 from portal.models import BusinessPlan, Subscription
 from tests.factories import UserFactory
-from tests.fixtures.servers import BIN, ServerProcess, server_env
+from tests.fixtures.servers import BIN, ServerProcess, amqp_queues_delete, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -270,6 +270,7 @@ def test_provider_to_consumer_to_invoice(
         )
     finally:
         stop_process(worker)
+        amqp_queues_delete(queue)
     blocks = -(-usage.events // 1000)
     assert invoice.total_minor == 4900 + 150 * blocks
     stripe_invoice = stripe_client.v1.invoices.retrieve(invoice.stripe_invoice_id)
