@@ -246,7 +246,7 @@ def _authorize(
         channel = channel_authorize(grant=grant, channels=channels, address=address, directions=DIRECTIONS)
         grant = dataclasses.replace(grant, channel=channel)
     if quota:
-        refusal = _quota_refusals({subscription.pk: subscription.plan}).get(subscription.pk)
+        refusal = quota_refusals({subscription.pk: subscription.plan}).get(subscription.pk)
         if refusal is not None:
             raise refusal
     return grant
@@ -476,7 +476,7 @@ def grants_refusals(grants: Sequence[Grant], *, quota: bool = True) -> list[Hand
             Q(quota_events__isnull=False) | Q(quota_bytes__isnull=False)
         )
         by_id = {plan.pk: plan for plan in plans}
-        quotas = _quota_refusals({g.subscription_id: by_id[g.plan_id] for g in grants if g.plan_id in by_id})
+        quotas = quota_refusals({g.subscription_id: by_id[g.plan_id] for g in grants if g.plan_id in by_id})
     return [_grant_refusal(g, usable, subscriptions, versions, quotas) for g in grants]
 
 
@@ -539,7 +539,7 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def _quota_refusals(plans: Mapping[int, BusinessPlan]) -> dict[int, HandshakeRefused]:
+def quota_refusals(plans: Mapping[int, BusinessPlan]) -> dict[int, HandshakeRefused]:
     """Subscription id → 4429 refusal, for those of ``plans`` (subscription id → its plan) whose
     ``quota_events`` or ``quota_bytes`` this calendar month (UTC) is used up.
 

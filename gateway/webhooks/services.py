@@ -32,7 +32,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from analytics.services import UsageRow, usage_record_batch
-from gateway.auth import _quota_refusals, channel_match
+from gateway.auth import channel_match, quota_refusals
 from gateway.models import WebhookDelivery, WebhookSubscription
 from gateway.publishing import address_normalize, routing_key
 from gateway.webhooks.addresses import (
@@ -372,7 +372,7 @@ def delivery_refusal(webhook: WebhookSubscription, *, quota: bool = True) -> str
     served) and, with ``quota``, the subscription's business plan quota: once the plan's
     ``quota_events`` or ``quota_bytes`` for this calendar month is used up, events are not
     delivered, as WebSocket and SSE handshakes are refused with 4429 (the gateway's own rule,
-    ``gateway.auth._quota_refusals``; one query when the plan has a quota).
+    ``gateway.auth.quota_refusals``; one query when the plan has a quota).
 
     ``webhook`` needs ``subscription__api``, ``subscription__plan``,
     ``subscription__application__owner`` and ``api_version`` loaded (``select_related``) to
@@ -399,10 +399,10 @@ def quota_refusal(subscription: Subscription) -> str | None:
     """Why ``subscription``'s events quota (or bytes quota) stops deliveries this calendar month
     (UTC), e.g. ``"the events quota of plan 'Free' is used up this month (3 events)"``, or None.
 
-    The gateway's rule (``gateway.auth._quota_refusals``, the 4429 of WebSocket and SSE
+    The gateway's rule (``gateway.auth.quota_refusals``, the 4429 of WebSocket and SSE
     handshakes): usage is what was metered (both directions) since the month started.
     """
-    refused = _quota_refusals({subscription.pk: subscription.plan}).get(subscription.pk)
+    refused = quota_refusals({subscription.pk: subscription.plan}).get(subscription.pk)
     return None if refused is None else _quota_text(refused.reason)
 
 
@@ -653,7 +653,7 @@ def _quota_refusals_by_webhook(webhook_ids: set[int]) -> dict[int, str]:
         .select_related("subscription__plan")
         .only("pk", "subscription__id", "subscription__plan")
     )
-    refused = _quota_refusals({w.subscription.pk: w.subscription.plan for w in webhooks})
+    refused = quota_refusals({w.subscription.pk: w.subscription.plan for w in webhooks})
     return {
         w.pk: _quota_text(refused[w.subscription.pk].reason) for w in webhooks if w.subscription.pk in refused
     }
