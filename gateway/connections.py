@@ -168,6 +168,32 @@ class LiveConnection:
 
     # --- handshake (database work in a worker thread) --------------------------------------
 
+    async def _handshake(
+        self,
+        *,
+        secret: str | None,
+        api_slug: str,
+        version: str,
+        address: str | None,
+        require: str | None = None,
+    ) -> Grant:
+        """Authorize the handshake (``gateway.auth.handshake_authorize``), check that the URL's
+        channel allows ``require`` ("receive" | "send") when given, join the control groups,
+        then look again: a revocation that committed after the first check but before the join
+        would otherwise never reach this connection. Raises ``HandshakeRefused``."""
+        grant = await self._authorize(secret=secret, api_slug=api_slug, version=version, address=address)
+        if require is not None:
+            assert grant.channel is not None
+            refusal = grant.refusal(grant.channel, require)
+            if refusal is not None:
+                raise refusal
+        await self._groups_join(grant)
+        refusal = await self._recheck(grant)
+        if refusal is not None:
+            refusal.credential = grant.credential
+            raise refusal
+        return grant
+
     @database_sync_to_async
     def _authorize(self, *, secret: str | None, api_slug: str, version: str, address: str | None) -> Grant:
         """``gateway.auth.handshake_authorize``; raises ``HandshakeRefused``."""

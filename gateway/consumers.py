@@ -102,16 +102,9 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         route = self.scope["url_route"]["kwargs"]
         secret, self._subprotocol = credential_from_scope(self.scope)
         try:
-            grant = await self._authorize(
+            grant = await self._handshake(
                 secret=secret, api_slug=route["api"], version=route["version"], address=self._address()
             )
-            # Join the control groups, then look again: a revocation that committed after the
-            # check above but before the join would otherwise never reach this connection.
-            await self._groups_join(grant)
-            refusal = await self._recheck(grant)
-            if refusal is not None:
-                refusal.credential = grant.credential
-                raise refusal
         except HandshakeRefused as refusal:
             await self._refuse(refusal)
             return

@@ -156,19 +156,13 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
         route = scope["url_route"]["kwargs"]
         secret, _ = credential_from_scope(scope)
         try:
-            grant = await self._authorize(
-                secret=secret, api_slug=route["api"], version=route["version"], address=route["address"]
+            grant = await self._handshake(
+                secret=secret,
+                api_slug=route["api"],
+                version=route["version"],
+                address=route["address"],
+                require="receive",
             )
-            assert grant.channel is not None
-            refusal = grant.refusal(grant.channel, "receive")
-            if refusal is not None:
-                raise refusal
-            # Join the control groups, then look again (as the WebSocket consumer does).
-            await self._groups_join(grant)
-            refusal = await self._recheck(grant)
-            if refusal is not None:
-                refusal.credential = grant.credential
-                raise refusal
         except HandshakeRefused as refusal:
             await self._refuse(refusal)
             return False
