@@ -15,8 +15,10 @@ Shape (see also ``docs/delivery.md``):
   channel's replay buffer linger so a client reconnecting with ``Last-Event-ID`` can resume;
 - per event: one dict lookup by routing key, the size check, the client frame built once by
   string concatenation around the raw body, one ASGI message shared by all local WebSocket
-  subscribers (and one shared by all SSE subscribers), handed to each subscriber's outbox
-  without waiting (``gateway.delivery``). No ORM, no Redis, no channel layer on this path.
+  subscribers carrying also the WebSocket frame's bytes (``gateway.wire.text_frame``, written
+  as is to each socket on the fast path), and one shared by all SSE subscribers, handed to each
+  subscriber's outbox without waiting (``gateway.delivery``). No ORM, no Redis, no channel
+  layer on this path.
 
 Frame (one WebSocket text frame, RFC 6455 §5.6; the ``data`` of one SSE event)::
 
@@ -54,6 +56,7 @@ from aio_pika.abc import (
 from django.conf import settings
 
 from gateway.publishing import amqp_connect, exchange_declare
+from gateway.wire import text_frame
 
 log = logging.getLogger(__name__)
 
@@ -520,7 +523,8 @@ class Bridge:
             return
         minute = int(time.time()) // 60
         if route.subscribers:
-            outgoing = {"type": "websocket.send", "text": frame}
+            # "wire": the frame's bytes on the wire, built once for all (gateway.wire fast path).
+            outgoing = {"type": "websocket.send", "text": frame, "wire": text_frame(frame.encode())}
             for call in route.ws_calls:
                 try:
                     call(outgoing, size, minute)

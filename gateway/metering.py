@@ -2,9 +2,12 @@
 
 Per delivery the gateway adds to one flat dict keyed by
 ``(subscription id, channel template, direction, minute)`` where ``minute`` is Unix time // 60;
-values are ``[events, bytes]``. Every ``settings.GATEWAY_FLUSH_INTERVAL`` seconds the dict is
-swapped for an empty one and written through ``analytics.services.usage_record_batch`` in a
-worker thread, so the event loop never waits for the database.
+values are ``[events, bytes]``. Deliveries on the fan-out fast path (``gateway.wire``) are
+first tallied on their ``ChannelFeed`` (two integer additions) and moved into that dict when the
+minute changes, when the connection ends and before every flush. Every
+``settings.GATEWAY_FLUSH_INTERVAL`` seconds the dict is swapped for an empty one and written
+through ``analytics.services.usage_record_batch`` in a worker thread, so the event loop never
+waits for the database.
 
 Durability: a failed write is merged back and retried at the next flush; on a clean shutdown
 (SIGTERM/SIGINT, the process exits normally) an ``atexit`` hook writes what is left. A crash
@@ -22,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import weakref
 from datetime import UTC, datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -47,6 +52,12 @@ class Meter:
         self._dropped_recent: dict[DropKey, int] = {}  # since the last flush's log summary
         self._task: asyncio.Task[None] | None = None
         self._atexit_registered = False
+        # Feeds that tally fast-path deliveries themselves (``gateway.delivery.ChannelFeed``).
+        self._feeds: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def feed_register(self, feed: Any) -> None:
+        """Remember ``feed`` (has ``settle()``) so each flush first moves its tallies in."""
+        self._feeds.add(feed)
 
     def add(self, key: MeterKey, size: int, events: int = 1) -> None:
         """Count ``events`` events (one by default) of ``size`` bytes in all. Hot path: one dict
@@ -79,7 +90,10 @@ class Meter:
         return total
 
     def take_rows(self) -> list[UsageRow]:
-        """Swap the counters for empty ones; return them as ``usage_record_batch`` rows."""
+        """Swap the counters (and the feeds' tallies) for empty ones; return them as
+        ``usage_record_batch`` rows."""
+        for feed in list(self._feeds):
+            feed.settle()
         counts, self.counts = self.counts, {}
         return [
             (subscription_id, datetime.fromtimestamp(minute * 60, UTC), template, direction, events, size)

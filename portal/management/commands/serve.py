@@ -46,7 +46,7 @@ def server_config(*, host: str, port: int, **overrides: Any) -> uvicorn.Config:
         app=settings.ASGI_APPLICATION.replace(".application", ":application"),
         host=host,
         port=port,
-        ws="websockets",
+        ws="websockets-sansio",
         ws_max_size=settings.GATEWAY_MAX_MESSAGE_BYTES,
         ws_ping_interval=settings.GATEWAY_PING_INTERVAL,
         ws_ping_timeout=settings.GATEWAY_PING_TIMEOUT,
