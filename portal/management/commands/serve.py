@@ -1,6 +1,7 @@
 """``manage.py serve``: run the portal, REST API and gateway in one uvicorn process.
 
-Why uvicorn with its ``websockets`` protocol rather than daphne (docs/gateway.md, "Server"):
+Why uvicorn with its ``websockets-sansio`` protocol rather than daphne (docs/gateway.md,
+"Server"; figures in docs/performance.md):
 
 - the gateway must send registered close codes (1008, 1009, 1011, 1013; RFC 6455 §7.4.1);
   daphne's WebSocket stack (autobahn) only sends 1000 and 3000–4999;
@@ -10,7 +11,10 @@ Why uvicorn with its ``websockets`` protocol rather than daphne (docs/gateway.md
 - incoming messages over ``GATEWAY_MAX_MESSAGE_BYTES`` are refused by the protocol itself with
   1009 before they are read into memory, and unanswered pings close dead connections
   (``GATEWAY_PING_INTERVAL`` / ``GATEWAY_PING_TIMEOUT``);
-- per-message compression is off: it costs several times the memory per connection.
+- per-message compression is off: it costs several times the memory per connection;
+- ``websockets-sansio`` (rather than uvicorn's older ``websockets`` protocol) keeps no task per
+  connection (keep-alive pings run on timers), and exposes the transport the fan-out fast path
+  writes pre-built frames to (``gateway.wire``).
 
 The access log is on, with query strings cut from every logged path: a browser's credential may
 travel as ``?access_token=``, and credentials never reach a log.
@@ -62,7 +66,7 @@ def server_config(*, host: str, port: int, **overrides: Any) -> uvicorn.Config:
 
 
 class Command(BaseCommand):
-    help = "Serve the portal, REST API and gateway (uvicorn, websockets protocol)."
+    help = "Serve the portal, REST API and gateway (uvicorn, websockets-sansio protocol)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
