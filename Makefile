@@ -7,7 +7,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/eventgate
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test demo-data clean
+.PHONY: setup run test demo-data clean bench
 
 setup: $(VENV)/.installed node_modules/.installed var/.dir
 
@@ -53,6 +53,19 @@ test: setup /usr/bin/chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+# The gateway benchmark (docs/performance.md) against its baselines, on PostgreSQL and Redis like
+# production; BENCH_ARGS=--full for the issue's sizes. Pushpin (baseline b) comes from Debian.
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/eventgate_bench
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/0
+bench: setup /usr/bin/pushpin
+	psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'eventgate_bench'" | grep -q 1 \
+	  || createdb -h 127.0.0.1 -U postgres eventgate_bench
+	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) manage.py migrate --noinput -v 0
+	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) manage.py bench_gateway $(BENCH_ARGS)
+
+/usr/bin/pushpin:
+	(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pushpin >/dev/null
 
 clean:
 	rm -rf var staticfiles
