@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import regex
 from django.db.models import Q, Sum
@@ -192,7 +193,7 @@ def handshake_authorize(
     calendar month (UTC) are not used up [4429].
 
     The credential comes first, so unauthenticated clients learn nothing about which APIs
-    and channels exist. Sync: resolving the credential is usually a cache hit; then 3 queries
+    and channels exist. Sync: resolving the credential is usually a cache hit; then 2 queries
     (+2 for a channel when its version's channels are not cached, +1 for a quota).
     """
     if not secret:
@@ -219,34 +220,45 @@ def _authorize(
     if "\x00" in api_slug + version + (address or ""):
         # PostgreSQL text cannot hold NUL: refuse before any query (else a 500).
         raise HandshakeRefused(CLOSE_BAD_REQUEST, "NUL character in the path")
-    api = API.objects.filter(slug=api_slug).first()
-    if api is None or api.status == API.Status.DRAFT:
+    # The version with its API in one query (the API alone when the version does not exist),
+    # as plain values: a version's AsyncAPI document can be large and is not needed here.
+    row = (
+        APIVersion.objects.filter(api__slug=api_slug, version=version)
+        .values_list("api_id", "api__slug", "api__status", "pk", "version", "status", "validate_payloads")
+        .first()
+    )
+    if row is None:
+        api_row = API.objects.filter(slug=api_slug).values_list("pk", "slug", "status").first()
+    else:
+        api_row = row[:3]
+    if api_row is None or api_row[2] == API.Status.DRAFT:
         raise HandshakeRefused(CLOSE_NOT_FOUND, f"unknown API {api_slug!r}")
-    if api.status not in API.CONNECTABLE_STATUSES:
-        raise HandshakeRefused(CLOSE_GONE, f"API {api.slug} is {api.status}")
-    subscription = _active_subscription(credential=credential, api=api)
-    api_version = api.versions.filter(version=version).first()
-    if api_version is None or api_version.status == APIVersion.Status.DRAFT:
-        raise HandshakeRefused(CLOSE_NOT_FOUND, f"unknown or unpublished version {version!r} of {api.slug}")
-    if api_version.status not in APIVersion.LIVE_STATUSES:
-        raise HandshakeRefused(CLOSE_GONE, f"unpublished version {version!r} of {api.slug}: it is retired")
+    api_id, slug, api_status = api_row
+    if api_status not in API.CONNECTABLE_STATUSES:
+        raise HandshakeRefused(CLOSE_GONE, f"API {slug} is {api_status}")
+    subscription_id, plan = _active_subscription(credential=credential, api_id=api_id, api_slug=slug)
+    if row is None or row[5] == APIVersion.Status.DRAFT:
+        raise HandshakeRefused(CLOSE_NOT_FOUND, f"unknown or unpublished version {version!r} of {slug}")
+    _, _, _, api_version_id, version_name, version_status, validate_payloads = row
+    if version_status not in APIVersion.LIVE_STATUSES:
+        raise HandshakeRefused(CLOSE_GONE, f"unpublished version {version!r} of {slug}: it is retired")
     grant = Grant(
         credential=credential,
         application_id=credential.application_id,
-        subscription_id=subscription.pk,
-        plan_id=subscription.plan_id,
-        api_id=api.pk,
-        api_version_id=api_version.pk,
-        api_slug=api.slug,
-        version=api_version.version,
-        validate_payloads=api_version.validate_payloads,
+        subscription_id=subscription_id,
+        plan_id=plan.pk,
+        api_id=api_id,
+        api_version_id=api_version_id,
+        api_slug=slug,
+        version=version_name,
+        validate_payloads=validate_payloads,
     )
     if address is not None:
-        channels = version_channels(api_version.pk)
+        channels = version_channels(api_version_id)
         channel = channel_authorize(grant=grant, channels=channels, address=address, directions=DIRECTIONS)
         grant = dataclasses.replace(grant, channel=channel)
     if quota:
-        refusal = quota_refusals({subscription.pk: subscription.plan}).get(subscription.pk)
+        refusal = quota_refusals({subscription_id: plan}).get(subscription_id)
         if refusal is not None:
             raise refusal
     return grant
@@ -276,22 +288,23 @@ def version_channels(api_version_id: int) -> tuple[Channel, ...]:
     return channels
 
 
-def _active_subscription(*, credential: Credential, api: API) -> Subscription:
-    """The application's active subscription to ``api``; else ``HandshakeRefused`` (4403)
-    naming the state of its most recent one."""
+def _active_subscription(*, credential: Credential, api_id: int, api_slug: str) -> tuple[int, BusinessPlan]:
+    """The id of the application's active subscription to the API and its business plan (only
+    the fields quotas need: name, ``quota_events``, ``quota_bytes``); else ``HandshakeRefused``
+    (4403) naming the state of its most recent subscription. One query."""
     subscriptions = list(
-        Subscription.objects.filter(application_id=credential.application_id, api=api)
-        .select_related("plan")
+        Subscription.objects.filter(application_id=credential.application_id, api_id=api_id)
         .order_by("-created", "-pk")
+        .values_list("pk", "status", "plan_id", "plan__name", "plan__quota_events", "plan__quota_bytes")
     )
-    for subscription in subscriptions:
-        if subscription.status == Subscription.Status.ACTIVE:
-            return subscription
+    for pk, status, plan_id, name, quota_events, quota_bytes in subscriptions:
+        if status == Subscription.Status.ACTIVE:
+            return pk, BusinessPlan(pk=plan_id, name=name, quota_events=quota_events, quota_bytes=quota_bytes)
     if not subscriptions:
         raise HandshakeRefused(
-            CLOSE_FORBIDDEN, f"application {credential.application_id} is not subscribed to {api.slug}"
+            CLOSE_FORBIDDEN, f"application {credential.application_id} is not subscribed to {api_slug}"
         )
-    latest = subscriptions[0]
+    latest = subscriptions[0][1]
     states = {
         Subscription.Status.PENDING: "is pending approval",
         Subscription.Status.SUSPENDED: "is suspended",
@@ -299,7 +312,7 @@ def _active_subscription(*, credential: Credential, api: API) -> Subscription:
         Subscription.Status.REJECTED: "was rejected",
     }
     raise HandshakeRefused(
-        CLOSE_FORBIDDEN, f"subscription to {api.slug} {states.get(latest.status, 'is not active')}"
+        CLOSE_FORBIDDEN, f"subscription to {api_slug} {states.get(latest, 'is not active')}"
     )
 
 
@@ -317,14 +330,116 @@ def channel_authorize(
     or the credential's scope allows none of them. Among templates that match with valid
     parameters, one with an operation in ``directions`` wins, then the one with the fewest
     parameters (the most specific).
+
+    All but the scope (the credential's part) is kept per process for the version's channels
+    as ``version_channels`` returned them (``channel_held``): the same address in the same
+    version is matched once.
     """
+    channel = channel_resolve(
+        api_slug=grant.api_slug,
+        version=grant.version,
+        api_version_id=grant.api_version_id,
+        channels=channels,
+        address=address,
+        directions=directions,
+    )
+    refusal = channel_scope_refusal(grant, channel, directions)
+    if refusal is not None:
+        raise refusal
+    return channel
+
+
+def channel_scope_refusal(
+    grant: Grant, channel: ChannelGrant, directions: Sequence[str]
+) -> HandshakeRefused | None:
+    """4405 when ``grant``'s credential may use none of ``directions`` the channel offers
+    (``channel_resolve`` refused those with no operation), else None."""
+    offered = [
+        d for d in directions if (channel.send_operation if d == "send" else channel.receive_operation)
+    ]
+    credential = grant.credential
+    if any(
+        credential.allows(api_slug=grant.api_slug, channel=channel.channel_template, direction=d)
+        for d in offered
+    ):
+        return None
+    return HandshakeRefused(CLOSE_NOT_ALLOWED, _scope_lacks(channel.channel_template, offered))
+
+
+# Channel resolutions (ChannelGrant or a refusal's (code, reason)) per API version, valid while
+# ``version_channels`` returns the same tuple: version id → (that tuple, {(address, directions): result}).
+_channel_grants: dict[int, tuple[tuple[Channel, ...], dict[tuple[str, tuple[str, ...]], Any]]] = {}
+CHANNEL_GRANTS_PER_VERSION = 10_000
+
+
+def channel_resolve(
+    *,
+    api_slug: str,
+    version: str,
+    api_version_id: int,
+    channels: Iterable[Channel],
+    address: str,
+    directions: Sequence[str],
+) -> ChannelGrant:
+    """``channel_authorize`` without the credential's scope: the same refusals but for 4405
+    "scope lacks". Kept per process when ``channels`` is what ``version_channels`` returns."""
+    key = (address, tuple(directions))
+    with _channels_lock:
+        held = _channel_grants.get(api_version_id)
+        result = held[1].get(key) if held is not None and held[0] is channels else None
+    if result is None:
+        try:
+            result = _channel_grant(api_slug, version, list(channels), address, directions)
+        except HandshakeRefused as refusal:
+            result = (refusal.code, refusal.reason)
+        if isinstance(channels, tuple):
+            with _channels_lock:
+                held = _channel_grants.get(api_version_id)
+                if held is None or held[0] is not channels:
+                    if len(_channel_grants) >= 256:
+                        _channel_grants.clear()
+                    held = _channel_grants[api_version_id] = (channels, {})
+                if len(held[1]) >= CHANNEL_GRANTS_PER_VERSION:
+                    held[1].clear()
+                held[1][key] = result
+    if isinstance(result, tuple):
+        raise HandshakeRefused(*result)
+    return result
+
+
+def channel_held(
+    api_version_id: int, address: str, directions: Sequence[str]
+) -> ChannelGrant | HandshakeRefused | None:
+    """What ``channel_resolve`` would give for ``address`` (a ``ChannelGrant`` or the refusal,
+    not raised) if this process holds it for the version's current channels, else None. No
+    query and no matching: safe on the event loop."""
+    now = time.monotonic()
+    with _channels_lock:
+        cached = _channels_cache.get(api_version_id)
+        held = _channel_grants.get(api_version_id)
+        if (
+            cached is None
+            or held is None
+            or held[0] is not cached[1]
+            or now - cached[0] >= CHANNELS_CACHE_SECONDS
+        ):
+            return None
+        result = held[1].get((address, tuple(directions)))
+    if isinstance(result, tuple):
+        return HandshakeRefused(*result)
+    return result
+
+
+def _channel_grant(
+    api_slug: str, version: str, channels: list[Channel], address: str, directions: Sequence[str]
+) -> ChannelGrant:
     address = address_normalize(address)
     if not address:
         raise HandshakeRefused(CLOSE_BAD_REQUEST, "empty channel address")
     if "\x00" in address:
         raise HandshakeRefused(CLOSE_BAD_REQUEST, "NUL character in the channel address")
     try:
-        key = routing_key(api=grant.api_slug, version=grant.version, address=address)
+        key = routing_key(api=api_slug, version=version, address=address)
     except UnicodeError:  # a lone surrogate: not encodable as UTF-8 (a ValueError too, so first)
         raise HandshakeRefused(
             CLOSE_BAD_REQUEST, "channel address is not valid Unicode (a lone UTF-16 surrogate)"
@@ -333,15 +448,10 @@ def channel_authorize(
         raise HandshakeRefused(
             CLOSE_BAD_REQUEST, "channel address too long: its routing key exceeds 255 bytes"
         ) from None
-    channel = _channel_resolve(list(channels), address, directions, where=f"{grant.api_slug} {grant.version}")
+    channel = _channel_resolve(channels, address, directions, where=f"{api_slug} {version}")
     offered = [d for d in directions if any(op.action == d for op in channel.operations.all())]
     if not offered:
         raise HandshakeRefused(CLOSE_NOT_ALLOWED, _no_operation(channel.address, directions))
-    credential = grant.credential
-    if not any(
-        credential.allows(api_slug=grant.api_slug, channel=channel.address, direction=d) for d in offered
-    ):
-        raise HandshakeRefused(CLOSE_NOT_ALLOWED, _scope_lacks(channel.address, offered))
     schemas = _payload_schemas(channel)
     return ChannelGrant(
         address=address,
@@ -446,30 +556,54 @@ def _template_values(channel: Channel, address: str, budget: MatchBudget) -> dic
 # --- Live connections: re-checks and quotas ---------------------------------------------------
 
 
-def grants_refusals(grants: Sequence[Grant], *, quota: bool = True) -> list[HandshakeRefused | None]:
+# What ``grants_refusals`` can check, by the control group that announces its changes
+# (``gateway.connections.LiveConnection._groups``): the credential, the subscription (status and
+# plan), the API version (its status and its API's).
+GRANT_CHECKS = frozenset({"credential", "subscription", "version"})
+
+
+def grants_refusals(
+    grants: Sequence[Grant], *, quota: bool = True, checks: frozenset[str] = GRANT_CHECKS
+) -> list[HandshakeRefused | None]:
     """For each of ``grants`` (in order): the refusal that would close its connection now, or None.
 
-    Checked: the credential is still usable (``credentials_usable``) [4401]; the subscription is
-    still active [4403, the reason names suspended/cancelled] and on the same business plan
-    [4409]; the API and version are still served [4410]; with ``quota``, the plan's quotas for
-    this calendar month are not used up [4429]. At most 6 queries for any number of grants (the
-    gateway's periodic audit; the handshake's second look runs it for one grant).
+    Checked (those of ``checks``, default all): the credential is still usable
+    (``credentials_usable``) [4401]; the subscription is still active [4403, the reason names
+    suspended/cancelled] and on the same business plan [4409]; the API and version are still
+    served [4410]; with ``quota``, the plan's quotas for this calendar month are not used up
+    [4429]. At most 6 queries for any number of grants, one per check (the gateway's periodic
+    audit; the handshake's second look runs it for one grant and the checks it needs).
     """
     if not grants:
         return []
-    usable = credentials_usable(grant.credential for grant in grants)
-    subscriptions = {
-        row[0]: row
-        for row in Subscription.objects.filter(pk__in={g.subscription_id for g in grants}).values_list(
-            "pk", "status", "plan_id"
-        )
-    }
-    versions = {
-        row[0]: row
-        for row in APIVersion.objects.filter(pk__in={g.api_version_id for g in grants}).values_list(
-            "pk", "status", "api__status", "api__slug", "version"
-        )
-    }
+    usable = (
+        credentials_usable(grant.credential for grant in grants)
+        if "credential" in checks
+        else {(g.credential.kind, g.credential.id) for g in grants}
+    )
+    subscriptions = (
+        {
+            row[0]: row
+            for row in Subscription.objects.filter(pk__in={g.subscription_id for g in grants}).values_list(
+                "pk", "status", "plan_id"
+            )
+        }
+        if "subscription" in checks
+        else {g.subscription_id: (g.subscription_id, Subscription.Status.ACTIVE, g.plan_id) for g in grants}
+    )
+    versions = (
+        {
+            row[0]: row
+            for row in APIVersion.objects.filter(pk__in={g.api_version_id for g in grants}).values_list(
+                "pk", "status", "api__status", "api__slug", "version"
+            )
+        }
+        if "version" in checks
+        else {
+            g.api_version_id: (g.api_version_id, APIVersion.Status.PUBLISHED, API.Status.PUBLISHED, "", "")
+            for g in grants
+        }
+    )
     quotas: dict[int, HandshakeRefused] = {}
     if quota:
         plans = BusinessPlan.objects.filter(pk__in={g.plan_id for g in grants}).filter(

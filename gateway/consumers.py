@@ -34,7 +34,8 @@ import logging
 import time
 from typing import Any
 
-from channels.db import database_sync_to_async
+from channels.db import aclose_old_connections
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from gateway.auth import (
@@ -49,7 +50,7 @@ from gateway.auth import (
     version_channels,
 )
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
-from gateway.connections import LiveConnection, live_add, live_discard
+from gateway.connections import LiveConnection, db_call, live_add, live_discard
 from gateway.credentials import credential_from_scope
 from gateway.delivery import ChannelFeed, Outbox
 from gateway.inbound import PayloadInvalid, get_inbound_publisher, payload_parse
@@ -73,6 +74,8 @@ MAX_FRAME_ID_CHARS = 200
 # payload_check_slow``) are validated on the event loop; others in a worker thread.
 _INLINE_VALIDATION_BYTES = 64 * 1024
 _FRAME_TYPES = ("subscribe", "unsubscribe", "publish")
+# Whether a disconnect is closing the sync thread's stale database connections right now.
+_closing_old_connections = False
 
 
 class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
@@ -205,6 +208,20 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         except Exception as exc:  # noqa: BLE001 - the socket is gone already: disconnect cleans up
             log.debug("Close after the client left: %r", exc)
 
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """The client or the server ended the connection: clean up and stop. As in Channels,
+        then close the stale database connections of the sync thread (``sync_to_async`` work
+        of others; the gateway's own runs in ``gateway.connections.db_call``)."""
+        await self._finish()
+        global _closing_old_connections
+        if not _closing_old_connections:  # one at a time is enough: it is a sweep of one thread
+            _closing_old_connections = True
+            try:
+                await aclose_old_connections()
+            finally:
+                _closing_old_connections = False
+        raise StopConsumer()
+
     async def disconnect(self, code: int) -> None:
         await self._finish()
 
@@ -227,7 +244,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
                     await self._channel_unbind(channel)
                 except Exception:  # noqa: BLE001 - the next binding must still go
                     log.exception("Unbinding %s failed", channel.routing_key)
-        await self._groups_leave()
+        self._groups_leave()
 
     # --- client frames --------------------------------------------------------------------
 
@@ -480,14 +497,19 @@ class MultiplexConsumer(GatewayConsumer):
             self._channels[key] = cached
         return cached
 
-    @database_sync_to_async
-    def _channel_authorize(self, address: str, direction: str) -> ChannelGrant | HandshakeRefused:
+    async def _channel_authorize(self, address: str, direction: str) -> ChannelGrant | HandshakeRefused:
+        """``gateway.auth.channel_authorize`` in a worker thread (``db_call``): the version's
+        channels are usually cached, so no query."""
         assert self.grant is not None
-        grant, channels = self.grant, version_channels(self.grant.api_version_id)
-        try:
-            return channel_authorize(grant=grant, channels=channels, address=address, directions=(direction,))
-        except HandshakeRefused as refusal:
-            return refusal
+        return await db_call(_channel_authorize, self.grant, address, direction)
+
+
+def _channel_authorize(grant: Grant, address: str, direction: str) -> ChannelGrant | HandshakeRefused:
+    try:
+        channels = version_channels(grant.api_version_id)
+        return channel_authorize(grant=grant, channels=channels, address=address, directions=(direction,))
+    except HandshakeRefused as refusal:
+        return refusal
 
 
 class NoRouteConsumer(AsyncWebsocketConsumer):

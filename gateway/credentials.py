@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -231,9 +232,22 @@ def _timestamp(moment: datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
 
 
+# Reads of the shared credential cache by this process, for /gateway/status (from any thread).
+_cache_reads = 0
+_cache_reads_lock = threading.Lock()
+
+
+def credential_cache_reads() -> int:
+    """How many times this process read the shared credential cache (``credential_resolve``)."""
+    return _cache_reads
+
+
 def _cache_get(digest: str) -> Any:
     """The cached tuple of ``Credential`` fields, ``_MISS``, or None (not cached, or the cache
     is unreachable)."""
+    global _cache_reads
+    with _cache_reads_lock:
+        _cache_reads += 1
     try:
         return cache.get(CACHE_PREFIX + digest)
     except Exception:  # noqa: BLE001 - Redis down: read the database instead

@@ -287,7 +287,7 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
         self._expiry_cancel()
         if self.outbox is not None:
             self.outbox.stop()
-        await self._groups_leave()
+        self._groups_leave()
         if self.bridge is not None and self._bound_key is not None:
             if self.feed is not None:
                 self.bridge.detach(self._bound_key, self.feed)

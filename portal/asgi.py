@@ -25,6 +25,9 @@ from django.urls import re_path  # noqa: E402
 
 from gateway.auth import CLOSE_NOT_FOUND  # noqa: E402
 from gateway.bridge import _bridges  # noqa: E402
+from gateway.connections import handshake_status  # noqa: E402
+from gateway.control import _hubs  # noqa: E402
+from gateway.credentials import credential_cache_reads  # noqa: E402
 from gateway.metering import get_meter  # noqa: E402
 from gateway.routing import websocket_urlpatterns  # noqa: E402
 from gateway.security import GatewayOriginValidator  # noqa: E402
@@ -63,16 +66,22 @@ def _local_unproxied(scope: dict[str, Any]) -> bool:
 
 def gateway_status_document() -> dict[str, Any]:
     """This process's gateway state: open connections, the bridge (connection, bindings,
-    routes, events dropped before fan-out by reason) and slow-consumer drops per subscription."""
-    bridge = None
+    routes, events dropped before fan-out by reason), slow-consumer drops per subscription,
+    handshakes (``cached``: a grant reused with no query and no Redis command; ``checked``;
+    ``refused``; ``database_queries`` of the gateway's worker threads; ``credential_cache_reads``
+    of the shared Redis cache) and the control hub (groups held, messages, layer commands)."""
+    bridge = hub = None
     try:
-        bridge = _bridges.get(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        bridge, hub = _bridges.get(loop), _hubs.get(loop)
     except RuntimeError:
         pass
     dropped = get_meter().dropped
     return {
         "pid": os.getpid(),
         "connections": {**connections, "total": sum(connections.values())},
+        "handshakes": {**handshake_status(), "credential_cache_reads": credential_cache_reads()},
+        "control": hub.status() if hub is not None else None,
         "bridge": bridge.status() if bridge is not None else None,
         "slow_consumer_dropped": {
             "total": sum(dropped.values()),

@@ -159,6 +159,12 @@ GATEWAY_CREDENTIAL_CACHE_SECONDS = env.int("GATEWAY_CREDENTIAL_CACHE_SECONDS", d
 GATEWAY_FLUSH_INTERVAL = env.float("GATEWAY_FLUSH_INTERVAL", default=5.0)
 # Gateway: how often (seconds) each process re-checks its live connections' keys and subscriptions.
 GATEWAY_AUDIT_INTERVAL = env.float("GATEWAY_AUDIT_INTERVAL", default=30.0)
+# Gateway: seconds a process reuses a handshake's checked grant for the same credential, API and
+# version while no control message touched it (quota and raw database changes reach handshakes
+# within this time); also how long it keeps a control group joined after its last connection left.
+GATEWAY_GRANT_CACHE_SECONDS = env.float("GATEWAY_GRANT_CACHE_SECONDS", default=10.0)
+# Gateway: worker threads for handshake and audit queries; each keeps one database connection.
+GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=4)
 
 # Celery: tasks travel over RabbitMQ; results are not stored.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=AMQP_URL)
