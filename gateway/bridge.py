@@ -139,34 +139,56 @@ class ReplayBuffer:
 class Route:
     """Local subscribers of one concrete channel, and the frame text that follows the event id.
 
-    ``subscribers`` and ``sse_subscribers`` are replaced (copy-on-write), never mutated, so a
-    fan-out in progress keeps iterating over the tuple it started with; ``ws_calls`` /
-    ``sse_calls`` are the same subscribers' delivery callables, rebuilt with them.
+    Subscribers are kept by identity in insertion-ordered dicts, so ``attach`` and ``detach``
+    cost O(1) however many share the channel (a handshake storm on one channel would otherwise
+    cost O(N²)). The fan-out iterates over tuples of their delivery callables (``ws_calls`` /
+    ``sse_calls``, and ``*_awaits`` for subscribers without ``deliver_nowait``), rebuilt at most
+    once per event after a change (``refresh``) and replaced, never mutated, so a fan-out in
+    progress keeps the tuple it started with.
     """
 
     channel_fragment: str  # ',"channel":"prices/ACME","published_at":'
-    subscribers: tuple[Subscriber, ...] = ()  # WebSocket framing
-    sse_subscribers: tuple[Subscriber, ...] = ()
+    websocket: dict[int, Subscriber] = field(default_factory=dict)  # id(subscriber) → subscriber
+    sse: dict[int, Subscriber] = field(default_factory=dict)
     ws_calls: tuple[Callable[..., Any], ...] = ()
     ws_awaits: tuple[Callable[..., Any], ...] = ()
     sse_calls: tuple[Callable[..., Any], ...] = ()
     sse_awaits: tuple[Callable[..., Any], ...] = ()
+    stale: bool = False  # the tuples lag behind the dicts
     replay: ReplayBuffer | None = None  # from the first SSE subscriber until the route goes
     lingering: list[asyncio.TimerHandle] = field(default_factory=list)
 
-    def rebuild(self) -> None:
-        def split(subscribers: tuple[Subscriber, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-            nowait = tuple(getattr(s, "deliver_nowait", None) for s in subscribers)
-            calls = tuple(call for call in nowait if call is not None)
-            awaits = tuple(s.deliver for s, call in zip(subscribers, nowait, strict=True) if call is None)
-            return calls, awaits
+    @property
+    def subscribers(self) -> tuple[Subscriber, ...]:
+        """The WebSocket subscribers, in the order they attached."""
+        return tuple(self.websocket.values())
 
-        self.ws_calls, self.ws_awaits = split(self.subscribers)
-        self.sse_calls, self.sse_awaits = split(self.sse_subscribers)
+    @property
+    def sse_subscribers(self) -> tuple[Subscriber, ...]:
+        """The SSE subscribers, in the order they attached."""
+        return tuple(self.sse.values())
+
+    def refresh(self) -> None:
+        """Rebuild the fan-out tuples from the dicts (O(subscribers)); the bridge calls it before
+        a fan-out when ``stale``."""
+
+        def split(subscribers: dict[int, Subscriber]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+            calls, awaits = [], []
+            for subscriber in subscribers.values():
+                call = getattr(subscriber, "deliver_nowait", None)
+                if call is None:
+                    awaits.append(subscriber.deliver)
+                else:
+                    calls.append(call)
+            return tuple(calls), tuple(awaits)
+
+        self.ws_calls, self.ws_awaits = split(self.websocket)
+        self.sse_calls, self.sse_awaits = split(self.sse)
+        self.stale = False
 
     @property
     def empty(self) -> bool:
-        return not self.subscribers and not self.sse_subscribers
+        return not self.websocket and not self.sse
 
 
 def timestamp_json(value: Any) -> str:
@@ -397,12 +419,12 @@ class Bridge:
                 route.replay = ReplayBuffer(
                     max_events=self.replay_events, max_bytes=self.replay_bytes, max_age=self.replay_seconds
                 )
-            route.sse_subscribers = (*route.sse_subscribers, subscriber)
+            route.sse[id(subscriber)] = subscriber
         elif framing == "websocket":
-            route.subscribers = (*route.subscribers, subscriber)
+            route.websocket[id(subscriber)] = subscriber
         else:
             raise ValueError(f"framing {framing!r} is not 'websocket' or 'sse'")
-        route.rebuild()
+        route.stale = True
 
     def detach(self, routing_key: str, subscriber: Subscriber) -> None:
         """Stop fanning out to ``subscriber``. Idempotent. The route (and its replay buffer)
@@ -410,9 +432,9 @@ class Bridge:
         route = self.routes.get(routing_key)
         if route is None:
             return
-        route.subscribers = tuple(s for s in route.subscribers if s is not subscriber)
-        route.sse_subscribers = tuple(s for s in route.sse_subscribers if s is not subscriber)
-        route.rebuild()
+        removed = route.websocket.pop(id(subscriber), None) or route.sse.pop(id(subscriber), None)
+        if removed is not None:
+            route.stale = True
         if route.empty and routing_key not in self._demand:
             del self.routes[routing_key]
 
@@ -432,8 +454,8 @@ class Bridge:
             "queue": self.queue_name if self._queue is not None else None,
             "reconnects": self.reconnects,
             "routes": len(self.routes),
-            "websocket_subscribers": sum(len(r.subscribers) for r in self.routes.values()),
-            "sse_subscribers": sum(len(r.sse_subscribers) for r in self.routes.values()),
+            "websocket_subscribers": sum(len(r.websocket) for r in self.routes.values()),
+            "sse_subscribers": sum(len(r.sse) for r in self.routes.values()),
             "bindings": len(self._bound),
             "binding_demand": sum(self._demand.values()),
             "lingering": sum(len(r.lingering) for r in self.routes.values()),
@@ -522,7 +544,9 @@ class Bridge:
             )
             return
         minute = int(time.time()) // 60
-        if route.subscribers:
+        if route.stale:
+            route.refresh()
+        if route.websocket:
             # "wire": the frame's bytes on the wire, built once for all (gateway.wire fast path).
             outgoing = {"type": "websocket.send", "text": frame, "wire": text_frame(frame.encode())}
             for call in route.ws_calls:

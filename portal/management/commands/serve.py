@@ -18,11 +18,17 @@ Why uvicorn with its ``websockets-sansio`` protocol rather than daphne (docs/gat
 
 The access log is on, with query strings cut from every logged path: a browser's credential may
 travel as ``?access_token=``, and credentials never reach a log.
+
+SIGTERM and SIGINT end the process through ``SystemExit`` once uvicorn's graceful shutdown is
+done (uvicorn re-raises the signal it caught; with the default handler the process would die
+of it and skip its ``atexit`` hooks, among them the metering's final flush of usage counts).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -65,6 +71,12 @@ def server_config(*, host: str, port: int, **overrides: Any) -> uvicorn.Config:
     return uvicorn.Config(**options)
 
 
+def _exit(signum: int, frame: FrameType | None) -> None:
+    """Signal handler: leave through ``SystemExit`` (status 128 + signal number, as a shell
+    reports a process killed by it), so ``atexit`` hooks run."""
+    raise SystemExit(128 + signum)
+
+
 class Command(BaseCommand):
     help = "Serve the portal, REST API and gateway (uvicorn, websockets-sansio protocol)."
 
@@ -75,4 +87,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, host: str, port: int, **options: Any) -> None:
         for name in ("uvicorn.access", "uvicorn.error"):
             logging.getLogger(name).addFilter(QueryStringRedactor())
+        # uvicorn swaps in its own handlers while serving and, once shut down, restores these
+        # and raises the signal again: these then exit cleanly.
+        signal.signal(signal.SIGTERM, _exit)
+        signal.signal(signal.SIGINT, _exit)
         uvicorn.Server(server_config(host=host, port=port)).run()
