@@ -249,6 +249,20 @@ def database_url() -> str:
     return f"postgres://{credentials}@{host}/{quote(db['NAME'], safe='')}"
 
 
+def amqp_publisher_args(*, api: str, version: str) -> list[str]:
+    """Arguments of ``gateway.bench.publisher`` (and the bare bridge) for publishing through
+    RabbitMQ the way providers do: this process's broker and exchange, the bench API's version."""
+    from django.conf import settings
+
+    return [
+        "--mode=amqp",
+        f"--amqp-url={settings.AMQP_URL}",
+        f"--exchange={settings.EVENTGATE_EXCHANGE}",
+        f"--api={api}",
+        f"--version={version}",
+    ]
+
+
 def server_env(**overrides: str) -> dict[str, str]:
     """Environment of a gateway process: this process's database, broker, Redis and exchanges,
     DEBUG off, logging at WARNING."""
@@ -352,15 +366,7 @@ class GatewayTarget:
             self.secrets = saved
 
     def publisher_args(self) -> list[str]:
-        from django.conf import settings
-
-        return [
-            "--mode=amqp",
-            f"--amqp-url={settings.AMQP_URL}",
-            f"--exchange={settings.EVENTGATE_EXCHANGE}",
-            f"--api={self.api}",
-            f"--version={self.version}",
-        ]
+        return amqp_publisher_args(api=self.api, version=self.version)
 
     def stop(self) -> None:
         for process in self._procs:
@@ -408,15 +414,7 @@ class BareBridgeTarget:
         return ClientSpec(url=f"ws://127.0.0.1:{self.port}/{channel}")
 
     def publisher_args(self) -> list[str]:
-        from django.conf import settings
-
-        return [
-            "--mode=amqp",
-            f"--amqp-url={settings.AMQP_URL}",
-            f"--exchange={settings.EVENTGATE_EXCHANGE}",
-            f"--api={self.api}",
-            f"--version={self.version}",
-        ]
+        return amqp_publisher_args(api=self.api, version=self.version)
 
     def stop(self) -> None:
         if self._process is not None:
