@@ -177,6 +177,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
             return None
         channel, feed = entry
         self.bridge.detach(channel.routing_key, feed)
+        feed.detach()
         return channel
 
     async def _channel_unbind(self, channel: ChannelGrant) -> None:

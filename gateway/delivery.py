@@ -91,7 +91,8 @@ class Outbox:
         self._wakeup = asyncio.Event()
         self._direct: DirectSocket | None = None  # the fast path, from start() on
         self._busy = False  # the writer holds a message it has not finished sending
-        self.feeds: list[ChannelFeed] = []  # feeds counting fast-path deliveries, settled at stop
+        # Attached feeds, which tally fast-path deliveries: settled at stop.
+        self.feeds: dict[int, ChannelFeed] = {}
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self.closed = False
@@ -114,7 +115,7 @@ class Outbox:
         self.closed = True
         self._direct = None
         self._queue.clear()
-        for feed in self.feeds:
+        for feed in self.feeds.values():
             feed.settle()
         if self._writer is not None:
             self._writer.cancel()
@@ -239,7 +240,7 @@ class ChannelFeed:
         self.events = 0
         self.bytes = 0
         self._meter: Meter = outbox._meter
-        outbox.feeds.append(self)
+        outbox.feeds[id(self)] = self
         self._meter.feed_register(self)
 
     def tally(self, size: int, minute: int) -> None:
@@ -250,6 +251,12 @@ class ChannelFeed:
             self.minute = minute
         self.events += 1
         self.bytes += size
+
+    def detach(self) -> None:
+        """The connection stopped receiving this channel (multiplexed ``unsubscribe``): settle
+        its tally and let the outbox forget it. Call after ``Bridge.detach``."""
+        self.settle()
+        self.outbox.feeds.pop(id(self), None)
 
     def settle(self) -> None:
         """Move the tallied events into the process's meter under (subscription, channel

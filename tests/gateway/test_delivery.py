@@ -206,3 +206,17 @@ async def test_a_batch_takes_one_place_and_is_metered_as_its_events():
     assert socket.sent == [replay, event(3)]
     assert metered(15) == [3, 30] and outbox.sent == 3 and outbox.dropped == 0
     outbox.stop()
+
+
+async def test_a_detached_feed_settles_its_fast_path_tally_and_is_forgotten():
+    """Multiplexed ``unsubscribe``: what the fast path tallied on the feed reaches the meter at
+    once, and a connection that subscribes and unsubscribes for hours keeps no dead feeds."""
+    socket = GatedSocket()
+    outbox = Outbox(send=socket.send, close=socket.close)
+    feed = ChannelFeed(outbox, subscription_id=16, channel_template=TEMPLATE)
+    feed.tally(10, MINUTE)
+    feed.tally(5, MINUTE)
+    assert metered(16) == [0, 0], "tallied on the feed until settled"
+    feed.detach()
+    assert metered(16) == [2, 15]
+    assert outbox.feeds == {}
