@@ -56,8 +56,9 @@ test: setup /usr/bin/chromium
 
 # The gateway benchmark (docs/performance.md) against its baselines, on PostgreSQL and Redis like
 # production; BENCH_ARGS=--full for the issue's sizes. Pushpin (baseline b) comes from Debian.
+# Its own Redis database (1), apart from the tests' (0).
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/eventgate_bench
-BENCH_REDIS_URL ?= redis://127.0.0.1:6379/0
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/1
 bench: setup /usr/bin/pushpin
 	psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'eventgate_bench'" | grep -q 1 \
 	  || createdb -h 127.0.0.1 -U postgres eventgate_bench

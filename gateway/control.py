@@ -48,6 +48,8 @@ SWEEP_SECONDS = 1.0
 # Layer commands (group add or discard) one hub has in flight at most: channels-redis' pool holds
 # 100 connections and refuses more at once (MaxConnectionsError) rather than waiting.
 LAYER_COMMANDS_IN_FLIGHT = 32
+# Seconds a shutting-down process spends leaving its groups at most.
+SHUTDOWN_LEAVE_SECONDS = 3.0
 
 
 def api_key_group(key_id: int) -> str:
@@ -348,7 +350,44 @@ class ControlHub:
 
     async def _receive_forever(self) -> None:
         """Receive and hand out control messages; retry every ``CONTROL_RETRY_SECONDS`` while the
-        layer is unreachable, and rejoin every held group before receiving again."""
+        layer is unreachable, and rejoin every held group before receiving again. Cancelled (the
+        event loop shuts down: ``asyncio.run`` cancels every task), it leaves its groups first."""
+        try:
+            await self._receive_loop()
+        except asyncio.CancelledError:
+            await self._leave_all()
+            raise
+
+    async def _leave_all(self, timeout: float = SHUTDOWN_LEAVE_SECONDS) -> None:
+        """Take this process's channel out of every group it holds (process shutdown): otherwise
+        the layer keeps it there for its ``group_expiry`` (24 h in channels-redis) and every
+        control message to those groups is also written to a channel nobody reads. Best effort,
+        at most ``timeout`` seconds; never raises."""
+        groups = list(self._changed)
+        self._changed.clear()
+        self._joined_at.clear()
+        self._idle.clear()
+        if not groups or not self.available or self.channel_name is None:
+            return
+
+        async def discard(group: str) -> None:
+            async with self._commands:
+                await self.layer.group_discard(group, self.channel_name)
+            self.group_discards += 1
+
+        tasks = [asyncio.ensure_future(discard(group)) for group in groups]
+        for task in tasks:  # retrieved here, so a failure is not reported as never retrieved
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        failed = sum(1 for task in tasks if task.done() and (task.cancelled() or task.exception()))
+        for task in pending:
+            task.cancel()
+        if pending or failed:  # shutting down: what is left expires by itself
+            log.warning(
+                "Could not leave %d of %d control groups at shutdown", len(pending) + failed, len(groups)
+            )
+
+    async def _receive_loop(self) -> None:
         failures = 0
         while True:
             try:

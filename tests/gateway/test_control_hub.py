@@ -233,3 +233,33 @@ def test_a_full_grant_cache_drops_the_grants_it_no_longer_trusts_first(monkeypat
     cache.put(("k4", "api", "1"), entry("b"))
     assert sorted(cache.entries) == [("k2", "api", "1"), ("k3", "api", "1"), ("k4", "api", "1")]
     assert cache.get(("k2", "api", "1")) is not None and cache.get(("k1", "api", "1")) is None
+
+
+def test_a_gateway_that_shuts_down_leaves_its_control_groups(tmp_path, stream_api, bob_subscribed):
+    """After SIGTERM no group in Redis still names the stopped process's channel: channels-redis
+    would keep it for 24 h and write every later control message of those groups to it."""
+    import redis
+
+    from gateway.control import api_group, api_version_group, subscription_group
+    from tests.fixtures.servers import gateway_start
+
+    server = gateway_start(tmp_path / "gateway.log")
+    groups = [
+        api_key_group(bob_subscribed.key.id),
+        subscription_group(bob_subscribed.subscription.id),
+        api_group(stream_api.id),
+        api_version_group(stream_api.versions.get().id),
+    ]
+    client = redis.Redis.from_url(settings.REDIS_URL)
+
+    async def connected() -> list[int]:
+        url = f"{server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+        async with connect(url):
+            return [client.zcard(f"asgi:group:{group}") for group in groups]
+
+    try:
+        held = asyncio.run(connected())
+    finally:
+        server.stop()
+    assert held == [1, 1, 1, 1], "the process's one channel is in each of the grant's groups"
+    assert [client.zcard(f"asgi:group:{group}") for group in groups] == [0, 0, 0, 0], server.log()[-3000:]
