@@ -126,8 +126,9 @@ class Outbox:
         return len(self._queue)
 
     def put(self, message: dict[str, Any], size: int, minute: int, feed: ChannelFeed) -> None:
-        """Queue one event of ``feed`` (hot path: no await, no I/O). Applies the policy when
-        ``maxsize`` events are already waiting."""
+        """Hand one event of ``feed`` on (hot path: no await): written to the transport at once
+        on the fast path (``message["wire"]``, see the module docstring), else queued for the
+        writer. Applies the policy when ``maxsize`` events are already waiting."""
         if self.closed:
             return
         queue = self._queue
