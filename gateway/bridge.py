@@ -483,7 +483,11 @@ class Bridge:
                     f"cannot {'bind' if wanted else 'unbind'} {routing_key}: {exc}"
                 ) from exc
 
-    async def _on_connection_lost(self, *args: Any) -> None:
+    async def _on_connection_lost(self, sender: Any = None, exc: BaseException | None = None) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            # The event loop is shutting down (SIGTERM): nothing was lost, nothing reconnects.
+            log.info("Gateway bridge closed its RabbitMQ connection (shutting down)")
+            return
         # aio-pika calls this after every failed reconnection attempt too: log the first only.
         if not self._lost:
             self._lost = True

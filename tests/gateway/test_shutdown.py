@@ -37,5 +37,6 @@ def test_sigterm_flushes_the_usage_counted_since_the_last_flush(tmp_path, stream
     finally:
         server.stop()
     assert server.process.returncode == 143, server.log()  # 128 + SIGTERM: exited, not killed
+    assert "lost its RabbitMQ connection" not in server.log(), "a planned stop is not a broker outage"
     usage = usage_for_subscription(subscription=bob_subscribed.subscription)
     assert (usage.events, usage.bytes) == (EVENTS, sum(len(frame.encode()) for frame in frames)), server.log()
