@@ -158,16 +158,6 @@ class Route:
     replay: ReplayBuffer | None = None  # from the first SSE subscriber until the route goes
     lingering: list[asyncio.TimerHandle] = field(default_factory=list)
 
-    @property
-    def subscribers(self) -> tuple[Subscriber, ...]:
-        """The WebSocket subscribers, in the order they attached."""
-        return tuple(self.websocket.values())
-
-    @property
-    def sse_subscribers(self) -> tuple[Subscriber, ...]:
-        """The SSE subscribers, in the order they attached."""
-        return tuple(self.sse.values())
-
     def refresh(self) -> None:
         """Rebuild the fan-out tuples from the dicts (O(subscribers)); the bridge calls it before
         a fan-out when ``stale``."""
@@ -504,7 +494,7 @@ class Bridge:
                 continue
             notice = sse_gap(route.replay.last_event_id, REASON_GAP_BROKER)
             route.replay.mark_gap(notice)
-            for subscriber in route.sse_subscribers:
+            for subscriber in tuple(route.sse.values()):
                 tell = getattr(subscriber, "notice", None)
                 if tell is not None:
                     tell(notice)
