@@ -11,7 +11,8 @@ from django.db import models
 
 
 class UsageRecord(models.Model):
-    """Events and bytes for one subscription, channel template and direction in one minute."""
+    """Events and bytes for one subscription, channel template and direction in one minute, and
+    the events (bytes) throttled there (``throttled_events``: counted, never billed)."""
 
     class Direction(models.TextChoices):
         OUT = "out", "Server → client"
@@ -25,6 +26,10 @@ class UsageRecord(models.Model):
     direction = models.CharField(max_length=3, choices=Direction.choices, default=Direction.OUT)
     events = models.PositiveBigIntegerField(default=0)
     bytes = models.PositiveBigIntegerField(default=0)
+    throttled_events = models.PositiveBigIntegerField(
+        default=0, help_text="Events the plan's throttling policy stopped: not delivered, never billed."
+    )
+    throttled_bytes = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -41,10 +41,34 @@ def usage_record_batch(*, rows: Iterable[UsageRow]) -> int:
         return 0
     table = UsageRecord._meta.db_table
     sql = (
-        f"INSERT INTO {table} (subscription_id, bucket_start, channel, direction, events, bytes) "
-        "VALUES (%s, %s, %s, %s, %s, %s) "
+        f"INSERT INTO {table} (subscription_id, bucket_start, channel, direction, events, bytes, "
+        "throttled_events, throttled_bytes) VALUES (%s, %s, %s, %s, %s, %s, 0, 0) "
         "ON CONFLICT (subscription_id, bucket_start, channel, direction) DO UPDATE SET "
         f"events = {table}.events + excluded.events, bytes = {table}.bytes + excluded.bytes"
+    )
+    live = set(Subscription.objects.filter(pk__in={row[0] for row in rows}).values_list("pk", flat=True))
+    rows = [row for row in rows if row[0] in live]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+    return len(rows)
+
+
+def throttled_record_batch(*, rows: Iterable[UsageRow]) -> int:
+    """Add a batch of *throttled* counts (same row shape as ``usage_record_batch``: events and
+    bytes the business plan's throttling policy stopped) to the per-minute usage rows' columns
+    ``throttled_events`` and ``throttled_bytes``. They never add to ``events``/``bytes``, which
+    is what billing reads: throttled events are never billed. Concurrent flushes add up; rows
+    of deleted subscriptions are skipped. Returns the number of rows written."""
+    rows = [row for row in rows if row[4] or row[5]]
+    if not rows:
+        return 0
+    table = UsageRecord._meta.db_table
+    sql = (
+        f"INSERT INTO {table} (subscription_id, bucket_start, channel, direction, events, bytes, "
+        "throttled_events, throttled_bytes) VALUES (%s, %s, %s, %s, 0, 0, %s, %s) "
+        "ON CONFLICT (subscription_id, bucket_start, channel, direction) DO UPDATE SET "
+        f"throttled_events = {table}.throttled_events + excluded.throttled_events, "
+        f"throttled_bytes = {table}.throttled_bytes + excluded.throttled_bytes"
     )
     live = set(Subscription.objects.filter(pk__in={row[0] for row in rows}).values_list("pk", flat=True))
     rows = [row for row in rows if row[0] in live]

@@ -35,6 +35,7 @@ from analytics.models import UsageRecord
 from gateway.credentials import Credential, credential_resolve, credentials_usable
 from gateway.publishing import address_normalize, routing_key
 from gateway.schemas import MATCH_TIME_BUDGET, MatchBudget, parameters_error
+from gateway.throttling import Policy
 from portal.models import API, APIVersion, BusinessPlan, Channel, Subscription
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,10 @@ class Grant:
     version: str
     validate_payloads: bool
     channel: ChannelGrant | None = field(default=None, compare=False)
+    # The business plan's throttling policy (gateway.throttling) and the quota usage analytics
+    # held at the handshake: (events, bytes) of the counted directions this billing period.
+    policy: Policy | None = field(default=None, compare=False)
+    quota_used: tuple[int, int] = field(default=(0, 0), compare=False)
 
     # The single channel's fields, for consumers of one channel (SSE, single-channel WebSocket).
     @property
@@ -257,10 +262,13 @@ def _authorize(
         channels = version_channels(api_version_id)
         channel = channel_authorize(grant=grant, channels=channels, address=address, directions=DIRECTIONS)
         grant = dataclasses.replace(grant, channel=channel)
+    grant = dataclasses.replace(grant, policy=Policy.from_plan(plan))
     if quota:
-        refusal = quota_refusals({subscription_id: plan}).get(subscription_id)
+        used = quota_usage({subscription_id: plan}).get(subscription_id, (0, 0))
+        refusal = quota_refusals({subscription_id: plan}, used={subscription_id: used}).get(subscription_id)
         if refusal is not None:
             raise refusal
+        grant = dataclasses.replace(grant, quota_used=used)
     return grant
 
 
@@ -290,16 +298,17 @@ def version_channels(api_version_id: int) -> tuple[Channel, ...]:
 
 def _active_subscription(*, credential: Credential, api_id: int, api_slug: str) -> tuple[int, BusinessPlan]:
     """The id of the application's active subscription to the API and its business plan (only
-    the fields quotas need: name, ``quota_events``, ``quota_bytes``); else ``HandshakeRefused``
+    the fields of its throttling policy, ``Policy.PLAN_FIELDS``); else ``HandshakeRefused``
     (4403) naming the state of its most recent subscription. One query."""
+    plan_fields = [f"plan__{name}" for name in Policy.PLAN_FIELDS]
     subscriptions = list(
         Subscription.objects.filter(application_id=credential.application_id, api_id=api_id)
         .order_by("-created", "-pk")
-        .values_list("pk", "status", "plan_id", "plan__name", "plan__quota_events", "plan__quota_bytes")
+        .values_list("pk", "status", *plan_fields)
     )
-    for pk, status, plan_id, name, quota_events, quota_bytes in subscriptions:
+    for pk, status, *values in subscriptions:
         if status == Subscription.Status.ACTIVE:
-            return pk, BusinessPlan(pk=plan_id, name=name, quota_events=quota_events, quota_bytes=quota_bytes)
+            return pk, BusinessPlan(**dict(zip(Policy.PLAN_FIELDS, values, strict=True)))
     if not subscriptions:
         raise HandshakeRefused(
             CLOSE_FORBIDDEN, f"application {credential.application_id} is not subscribed to {api_slug}"
@@ -571,8 +580,10 @@ def grants_refusals(
     (``credentials_usable``) [4401]; the subscription is still active [4403, the reason names
     suspended/cancelled] and on the same business plan [4409]; the API and version are still
     served [4410]; with ``quota``, the plan's quotas for this calendar month are not used up
-    [4429]. At most 6 queries for any number of grants, one per check (the gateway's periodic
-    audit; the handshake's second look runs it for one grant and the checks it needs).
+    [4429] (plans whose ``limit_notice`` is "close" only: under "notify" a stopped connection
+    stays open and is told, ``gateway.throttling``). At most 6 queries for any number of
+    grants, one per check (the gateway's periodic audit; the handshake's second look runs it
+    for one grant and the checks it needs).
     """
     if not grants:
         return []
@@ -606,9 +617,10 @@ def grants_refusals(
     )
     quotas: dict[int, HandshakeRefused] = {}
     if quota:
-        plans = BusinessPlan.objects.filter(pk__in={g.plan_id for g in grants}).filter(
-            Q(quota_events__isnull=False) | Q(quota_bytes__isnull=False)
-        )
+        # A plan whose stopped clients are only notified keeps them open (gateway.throttling).
+        plans = BusinessPlan.objects.filter(
+            pk__in={g.plan_id for g in grants}, limit_notice=BusinessPlan.LimitNotice.CLOSE
+        ).filter(Q(quota_events__isnull=False) | Q(quota_bytes__isnull=False))
         by_id = {plan.pk: plan for plan in plans}
         quotas = quota_refusals({g.subscription_id: by_id[g.plan_id] for g in grants if g.plan_id in by_id})
     return [_grant_refusal(g, usable, subscriptions, versions, quotas) for g in grants]
@@ -673,30 +685,57 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def quota_refusals(plans: Mapping[int, BusinessPlan]) -> dict[int, HandshakeRefused]:
-    """Subscription id → 4429 refusal, for those of ``plans`` (subscription id → its plan) whose
-    ``quota_events`` or ``quota_bytes`` this calendar month (UTC) is used up.
-
-    Usage is the analytics rows (``UsageRecord``) of both directions since the month started:
-    what the gateway counted and flushed (at most ``GATEWAY_FLUSH_INTERVAL`` seconds behind).
-    One query, none if no plan has a quota.
-    """
-    limited = {
+def _quota_limited(plans: Mapping[int, BusinessPlan]) -> dict[int, BusinessPlan]:
+    return {
         sub: plan
         for sub, plan in plans.items()
-        if plan.quota_events is not None or plan.quota_bytes is not None
+        if (plan.quota_events is not None or plan.quota_bytes is not None)
+        and plan.quota_action == BusinessPlan.QuotaAction.STOP
     }
+
+
+def quota_usage(plans: Mapping[int, BusinessPlan]) -> dict[int, tuple[int, int]]:
+    """Subscription id → (events, bytes) this calendar month (UTC) of the directions its plan's
+    policy counts (``counted_directions``), for those of ``plans`` (subscription id → plan) whose
+    quotas stop events. From the analytics rows (``UsageRecord``): what the gateway counted and
+    flushed, at most ``GATEWAY_FLUSH_INTERVAL`` seconds behind. One query, none if no plan has
+    a quota that stops."""
+    limited = _quota_limited(plans)
     if not limited:
         return {}
-    used = {
-        row["subscription_id"]: row
-        for row in UsageRecord.objects.filter(subscription_id__in=limited, bucket_start__gte=month_start())
-        .values("subscription_id")
+    rows = (
+        UsageRecord.objects.filter(subscription_id__in=limited, bucket_start__gte=month_start())
+        .values("subscription_id", "direction")
         .annotate(events=Sum("events"), bytes=Sum("bytes"))
-    }
+    )
+    used: dict[int, tuple[int, int]] = {}
+    for row in rows:
+        plan = limited[row["subscription_id"]]
+        if plan.counted_directions not in (BusinessPlan.CountedDirections.BOTH, row["direction"]):
+            continue
+        events, size = used.get(row["subscription_id"], (0, 0))
+        used[row["subscription_id"]] = (events + (row["events"] or 0), size + (row["bytes"] or 0))
+    return used
+
+
+def quota_refusals(
+    plans: Mapping[int, BusinessPlan], *, used: Mapping[int, tuple[int, int]] | None = None
+) -> dict[int, HandshakeRefused]:
+    """Subscription id → 4429 refusal, for those of ``plans`` (subscription id → its plan) whose
+    ``quota_events`` or ``quota_bytes`` this calendar month (UTC) is used up, counting the
+    directions of the plan's ``counted_directions`` (``quota_usage``, or ``used`` when the
+    caller has it). Plans whose ``quota_action`` is "overage" are never refused. One query,
+    none if no plan has a quota that stops.
+    """
+    limited = _quota_limited(plans)
+    if not limited:
+        return {}
+    if used is None:
+        used = quota_usage(limited)
     refusals = {}
     for sub, plan in limited.items():
-        row = used.get(sub) or {"events": 0, "bytes": 0}
+        events, size = used.get(sub, (0, 0))
+        row = {"events": events, "bytes": size}
         if plan.quota_events is not None and row["events"] >= plan.quota_events:
             refusals[sub] = HandshakeRefused(
                 CLOSE_QUOTA_EXHAUSTED,

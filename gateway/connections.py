@@ -71,6 +71,16 @@ from gateway.control import (
     subscription_group,
 )
 from gateway.credentials import credential_group, secret_digest
+from gateway.throttling import (
+    CLOSE_DURATION_LIMIT,
+    CLOSE_THROTTLED,
+    SubscriptionThrottle,
+    connection_slots,
+    limit_reason,
+    redis_errors,
+    throttle_acquire,
+    throttle_release,
+)
 
 __all__ = ["CONTROL_RETRY_SECONDS", "LiveConnection", "db_call", "layer_unavailable"]
 
@@ -345,6 +355,12 @@ class LiveConnection:
     _accepted = False  # accepted and registered (live_add): control messages are handled
     _control_pending: list[dict[str, Any]] | None = None
     _groups_held: tuple[str, ...] | None = None
+    # Throttling (gateway.throttling): the subscription's throttle, this connection's slot,
+    # and the duration-limit timer.
+    throttle: SubscriptionThrottle | None = None
+    _slot: str | None = None
+    _duration: asyncio.TimerHandle | None = None
+    _limit_task: asyncio.Task[None] | None = None
 
     # --- the consumer's life: one dispatch loop, one clean-up -------------------------------
 
@@ -565,6 +581,80 @@ class LiveConnection:
             hub = control_hub()
             if hub is not None:
                 hub.leave(self, groups)
+
+    # --- throttling (gateway.throttling) ----------------------------------------------------
+
+    async def _throttling_admit(self, grant: Grant) -> None:
+        """Apply the plan's policy to a handshake that passed every other check: take a
+        connection slot of the subscription and the application (4429 when either is full),
+        take the subscription's throttle and its first lease (4429 when the quota is used up,
+        or when the plan closes stopped clients and the window is used up). Raises
+        ``HandshakeRefused``; on success ``throttle_release`` runs in ``_throttling_release``.
+        While Redis is unreachable the slot is skipped ("open") or the handshake refused with
+        1013 ("closed", ``GATEWAY_THROTTLE_REDIS_DOWN``)."""
+        policy = grant.policy
+        if policy is None:
+            return
+        try:
+            self._slot, full = await connection_slots().admit(
+                policy, grant.subscription_id, grant.application_id
+            )
+        except redis_errors() as exc:
+            if str(settings.GATEWAY_THROTTLE_REDIS_DOWN) == "closed":
+                raise HandshakeRefused(
+                    CLOSE_TRY_AGAIN_LATER,
+                    "Throttling storage (Redis) unavailable; try again later.",
+                    credential=grant.credential,
+                ) from None
+            log.warning("Connection limits not checked (Redis unreachable, failing open): %r", exc)
+            full = None
+        if full is not None:
+            raise HandshakeRefused(CLOSE_THROTTLED, full, credential=grant.credential)
+        throttle = self.throttle = throttle_acquire(policy, grant.subscription_id)
+        if throttle is not None:
+            await throttle.seed(*grant.quota_used)
+            await throttle.prime()
+            if throttle.blocked and (
+                throttle.blocked_kind in ("quota", "bytes") or policy.limit_notice == "close"
+            ):
+                retry = max(0, int(throttle.blocked_until - time.time() + 0.999))
+                raise HandshakeRefused(
+                    CLOSE_THROTTLED,
+                    f"{limit_reason(policy, throttle.blocked_kind)}; retry after {retry} s",
+                    credential=grant.credential,
+                )
+        if policy.max_connection_seconds:
+            self._duration = asyncio.get_running_loop().call_later(
+                policy.max_connection_seconds, self._duration_reached
+            )
+
+    def _throttling_release(self) -> None:
+        """Give back the slot and the throttle; cancel the duration timer. Idempotent."""
+        if self._duration is not None:
+            self._duration.cancel()
+            self._duration = None
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            connection_slots().release(slot)
+        throttle, self.throttle = self.throttle, None
+        throttle_release(throttle)
+
+    def _duration_reached(self) -> None:
+        self._duration = None
+        policy = self.grant.policy if self.grant is not None else None
+        seconds = policy.max_connection_seconds if policy is not None else 0
+        self._limit_task = asyncio.get_running_loop().create_task(
+            self.close(  # type: ignore[attr-defined]
+                CLOSE_DURATION_LIMIT,
+                f"Connection duration limit reached ({seconds} s); reconnect to continue.",
+            )
+        )
+
+    def _throttled_close(self, throttle: SubscriptionThrottle) -> None:
+        """Close with 4429 for a plan whose ``limit_notice`` is "close" (never waits)."""
+        retry = max(0, int(throttle.blocked_until - time.time() + 0.999))
+        reason = f"{limit_reason(throttle.policy, throttle.blocked_kind)}; retry after {retry} s"
+        self._limit_task = asyncio.get_running_loop().create_task(self.close(CLOSE_THROTTLED, reason))  # type: ignore[attr-defined]
 
     def _expiry_schedule(self, grant: Grant) -> None:
         """Close with 4401 when the credential expires (an OAuth token's ``expires_in``, a rotated

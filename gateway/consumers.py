@@ -14,12 +14,19 @@ Refusals follow one contract (``gateway.auth``): the handshake is accepted (echo
 broker binding or queue, no metering for a refused handshake. Open connections close with:
 
 - 4401 credential revoked or expired; 4403 subscription suspended, cancelled or otherwise ended;
-  4409 business plan changed; 4410 API blocked or retired, version retired; 4429 quota used up
-  (audit) — through control messages over the Channels layer (``gateway.control``), and the
-  periodic audit (``gateway.connections.live_connections_audit``) for what sends none;
+  4408 the plan's connection duration limit reached; 4409 business plan changed; 4410 API
+  blocked or retired, version retired; 4429 a throttling limit reached under a plan that closes
+  stopped clients, or quota used up (audit) — through control messages over the Channels
+  layer (``gateway.control``), and the periodic audit
+  (``gateway.connections.live_connections_audit``) for what sends none;
 - 1008 a binary frame; 1009 a frame over ``GATEWAY_MAX_MESSAGE_BYTES`` (uvicorn itself);
   1011 internal error; 1013 RabbitMQ unreachable at the handshake, or a slow consumer under the
   "close" policy (``gateway.delivery``).
+
+Throttling (``gateway.throttling``, docs/throttling.md): the handshake takes a connection slot
+and the subscription's first lease (4429 when a connection limit or the quota is reached); a
+stopped event is counted, and the client gets one ``{"type": "throttled", ...}`` frame per stop
+(or 4429, as the plan says); a stopped client event gets an error frame with code 4429.
 
 Events reach clients through a per-connection ``gateway.delivery.Outbox``: the bridge's fan-out
 only enqueues (``ChannelFeed``), so no client's socket can stall others; replies (ack and error
@@ -57,6 +64,7 @@ from gateway.inbound import PayloadInvalid, get_inbound_publisher, payload_parse
 from gateway.metering import get_meter
 from gateway.publishing import address_normalize
 from gateway.schemas import payload_error
+from gateway.throttling import CLOSE_THROTTLED, SubscriptionThrottle, notice_data
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +139,14 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
 
     async def _open(self, grant: Grant) -> None:
         """Bind the URL's channel (if it may receive), accept, start the outbox writer."""
+        try:
+            await self._throttling_admit(grant)
+        except HandshakeRefused as refusal:
+            await self._refuse(refusal)
+            return
         self.bridge = get_bridge()
         self.outbox = Outbox(send=self.base_send, close=self.close)
+        self.outbox.on_throttled = self._throttled
         channel = grant.channel
         if channel is not None and grant.refusal(channel, "receive") is None:
             try:
@@ -163,8 +177,12 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         to this connection's outbox. Raises ``BrokerUnavailable``."""
         assert self.bridge is not None and self.outbox is not None and self.grant is not None
         await self.bridge.bind(channel.routing_key)
+        policy = self.grant.policy
         feed = ChannelFeed(
-            self.outbox, subscription_id=self.grant.subscription_id, channel_template=channel.channel_template
+            self.outbox,
+            subscription_id=self.grant.subscription_id,
+            channel_template=channel.channel_template,
+            throttle=self.throttle if policy is not None and policy.counts("out") else None,
         )
         self.bridge.attach(channel.routing_key, channel.address, feed)
         self.feeds[channel.address] = (channel, feed)
@@ -236,6 +254,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         self._finished = self._ending = True
         live_discard(self)
         self._expiry_cancel()
+        self._throttling_release()
         if self.outbox is not None:
             self.outbox.stop()
         for address in list(self.feeds):
@@ -288,6 +307,24 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
                     CLOSE_BAD_REQUEST, reason, frame_id=frame_id, channel=channel.address, pointer=pointer
                 )
                 return False
+        policy, throttle = self.grant.policy, self.throttle
+        if throttle is not None and policy is not None and policy.counts("in"):
+            if not await throttle.wait(len(body)):
+                get_meter().throttle(
+                    (self.grant.subscription_id, channel.channel_template, "in", int(time.time()) // 60),
+                    len(body),
+                )
+                if policy.limit_notice == "close":
+                    self._throttled_close(throttle)
+                else:
+                    notice = notice_data(throttle)
+                    self._error(
+                        CLOSE_THROTTLED,
+                        f"{notice['reason']}; retry after {notice['retry_after']} s",
+                        frame_id=frame_id,
+                        channel=channel.address,
+                    )
+                return False
         try:
             await get_inbound_publisher().publish(grant=self.grant, channel=channel, body=body)
         except BrokerUnavailable as exc:
@@ -298,6 +335,16 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
             (self.grant.subscription_id, channel.channel_template, "in", int(time.time()) // 60), len(body)
         )
         return True
+
+    def _throttled(self, throttle: SubscriptionThrottle) -> None:
+        """The outbox stopped an event (once per stop): send the documented notice frame
+        (``gateway.throttling.notice_data``, with the channel of this connection when it has
+        one) or, for plans that close stopped clients, close with 4429."""
+        policy = throttle.policy
+        if policy.limit_notice == "close":
+            self._throttled_close(throttle)
+            return
+        self._reply(notice_data(throttle))
 
     def _reply(self, frame: dict[str, Any]) -> None:
         """Queue an ack or error frame behind the events already queued (never waits).

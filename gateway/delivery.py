@@ -18,6 +18,11 @@ awaits a client's send: a ``ChannelFeed`` only appends the event to its connecti
   and counts it as dropped for its (subscription, channel template) in process memory
   (``gateway.metering.Meter.drop``); ``"close"`` discards what is queued and closes the
   connection with 1013 (try again later, RFC 6455 §7.4.1). Dropped events are never metered.
+- Throttling (``gateway.throttling``): when the feed has a throttle, ``put`` first takes the
+  event from the subscription's local lease (no I/O). A stopped event is counted as throttled
+  (``Meter.throttle``, never billed) and the connection is told once per stop
+  (``Outbox.on_throttled``); an event that must wait for the next lease is queued and the
+  writer awaits the lease before sending it, so order holds.
 - Metering happens in the writer *after* ``send`` returned, so what is billed is what was
   handed to the socket: events discarded by ``stop`` (client gone), by a failed send or by the
   close policy are not metered.
@@ -42,6 +47,7 @@ from typing import Any
 from django.conf import settings
 
 from gateway.metering import Meter, get_meter
+from gateway.throttling import ALLOW, THROTTLE, SubscriptionThrottle
 from gateway.wire import DirectSocket, direct_socket
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,8 @@ REASON_SLOW_CONSUMER = "Slow consumer: outbound buffer full; reconnect and read 
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
+# The ``events`` of a queued event that still needs its throttling lease (one event).
+_NEEDS_LEASE = -1
 
 
 class Outbox:
@@ -98,6 +106,11 @@ class Outbox:
         self.closed = False
         self.sent = 0
         self.dropped = 0
+        self.throttled = 0
+        # Called once per stop (a throttle's new ``blocked_until``) with the throttle: the
+        # consumer tells its client (gateway.throttling notices) or closes with 4429.
+        self.on_throttled: Callable[[SubscriptionThrottle], None] | None = None
+        self._notified = 0.0
 
     def start(self) -> None:
         """Start the writer task on the running loop (and the meter's periodic flush); call once
@@ -132,6 +145,18 @@ class Outbox:
         if self.closed:
             return
         queue = self._queue
+        throttle = feed.throttle
+        if throttle is not None:
+            taken = throttle.take(size)
+            if taken != ALLOW:
+                if taken == THROTTLE:
+                    self._throttled(feed, size, minute, throttle)
+                elif len(queue) >= self.maxsize:
+                    self._overflow(feed)
+                else:  # the next lease is on its way: the writer waits for it, in order
+                    queue.append((message, size, minute, feed, _NEEDS_LEASE))
+                    self._wakeup.set()
+                return
         direct = self._direct
         if direct is not None and not queue and not self._busy and direct.ready():
             wire = message.get("wire")
@@ -167,6 +192,16 @@ class Outbox:
         self._wakeup.set()
         return True
 
+    def _throttled(self, feed: ChannelFeed, size: int, minute: int, throttle: SubscriptionThrottle) -> None:
+        """Count one event the throttling policy stopped (never metered as delivered) and tell
+        the client once per stop."""
+        self.throttled += 1
+        self._meter.throttle((feed.subscription_id, feed.channel_template, "out", minute), size)
+        if self._notified != throttle.blocked_until:
+            self._notified = throttle.blocked_until
+            if self.on_throttled is not None:
+                self.on_throttled(throttle)
+
     def _overflow(self, feed: ChannelFeed) -> None:
         self.dropped += 1
         self._meter.drop(feed.subscription_id, feed.channel_template)
@@ -191,6 +226,13 @@ class Outbox:
                 while queue:
                     message, size, minute, feed, events = queue.popleft()
                     self._busy = True  # until sent: the fast path must not overtake it
+                    if events == _NEEDS_LEASE:
+                        assert feed is not None and feed.throttle is not None
+                        if not await feed.throttle.wait(size):
+                            self._busy = False
+                            self._throttled(feed, size, minute, feed.throttle)
+                            continue
+                        events = 1
                     try:
                         await send(message)
                     except (UnicodeError, TypeError) as exc:  # this message is bad, not the socket
@@ -225,6 +267,7 @@ class ChannelFeed:
         "outbox",
         "subscription_id",
         "channel_template",
+        "throttle",
         "minute",
         "events",
         "bytes",
@@ -232,10 +275,19 @@ class ChannelFeed:
         "__weakref__",
     )
 
-    def __init__(self, outbox: Outbox, *, subscription_id: int, channel_template: str) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        subscription_id: int,
+        channel_template: str,
+        throttle: SubscriptionThrottle | None = None,
+    ) -> None:
         self.outbox = outbox
         self.subscription_id = subscription_id
         self.channel_template = channel_template
+        # The subscription's throttle when its policy counts server → client events.
+        self.throttle = throttle
         # Fast-path deliveries not yet in the meter: ``events`` of ``bytes`` in ``minute``.
         self.minute = 0
         self.events = 0

@@ -13,6 +13,11 @@ Durability: a failed write is merged back and retried at the next flush; on a cl
 (SIGTERM/SIGINT, the process exits normally) an ``atexit`` hook writes what is left. A crash
 (SIGKILL, OOM) loses at most the counts of the last flush interval.
 
+Throttled events (stopped by the business plan's throttling policy, ``gateway.throttling``) are
+counted per (subscription, channel template, direction, minute) in ``Meter.throttled`` and
+written in the same flush to ``UsageRecord.throttled_events``/``throttled_bytes``: never to
+``events``, so they are never billed.
+
 Dropped events (a slow consumer's full outbox, ``gateway.delivery``) are never metered as
 delivered. They are counted per (subscription id, channel template) in process memory only:
 analytics has no row for them (``UsageRecord`` is what billing reads). Totals since the process
@@ -31,9 +36,9 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
-from analytics.services import UsageRow, usage_record_batch
+from analytics.services import UsageRow, throttled_record_batch, usage_record_batch
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,9 @@ class Meter:
     def __init__(self) -> None:
         self.counts: dict[MeterKey, list[int]] = {}
         self.dropped: dict[DropKey, int] = {}  # events dropped since the process started
+        # Events the throttling policy stopped, [events, bytes] per key (gateway.throttling).
+        self.throttled: dict[MeterKey, list[int]] = {}
+        self.throttled_total = 0  # since the process started
         self._dropped_recent: dict[DropKey, int] = {}  # since the last flush's log summary
         self._task: asyncio.Task[None] | None = None
         self._atexit_registered = False
@@ -74,6 +82,17 @@ class Meter:
         key = (subscription_id, channel_template)
         self.dropped[key] = self.dropped.get(key, 0) + 1
         self._dropped_recent[key] = self._dropped_recent.get(key, 0) + 1
+
+    def throttle(self, key: MeterKey, size: int) -> None:
+        """Count one event of ``size`` bytes stopped by the throttling policy (not delivered,
+        never billed; written to ``UsageRecord.throttled_events`` at the next flush)."""
+        entry = self.throttled.get(key)
+        if entry is None:
+            self.throttled[key] = [1, size]
+        else:
+            entry[0] += 1
+            entry[1] += size
+        self.throttled_total += 1
 
     def drops_log(self) -> int:
         """Log one summary line of the drops since the last call (the largest five); returns
@@ -108,30 +127,50 @@ class Meter:
             entry[0] += events
             entry[1] += size
 
+    def take_throttled(self) -> list[UsageRow]:
+        """Swap the throttled counters for empty ones; return them as rows."""
+        counts, self.throttled = self.throttled, {}
+        return [
+            (subscription_id, datetime.fromtimestamp(minute * 60, UTC), template, direction, events, size)
+            for (subscription_id, template, direction, minute), (events, size) in counts.items()
+        ]
+
+    def restore_throttled(self, rows: list[UsageRow]) -> None:
+        """Merge throttled rows a failed write could not store back."""
+        for subscription_id, bucket, template, direction, events, size in rows:
+            key = (subscription_id, template, direction, int(bucket.timestamp()) // 60)
+            entry = self.throttled.setdefault(key, [0, 0])
+            entry[0] += events
+            entry[1] += size
+
     async def flush(self) -> int:
-        """Write the counters to analytics from a worker thread; returns rows written.
+        """Write the counters (delivered, then throttled) to analytics from a worker thread;
+        returns rows written.
 
         On a database error the rows are kept for the next flush and 0 is returned.
         """
         self.drops_log()
-        rows = self.take_rows()
-        if not rows:
+        rows, throttled = self.take_rows(), self.take_throttled()
+        if not rows and not throttled:
             return 0
         try:
-            return await sync_to_async(_usage_write, thread_sensitive=False)(rows)
+            return await sync_to_async(_usage_write, thread_sensitive=False)(rows, throttled)
         except Exception:
-            log.exception("Usage flush of %d rows failed; keeping them for the next flush", len(rows))
+            log.exception(
+                "Usage flush of %d rows failed; keeping them for the next flush", len(rows) + len(throttled)
+            )
             self.restore_rows(rows)
+            self.restore_throttled(throttled)
             return 0
 
     def flush_sync(self) -> None:
         """Final synchronous flush, for ``atexit`` (the event loop has stopped by then)."""
-        rows = self.take_rows()
-        if rows:
+        rows, throttled = self.take_rows(), self.take_throttled()
+        if rows or throttled:
             try:
-                _usage_write(rows)
+                _usage_write(rows, throttled)
             except Exception:
-                log.exception("Final usage flush lost %d rows", len(rows))
+                log.exception("Final usage flush lost %d rows", len(rows) + len(throttled))
 
     def ensure_flushing(self) -> None:
         """Start the periodic flush on the running loop unless it already runs there."""
@@ -161,10 +200,12 @@ class Meter:
             await self.flush()
 
 
-def _usage_write(rows: list[UsageRow]) -> int:
+def _usage_write(rows: list[UsageRow], throttled: list[UsageRow] | None = None) -> int:
     # Runs in a worker thread: drop the thread's connection afterwards like a request would.
     try:
-        return usage_record_batch(rows=rows)
+        with transaction.atomic():
+            written = usage_record_batch(rows=rows)
+            return written + (throttled_record_batch(rows=throttled) if throttled else 0)
     finally:
         close_old_connections()
 

@@ -45,6 +45,7 @@ from gateway.consumers import CLOSE_TRY_AGAIN_LATER, REASON_BROKER_DOWN
 from gateway.credentials import credential_from_scope
 from gateway.delivery import ChannelFeed, Outbox
 from gateway.security import GatewayOriginValidator
+from gateway.throttling import SubscriptionThrottle, notice_data
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,11 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
             )
             return False
         self._bound_key = grant.channel.routing_key
+        try:
+            await self._throttling_admit(grant)
+        except HandshakeRefused as refusal:
+            await self._refuse(refusal)
+            return False
         await self._stream(grant)
         return True
 
@@ -186,8 +192,13 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
         await self.send_headers(status=200, headers=STREAM_HEADERS)
         self._streaming = True
         self.outbox = Outbox(send=self.base_send, close=self.close)
+        self.outbox.on_throttled = self._throttled
+        policy = grant.policy
         self.feed = ChannelFeed(
-            self.outbox, subscription_id=grant.subscription_id, channel_template=channel.channel_template
+            self.outbox,
+            subscription_id=grant.subscription_id,
+            channel_template=channel.channel_template,
+            throttle=self.throttle if policy is not None and policy.counts("out") else None,
         )
         # attach and replay_since in one step (no await between): nothing missed, nothing twice.
         self.bridge.attach(channel.routing_key, channel.address, self.feed, framing="sse")
@@ -220,6 +231,22 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
             grant.version,
             channel.address,
             " (resuming)" if last_event_id else "",
+        )
+
+    def _throttled(self, throttle: SubscriptionThrottle) -> None:
+        """The outbox stopped an event (once per stop): an ``eventgate.throttled`` event whose
+        data is ``gateway.throttling.notice_data``, or, for plans that close stopped clients,
+        the end of the stream (``eventgate.close`` with 4429)."""
+        if throttle.policy.limit_notice == "close":
+            self._throttled_close(throttle)
+            return
+        data = json.dumps(notice_data(throttle), separators=(",", ":"))
+        self.outbox.enqueue(  # type: ignore[union-attr]
+            {
+                "type": "http.response.body",
+                "body": f"event: eventgate.throttled\ndata: {data}\n\n".encode(),
+                "more_body": True,
+            }
         )
 
     def _last_event_id(self) -> str | None:
@@ -285,6 +312,7 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
         _live_sse.discard(self)
         live_discard(self)
         self._expiry_cancel()
+        self._throttling_release()
         if self.outbox is not None:
             self.outbox.stop()
         self._groups_leave()

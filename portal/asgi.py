@@ -32,6 +32,7 @@ from gateway.metering import get_meter  # noqa: E402
 from gateway.routing import websocket_urlpatterns  # noqa: E402
 from gateway.security import GatewayOriginValidator  # noqa: E402
 from gateway.sse import EventSourceConsumer, refusal_response  # noqa: E402
+from gateway.throttling import throttle_status  # noqa: E402
 
 ASGIApp = Any
 
@@ -69,7 +70,9 @@ def gateway_status_document() -> dict[str, Any]:
     routes, events dropped before fan-out by reason), slow-consumer drops per subscription,
     handshakes (``cached``: a grant reused with no query and no Redis command; ``checked``;
     ``refused``; ``database_queries`` of the gateway's worker threads; ``credential_cache_reads``
-    of the shared Redis cache) and the control hub (groups held, messages, layer commands)."""
+    of the shared Redis cache), the control hub (groups held, messages, layer commands) and
+    throttling (subscriptions with a throttle here, how many are stopped now, events throttled
+    since the process started)."""
     bridge = hub = None
     try:
         loop = asyncio.get_running_loop()
@@ -83,6 +86,7 @@ def gateway_status_document() -> dict[str, Any]:
         "handshakes": {**handshake_status(), "credential_cache_reads": credential_cache_reads()},
         "control": hub.status() if hub is not None else None,
         "bridge": bridge.status() if bridge is not None else None,
+        "throttling": {**throttle_status(), "throttled_events": get_meter().throttled_total},
         "slow_consumer_dropped": {
             "total": sum(dropped.values()),
             "by_subscription": [

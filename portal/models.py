@@ -414,9 +414,15 @@ class BusinessPlan(models.Model):
 
     Prices are integer minor units (cents) of ``currency``. A billing period's charge is
     ``flat_fee + ceil(max(0, events - included_events) / 1000) * price_per_1000_events``.
-    Limits (None = unlimited) are stored here and enforced by the gateway's throttling:
+    The plan is also the subscription's throttling policy (None = unlimited), enforced by
+    ``gateway.throttling`` per subscription across gateway processes (docs/throttling.md):
     ``rate_limit_events`` per ``rate_limit_unit`` with ``burst_events`` extra, ``quota_events``
-    and ``quota_bytes`` per billing period, ``max_connections`` per subscription.
+    and ``quota_bytes`` per billing period (calendar month, UTC), all counting the
+    ``counted_directions``; ``max_connections`` per subscription and
+    ``max_connections_per_application``; ``max_webhook_subscriptions``;
+    ``max_connection_seconds``. At a quota, ``quota_action`` stops or bills the overage at
+    ``overage_price_per_1000_events_minor`` / ``overage_price_per_gb_minor``; a stopped client
+    is told as ``limit_notice`` says.
     Admins approve plans before consumers can pick them, or reject them with a reason the
     provider sees.
     """
@@ -427,6 +433,19 @@ class BusinessPlan(models.Model):
         HOUR = "hour", "hour"
         DAY = "day", "day"
         MONTH = "month", "month"
+
+    class CountedDirections(models.TextChoices):
+        BOTH = "both", "Both directions"
+        OUT = "out", "Server → client only"
+        IN = "in", "Client → server only"
+
+    class QuotaAction(models.TextChoices):
+        STOP = "stop", "Stop delivering"
+        OVERAGE = "overage", "Keep delivering; bill the overage"
+
+    class LimitNotice(models.TextChoices):
+        NOTIFY = "notify", "Notify and keep the connection"
+        CLOSE = "close", "Close the connection (4429)"
 
     class ApprovalStatus(models.TextChoices):
         PENDING = "pending", "Awaiting approval"
@@ -463,6 +482,45 @@ class BusinessPlan(models.Model):
     )
     max_connections = models.PositiveIntegerField(
         null=True, blank=True, help_text="Concurrent connections per subscription; empty for unlimited."
+    )
+    counted_directions = models.CharField(
+        max_length=4,
+        choices=CountedDirections.choices,
+        default=CountedDirections.BOTH,
+        help_text="Which events the rate limit and the quotas count.",
+    )
+    max_connections_per_application = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Concurrent connections per application, over all its subscriptions; empty for unlimited.",
+    )
+    max_webhook_subscriptions = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Webhook subscriptions per subscription; empty for unlimited."
+    )
+    max_connection_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="A connection is closed (4408) after this many seconds; the client may reconnect. "
+        "Empty for no limit.",
+    )
+    quota_action = models.CharField(
+        max_length=8,
+        choices=QuotaAction.choices,
+        default=QuotaAction.STOP,
+        help_text="At the events or bytes quota: stop delivering, or keep delivering and bill the excess.",
+    )
+    limit_notice = models.CharField(
+        max_length=8,
+        choices=LimitNotice.choices,
+        default=LimitNotice.NOTIFY,
+        help_text="How a stopped client is told: a notice (control frame, SSE event, webhook header) "
+        "with the connection kept open, or a close with 4429.",
+    )
+    overage_price_per_1000_events_minor = models.PositiveIntegerField(
+        default=0, help_text="Per 1,000 events over the events quota, when the quota action is overage."
+    )
+    overage_price_per_gb_minor = models.PositiveIntegerField(
+        default=0, help_text="Per GB (10^9 bytes) over the bytes quota, when the quota action is overage."
     )
     currency = models.CharField(max_length=3, default="usd")
     flat_fee_minor = models.PositiveIntegerField(

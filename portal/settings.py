@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -165,6 +166,16 @@ GATEWAY_AUDIT_INTERVAL = env.float("GATEWAY_AUDIT_INTERVAL", default=30.0)
 GATEWAY_GRANT_CACHE_SECONDS = env.float("GATEWAY_GRANT_CACHE_SECONDS", default=10.0)
 # Gateway: worker threads for handshake and audit queries; each keeps one database connection.
 GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=4)
+# Throttling (gateway.throttling, docs/throttling.md): events and bytes a process takes from
+# Redis per lease, and what to do while Redis is unreachable ("open": keep delivering, counted
+# locally and added when Redis is back; "closed": stop every counted event).
+GATEWAY_THROTTLE_LEASE_EVENTS = env.int("GATEWAY_THROTTLE_LEASE_EVENTS", default=1000)
+GATEWAY_THROTTLE_LEASE_BYTES = env.int("GATEWAY_THROTTLE_LEASE_BYTES", default=16 * 1024 * 1024)
+GATEWAY_THROTTLE_REDIS_DOWN = env("GATEWAY_THROTTLE_REDIS_DOWN", default="open")
+if GATEWAY_THROTTLE_REDIS_DOWN not in ("open", "closed"):
+    raise ImproperlyConfigured(
+        f"GATEWAY_THROTTLE_REDIS_DOWN must be 'open' or 'closed', not {GATEWAY_THROTTLE_REDIS_DOWN!r}"
+    )
 
 # Celery: tasks travel over RabbitMQ; results are not stored.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=AMQP_URL)

@@ -82,3 +82,26 @@ def _empty_cache(settings):
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttling_counters(settings):
+    """Throttling counters (gateway.throttling) are keyed by subscription id, and ids repeat
+    from one test database to the next: delete this Redis database's counters and connection
+    slots before each test (only those keys: running servers share the database)."""
+    if not settings.REDIS_URL:
+        yield
+        return
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        for pattern in ("LIMITS:eventgate/*", "eventgate:conns:*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                client.delete(*keys)
+    except redis.RedisError:
+        pass  # a test that stopped Redis on purpose: nothing to clean
+    finally:
+        client.close()
+    yield

@@ -27,7 +27,7 @@ from gateway.publishing import event_publish
 from gateway.routing import websocket_urlpatterns
 from gateway.security import GatewayOriginValidator
 from portal.asgi import application
-from portal.models import API, APIKey, APIVersion
+from portal.models import API, APIKey, APIVersion, BusinessPlan
 from portal.services.credentials import api_key_revoke
 from tests.factories import ApplicationFactory, ChannelFactory, SubscriptionFactory
 
@@ -285,6 +285,7 @@ async def test_the_audit_closes_a_connection_once_its_monthly_quota_is_used_up(s
 
     def limit_and_use_last_month() -> None:
         subscription.plan.quota_events = 100
+        subscription.plan.limit_notice = BusinessPlan.LimitNotice.CLOSE  # "notify" keeps it open
         subscription.plan.save()
         # The whole quota used, but last month.
         previous = month_start() - timedelta(days=1)
@@ -304,5 +305,25 @@ async def test_the_audit_closes_a_connection_once_its_monthly_quota_is_used_up(s
             4429,
             "events quota of plan 'Free' used up this month (100 events)",
         )
+    finally:
+        await client.disconnect()
+
+
+async def test_the_audit_keeps_a_stopped_connection_open_when_the_plan_only_notifies(stream_api, bob_subscribed):
+    subscription = bob_subscribed.subscription
+
+    def limit() -> None:
+        subscription.plan.quota_events = 100
+        subscription.plan.save()
+
+    await sync_to_async(limit)()
+    client = communicator(prices(stream_api), secret=bob_subscribed.secret)
+    assert (await client.connect())[0]
+    try:
+        await sync_to_async(UsageRecord.objects.create)(
+            subscription=subscription, bucket_start=month_start(), channel="prices/{symbol}", events=100
+        )
+        assert await live_connections_audit() == 0
+        assert await client.receive_nothing(timeout=0.2)
     finally:
         await client.disconnect()

@@ -1,0 +1,878 @@
+"""Throttling policies for events: per subscription, both directions, across gateway processes.
+
+A subscription's business plan is its throttling policy (``Policy``, from ``BusinessPlan``).
+Every limit is keyed by the **subscription** (application × API): two applications of one
+owner never share a counter; two credentials or connections of one application always do;
+reconnecting never resets a window. The full contract is docs/throttling.md.
+
+Limits, all counted in Redis with the ``limits`` library (fixed windows,
+``limits.aio.strategies.FixedWindowRateLimiter``; in process memory when ``REDIS_URL`` is unset):
+
+- **rate**: ``rate_limit_events`` per ``rate_limit_unit`` (second, minute, hour, day, month =
+  30 days, as ``limits`` counts them). A window starts at the subscription's first counted
+  event and lasts one unit. With a **burst** allowance B the item is N + B per unit, and a second
+  item caps N × ``BURST_WINDOWS`` per ``BURST_WINDOWS`` units, so a burst is paid back by the
+  following windows (the sustained rate stays N);
+- **quota**: ``quota_events`` events and ``quota_bytes`` bytes per billing period (the calendar
+  month, UTC; the period is part of the key). With ``quota_action`` "overage" the quotas are
+  not enforced: events keep flowing and billing charges the excess;
+- what counts: the events of ``counted_directions`` ("out" server → client deliveries, "in"
+  client → server events, or both), one per event delivered to a connection.
+
+**Leases.** A Redis round trip per event would cap the gateway near 10k events/s, so each
+process takes events (and bytes) from Redis in leases (``hit(item, cost=lease)`` on every item)
+and counts down locally (``SubscriptionThrottle.take``, no await, no I/O). A lease is at most
+``lease_events`` = clamp(smallest limit // 100, 1, ``GATEWAY_THROTTLE_LEASE_EVENTS``) and never
+more than the window has left, so Redis never hands out more than the limit: **overshoot is 0
+events per window**. A lease dies when its window resets (a timer), so it cannot spill into the
+next window. The price is *undershoot*: at a window's end each process may hold up to
+1.25 leases it will not use (the next lease is fetched when a quarter is left), so with P
+processes the subscription can be stopped up to 1.25 × P × ``lease_events`` events early
+(``undershoot_bound``). Both bounds are asserted by tests/gateway/test_throttling_processes.py.
+
+**When Redis is unreachable**, ``GATEWAY_THROTTLE_REDIS_DOWN`` decides: ``"open"`` (default)
+grants local leases (counted, and added to Redis when it is back, so the window catches up;
+overshoot during the outage is at most one lease per process per refill attempt, every
+``REDIS_RETRY_SECONDS``), ``"closed"`` throttles every counted event until Redis answers again
+(``blocked_kind`` "unavailable"). Either way each refill tries Redis again.
+
+Connections (``ConnectionSlots``): concurrent connections per subscription (``max_connections``)
+and per application over all its subscriptions (``max_connections_per_application``), held in
+Redis sorted sets (one member per connection, scored by an expiry that each process refreshes
+every ``SLOT_HEARTBEAT_SECONDS``, so a killed process's connections age out after
+``SLOT_TTL_SECONDS``). ``limits`` has no concurrency primitive; this is ours (a 20-line Lua
+script).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from limits import (
+    RateLimitItem,
+    RateLimitItemPerDay,
+    RateLimitItemPerHour,
+    RateLimitItemPerMinute,
+    RateLimitItemPerMonth,
+    RateLimitItemPerSecond,
+)
+from limits import storage as sync_storage
+from limits import strategies as sync_strategies
+from limits.aio import strategies as aio_strategies
+
+from portal.models import BusinessPlan
+
+log = logging.getLogger(__name__)
+
+# A burst above the rate is paid back over this many windows (module docstring).
+BURST_WINDOWS = 10
+# Seconds between attempts to reach Redis while it is down.
+REDIS_RETRY_SECONDS = 1.0
+# Close code of a connection that reached its plan's duration limit (reconnect to continue).
+CLOSE_DURATION_LIMIT = 4408
+# Close code of a connection stopped by a limit ("close" notice) or refused at the handshake.
+CLOSE_THROTTLED = 4429
+# Connection slots: members expire after SLOT_TTL_SECONDS unless refreshed.
+SLOT_TTL_SECONDS = 90.0
+SLOT_HEARTBEAT_SECONDS = 30.0
+NAMESPACE = "eventgate"
+# "Unlimited" local allowance: an int the hot path can subtract from for centuries.
+UNLIMITED = 1 << 62
+
+ALLOW, THROTTLE, WAIT = 1, 0, -1
+
+_UNIT_ITEMS: dict[str, type[RateLimitItem]] = {
+    BusinessPlan.RateUnit.SECOND: RateLimitItemPerSecond,
+    BusinessPlan.RateUnit.MINUTE: RateLimitItemPerMinute,
+    BusinessPlan.RateUnit.HOUR: RateLimitItemPerHour,
+    BusinessPlan.RateUnit.DAY: RateLimitItemPerDay,
+    BusinessPlan.RateUnit.MONTH: RateLimitItemPerMonth,
+}
+# Quota keys name their billing period; the item's expiry only has to outlast the longest month.
+_QUOTA_EXPIRY_DAYS = 32
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    """A business plan's throttling fields, as the gateway needs them (events, bytes, seconds;
+    None = unlimited). Built by ``Policy.from_plan``; carried on the handshake's ``Grant``."""
+
+    plan_id: int
+    plan_name: str
+    rate_events: int | None = None
+    rate_unit: str = BusinessPlan.RateUnit.MINUTE
+    burst_events: int = 0
+    quota_events: int | None = None
+    quota_bytes: int | None = None
+    directions: frozenset[str] = frozenset({"out", "in"})
+    max_connections: int | None = None
+    max_connections_per_application: int | None = None
+    max_connection_seconds: int | None = None
+    quota_action: str = BusinessPlan.QuotaAction.STOP
+    limit_notice: str = BusinessPlan.LimitNotice.NOTIFY
+
+    # The BusinessPlan fields from_plan reads (for ``values()`` / ``only()`` queries).
+    PLAN_FIELDS = (
+        "pk",
+        "name",
+        "rate_limit_events",
+        "rate_limit_unit",
+        "burst_events",
+        "quota_events",
+        "quota_bytes",
+        "counted_directions",
+        "max_connections",
+        "max_connections_per_application",
+        "max_connection_seconds",
+        "quota_action",
+        "limit_notice",
+    )
+
+    @classmethod
+    def from_plan(cls, plan: BusinessPlan) -> Policy:
+        """The policy of ``plan`` (any ``BusinessPlan`` holding ``PLAN_FIELDS``)."""
+        directions = {"both": frozenset({"out", "in"}), "out": frozenset({"out"}), "in": frozenset({"in"})}
+        return cls(
+            plan_id=plan.pk,
+            plan_name=plan.name,
+            rate_events=plan.rate_limit_events,
+            rate_unit=plan.rate_limit_unit,
+            burst_events=plan.burst_events or 0,
+            quota_events=plan.quota_events,
+            quota_bytes=plan.quota_bytes,
+            directions=directions.get(plan.counted_directions, directions["both"]),
+            max_connections=plan.max_connections,
+            max_connections_per_application=plan.max_connections_per_application,
+            max_connection_seconds=plan.max_connection_seconds,
+            quota_action=plan.quota_action,
+            limit_notice=plan.limit_notice,
+        )
+
+    @property
+    def enforces_quotas(self) -> bool:
+        """Whether reaching a quota stops events (``quota_action`` "stop")."""
+        return self.quota_action == BusinessPlan.QuotaAction.STOP
+
+    @property
+    def throttles(self) -> bool:
+        """Whether any event of this policy must be counted against a limit."""
+        return self.rate_events is not None or (
+            self.enforces_quotas and (self.quota_events is not None or self.quota_bytes is not None)
+        )
+
+    def counts(self, direction: str) -> bool:
+        """Whether events of ``direction`` ("out" | "in") count against this policy's limits."""
+        return direction in self.directions and self.throttles
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limit:
+    """One counter a subscription's events take from: ``kind`` "rate", "burst" (the sustained
+    item of a burst allowance), "quota" (events) or "bytes"; the ``limits`` item and the
+    identifiers of its key."""
+
+    kind: str
+    item: RateLimitItem
+    identifiers: tuple[str, ...]
+
+    @property
+    def amount(self) -> int:
+        return self.item.amount
+
+
+def billing_period(now: float | None = None) -> str:
+    """The billing period (calendar month, UTC) containing Unix time ``now``, as ``"2026-11"``:
+    part of every quota key, so a new period starts a new counter."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return f"{moment.year:04d}-{moment.month:02d}"
+
+
+def period_end(period: str) -> float:
+    """Unix time at which billing period ``period`` (``"2026-11"``) ends."""
+    year, month = (int(part) for part in period.split("-"))
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return datetime(year, month, 1, tzinfo=UTC).timestamp()
+
+
+def policy_limits(policy: Policy, subscription_id: int, period: str | None = None) -> list[Limit]:
+    """The counters ``policy`` keeps for ``subscription_id`` in billing ``period`` (default: now),
+    events first (``kind`` != "bytes"). The same keys are used by the gateway (async), webhook
+    deliveries and the portal (sync)."""
+    period = period or billing_period()
+    sub = str(subscription_id)
+    limits: list[Limit] = []
+    if policy.rate_events is not None:
+        unit = _UNIT_ITEMS[policy.rate_unit]
+        limits.append(
+            Limit(
+                "rate",
+                unit(policy.rate_events + policy.burst_events, namespace=NAMESPACE),
+                ("sub", sub, "rate"),
+            )
+        )
+        if policy.burst_events:
+            sustained = unit(policy.rate_events * BURST_WINDOWS, BURST_WINDOWS, namespace=NAMESPACE)
+            limits.append(Limit("burst", sustained, ("sub", sub, "burst")))
+    if policy.enforces_quotas and policy.quota_events is not None:
+        item = RateLimitItemPerDay(policy.quota_events, _QUOTA_EXPIRY_DAYS, namespace=NAMESPACE)
+        limits.append(Limit("quota", item, ("sub", sub, "quota", period)))
+    if policy.enforces_quotas and policy.quota_bytes is not None:
+        item = RateLimitItemPerDay(policy.quota_bytes, _QUOTA_EXPIRY_DAYS, namespace=NAMESPACE)
+        limits.append(Limit("bytes", item, ("sub", sub, "bytes", period)))
+    return limits
+
+
+def lease_events(limits: Iterable[Limit]) -> int:
+    """Events per lease for these counters: clamp(smallest events limit // 100, 1,
+    ``GATEWAY_THROTTLE_LEASE_EVENTS``)."""
+    amounts = [limit.amount for limit in limits if limit.kind != "bytes"]
+    if not amounts:
+        return UNLIMITED
+    return max(1, min(min(amounts) // 100, int(settings.GATEWAY_THROTTLE_LEASE_EVENTS)))
+
+
+def lease_bytes(limits: Iterable[Limit]) -> int:
+    """Bytes per lease: clamp(bytes quota // 100, 1, ``GATEWAY_THROTTLE_LEASE_BYTES``); a lease
+    also covers at least the event that asked for it."""
+    amounts = [limit.amount for limit in limits if limit.kind == "bytes"]
+    if not amounts:
+        return UNLIMITED
+    return max(1, min(min(amounts) // 100, int(settings.GATEWAY_THROTTLE_LEASE_BYTES)))
+
+
+def undershoot_bound(policy: Policy, processes: int) -> int:
+    """Events by which ``processes`` gateway processes may stop a subscription early in one
+    window: each may hold 1.25 leases it does not use (module docstring)."""
+    lease = lease_events(policy_limits(policy, 0))
+    return 0 if lease == UNLIMITED else processes * (lease + lease // 4 + 1)
+
+
+def limit_reason(policy: Policy, kind: str) -> str:
+    """Why events are stopped, for a notice or close reason, e.g. ``"rate limit of plan 'Gold'
+    reached (100 events per minute)"``."""
+    if kind in ("rate", "burst"):
+        burst = f" + {policy.burst_events:,} burst" if policy.burst_events else ""
+        return (
+            f"rate limit of plan {policy.plan_name!r} reached "
+            f"({policy.rate_events:,}{burst} events per {policy.rate_unit})"
+        )
+    if kind == "quota":
+        return (
+            f"events quota of plan {policy.plan_name!r} used up this month ({policy.quota_events:,} events)"
+        )
+    if kind == "bytes":
+        return f"bytes quota of plan {policy.plan_name!r} used up this month ({policy.quota_bytes:,} bytes)"
+    return "throttling unavailable (Redis unreachable); events stopped until it is back"
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+
+def _storage_uri(sync: bool) -> str:
+    url = settings.REDIS_URL
+    if not url:
+        return "memory://" if sync else "async+memory://"
+    return url if sync else f"async+{url}"
+
+
+def _storage_options(uri: str) -> dict[str, Any]:
+    if uri.startswith("redis"):
+        return {"wrap_exceptions": True, "socket_timeout": 2, "socket_connect_timeout": 2}
+    if uri.startswith("async+redis"):
+        return {
+            "implementation": "redispy",
+            "wrap_exceptions": True,
+            "socket_timeout": 2,
+            "socket_connect_timeout": 2,
+        }
+    return {}
+
+
+_aio_limiters: dict[asyncio.AbstractEventLoop, aio_strategies.FixedWindowRateLimiter] = {}
+
+
+def aio_limiter() -> aio_strategies.FixedWindowRateLimiter:
+    """This event loop's ``limits`` fixed-window limiter on the throttling storage."""
+    loop = asyncio.get_running_loop()
+    limiter = _aio_limiters.get(loop)
+    if limiter is None:
+        for old in [old for old in _aio_limiters if old.is_closed()]:
+            del _aio_limiters[old]
+        uri = _storage_uri(sync=False)
+        storage = sync_storage.storage_from_string(uri, **_storage_options(uri))
+        limiter = _aio_limiters[loop] = aio_strategies.FixedWindowRateLimiter(storage)
+    return limiter
+
+
+_sync_limiter: sync_strategies.FixedWindowRateLimiter | None = None
+
+
+def sync_limiter() -> sync_strategies.FixedWindowRateLimiter:
+    """The process's synchronous ``limits`` limiter on the same counters (webhook deliveries,
+    the portal's remaining-quota figures)."""
+    global _sync_limiter
+    if _sync_limiter is None:
+        uri = _storage_uri(sync=True)
+        _sync_limiter = sync_strategies.FixedWindowRateLimiter(
+            sync_storage.storage_from_string(uri, **_storage_options(uri))
+        )
+    return _sync_limiter
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning the throttling storage cannot be reached."""
+    from limits.errors import StorageError
+
+    return (StorageError, OSError, TimeoutError, ConnectionError)
+
+
+# --- per subscription, per process -------------------------------------------------------------
+
+
+class SubscriptionThrottle:
+    """One subscription's counters in one process: leases taken from Redis, counted down
+    locally (module docstring). Shared by every connection of the subscription in the process.
+
+    ``take(size)`` (hot path, sync) returns ``ALLOW`` (counted), ``THROTTLE`` (the window or
+    quota is used up until ``blocked_until``, Unix seconds; ``blocked_kind`` says which limit)
+    or ``WAIT`` (the local lease ran out and the next one is on its way: ``await wait(size)``).
+    """
+
+    def __init__(self, policy: Policy, subscription_id: int) -> None:
+        self.policy = policy
+        self.subscription_id = subscription_id
+        self.period = billing_period()
+        self.limits = policy_limits(policy, subscription_id, self.period)
+        self.event_limits = [limit for limit in self.limits if limit.kind != "bytes"]
+        self.byte_limits = [limit for limit in self.limits if limit.kind == "bytes"]
+        self.lease = lease_events(self.limits)
+        self.lease_bytes = lease_bytes(self.limits)
+        self.left = 0 if self.event_limits else UNLIMITED
+        self.bytes_left = 0 if self.byte_limits else UNLIMITED
+        self.low = self.lease // 4 if self.event_limits else -1
+        self.low_bytes = self.lease_bytes // 4 if self.byte_limits else -1
+        self.blocked_until = 0.0
+        self.blocked_kind = ""
+        self.users = 0
+        self.idle_since = 0.0
+        self.seeded = False
+        self._need_bytes = 0
+        self._refill: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._unverified_events = 0  # granted locally while Redis was down (fail-open)
+        self._unverified_bytes = 0
+        self._redis_down = False
+
+    # --- hot path ---------------------------------------------------------------------------
+
+    def take(self, size: int) -> int:
+        """Count one event of ``size`` bytes if the local lease allows it (no I/O)."""
+        left = self.left
+        if left > 0 and self.bytes_left >= size:
+            self.left = left - 1
+            self.bytes_left -= size
+            if (left <= self.low or self.bytes_left <= self.low_bytes) and self._refill is None:
+                self._refill_start(0)
+            return ALLOW
+        if time.time() < self.blocked_until:
+            return THROTTLE
+        if self._refill is None:
+            self._refill_start(size)
+        else:
+            self._need_bytes = max(self._need_bytes, size)
+        return WAIT
+
+    async def wait(self, size: int) -> bool:
+        """Count one event of ``size`` bytes, waiting for the next lease if needed; False when
+        it is throttled."""
+        for _ in range(3):
+            result = self.take(size)
+            if result != WAIT:
+                return result == ALLOW
+            refill = self._refill
+            if refill is not None:
+                await asyncio.shield(refill)
+        return self.take(size) == ALLOW
+
+    @property
+    def blocked(self) -> bool:
+        """Whether events are stopped now (``blocked_until`` is in the future)."""
+        return time.time() < self.blocked_until
+
+    # --- leases -----------------------------------------------------------------------------
+
+    def _refill_start(self, size: int) -> None:
+        self._need_bytes = max(self._need_bytes, size)
+        self._refill = asyncio.get_running_loop().create_task(self._refill_run(), name="eventgate-lease")
+
+    async def _refill_run(self) -> None:
+        try:
+            await self._refill_once()
+        except asyncio.CancelledError:
+            raise
+        except redis_errors() as exc:
+            self._storage_down(exc)
+        except Exception:  # noqa: BLE001 - a bug must not stop a subscription's events forever
+            log.exception("Throttling lease for subscription %s failed", self.subscription_id)
+            self._storage_down(None)
+        finally:
+            self._refill = None
+
+    async def _refill_once(self) -> None:
+        limiter = aio_limiter()
+        if self.period != billing_period():  # a new billing period: new quota counters
+            self.period = billing_period()
+            self.limits = policy_limits(self.policy, self.subscription_id, self.period)
+            self.event_limits = [limit for limit in self.limits if limit.kind != "bytes"]
+            self.byte_limits = [limit for limit in self.limits if limit.kind == "bytes"]
+        if self._redis_down:
+            await self._unverified_push(limiter)
+        resets: list[float] = []
+        if self.event_limits and self.left <= self.low:
+            granted, reset = await self._lease_take(limiter, self.event_limits, self.lease)
+            if granted:
+                self.left += granted
+                resets.append(reset)
+        need = self._need_bytes
+        if self.byte_limits and (self.bytes_left <= self.low_bytes or self.bytes_left < need):
+            wanted = max(self.lease_bytes, need - max(self.bytes_left, 0))
+            granted, reset = await self._lease_take(
+                limiter, self.byte_limits, wanted, minimum=need - self.bytes_left
+            )
+            if granted:
+                self.bytes_left += granted
+                resets.append(reset)
+        self._need_bytes = 0
+        if resets:
+            self._expiry_set(min(resets))
+
+    async def _lease_take(
+        self,
+        limiter: aio_strategies.FixedWindowRateLimiter,
+        limits: list[Limit],
+        wanted: int,
+        minimum: int = 1,
+    ) -> tuple[int, float]:
+        """Take up to ``wanted`` (at least ``minimum``) from every counter of ``limits``;
+        returns (granted, reset of the soonest window). Granting 0 blocks until the used-up
+        window resets."""
+        for _ in range(3):
+            stats = [await limiter.get_window_stats(limit.item, *limit.identifiers) for limit in limits]
+            remaining = min(stat.remaining for stat in stats)
+            now = time.time()
+            if remaining < max(minimum, 1):
+                used_up = [
+                    (stat.reset_time, limit)
+                    for stat, limit in zip(stats, limits, strict=True)
+                    if stat.remaining < max(minimum, 1)
+                ]
+                reset, limit = max(used_up, key=lambda pair: pair[0])
+                self._block(max(reset, now + 0.001), limit.kind)
+                return 0, now
+            cost = min(wanted, remaining)
+            taken: list[Limit] = []
+            for limit in limits:
+                if not await limiter.hit(limit.item, *limit.identifiers, cost=cost):
+                    break
+                taken.append(limit)
+            else:
+                return cost, min(stat.reset_time for stat in stats) if stats else now + 1
+            # Another process took the rest meanwhile: look again (the failed hit counted
+            # against the window, which can only stop this subscription early, never late).
+        return 0, time.time()
+
+    def _block(self, until: float, kind: str) -> None:
+        self.blocked_until = until
+        self.blocked_kind = kind
+        if kind != "unavailable":
+            self.left = 0 if self.event_limits else self.left
+            if kind == "bytes":
+                self.bytes_left = min(self.bytes_left, 0)
+
+    def _expiry_set(self, reset: float) -> None:
+        """Drop the local lease when its window resets, so it never counts in the next one."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        delay = max(0.0, reset - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._lease_expire)
+
+    def _lease_expire(self) -> None:
+        self._expiry = None
+        if self.event_limits:
+            self.left = 0
+        if self.byte_limits:
+            self.bytes_left = 0
+
+    def _storage_down(self, exc: BaseException | None) -> None:
+        policy = str(settings.GATEWAY_THROTTLE_REDIS_DOWN)
+        if not self._redis_down:
+            log.warning(
+                "Throttling storage unreachable for subscription %s (%r); failing %s",
+                self.subscription_id,
+                exc,
+                policy,
+            )
+        self._redis_down = True
+        if policy == "closed":
+            self._block(time.time() + REDIS_RETRY_SECONDS, "unavailable")
+            return
+        # Fail open: a local lease, added to Redis when it is back.
+        if self.event_limits and self.left <= self.low:
+            self.left += self.lease
+            self._unverified_events += self.lease
+        if self.byte_limits and self.bytes_left <= max(self.low_bytes, self._need_bytes):
+            grant = max(self.lease_bytes, self._need_bytes)
+            self.bytes_left += grant
+            self._unverified_bytes += grant
+        self._need_bytes = 0
+        self.blocked_until = 0.0
+        self._expiry_set(time.time() + REDIS_RETRY_SECONDS)  # try Redis again soon
+
+    async def _unverified_push(self, limiter: aio_strategies.FixedWindowRateLimiter) -> None:
+        """Redis is back: add what was granted locally meanwhile (less what is still unused)."""
+        events = max(0, self._unverified_events - max(0, min(self.left, self._unverified_events)))
+        size = max(0, self._unverified_bytes - max(0, min(self.bytes_left, self._unverified_bytes)))
+        for limit in self.event_limits:
+            if events:
+                await limiter.hit(limit.item, *limit.identifiers, cost=events)
+        for limit in self.byte_limits:
+            if size:
+                await limiter.hit(limit.item, *limit.identifiers, cost=size)
+        self.left = self.bytes_left = 0
+        if not self.event_limits:
+            self.left = UNLIMITED
+        if not self.byte_limits:
+            self.bytes_left = UNLIMITED
+        self._unverified_events = self._unverified_bytes = 0
+        self._redis_down = False
+        log.warning("Throttling storage reachable again for subscription %s", self.subscription_id)
+
+    async def seed(self, events_used: int, bytes_used: int) -> None:
+        """Bring this period's quota counters up to what analytics recorded (``events_used``,
+        ``bytes_used`` of the counted directions), in case Redis lost them (a restart): Redis
+        normally counts ahead of the database, so this adds nothing then. Once per process."""
+        if self.seeded:
+            return
+        self.seeded = True
+        limiter = aio_limiter()
+        try:
+            for limit in self.limits:
+                used = events_used if limit.kind == "quota" else bytes_used if limit.kind == "bytes" else 0
+                if used <= 0:
+                    continue
+                stats = await limiter.get_window_stats(limit.item, *limit.identifiers)
+                counted = limit.amount - stats.remaining
+                if counted < used:
+                    await limiter.hit(limit.item, *limit.identifiers, cost=used - counted)
+        except redis_errors() as exc:
+            self._storage_down(exc)
+
+    async def prime(self) -> None:
+        """Take the first lease now (at the handshake), so the first events need not wait."""
+        if (self.event_limits and self.left <= self.low) or (
+            self.byte_limits and self.bytes_left <= self.low_bytes
+        ):
+            if self._refill is None:
+                self._refill_start(0)
+            refill = self._refill
+            if refill is not None:
+                await asyncio.shield(refill)
+
+    def close(self) -> None:
+        """Cancel timers and the lease in flight (the last user left long ago)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._refill is not None:
+            self._refill.cancel()
+
+
+# Throttles of this process: (event loop, subscription id, plan id) → throttle. A throttle
+# stays IDLE_KEEP_SECONDS after its last connection left, so a reconnect reuses its lease.
+IDLE_KEEP_SECONDS = 60.0
+_throttles: dict[tuple[asyncio.AbstractEventLoop, int, int], SubscriptionThrottle] = {}
+
+
+def throttle_acquire(policy: Policy, subscription_id: int) -> SubscriptionThrottle | None:
+    """The process's throttle of ``subscription_id`` under ``policy`` (None when the policy
+    throttles nothing), with one more user; pair with ``throttle_release``."""
+    if not policy.throttles:
+        return None
+    loop = asyncio.get_running_loop()
+    key = (loop, subscription_id, policy.plan_id)
+    throttle = _throttles.get(key)
+    if throttle is None or throttle.policy != policy:
+        _throttles_sweep()
+        throttle = _throttles[key] = SubscriptionThrottle(policy, subscription_id)
+    throttle.users += 1
+    return throttle
+
+
+def throttle_release(throttle: SubscriptionThrottle | None) -> None:
+    """One user of ``throttle`` (from ``throttle_acquire``) is gone."""
+    if throttle is None:
+        return
+    throttle.users = max(0, throttle.users - 1)
+    if throttle.users == 0:
+        throttle.idle_since = time.monotonic()
+
+
+def _throttles_sweep() -> None:
+    now = time.monotonic()
+    for key, throttle in list(_throttles.items()):
+        loop = key[0]
+        if loop.is_closed() or (throttle.users == 0 and now - throttle.idle_since > IDLE_KEEP_SECONDS):
+            if not loop.is_closed():
+                throttle.close()
+            del _throttles[key]
+
+
+def throttle_status() -> dict[str, int]:
+    """For /gateway/status: throttles held by this process and how many are stopped now."""
+    now = time.time()
+    return {
+        "subscriptions": len(_throttles),
+        "blocked": sum(1 for t in _throttles.values() if t.blocked_until > now),
+    }
+
+
+# --- connection slots ----------------------------------------------------------------------------
+
+_SLOT_SCRIPT = """
+local now = tonumber(ARGV[1])
+local expires = tonumber(ARGV[2])
+local member = ARGV[3]
+for i, key in ipairs(KEYS) do
+  redis.call('zremrangebyscore', key, '-inf', now)
+  local limit = tonumber(ARGV[3 + i])
+  if limit >= 0 and redis.call('zscore', key, member) == false and redis.call('zcard', key) >= limit then
+    return i
+  end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('zadd', key, expires, member)
+  redis.call('expire', key, math.ceil(expires - now) + 60)
+end
+return 0
+"""
+
+
+def slot_keys(subscription_id: int, application_id: int) -> tuple[str, str]:
+    """Redis keys of the connection sets of a subscription and an application."""
+    return f"{NAMESPACE}:conns:sub:{subscription_id}", f"{NAMESPACE}:conns:app:{application_id}"
+
+
+class ConnectionSlots:
+    """Concurrent connections per subscription and per application, across processes (module
+    docstring). Every connection takes a slot in both sets at the handshake and gives it back
+    when it ends; members are refreshed every ``SLOT_HEARTBEAT_SECONDS``. Without Redis
+    (``REDIS_URL`` unset) the counts are this process's."""
+
+    def __init__(self) -> None:
+        self.process = uuid.uuid4().hex[:12]
+        self._client: Any = None
+        self._script: Any = None
+        self._held: dict[str, tuple[str, str]] = {}  # member → its two keys
+        self._local: dict[str, set[str]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            from redis import asyncio as aioredis
+
+            # Handshake storms share a few connections (waiting for one) instead of failing.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, max_connections=32, timeout=5, socket_timeout=2, socket_connect_timeout=2
+            )
+            self._client = aioredis.Redis(connection_pool=pool)
+            self._script = self._client.register_script(_SLOT_SCRIPT)
+        return self._client
+
+    async def admit(
+        self, policy: Policy, subscription_id: int, application_id: int
+    ) -> tuple[str | None, str | None]:
+        """Take a slot; returns (member to release later, None) or (None, refusal reason) when
+        the subscription's or application's limit is reached. Raises the storage's errors when
+        Redis cannot be reached (the caller applies ``GATEWAY_THROTTLE_REDIS_DOWN``)."""
+        member = f"{self.process}:{uuid.uuid4().hex[:16]}"
+        keys = slot_keys(subscription_id, application_id)
+        limits = (
+            -1 if policy.max_connections is None else policy.max_connections,
+            -1 if policy.max_connections_per_application is None else policy.max_connections_per_application,
+        )
+        if not settings.REDIS_URL:
+            full = self._local_admit(keys, limits, member)
+        else:
+            self._redis()
+            now = time.time()
+            full = int(
+                await self._script(keys=list(keys), args=[now, now + SLOT_TTL_SECONDS, member, *limits])
+            )
+        if full == 1:
+            return (
+                None,
+                f"plan {policy.plan_name!r} allows {policy.max_connections:,} concurrent connections "
+                "per subscription",
+            )
+        if full == 2:
+            return None, (
+                f"plan {policy.plan_name!r} allows {policy.max_connections_per_application:,} concurrent "
+                "connections per application"
+            )
+        self._held[member] = keys
+        self._heartbeat_ensure()
+        return member, None
+
+    def _local_admit(self, keys: tuple[str, str], limits: tuple[int, int], member: str) -> int:
+        for number, (key, limit) in enumerate(zip(keys, limits, strict=True), start=1):
+            if limit >= 0 and len(self._local.get(key, ())) >= limit:
+                return number
+        for key in keys:
+            self._local.setdefault(key, set()).add(member)
+        return 0
+
+    def release(self, member: str | None) -> None:
+        """Give a slot back (never waits: the removal runs in a task)."""
+        if member is None:
+            return
+        keys = self._held.pop(member, None)
+        if keys is None:
+            return
+        if not settings.REDIS_URL:
+            for key in keys:
+                self._local.get(key, set()).discard(member)
+            return
+        task = asyncio.get_running_loop().create_task(self._remove(keys, member))
+        _slot_tasks.add(task)
+        task.add_done_callback(_slot_tasks.discard)
+
+    async def _remove(self, keys: tuple[str, str], member: str) -> None:
+        try:
+            async with self._redis().pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zrem(key, member)
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - Redis down: the member expires by itself
+            log.debug("Connection slot %s not released: %r", member, exc)
+
+    def _heartbeat_ensure(self) -> None:
+        if settings.REDIS_URL and (self._heartbeat is None or self._heartbeat.done()):
+            self._heartbeat = asyncio.get_running_loop().create_task(
+                self._heartbeat_forever(), name="eventgate-slots"
+            )
+
+    async def _heartbeat_forever(self) -> None:
+        while self._held:
+            await asyncio.sleep(SLOT_HEARTBEAT_SECONDS)
+            try:
+                expires = time.time() + SLOT_TTL_SECONDS
+                async with self._redis().pipeline(transaction=False) as pipe:
+                    for member, keys in list(self._held.items()):
+                        for key in keys:
+                            pipe.zadd(key, {member: expires}, xx=True)
+                    await pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - Redis down: try again at the next beat
+                log.warning("Connection slots not refreshed: %r", exc)
+
+
+_slot_tasks: set[asyncio.Task[None]] = set()
+_slots: dict[asyncio.AbstractEventLoop, ConnectionSlots] = {}
+
+
+def connection_slots() -> ConnectionSlots:
+    """This event loop's ``ConnectionSlots``."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        for old in [old for old in _slots if old.is_closed()]:
+            del _slots[old]
+        slots = _slots[loop] = ConnectionSlots()
+    return slots
+
+
+# --- reading the counters (portal, REST, webhooks) -----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitUsage:
+    """One counter of a subscription now: ``kind`` ("rate", "burst", "quota", "bytes"), its
+    ``limit`` and ``used`` (events, or bytes for "bytes"), ``remaining``, and ``resets_at``
+    (aware UTC datetime; None when the window has not started)."""
+
+    kind: str
+    limit: int
+    used: int
+    remaining: int
+    resets_at: datetime | None
+    unit: str
+
+
+def subscription_limits_usage(policy: Policy, subscription_id: int) -> list[LimitUsage] | None:
+    """What each of the subscription's counters holds now (sync: portal and REST), or None
+    when Redis cannot be reached. Counts are what gateway processes have taken, leases
+    included (a lease not yet used counts as used)."""
+    limiter = sync_limiter()
+    rows = []
+    try:
+        for limit in policy_limits(policy, subscription_id):
+            stats = limiter.get_window_stats(limit.item, *limit.identifiers)
+            used = limit.amount - stats.remaining
+            started = used > 0
+            if limit.kind in ("quota", "bytes"):
+                resets_at: datetime | None = datetime.fromtimestamp(period_end(limit.identifiers[-1]), UTC)
+                unit = "month"
+            else:
+                resets_at = datetime.fromtimestamp(stats.reset_time, UTC) if started else None
+                multiples = limit.item.multiples
+                unit = policy.rate_unit if multiples == 1 else f"{multiples} {policy.rate_unit}s"
+            rows.append(LimitUsage(limit.kind, limit.amount, max(0, used), stats.remaining, resets_at, unit))
+    except redis_errors() as exc:
+        log.warning("Throttling counters unreadable: %r", exc)
+        return None
+    return rows
+
+
+def webhook_take(policy: Policy, subscription_id: int, size: int) -> str | None:
+    """Count one webhook delivery of ``size`` bytes (sync, one round trip per counter; a
+    webhook POST costs far more). Returns None when allowed, else the kind of limit reached
+    ("rate", "burst", "quota", "bytes", or "unavailable" when Redis is down and the policy is
+    fail-closed)."""
+    if not policy.counts("out"):
+        return None
+    limiter = sync_limiter()
+    try:
+        for limit in policy_limits(policy, subscription_id):
+            cost = size if limit.kind == "bytes" else 1
+            if not limiter.test(limit.item, *limit.identifiers, cost=cost):
+                return limit.kind
+        for limit in policy_limits(policy, subscription_id):
+            cost = size if limit.kind == "bytes" else 1
+            if not limiter.hit(limit.item, *limit.identifiers, cost=cost):
+                return limit.kind
+    except redis_errors() as exc:
+        log.warning("Throttling storage unreachable for a webhook delivery: %r", exc)
+        return "unavailable" if str(settings.GATEWAY_THROTTLE_REDIS_DOWN) == "closed" else None
+    return None
+
+
+def notice_data(throttle: SubscriptionThrottle) -> dict[str, Any]:
+    """The body of the notice a stopped client gets once per stop (docs/throttling.md):
+    ``{"type": "throttled", "limit": "rate"|"burst"|"quota"|"bytes"|"unavailable", "reason",
+    "retry_after" (whole seconds), "resets_at" (Unix seconds)}``. Sent as a WebSocket text
+    frame, as the data of an SSE ``eventgate.throttled`` event."""
+    now = time.time()
+    return {
+        "type": "throttled",
+        "limit": throttle.blocked_kind,
+        "reason": limit_reason(throttle.policy, throttle.blocked_kind),
+        "retry_after": max(0, int(throttle.blocked_until - now + 0.999)),
+        "resets_at": round(throttle.blocked_until, 3),
+    }
