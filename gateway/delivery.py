@@ -47,7 +47,7 @@ from typing import Any
 from django.conf import settings
 
 from gateway.metering import Meter, get_meter
-from gateway.throttling import ALLOW, THROTTLE, SubscriptionThrottle
+from gateway.throttling import ALLOW, THROTTLE, WAIT, SubscriptionThrottle
 from gateway.wire import DirectSocket, direct_socket
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class Outbox:
         self._wakeup = asyncio.Event()
         self._direct: DirectSocket | None = None  # the fast path, from start() on
         self._busy = False  # the writer holds a message it has not finished sending
+        self._lease_waits = 0  # queued events waiting for a throttling lease
         # Attached feeds, which tally fast-path deliveries: settled at stop.
         self.feeds: dict[int, ChannelFeed] = {}
         self._writer: asyncio.Task[None] | None = None
@@ -128,6 +129,7 @@ class Outbox:
         self.closed = True
         self._direct = None
         self._queue.clear()
+        self._lease_waits = 0
         for feed in self.feeds.values():
             feed.settle()
         if self._writer is not None:
@@ -147,7 +149,9 @@ class Outbox:
         queue = self._queue
         throttle = feed.throttle
         if throttle is not None:
-            taken = throttle.take(size)
+            # Behind an event that waits for a lease, wait too: an event never takes the
+            # allowance of an earlier one of the same connection.
+            taken = throttle.take(size) if not self._lease_waits else WAIT
             if taken != ALLOW:
                 if taken == THROTTLE:
                     self._throttled(feed, size, minute, throttle)
@@ -155,6 +159,7 @@ class Outbox:
                     self._overflow(feed)
                 else:  # the next lease is on its way: the writer waits for it, in order
                     queue.append((message, size, minute, feed, _NEEDS_LEASE))
+                    self._lease_waits += 1
                     self._wakeup.set()
                 return
         direct = self._direct
@@ -228,6 +233,7 @@ class Outbox:
                     self._busy = True  # until sent: the fast path must not overtake it
                     if events == _NEEDS_LEASE:
                         assert feed is not None and feed.throttle is not None
+                        self._lease_waits -= 1
                         if not await feed.throttle.wait(size):
                             self._busy = False
                             self._throttled(feed, size, minute, feed.throttle)
@@ -251,6 +257,7 @@ class Outbox:
             log.debug("Outbox writer stopped: %r", exc)
             self.closed = True
             queue.clear()
+            self._lease_waits = 0
             self._writer = None
 
 

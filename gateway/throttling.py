@@ -475,16 +475,21 @@ class SubscriptionThrottle:
                     if stat.remaining < max(minimum, 1)
                 ]
                 reset, limit = max(used_up, key=lambda pair: pair[0])
-                self._block(max(reset, now + 0.001), limit.kind)
+                if reset <= now:  # not started: the event is larger than the whole limit
+                    reset = now + limit.item.get_expiry()
+                self._block(reset, limit.kind)
                 return 0, now
             cost = min(wanted, remaining)
-            taken: list[Limit] = []
             for limit in limits:
                 if not await limiter.hit(limit.item, *limit.identifiers, cost=cost):
                     break
-                taken.append(limit)
             else:
-                return cost, min(stat.reset_time for stat in stats) if stats else now + 1
+                # A window that had not started (no key yet) started with this hit.
+                resets = [
+                    stat.reset_time if stat.reset_time > now else now + limit.item.get_expiry()
+                    for stat, limit in zip(stats, limits, strict=True)
+                ]
+                return cost, min(resets)
             # Another process took the rest meanwhile: look again (the failed hit counted
             # against the window, which can only stop this subscription early, never late).
         return 0, time.time()
