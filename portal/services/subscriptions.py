@@ -27,6 +27,15 @@ PLAN_FIELDS = frozenset(
         "flat_fee_minor",
         "included_events",
         "price_per_1000_events_minor",
+        # The throttling policy (gateway.throttling, docs/throttling.md).
+        "counted_directions",
+        "max_connections_per_application",
+        "max_webhook_subscriptions",
+        "max_connection_seconds",
+        "quota_action",
+        "limit_notice",
+        "overage_price_per_1000_events_minor",
+        "overage_price_per_gb_minor",
     }
 )
 
