@@ -45,6 +45,9 @@ class BenchObjects:
     version: str
     application_id: int
     secrets: list[str]  # plaintext API keys, shared by subscribers
+    # Keys of a second application, subscribed under a plan whose throttling policy is on with
+    # limits never reached (THROTTLED_PLAN): the "gateway-throttled" target.
+    throttled_secrets: list[str]
 
 
 def bench_prefix() -> str:
@@ -52,10 +55,23 @@ def bench_prefix() -> str:
     return f"bench-{secrets_module.token_hex(4)}"
 
 
+# The throttled plan: every limit kind on (rate, events and bytes quotas, counted both ways), so
+# each delivery takes from its subscription's leases, with amounts no run reaches.
+THROTTLED_PLAN = {
+    "rate_limit_events": 2_000_000_000,
+    "rate_limit_unit": "hour",
+    "quota_events": 10**15,
+    "quota_bytes": 10**18,
+    "counted_directions": "both",
+}
+
+
 def bench_objects_create(*, prefix: str, keys: int) -> BenchObjects:
     """Create, named after ``prefix``, the bench API (published), an approved free plan without
-    limits, an application subscribed to it and ``keys`` API keys, through portal services.
-    Raises whatever those raise; ``bench_objects_delete(prefix)`` removes what was made."""
+    limits, an application subscribed to it and ``keys`` API keys, and a second application
+    with ``keys`` keys under an approved plan with the throttling policy on (``THROTTLED_PLAN``),
+    through portal services. Raises whatever those raise; ``bench_objects_delete(prefix)``
+    removes what was made."""
     from portal.models import User
     from portal.services.apis import api_import, api_publish
     from portal.services.credentials import api_key_create
@@ -84,12 +100,27 @@ def bench_objects_create(*, prefix: str, keys: int) -> BenchObjects:
     application = application_create(owner=consumer, name=prefix)
     subscription_create(application=application, plan=plan)
     secrets = [api_key_create(application=application, name=prefix)[1] for _ in range(keys)]
+    throttled_plan = plan_create(
+        api=version.api,
+        name=f"{prefix} throttled",
+        description="Benchmark plan: throttling on, limits never reached.",
+        requires_approval=False,
+        **THROTTLED_PLAN,
+    )
+    throttled_plan = plan_approve(plan=throttled_plan, approver=admin)
+    throttled_consumer = create(email=f"{prefix}-consumer-throttled@bench.invalid", password=None)
+    throttled_application = application_create(owner=throttled_consumer, name=prefix)
+    subscription_create(application=throttled_application, plan=throttled_plan)
+    throttled_secrets = [
+        api_key_create(application=throttled_application, name=prefix)[1] for _ in range(keys)
+    ]
     return BenchObjects(
         prefix=prefix,
         api=version.api.slug,
         version=version.version,
         application_id=application.pk,
         secrets=secrets,
+        throttled_secrets=throttled_secrets,
     )
 
 

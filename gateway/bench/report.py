@@ -2,8 +2,10 @@
 
 Ratios are ``<gateway target>/<baseline>`` for every gateway target (``gateway``,
 ``gateway-daphne``) and baseline (``bare-bridge``, ``pushpin``) that both have the figure, plus
-``gateway-daphne/gateway``. Above 1 means the gateway's figure is larger: better for rates and
-connections held, worse for latency, CPU per delivery and KiB per connection.
+``gateway-daphne/gateway`` and ``gateway-throttled/gateway`` (the cost of throttling: the same
+gateway, its subscribers on a plan whose throttling policy counts every delivery). Above 1
+means the gateway's figure is larger: better for rates and connections held, worse for latency,
+CPU per delivery and KiB per connection.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str
         }
         pairs = [(g, b) for g in ("gateway", "gateway-daphne") for b in BASELINES]
         pairs.append(("gateway-daphne", "gateway"))
+        # Throttling's cost: the same gateway with every delivery counted against a policy.
+        pairs += [("gateway-throttled", "gateway"), ("gateway-daphne-throttled", "gateway-daphne")]
         for ours, theirs in pairs:
             if ours not in figures or theirs not in figures:
                 continue

@@ -98,14 +98,16 @@ def _targets(run: Run, objects: BenchObjects) -> list[tuple[str, Target | None, 
     """(name, target or None, why skipped) in run order."""
     chosen: list[tuple[str, Target | None, str | None]] = []
     for name in run.parameters.targets:
-        if name == "gateway":
+        if name in ("gateway", "gateway-throttled"):
+            throttled = name == "gateway-throttled"
             for server in run.parameters.servers:
                 target = GatewayTarget(
                     server=server,
                     api=objects.api,
                     version=objects.version,
-                    secrets=objects.secrets,
+                    secrets=objects.throttled_secrets if throttled else objects.secrets,
                     log_dir=run.log_dir,
+                    throttled=throttled,
                 )
                 chosen.append((target.name, target, None))
         elif name == "bare-bridge":
@@ -201,6 +203,7 @@ def _target_scenarios(run: Run, target: Target, channels: list[str], result: dic
                     secrets=target.secrets,
                     log_dir=run.log_dir,
                     processes=parameters.gateway_processes,
+                    throttled=target.throttled,
                 )
             if wanted is not running:
                 if running is not None:

@@ -34,7 +34,7 @@ from gateway.bench.wsclient import MAX_CONNECTIONS_PER_PROCESS, hist_percentile
 Log = Callable[[str], None]
 
 SCENARIOS = ("fanout", "channels", "idle", "storm")
-TARGETS = ("gateway", "bare-bridge", "pushpin")
+TARGETS = ("gateway", "gateway-throttled", "bare-bridge", "pushpin")
 SERVERS = ("uvicorn", "daphne")
 DEFAULT_RATES = (20_000, 40_000, 80_000, 160_000, 320_000, 640_000)
 FULL_RATES = (5_000, 10_000, *range(20_000, 60_001, 10_000), *range(80_000, 160_001, 20_000))
@@ -50,7 +50,7 @@ class BenchParameters:
     """Sizes and choices of one run (units: connections, events per second, seconds)."""
 
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
-    targets: list[str] = field(default_factory=lambda: ["gateway", "bare-bridge", "pushpin"])
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
     servers: list[str] = field(default_factory=lambda: ["uvicorn"])
     subscribers: int = 200
     step_seconds: float = 2.0

@@ -292,7 +292,9 @@ class GatewayTarget:
     on as many ports (clients are spread over them by index).
 
     ``secrets`` are the API keys subscribers use, ``secrets[index % len(secrets)]``, sent as
-    ``Authorization: Bearer``; URL ``/ws/<api>/<version>/<channel address>``.
+    ``Authorization: Bearer``; URL ``/ws/<api>/<version>/<channel address>``. ``throttled``
+    names the target ``gateway-throttled`` (its secrets are those of the throttled plan's
+    application, ``BenchObjects.throttled_secrets``).
     """
 
     def __init__(
@@ -304,13 +306,18 @@ class GatewayTarget:
         secrets: Sequence[str],
         log_dir: Path,
         processes: int = 1,
+        throttled: bool = False,
     ) -> None:
         if server not in ("uvicorn", "daphne"):
             raise ValueError(f"server {server!r} is not uvicorn or daphne")
         self.server = server
+        self.throttled = throttled
         self.name = "gateway" if server == "uvicorn" else "gateway-daphne"
+        if throttled:
+            self.name += "-throttled"
         count = f", {processes} processes" if processes > 1 else ""
-        self.label = f"Eventgate gateway ({server}{count})"
+        policy = ", throttling on" if throttled else ""
+        self.label = f"Eventgate gateway ({server}{count}{policy})"
         self.api, self.version = api, version
         self.secrets = list(secrets)
         self.log_dir = log_dir

@@ -112,3 +112,31 @@ def test_tiny_bench_run_measures_gateway_and_bare_bridge_and_cleans_up(transacti
     )
     gateway_queues = [q for q in queues if q.startswith("eventgate.gateway.")]
     assert not [q for q in gateway_queues for pid in server_pids if f".{pid}." in q]
+
+
+def test_tiny_bench_run_compares_the_gateway_with_throttling_on_and_off(transactional_db, tmp_path):
+    database_url_for_tests()
+    json_path = tmp_path / "bench.json"
+    out = StringIO()
+    call_command(
+        "bench_gateway",
+        "--targets=gateway,gateway-throttled",
+        "--scenarios=fanout",
+        "--subscribers=10",
+        "--rates=200",
+        "--refine=0",
+        "--step-seconds=1",
+        "--keys=2",
+        f"--json={json_path}",
+        stdout=out,
+    )
+    doc = json.loads(json_path.read_text())
+    throttled = doc["scenarios"]["fanout"]["gateway-throttled"]
+    # The policy counts every delivery but its limits are never reached: nothing is lost.
+    for step in [*throttled["steps"], throttled["half"]]:
+        assert step["delivered"] == step["expected"] == step["published"] * 10 > 0
+        assert step["loss"] == 0
+    assert "throttling on" in doc["targets"]["gateway-throttled"]["label"]
+    assert doc["ratios"]["fanout"]["gateway-throttled/gateway"]["max_rate"] > 0
+    assert "gateway-throttled/gateway" in out.getvalue()
+    assert bench_objects_left(doc["bench_prefix"]) == 0
