@@ -328,10 +328,12 @@ def sync_limiter() -> sync_strategies.FixedWindowRateLimiter:
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions meaning the throttling storage cannot be reached."""
+    """Exceptions meaning the throttling storage cannot be reached (``limits`` wraps the
+    client's in ``StorageError``; the connection slots use redis-py directly)."""
     from limits.errors import StorageError
+    from redis.exceptions import RedisError
 
-    return (StorageError, OSError, TimeoutError, ConnectionError)
+    return (StorageError, RedisError, OSError, TimeoutError, ConnectionError)
 
 
 # --- per subscription, per process -------------------------------------------------------------
@@ -367,6 +369,8 @@ class SubscriptionThrottle:
         self._need_bytes = 0
         self._refill: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        # Limit kind → (room left after this process's last lease, window reset), as last seen.
+        self._hints: dict[str, tuple[int, float]] = {}
         self._unverified_events = 0  # granted locally while Redis was down (fail-open)
         self._unverified_bytes = 0
         self._redis_down = False
@@ -433,6 +437,7 @@ class SubscriptionThrottle:
             self.limits = policy_limits(self.policy, self.subscription_id, self.period)
             self.event_limits = [limit for limit in self.limits if limit.kind != "bytes"]
             self.byte_limits = [limit for limit in self.limits if limit.kind == "bytes"]
+            self._hints.clear()
         if self._redis_down:
             await self._unverified_push(limiter)
         resets: list[float] = []
@@ -463,7 +468,26 @@ class SubscriptionThrottle:
     ) -> tuple[int, float]:
         """Take up to ``wanted`` (at least ``minimum``) from every counter of ``limits``;
         returns (granted, reset of the soonest window). Granting 0 blocks until the used-up
-        window resets."""
+        window resets.
+
+        When the last look left every counter with room for 10 such leases in a window that
+        is not about to reset, the lease is taken with one ``hit`` per counter and no look
+        (``_hints``): half the Redis commands in steady state. A hit that fails there (other
+        processes took the room) costs at most this lease of undershoot, then the full path
+        runs."""
+        now = time.time()
+        hints = [self._hints.get(limit.kind) for limit in limits]
+        if all(hint is not None and hint[0] >= 10 * wanted and hint[1] > now + 1 for hint in hints):
+            for limit in limits:
+                if not await limiter.hit(limit.item, *limit.identifiers, cost=wanted):
+                    break
+            else:
+                for limit, hint in zip(limits, hints, strict=True):
+                    assert hint is not None
+                    self._hints[limit.kind] = (hint[0] - wanted, hint[1])
+                return wanted, min(hint[1] for hint in hints if hint is not None)
+        for limit in limits:
+            self._hints.pop(limit.kind, None)
         for _ in range(3):
             stats = [await limiter.get_window_stats(limit.item, *limit.identifiers) for limit in limits]
             remaining = min(stat.remaining for stat in stats)
@@ -489,6 +513,8 @@ class SubscriptionThrottle:
                     stat.reset_time if stat.reset_time > now else now + limit.item.get_expiry()
                     for stat, limit in zip(stats, limits, strict=True)
                 ]
+                for stat, limit, reset in zip(stats, limits, resets, strict=True):
+                    self._hints[limit.kind] = (stat.remaining - cost, reset)
                 return cost, min(resets)
             # Another process took the rest meanwhile: look again (the failed hit counted
             # against the window, which can only stop this subscription early, never late).
@@ -557,6 +583,7 @@ class SubscriptionThrottle:
         if not self.byte_limits:
             self.bytes_left = UNLIMITED
         self._unverified_events = self._unverified_bytes = 0
+        self._hints.clear()  # a restarted Redis lost its counters: look again
         self._redis_down = False
         log.warning("Throttling storage reachable again for subscription %s", self.subscription_id)
 
