@@ -32,7 +32,8 @@ from gateway.credentials import (
     credentials_cache_refresh_owner,
     owner_credentials_revoked_notify,
 )
-from portal.models import API, APIKey, APIVersion, Application, Subscription, User
+from gateway.throttling import Policy
+from portal.models import API, APIKey, APIVersion, Application, BusinessPlan, Subscription, User
 
 
 @receiver(post_init, sender=APIKey, dispatch_uid="gateway.api_key_loaded")
@@ -87,6 +88,40 @@ def subscription_plan_saved(
     if not created and loaded is not None and loaded != instance._gateway_plan_id:
         subscription_id = instance.pk
         transaction.on_commit(lambda: subscription_plan_changed_notify(subscription_id=subscription_id))
+
+
+def _policy_values(plan: BusinessPlan) -> tuple[Any, ...] | None:
+    values = plan.__dict__
+    if any(name not in values for name in Policy.PLAN_FIELDS[2:]):  # deferred fields: unknown
+        return None
+    return tuple(values[name] for name in Policy.PLAN_FIELDS[2:])
+
+
+@receiver(post_init, sender=BusinessPlan, dispatch_uid="gateway.plan_loaded")
+def plan_loaded(sender: type[BusinessPlan], instance: BusinessPlan, **kwargs: Any) -> None:
+    # The throttling policy as loaded, so that a save can tell a changed policy apart.
+    instance._gateway_policy = _policy_values(instance)  # type: ignore[attr-defined]
+
+
+@receiver(post_save, sender=BusinessPlan, dispatch_uid="gateway.plan_saved")
+def plan_saved(sender: type[BusinessPlan], instance: BusinessPlan, created: bool, **kwargs: Any) -> None:
+    """A plan whose throttling policy changed (an admin's edit): its subscriptions' live
+    connections close with 4409 and reconnect under the new limits (``gateway.throttling``)."""
+    loaded = getattr(instance, "_gateway_policy", None)
+    instance._gateway_policy = _policy_values(instance)  # type: ignore[attr-defined]
+    if created or loaded is None or loaded == instance._gateway_policy:
+        return
+    subscription_ids = list(
+        Subscription.objects.filter(plan=instance, status=Subscription.Status.ACTIVE).values_list(
+            "pk", flat=True
+        )
+    )
+
+    def notify() -> None:
+        for subscription_id in subscription_ids:
+            subscription_plan_changed_notify(subscription_id=subscription_id)
+
+    transaction.on_commit(notify)
 
 
 @receiver(post_save, sender=API, dispatch_uid="gateway.api_saved")

@@ -545,7 +545,12 @@ class BusinessPlan(models.Model):
 
     @property
     def is_free(self) -> bool:
-        return self.flat_fee_minor == 0 and self.price_per_1000_events_minor == 0
+        """No flat fee, no price per 1,000 events and no overage price that could apply."""
+        overage = self.quota_action == self.QuotaAction.OVERAGE and (
+            (self.quota_events is not None and self.overage_price_per_1000_events_minor > 0)
+            or (self.quota_bytes is not None and self.overage_price_per_gb_minor > 0)
+        )
+        return self.flat_fee_minor == 0 and self.price_per_1000_events_minor == 0 and not overage
 
     @property
     def approval_status(self) -> str:

@@ -105,6 +105,36 @@ def test_changing_the_plan_closes_idle_connections_with_4409_within_a_second(
     assert Subscription.objects.get(pk=bob_subscribed.subscription.pk).plan == silver
 
 
+def test_editing_a_plans_throttling_policy_closes_its_connections_with_4409(
+    gateway_server, stream_api, bob_subscribed
+):
+    """An admin's edit of the policy (Django admin saves the plan): live connections reconnect
+    under the new limits; an edit of another field (the description) closes nothing."""
+    url = (
+        f"{gateway_server.ws_url}/ws/{stream_api.slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+    )
+    plan = bob_subscribed.subscription.plan
+
+    def describe() -> None:
+        plan.description = "Same limits, new words."
+        plan.save()
+
+    def limit() -> None:
+        plan.rate_limit_events = 100
+        plan.save()
+
+    async def scenario():
+        async with connect(url) as client:
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(describe)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.recv(), timeout=DEADLINE)
+            return await _closed_within_deadline(client, limit)
+
+    code, reason, _after = asyncio.run(scenario())
+    assert (code, reason) == (4409, "Business plan changed; reconnect to continue under the new plan.")
+
+
 def test_a_plan_change_without_a_signal_is_caught_by_the_audit(gateway_server, stream_api, bob_subscribed):
     """A raw UPDATE sends no control message; the audit (0.5 s in this server) notices the grant's
     plan is no longer the subscription's."""
