@@ -96,11 +96,22 @@ class Invoice(models.Model):
 
 
 class InvoiceLine(models.Model):
-    """One charge on an invoice: a subscription's base fee or its events over the included amount."""
+    """One charge on an invoice: a subscription's base fee, its events over the included amount,
+    or (plans whose ``quota_action`` is "overage") its events or bytes over the plan's quota.
+
+    ``quantity`` × ``unit_amount_minor`` is the amount for base fees and both events kinds
+    (quantity 1, or started blocks of 1,000 events). A bytes-overage line's quantity is the bytes
+    over the quota and its unit amount the price per GB (10^9 bytes); its amount is
+    ``ceil(quantity × unit_amount_minor / 10^9)`` (``billing.services.bytes_overage_charge``).
+    """
 
     class Kind(models.TextChoices):
         BASE_FEE = "base_fee", "Base fee"
         EVENTS = "events", "Events"
+        EVENTS_OVERAGE = "events_overage", "Events overage"
+        BYTES_OVERAGE = "bytes_overage", "Bytes overage"
+
+    OVERAGE_KINDS = frozenset({Kind.EVENTS_OVERAGE, Kind.BYTES_OVERAGE})
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     subscription = models.ForeignKey(
@@ -109,15 +120,23 @@ class InvoiceLine(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices)
     description = models.CharField(max_length=300)
     quantity = models.PositiveBigIntegerField(
-        default=1, help_text="Units billed (1 for a fee; blocks of 1,000 events)."
+        default=1,
+        help_text="Units billed (1 for a fee; blocks of 1,000 events; bytes over the quota for "
+        "bytes overage).",
     )
-    unit_amount_minor = models.BigIntegerField(default=0)
+    unit_amount_minor = models.BigIntegerField(
+        default=0, help_text="Price per unit (per GB of 10^9 bytes for bytes overage)."
+    )
     amount_minor = models.BigIntegerField(default=0)
     events = models.PositiveBigIntegerField(
-        default=0, help_text="Events delivered in the period (from analytics)."
+        default=0,
+        help_text="Events delivered in the period (from analytics); for overage lines, the events of "
+        "the plan's counted directions.",
     )
     bytes = models.PositiveBigIntegerField(
-        default=0, help_text="Bytes delivered in the period (from analytics)."
+        default=0,
+        help_text="Bytes delivered in the period (from analytics); for overage lines, the bytes of "
+        "the plan's counted directions.",
     )
     stripe_invoice_item_id = models.CharField(max_length=255, blank=True)
 
@@ -129,6 +148,11 @@ class InvoiceLine(models.Model):
 
     def __str__(self) -> str:
         return self.description
+
+    @property
+    def is_overage(self) -> bool:
+        """Whether this line bills events or bytes over the plan's quota."""
+        return self.kind in self.OVERAGE_KINDS
 
     @property
     def detail(self) -> str:

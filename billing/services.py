@@ -5,7 +5,10 @@ grace period for late gateway flushes has passed. Usage is read only through
 ``analytics.services.usage_for_subscription``, so an invoice shows the numbers of the consumer's
 usage page. All amounts are integer minor units (cents) of the plan's currency; pricing follows
 ``portal.models.BusinessPlan``: ``flat_fee + ceil(max(0, events - included_events) / 1000) *
-price_per_1000_events``.
+price_per_1000_events`` (events delivered, direction "out"), plus, for plans whose ``quota_action``
+is "overage", the events and bytes of the plan's ``counted_directions`` over ``quota_events`` /
+``quota_bytes`` (``events_overage_charge``, ``bytes_overage_charge``). Throttled events and bytes
+(``UsageRecord.throttled_*``) are never read, so never billed.
 
 Pushing invoices to Stripe lives in ``billing.stripe_sync``; Celery tasks in ``billing.tasks``.
 """
@@ -19,15 +22,25 @@ from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from analytics.services import UsageTotals, usage_for_subscription
 from billing.models import BillingAccount, Invoice, InvoiceLine
 from portal.models import BusinessPlan, Subscription
+from portal.money import format_money
+from portal.templatetags.eventgate import human_bytes
 
 logger = logging.getLogger(__name__)
 
 EVENTS_PER_BLOCK = 1000
+BYTES_PER_GB = 10**9  # decimal gigabyte, as on the usage page and the plan's overage price
+# The directions whose events and bytes count toward a plan's quotas (BusinessPlan.counted_directions).
+COUNTED_DIRECTIONS = {
+    BusinessPlan.CountedDirections.BOTH: ("out", "in"),
+    BusinessPlan.CountedDirections.OUT: ("out",),
+    BusinessPlan.CountedDirections.IN: ("in",),
+}
 # Gateway processes flush usage every few seconds; an hour covers a slow or restarted flush.
 DEFAULT_GRACE_PERIOD = timedelta(hours=1)
 _DESCRIPTION_MAX = InvoiceLine._meta.get_field("description").max_length or 300
@@ -54,6 +67,96 @@ def events_charge(*, plan: BusinessPlan, events: int) -> EventsCharge:
     return EventsCharge(
         billable_events=billable, blocks=blocks, amount_minor=blocks * plan.price_per_1000_events_minor
     )
+
+
+@dataclass(frozen=True)
+class OverageCharge:
+    """What a subscription used over one of its plan's quotas in one period, and its price.
+
+    ``counted`` = events (or bytes) of the plan's counted directions in the period; ``over`` =
+    ``max(0, counted - quota)``; ``quantity`` = units billed (started blocks of 1,000 events, or
+    bytes); ``unit_amount_minor`` = the plan's overage price per 1,000 events (or per GB);
+    ``amount_minor`` = the charge, integer minor units. Rule: issue 6 (throttling policies,
+    ``quota_action`` "overage"); docs/billing.md › Overage.
+    """
+
+    counted: int
+    quota: int
+    over: int
+    quantity: int
+    unit_amount_minor: int
+    amount_minor: int
+
+
+def bills_overage(plan: BusinessPlan) -> bool:
+    """Whether ``plan`` keeps delivering past a quota and charges for it: ``quota_action`` is
+    "overage" and an events (bytes) quota is set with a non-zero overage price per 1,000 events
+    (per GB)."""
+    if plan.quota_action != BusinessPlan.QuotaAction.OVERAGE:
+        return False
+    return (plan.quota_events is not None and plan.overage_price_per_1000_events_minor > 0) or (
+        plan.quota_bytes is not None and plan.overage_price_per_gb_minor > 0
+    )
+
+
+def events_overage_charge(*, plan: BusinessPlan, events: int) -> OverageCharge | None:
+    """Price ``events`` (the count of the plan's counted directions in one period) over the plan's
+    events quota; None unless ``plan.quota_action`` is "overage" and ``plan.quota_events`` is set.
+
+    Same rounding as ``events_charge``: every *started* block of 1,000 events over the quota costs
+    ``plan.overage_price_per_1000_events_minor`` (12,345 events on a 10,000-event quota → 2,345
+    over → 3 blocks). Integer arithmetic only; raises nothing. Rule: docs/billing.md › Overage.
+    """
+    if plan.quota_action != BusinessPlan.QuotaAction.OVERAGE or plan.quota_events is None:
+        return None
+    over = max(0, events - plan.quota_events)
+    blocks = -(-over // EVENTS_PER_BLOCK)  # ceiling division without floats
+    price = plan.overage_price_per_1000_events_minor
+    return OverageCharge(
+        counted=events,
+        quota=plan.quota_events,
+        over=over,
+        quantity=blocks,
+        unit_amount_minor=price,
+        amount_minor=blocks * price,
+    )
+
+
+def bytes_overage_charge(*, plan: BusinessPlan, size: int) -> OverageCharge | None:
+    """Price ``size`` (bytes of the plan's counted directions in one period) over the plan's bytes
+    quota; None unless ``plan.quota_action`` is "overage" and ``plan.quota_bytes`` is set.
+
+    Pro rata per byte, rounded *up* to the next minor unit: ``ceil(over_bytes ×
+    overage_price_per_gb_minor / 10^9)`` (GB = 10^9 bytes). 2,500,000,000 bytes over at 200 per GB
+    → 500; one byte over → 1. ``quantity`` is the bytes over the quota. Integer arithmetic only;
+    raises nothing. Rule: docs/billing.md › Overage.
+    """
+    if plan.quota_action != BusinessPlan.QuotaAction.OVERAGE or plan.quota_bytes is None:
+        return None
+    over = max(0, size - plan.quota_bytes)
+    price = plan.overage_price_per_gb_minor
+    return OverageCharge(
+        counted=size,
+        quota=plan.quota_bytes,
+        over=over,
+        quantity=over,
+        unit_amount_minor=price,
+        amount_minor=-(-(over * price) // BYTES_PER_GB),  # ceiling division without floats
+    )
+
+
+def counted_usage(*, subscription: Subscription, start: datetime, end: datetime) -> UsageTotals:
+    """Events and bytes of ``subscription`` in ``[start, end)`` in the directions its plan's
+    quotas count (``counted_directions``: "both", "out" or "in"), from
+    ``analytics.services.usage_for_subscription`` — delivered usage only, never throttled counts.
+    The same rule the gateway applies when it seeds its quota counters (``gateway.auth.quota_usage``).
+    """
+    directions = COUNTED_DIRECTIONS.get(subscription.plan.counted_directions, ("out", "in"))
+    totals = [
+        usage_for_subscription(subscription=subscription, start=start, end=end, direction=direction)
+        for direction in directions
+    ]
+    return UsageTotals(events=sum(t.events for t in totals), bytes=sum(t.bytes for t in totals))
 
 
 # Periods -------------------------------------------------------------------------------------------
@@ -100,13 +203,19 @@ def billable_subscriptions(*, period_start: datetime, period_end: datetime) -> l
     the period ended, and active or cancelled (pending and rejected ones never went live).
 
     Free plans are skipped: they never produce a charge, and billing them would create Stripe
-    customers and zero invoices for consumers who never pay.
+    customers and zero invoices for consumers who never pay. A plan without flat fee and event
+    price that bills overage (``bills_overage``) is paid: it is billed when usage exceeds a quota.
     """
+    no_price = Q(plan__flat_fee_minor=0, plan__price_per_1000_events_minor=0)
+    overage = Q(plan__quota_action=BusinessPlan.QuotaAction.OVERAGE) & (
+        Q(plan__quota_events__isnull=False, plan__overage_price_per_1000_events_minor__gt=0)
+        | Q(plan__quota_bytes__isnull=False, plan__overage_price_per_gb_minor__gt=0)
+    )
     return list(
         Subscription.objects.filter(
             status__in=[Subscription.Status.ACTIVE, Subscription.Status.CANCELLED], created__lt=period_end
         )
-        .exclude(plan__flat_fee_minor=0, plan__price_per_1000_events_minor=0)
+        .exclude(no_price & ~overage)
         .select_related("plan", "api", "application__owner")
         .order_by("application__owner_id", "pk")
     )
@@ -121,7 +230,10 @@ def invoice_period_close(
     owns applications with billable subscriptions (see ``billable_subscriptions``). Each
     subscription gets a base-fee line (if its plan has a flat fee) and an events line (if its plan
     prices events; quantity = started blocks of 1,000 events over the included amount), both
-    carrying the period's events and bytes from analytics.
+    carrying the period's events and bytes from analytics (direction "out"). A plan whose
+    ``quota_action`` is "overage" adds an events-overage line and/or a bytes-overage line when
+    the counted directions' usage exceeds the quota and the overage price is not zero
+    (``events_overage_charge``, ``bytes_overage_charge``); those lines carry the counted usage.
 
     Safe to run twice or concurrently: invoices are created with ``get_or_create`` under the
     ``unique_invoice_per_period`` constraint, each together with its lines in one transaction, and
@@ -199,11 +311,16 @@ def _invoice_account_period(
     lines_by_currency: dict[str, list[InvoiceLine]] = defaultdict(list)
     for subscription in subscriptions:
         usage = usage_for_subscription(subscription=subscription, start=start, end=end)
-        if subscription.status == Subscription.Status.CANCELLED and not usage.events:
+        counted = (
+            counted_usage(subscription=subscription, start=start, end=end)
+            if bills_overage(subscription.plan)
+            else UsageTotals()
+        )
+        if subscription.status == Subscription.Status.CANCELLED and not (usage.events or counted.events):
             # Without a cancellation time, usage in the period is the evidence it was live then.
             continue
         lines_by_currency[subscription.plan.currency.lower()].extend(
-            _lines_for_subscription(subscription=subscription, usage=usage)
+            _lines_for_subscription(subscription=subscription, usage=usage, counted=counted)
         )
 
     created: list[Invoice] = []
@@ -229,8 +346,12 @@ def _invoice_account_period(
     return created
 
 
-def _lines_for_subscription(*, subscription: Subscription, usage: UsageTotals) -> list[InvoiceLine]:
-    """Unsaved invoice lines for one subscription's period: base fee and/or events."""
+def _lines_for_subscription(
+    *, subscription: Subscription, usage: UsageTotals, counted: UsageTotals
+) -> list[InvoiceLine]:
+    """Unsaved invoice lines for one subscription's period: base fee and/or events (from
+    ``usage``, direction "out"), then events and/or bytes overage (from ``counted``, the plan's
+    counted directions) when they charge something."""
     plan = subscription.plan
     label = f"{subscription.api.name} — {plan.name} ({subscription.application.name})"
     common = {"subscription": subscription, "events": usage.events, "bytes": usage.bytes}
@@ -258,6 +379,52 @@ def _lines_for_subscription(*, subscription: Subscription, usage: UsageTotals) -
                 quantity=charge.blocks,
                 unit_amount_minor=plan.price_per_1000_events_minor,
                 amount_minor=charge.amount_minor,
+                **common,
+            )
+        )
+    lines.extend(_overage_lines(subscription=subscription, label=label, counted=counted))
+    return lines
+
+
+def _overage_lines(*, subscription: Subscription, label: str, counted: UsageTotals) -> list[InvoiceLine]:
+    """Unsaved events- and bytes-overage lines of one subscription's period; a line only when it
+    charges something (usage over the quota and a non-zero overage price)."""
+    plan = subscription.plan
+    directions = str(
+        dict(BusinessPlan.CountedDirections.choices).get(plan.counted_directions, plan.counted_directions)
+    ).lower()
+    common = {"subscription": subscription, "events": counted.events, "bytes": counted.bytes}
+    lines = []
+    events = events_overage_charge(plan=plan, events=counted.events)
+    if events is not None and events.amount_minor:
+        price = format_money(events.unit_amount_minor, plan.currency)
+        lines.append(
+            InvoiceLine(
+                kind=InvoiceLine.Kind.EVENTS_OVERAGE,
+                description=_truncate(
+                    f"{label}: events over the {events.quota:,}-event quota: {events.over:,} "
+                    f"({events.counted:,} counted, {directions}), {events.quantity:,} × 1,000 "
+                    f"at {price} per 1,000"
+                ),
+                quantity=events.quantity,
+                unit_amount_minor=events.unit_amount_minor,
+                amount_minor=events.amount_minor,
+                **common,
+            )
+        )
+    size = bytes_overage_charge(plan=plan, size=counted.bytes)
+    if size is not None and size.amount_minor:
+        price = format_money(size.unit_amount_minor, plan.currency)
+        lines.append(
+            InvoiceLine(
+                kind=InvoiceLine.Kind.BYTES_OVERAGE,
+                description=_truncate(
+                    f"{label}: bytes over the {human_bytes(size.quota)} quota: {size.over:,} bytes "
+                    f"({size.counted:,} counted, {directions}) at {price} per GB, pro rata"
+                ),
+                quantity=size.quantity,
+                unit_amount_minor=size.unit_amount_minor,
+                amount_minor=size.amount_minor,
                 **common,
             )
         )

@@ -8,8 +8,10 @@ Stripe mirrors Eventgate's ledger (``billing.models``), never the other way roun
    pulls the customer's pending invoice items into that subscription's first invoice — so it must
    exist before any invoice item). It uses one product and one zero-amount plan per currency with
    fixed ids (Products / Plans › Create), created on first use;
-3. one invoice item per invoice line with ``amount``, ``currency``, ``description`` (Invoice Items ›
-   Create), then one invoice with ``pending_invoice_items_behavior=include`` (Invoices › Create);
+3. one invoice item per invoice line — every kind alike (base fee, events, events overage, bytes
+   overage) — with ``amount``, ``currency``, ``description`` and the line's kind, events and bytes
+   as metadata (Invoice Items › Create), then one invoice with
+   ``pending_invoice_items_behavior=include`` (Invoices › Create);
 4. finalization (Invoices › Finalize an invoice) — skipped when the server has no such endpoint
    (localstripe).
 
@@ -245,6 +247,7 @@ def _create_invoice_item(
                 "eventgate_invoice_id": str(line.invoice_id),
                 "eventgate_invoice_line_id": str(line.pk),
                 "eventgate_subscription_id": str(line.subscription_id),
+                "eventgate_line_kind": line.kind,
                 "events": str(line.events),
                 "bytes": str(line.bytes),
             },

@@ -6,7 +6,9 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from billing.models import Invoice
+from billing.models import Invoice, InvoiceLine
+
+KIND_ORDER = {kind: rank for rank, kind in enumerate(InvoiceLine.Kind.values)}
 
 
 def _get_invoice_for_user(request: HttpRequest, invoice_id: int) -> Invoice:
@@ -24,9 +26,17 @@ def invoice_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def invoice_detail(request: HttpRequest, invoice_id: int) -> HttpResponse:
-    """One of the user's invoices: lines with the usage behind them, totals, Stripe status."""
+    """One of the user's invoices: lines with the usage behind them (overage lines: the usage of
+    the plan's counted directions), totals, Stripe status."""
     invoice = _get_invoice_for_user(request, invoice_id)
-    lines = invoice.lines.select_related(
-        "subscription__api", "subscription__plan", "subscription__application"
-    ).order_by("subscription_id", "kind")
-    return render(request, "billing/invoice_detail.html", {"invoice": invoice, "lines": lines})
+    lines = sorted(
+        invoice.lines.select_related("subscription__api", "subscription__plan", "subscription__application"),
+        # Per subscription: base fee, events, events overage, bytes overage (InvoiceLine.Kind order).
+        key=lambda line: (line.subscription_id, KIND_ORDER.get(line.kind, len(KIND_ORDER))),
+    )
+    has_overage = any(line.is_overage for line in lines)
+    return render(
+        request,
+        "billing/invoice_detail.html",
+        {"invoice": invoice, "lines": lines, "has_overage": has_overage},
+    )
