@@ -537,6 +537,9 @@ class SubscriptionThrottle:
 
     def _lease_expire(self) -> None:
         self._expiry = None
+        if self._redis_down:  # a local lease's unused part was not delivered: not to be added
+            self._unverified_events -= max(0, min(self.left, self._unverified_events))
+            self._unverified_bytes -= max(0, min(self.bytes_left, self._unverified_bytes))
         if self.event_limits:
             self.left = 0
         if self.byte_limits:
