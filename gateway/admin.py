@@ -32,7 +32,16 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(WebhookSubscription)
 class WebhookSubscriptionAdmin(ReadOnlyAdmin):
-    list_display = ["id", "address", "callback_url", "status", "subscription", "created", "verified_at"]
+    list_display = [
+        "id",
+        "address",
+        "callback_url",
+        "status",
+        "subscription",
+        "created",
+        "verified_at",
+        "throttled_count",
+    ]
     list_filter = ["status"]
     search_fields = ["address", "callback_url", "subscription__application__name"]
     list_select_related = ["subscription__application", "subscription__api", "subscription__plan"]

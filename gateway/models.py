@@ -49,6 +49,10 @@ class WebhookSubscription(models.Model):
     States: ``pending`` (intent verification queued or running) → ``active`` (verified: events
     are delivered) or ``failed`` (``status_reason`` says why; the consumer can verify again);
     ``deleted`` by the consumer (final; the secret is erased, the delivery log kept).
+    A subscription has at most its plan's ``max_webhook_subscriptions`` webhooks that are not
+    deleted (``gateway.webhooks.services.webhook_register``). ``throttled_count`` events of this
+    webhook were throttled by the plan (``throttled_limit`` the latest kind) since its last
+    successful delivery: the next delivery POST reports them (``Eventgate-Throttled``).
     ``secret`` is the subscriber's HMAC key (WebSub §5.1 ``hub.secret``, under 200 bytes): kept
     because signing needs it, never shown again, logged or serialized.
     """
@@ -78,6 +82,16 @@ class WebhookSubscription(models.Model):
     verification_requested_at = models.DateTimeField(null=True, blank=True)
     verified_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    throttled_count = models.PositiveIntegerField(
+        default=0,
+        help_text="Events throttled since the last successful delivery; sent (Eventgate-Throttled) with "
+        "the next delivery POST and cleared once one succeeds.",
+    )
+    throttled_limit = models.CharField(
+        max_length=16,
+        blank=True,
+        help_text="The limit that throttled the latest of them (rate, burst, quota, bytes, unavailable).",
+    )
 
     objects = WebhookSubscriptionQuerySet.as_manager()
 
@@ -118,8 +132,11 @@ class WebhookDelivery(models.Model):
     → ``sending`` (an attempt in flight) → ``delivered`` (2xx), or ``retrying`` (non-2xx or
     error; the next attempt at ``next_attempt_at``) and, after ``max_attempts``, ``dead``
     (a dead letter); ``cancelled`` when access ended before it could be sent (subscription no
-    longer active, API blocked or retired, webhook deleted). ``metered`` is set once the
-    delivered event was added to usage (``gateway.webhooks.services.webhook_usage_flush``).
+    longer active, API blocked or retired, webhook deleted, quota used up); ``throttled`` when
+    the plan's rate limit or quota stopped it (``gateway.throttling.webhook_take``): never sent,
+    never retried, counted as throttled (``UsageRecord.throttled_events``), never metered or
+    billed. ``metered`` is set once the delivered event was added to usage
+    (``gateway.webhooks.services.webhook_usage_flush``).
     """
 
     class Status(models.TextChoices):
@@ -129,10 +146,11 @@ class WebhookDelivery(models.Model):
         DELIVERED = "delivered", "Delivered"
         DEAD = "dead", "Dead letter"
         CANCELLED = "cancelled", "Not sent"
+        THROTTLED = "throttled", "Throttled"
 
     # States a delivery task may claim for an attempt.
     CLAIMABLE = (Status.PENDING, Status.RETRYING)
-    FINAL = (Status.DELIVERED, Status.DEAD, Status.CANCELLED)
+    FINAL = (Status.DELIVERED, Status.DEAD, Status.CANCELLED, Status.THROTTLED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     webhook = models.ForeignKey(WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries")
@@ -202,12 +220,13 @@ class WebhookDelivery(models.Model):
             "pending": "info",
             "sending": "info",
             "retrying": "warning",
+            "throttled": "warning",
             "dead": "danger",
         }.get(self.status, "secondary")
 
     @property
     def can_redeliver(self) -> bool:
-        return self.status in (self.Status.DELIVERED, self.Status.DEAD, self.Status.CANCELLED)
+        return self.status in self.FINAL
 
     def retry_delay(self, base_seconds: float) -> timedelta:
         """Exponential backoff after attempt number ``self.attempts`` (1-based):

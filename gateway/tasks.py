@@ -18,7 +18,9 @@ def webhook_verify_task(webhook_id: int) -> None:
 def webhook_deliver_task(self, delivery_id: str) -> None:  # type: ignore[no-untyped-def]
     """One attempt of delivery ``delivery_id``; a failed attempt with attempts left is retried by
     Celery after the backoff delay the service returns (``WEBHOOK_RETRY_BASE_DELAY * 2**(n-1)``
-    seconds). Running twice is harmless: the service claims the delivery first."""
+    seconds). Running twice is harmless: the service claims the delivery first. A delivery the
+    plan throttles (``gateway.webhooks.services.delivery_throttle``) or cancels is final: no
+    retry."""
     retry_in = webhook_deliver(delivery_id=delivery_id)
     if retry_in is not None:
         raise self.retry(countdown=retry_in)

@@ -10,6 +10,12 @@ The rules are in ``docs/webhooks.md``; in short, after W3C WebSub (Recommendatio
 - content distribution (§7): each event's frame POSTed with ``X-Hub-Signature: sha256=<HMAC-SHA256
   of the raw body with the subscriber's secret>`` and ``Link`` headers (``rel="hub"``,
   ``rel="self"``); non-2xx answers and errors retry with exponential backoff, then dead-letter.
+
+The subscription's business plan limits webhooks as it limits connections: at most
+``max_webhook_subscriptions`` webhooks per subscription (``webhook_limit_refusal``), and each
+delivery is counted in the same throttling counters as WebSocket and SSE events
+(``delivery_throttle``); a throttled delivery is not sent, and the next POST says how many were
+(``Eventgate-Throttled``).
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ from urllib.parse import quote, urlencode
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from analytics.services import UsageRow, usage_record_batch
+from analytics.services import UsageRow, throttled_record_batch, usage_record_batch
 from gateway.auth import channel_match, quota_refusals
 from gateway.models import WebhookDelivery, WebhookSubscription
 from gateway.publishing import address_normalize, routing_key
+from gateway.throttling import Policy, limit_reason, webhook_take
 from gateway.webhooks.addresses import (
     CallbackRefused,
     CallbackResponse,
@@ -51,6 +59,9 @@ SECRET_MIN_CHARACTERS = 16
 SECRET_MAX_BYTES = 199
 MAX_WEBHOOKS_PER_SUBSCRIPTION = 20
 USER_AGENT = "Eventgate-Webhooks/1.0"
+# Headers telling a callback that events were throttled since its last successful delivery.
+THROTTLED_HEADER = "Eventgate-Throttled"
+THROTTLED_LIMIT_HEADER = "Eventgate-Throttled-Limit"
 # Part of the callback's answer shown when verification fails.
 _PREVIEW_CHARACTERS = 60
 
@@ -152,6 +163,40 @@ def _webhook_channel(api_version: APIVersion, address: str) -> tuple[str, str, C
     return address, key, channel
 
 
+def webhook_limit(subscription: Subscription) -> int:
+    """How many webhooks ``subscription`` may have (not deleted): its business plan's
+    ``max_webhook_subscriptions``, at most ``MAX_WEBHOOKS_PER_SUBSCRIPTION`` (the installation's
+    cap, also for plans without a limit)."""
+    limit = subscription.plan.max_webhook_subscriptions
+    return MAX_WEBHOOKS_PER_SUBSCRIPTION if limit is None else min(limit, MAX_WEBHOOKS_PER_SUBSCRIPTION)
+
+
+def webhook_limit_refusal(subscription: Subscription, count: int) -> str | None:
+    """Why ``subscription``, which has ``count`` webhooks that are not deleted (pending, active
+    or failed: a failed one can be verified again), may not register another, or None.
+
+    The plan's ``max_webhook_subscriptions`` (``portal.models.BusinessPlan``; docs/webhooks.md),
+    e.g. ``"Plan 'Free' allows 2 webhooks per subscription, and the subscription to Ticker has
+    2 already: delete one to register another."``, or the installation's
+    ``MAX_WEBHOOKS_PER_SUBSCRIPTION``.
+    """
+    limit = webhook_limit(subscription)
+    if count < limit:
+        return None
+    plan = subscription.plan
+    api = subscription.api
+    if plan.max_webhook_subscriptions is not None and plan.max_webhook_subscriptions <= limit:
+        noun = "webhook" if limit == 1 else "webhooks"
+        return (
+            f"Plan {plan.name!r} allows {limit:,} {noun} per subscription, and the subscription "
+            f"to {api.name} has {count:,} already: delete one to register another."
+        )
+    return (
+        f"The subscription to {api.name} has {MAX_WEBHOOKS_PER_SUBSCRIPTION} webhooks already; "
+        "delete one first."
+    )
+
+
 def webhook_register(
     *, subscription: Subscription, address: str, callback_url: str, secret: str, version: str | None = None
 ) -> WebhookSubscription:
@@ -165,8 +210,11 @@ def webhook_register(
     verification task runs once the transaction commits.
 
     Raises ``ValidationError`` with field errors on ``subscription`` (not active, API not
-    served, too many webhooks), ``version``, ``channel``, ``callback_url`` (policy, duplicate)
-    and ``secret``; several fields at once where they are independent.
+    served, too many webhooks: ``webhook_limit_refusal``), ``version``, ``channel``,
+    ``callback_url`` (policy, duplicate) and ``secret``; several fields at once where they are
+    independent. The duplicate and limit checks and the insert run in one transaction holding
+    the subscription's row lock (``SELECT … FOR UPDATE``), so concurrent registrations cannot
+    exceed the limit together.
     """
     api = subscription.api
     if subscription.status != Subscription.Status.ACTIVE:
@@ -195,20 +243,27 @@ def webhook_register(
     if errors:
         raise ValidationError(errors)
     assert api_version is not None
-    existing = WebhookSubscription.objects.visible().filter(subscription=subscription)
-    duplicate = existing.filter(address=address, callback_url=callback_url, api_version=api_version).first()
-    if duplicate is not None:
-        raise ValidationError(
-            {"callback_url": f"This callback is already registered for {address} (webhook {duplicate.pk})."}
-        )
-    if existing.count() >= MAX_WEBHOOKS_PER_SUBSCRIPTION:
-        raise ValidationError(
-            {
-                "subscription": f"The subscription to {api.name} has {MAX_WEBHOOKS_PER_SUBSCRIPTION} "
-                "webhooks already; delete one first."
-            }
-        )
     with transaction.atomic():
+        # The subscription's row is the lock of its webhook count: of two registrations at once,
+        # the second waits here until the first commits, then counts its webhook.
+        locked = (
+            Subscription.objects.select_for_update(of=("self",))
+            .select_related("plan", "api")
+            .get(pk=subscription.pk)
+        )
+        existing = WebhookSubscription.objects.visible().filter(subscription=locked)
+        duplicate = existing.filter(
+            address=address, callback_url=callback_url, api_version=api_version
+        ).first()
+        if duplicate is not None:
+            raise ValidationError(
+                {
+                    "callback_url": f"This callback is already registered for {address} "
+                    f"(webhook {duplicate.pk})."
+                }
+            )
+        if refusal := webhook_limit_refusal(locked, existing.count()):
+            raise ValidationError({"subscription": refusal})
         webhook = WebhookSubscription.objects.create(
             subscription=subscription,
             api_version=api_version,
@@ -427,9 +482,12 @@ def _header_text(value: str) -> str:
 
 
 def delivery_headers(*, delivery: WebhookDelivery, body: bytes, attempt: int) -> dict[str, str]:
-    """The headers of one delivery POST (WebSub §7, plus Eventgate's ids)."""
+    """The headers of one delivery POST (WebSub §7, plus Eventgate's ids). While the webhook's
+    ``throttled_count`` is above 0 (events of it throttled since its last successful delivery),
+    ``Eventgate-Throttled: <that count>`` and ``Eventgate-Throttled-Limit: <kind of the latest
+    limit>`` too (docs/webhooks.md, *Throttling*)."""
     webhook = delivery.webhook
-    return {
+    headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "X-Hub-Signature": webhook_signature(secret=webhook.secret, body=body),
@@ -438,6 +496,59 @@ def delivery_headers(*, delivery: WebhookDelivery, body: bytes, attempt: int) ->
         "X-Eventgate-Attempt": str(attempt),
         "Link": f'<{webhook_hub_url()}>; rel="hub", <{webhook_topic_url(webhook)}>; rel="self"',
     }
+    if webhook.throttled_count > 0:
+        headers[THROTTLED_HEADER] = str(webhook.throttled_count)
+        headers[THROTTLED_LIMIT_HEADER] = webhook.throttled_limit or "rate"
+    return headers
+
+
+def delivery_throttle(delivery: WebhookDelivery) -> tuple[Policy, str] | None:
+    """Count ``delivery`` against its subscription's throttling policy (the business plan), in
+    the same Redis counters as the subscription's WebSocket and SSE events
+    (``gateway.throttling.webhook_take``: one event and ``delivery.size`` bytes, direction
+    "out"); returns None when it may be sent, else ``(policy, kind of the limit reached)``.
+
+    A delivery counts once, at its first attempt (``attempts == 0``): retries of a failed
+    attempt do not take again. A worker that dies mid-first-attempt makes it count twice (the
+    sweep's re-claim), stopping the subscription at most one event early. Plans whose limits do
+    not count "out" events, or that only have quotas under ``quota_action`` "overage", never
+    throttle. ``limit_notice`` "close" is treated as "notify": a webhook has no connection.
+    """
+    if delivery.attempts:
+        return None
+    policy = Policy.from_plan(delivery.webhook.subscription.plan)
+    kind = webhook_take(policy, delivery.webhook.subscription_id, delivery.size)
+    return None if kind is None else (policy, kind)
+
+
+def _throttled_store(
+    delivery: WebhookDelivery, claimed: QuerySet[WebhookDelivery], policy: Policy, kind: str
+) -> None:
+    """Finish the claimed ``delivery`` as ``throttled`` (final, unsent, the reason in
+    ``last_error``), add it to the webhook's ``throttled_count`` and to the subscription's
+    throttled usage of this minute (``analytics.services.throttled_record_batch``: 1 event and
+    its bytes, channel template, direction "out"; never billed). Once, with the claim."""
+    webhook = delivery.webhook
+    now = timezone.now()
+    with transaction.atomic():
+        if not claimed.update(
+            status=WebhookDelivery.Status.THROTTLED,
+            last_error=limit_reason(policy, kind)[:500],
+            next_attempt_at=None,
+        ):
+            return
+        WebhookSubscription.objects.filter(pk=webhook.pk).update(
+            throttled_count=F("throttled_count") + 1, throttled_limit=kind
+        )
+        template = Channel.objects.filter(pk=webhook.channel_id).values_list("address", flat=True).get()
+        minute = now.replace(second=0, microsecond=0)
+        throttled_record_batch(rows=[(webhook.subscription_id, minute, template, "out", 1, delivery.size)])
+    log.info(
+        "Webhook delivery %s throttled (%s limit of subscription %s)",
+        delivery.pk,
+        kind,
+        webhook.subscription_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,10 +592,12 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
     Claims the delivery first (``pending``/``retrying`` → ``sending`` with a conditional
     ``UPDATE``), so a task run twice sends once. Checks access and the plan's quota before
     sending (``delivery_refusal``): if access ended or the quota is used up, the delivery is
-    ``cancelled`` unsent (final: never retried, never metered; ``last_error`` says why). 2xx:
-    ``delivered``. Otherwise, while attempts remain (``max_attempts``), ``retrying`` after
-    ``WEBHOOK_RETRY_BASE_DELAY * 2 ** (attempt - 1)`` seconds (the return value; the caller
-    schedules the retry); else ``dead`` (a dead letter).
+    ``cancelled`` unsent (final: never retried, never metered; ``last_error`` says why). Then
+    the plan's throttling policy (``delivery_throttle``, first attempt only): over a limit, it
+    is ``throttled`` unsent (final; ``_throttled_store``). 2xx: ``delivered`` (and the webhook's
+    reported ``throttled_count`` is cleared). Otherwise, while attempts remain
+    (``max_attempts``), ``retrying`` after ``WEBHOOK_RETRY_BASE_DELAY * 2 ** (attempt - 1)``
+    seconds (the return value; the caller schedules the retry); else ``dead`` (a dead letter).
     """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.WEBHOOK_TIMEOUT + 60)
@@ -505,6 +618,10 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
             status=WebhookDelivery.Status.CANCELLED, last_error=refusal[:500], next_attempt_at=None
         )
         return None
+    throttled = delivery_throttle(delivery)
+    if throttled is not None:
+        _throttled_store(delivery, claimed, *throttled)
+        return None
     attempt = delivery.attempts + 1
     result = _attempt(delivery, attempt)
     done = timezone.now()
@@ -519,6 +636,11 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
         claimed.update(
             status=WebhookDelivery.Status.DELIVERED, delivered_at=done, next_attempt_at=None, **fields
         )
+        if reported := delivery.webhook.throttled_count:
+            # Told (Eventgate-Throttled): those are reported. Events throttled meanwhile stay.
+            WebhookSubscription.objects.filter(pk=delivery.webhook_id).update(
+                throttled_count=Greatest(F("throttled_count") - reported, 0)
+            )
         return None
     if attempt >= delivery.max_attempts:
         claimed.update(status=WebhookDelivery.Status.DEAD, next_attempt_at=None, **fields)

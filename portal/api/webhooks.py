@@ -56,7 +56,9 @@ class DeliveryStatusField(serializers.ChoiceField):
 class WebhookSerializer(serializers.ModelSerializer[WebhookSubscription]):
     """A webhook subscription, without its secret. ``status``: ``pending`` (intent
     verification queued or running), ``active`` (events are delivered), ``failed`` (see
-    ``status_reason``) or ``deleted``."""
+    ``status_reason``) or ``deleted``. ``throttled_count``: events throttled by the plan since
+    the last successful delivery (reported by the next POST's ``Eventgate-Throttled`` header),
+    ``throttled_limit`` the latest limit reached."""
 
     status = WebhookStatusField(read_only=True)
     application = serializers.IntegerField(source="subscription.application_id", read_only=True)
@@ -87,6 +89,8 @@ class WebhookSerializer(serializers.ModelSerializer[WebhookSubscription]):
             "verification_requested_at",
             "verified_at",
             "deleted_at",
+            "throttled_count",
+            "throttled_limit",
             "deliveries",
         ]
         read_only_fields = fields
@@ -129,8 +133,10 @@ class WebhookCreateSerializer(serializers.Serializer[Any]):
 
 class WebhookDeliverySerializer(serializers.ModelSerializer[WebhookDelivery]):
     """One delivery: ``status`` ``pending`` (queued), ``sending``, ``retrying`` (next
-    attempt at ``next_attempt_at``), ``delivered``, ``dead`` (a dead letter: attempts used up)
-    or ``cancelled`` (access ended before it was sent; ``last_error`` says why).
+    attempt at ``next_attempt_at``), ``delivered``, ``dead`` (a dead letter: attempts used up),
+    ``cancelled`` (access ended or the quota was used up before it was sent; ``last_error`` says
+    why) or ``throttled`` (the plan's rate limit or quota stopped it: never sent, never retried,
+    never billed; ``last_error`` names the limit).
     ``last_latency_ms``: milliseconds until the callback's response headers arrived."""
 
     status = DeliveryStatusField(read_only=True)
@@ -225,7 +231,8 @@ class WebhookListView(V1View):
         "callback with hub.mode, hub.topic, hub.challenge and hub.lease_seconds and expects the "
         "challenge back (W3C WebSub §5.3). The webhook is `pending` until then, then `active` or "
         "`failed` with `status_reason`. Callback URLs on private, loopback, link-local or other "
-        "non-public addresses are refused (400 on `callback_url`).",
+        "non-public addresses are refused (400 on `callback_url`). A subscription has at most its "
+        "plan's `max_webhook_subscriptions` webhooks that are not deleted (400 on `subscription`).",
     )
     def post(self, request: Request) -> Response:
         serializer = WebhookCreateSerializer(data=request.data)

@@ -6,6 +6,7 @@ The work is done by ``gateway.webhooks.services``; these views parse input and r
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -98,6 +99,11 @@ class WebhookTarget:
     def label(self) -> str:
         return f"{self.subscription.api.name} {self.version.version}"
 
+    @property
+    def limit(self) -> int | None:
+        """The plan's ``max_webhook_subscriptions`` (None: no plan limit)."""
+        return self.subscription.plan.max_webhook_subscriptions
+
 
 def _webhook_targets(application: Application) -> list[WebhookTarget]:
     """The application's active subscriptions to served APIs, with the newest live version's
@@ -105,7 +111,7 @@ def _webhook_targets(application: Application) -> list[WebhookTarget]:
     targets = []
     subscriptions = application.subscriptions.filter(
         status=Subscription.Status.ACTIVE, api__status__in=API.CONNECTABLE_STATUSES
-    ).select_related("api")
+    ).select_related("api", "plan")
     for subscription in subscriptions:
         version = subscription.api.latest_version()
         if version is None:
@@ -185,11 +191,19 @@ def webhook_list(request: HttpRequest, pk: int) -> HttpResponse:
     quotas: dict[int, str | None] = {}
     for webhook in webhooks:
         webhook.paused_reason = _paused_reason(webhook, quotas)  # type: ignore[attr-defined]
+    # "2 of 3 webhooks" for subscriptions whose plan limits them (webhook_limit_refusal's count).
+    counts = Counter(webhook.subscription_id for webhook in webhooks)
+    limits = [
+        (target, counts[target.subscription.pk], target.limit)
+        for target in targets
+        if target.limit is not None
+    ]
     context = {
         "application": application,
         "webhooks": webhooks,
         "form": form,
         "targets": targets,
+        "webhook_limits": limits,
         "timeout": settings.WEBHOOK_TIMEOUT,
     }
     return render(request, "portal/webhook_list.html", context)
