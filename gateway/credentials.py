@@ -250,8 +250,8 @@ def _cache_get(digest: str) -> Any:
         _cache_reads += 1
     try:
         return cache.get(CACHE_PREFIX + digest)
-    except Exception:  # noqa: BLE001 - Redis down: read the database instead
-        log.warning("Credential cache unreachable; reading the database", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - Redis down: read the database instead
+        log.warning("Credential cache unreachable (%r); reading the database", exc)
         return None
 
 
@@ -279,8 +279,8 @@ def _cache_put(digest: str, credential: Credential | None, *, only_if_absent: bo
             cache.add(CACHE_PREFIX + digest, value, seconds)
         else:
             cache.set(CACHE_PREFIX + digest, value, seconds)
-    except Exception:  # noqa: BLE001 - Redis down: entries expire by themselves
-        log.warning("Credential cache unreachable; entry not written", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - Redis down: entries expire by themselves
+        log.warning("Credential cache unreachable (%r); entry not written", exc)
 
 
 def credential_cache_refresh_api_key(key: APIKey) -> None:

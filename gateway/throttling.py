@@ -371,6 +371,7 @@ class SubscriptionThrottle:
         self._expiry: asyncio.TimerHandle | None = None
         # Limit kind → (room left after this process's last lease, window reset), as last seen.
         self._hints: dict[str, tuple[int, float]] = {}
+        self._taken: set[str] = set()  # quota kinds this process took from in this period
         self._unverified_events = 0  # granted locally while Redis was down (fail-open)
         self._unverified_bytes = 0
         self._redis_down = False
@@ -384,7 +385,8 @@ class SubscriptionThrottle:
             self.left = left - 1
             self.bytes_left -= size
             if (left <= self.low or self.bytes_left <= self.low_bytes) and self._refill is None:
-                self._refill_start(0)
+                if time.time() >= self.blocked_until:  # stopped: spend what is held, ask nothing
+                    self._refill_start(0)
             return ALLOW
         if time.time() < self.blocked_until:
             return THROTTLE
@@ -438,6 +440,7 @@ class SubscriptionThrottle:
             self.event_limits = [limit for limit in self.limits if limit.kind != "bytes"]
             self.byte_limits = [limit for limit in self.limits if limit.kind == "bytes"]
             self._hints.clear()
+            self._taken.clear()
         if self._redis_down:
             await self._unverified_push(limiter)
         resets: list[float] = []
@@ -490,8 +493,16 @@ class SubscriptionThrottle:
             self._hints.pop(limit.kind, None)
         for _ in range(3):
             stats = [await limiter.get_window_stats(limit.item, *limit.identifiers) for limit in limits]
-            remaining = min(stat.remaining for stat in stats)
             now = time.time()
+            lost = [
+                limit
+                for stat, limit in zip(stats, limits, strict=True)
+                if limit.kind in self._taken and stat.reset_time <= now
+            ]
+            if lost:  # Redis lost a quota counter this process took from (a restart): seed again
+                await self._reseed()
+                stats = [await limiter.get_window_stats(limit.item, *limit.identifiers) for limit in limits]
+            remaining = min(stat.remaining for stat in stats)
             if remaining < max(minimum, 1):
                 used_up = [
                     (stat.reset_time, limit)
@@ -514,19 +525,23 @@ class SubscriptionThrottle:
                     for stat, limit in zip(stats, limits, strict=True)
                 ]
                 for stat, limit, reset in zip(stats, limits, resets, strict=True):
-                    self._hints[limit.kind] = (stat.remaining - cost, reset)
+                    if limit.kind in ("rate", "burst"):  # quotas always look (a lost key shows)
+                        self._hints[limit.kind] = (stat.remaining - cost, reset)
+                    else:
+                        self._taken.add(limit.kind)
                 return cost, min(resets)
             # Another process took the rest meanwhile: look again (the failed hit counted
             # against the window, which can only stop this subscription early, never late).
         return 0, time.time()
 
     def _block(self, until: float, kind: str) -> None:
+        """Stop events until ``until`` (Unix seconds) because of limit ``kind``. Events this
+        process already holds (a lease is paid for in Redis) are still delivered; bytes are
+        not: a bytes quota stops everything once an event no longer fits."""
         self.blocked_until = until
         self.blocked_kind = kind
-        if kind != "unavailable":
-            self.left = 0 if self.event_limits else self.left
-            if kind == "bytes":
-                self.bytes_left = min(self.bytes_left, 0)
+        if kind == "bytes":
+            self.bytes_left = min(self.bytes_left, 0)
 
     def _expiry_set(self, reset: float) -> None:
         """Drop the local lease when its window resets, so it never counts in the next one."""
@@ -571,7 +586,11 @@ class SubscriptionThrottle:
         self._expiry_set(time.time() + REDIS_RETRY_SECONDS)  # try Redis again soon
 
     async def _unverified_push(self, limiter: aio_strategies.FixedWindowRateLimiter) -> None:
-        """Redis is back: add what was granted locally meanwhile (less what is still unused)."""
+        """Redis is back: seed the quota counters from analytics first (a restarted Redis lost
+        them: ``_reseed``), then add what was delivered on local leases meanwhile (analytics
+        has not recorded that yet)."""
+        if self._taken:
+            await self._reseed()
         events = max(0, self._unverified_events - max(0, min(self.left, self._unverified_events)))
         size = max(0, self._unverified_bytes - max(0, min(self.bytes_left, self._unverified_bytes)))
         for limit in self.event_limits:
@@ -609,6 +628,29 @@ class SubscriptionThrottle:
                     await limiter.hit(limit.item, *limit.identifiers, cost=used - counted)
         except redis_errors() as exc:
             self._storage_down(exc)
+
+    async def _reseed(self) -> None:
+        """Seed the quota counters again from analytics (``seed``), reading this period's usage
+        in a gateway worker thread: Redis lost them while this process was running."""
+        from gateway.auth import quota_usage
+        from gateway.connections import db_call
+
+        policy = self.policy
+        plan = BusinessPlan(
+            pk=policy.plan_id,
+            name=policy.plan_name,
+            quota_events=policy.quota_events,
+            quota_bytes=policy.quota_bytes,
+            quota_action=policy.quota_action,
+            counted_directions="both" if len(policy.directions) == 2 else next(iter(policy.directions)),
+        )
+        used = await db_call(quota_usage, {self.subscription_id: plan})
+        log.warning(
+            "Quota counters of subscription %s were lost in Redis; seeding them again", self.subscription_id
+        )
+        self._taken.clear()
+        self.seeded = False
+        await self.seed(*used.get(self.subscription_id, (0, 0)))
 
     async def prime(self) -> None:
         """Take the first lease now (at the handshake), so the first events need not wait."""
@@ -809,10 +851,14 @@ class ConnectionSlots:
             await asyncio.sleep(SLOT_HEARTBEAT_SECONDS)
             try:
                 expires = time.time() + SLOT_TTL_SECONDS
+                held = list(self._held.items())
                 async with self._redis().pipeline(transaction=False) as pipe:
-                    for member, keys in list(self._held.items()):
+                    # Not ``xx``: a restarted Redis lost the members; the live ones come back.
+                    for member, keys in held:
                         for key in keys:
-                            pipe.zadd(key, {member: expires}, xx=True)
+                            pipe.zadd(key, {member: expires})
+                    for key in {key for _, keys in held for key in keys}:
+                        pipe.expire(key, int(SLOT_TTL_SECONDS) + 60)
                     await pipe.execute()
             except Exception as exc:  # noqa: BLE001 - Redis down: try again at the next beat
                 log.warning("Connection slots not refreshed: %r", exc)
