@@ -29,8 +29,10 @@ from portal.models import (
     Subscription,
     User,
 )
+from portal.plans import POLICY_FIELDS, plan_fields_validate
 from portal.services.lifecycle import api_block_details, api_transition
 from portal.services.subscriptions import (
+    plan_approve,
     subscription_plan_change,
     subscription_reinstate,
     subscription_suspend,
@@ -121,10 +123,122 @@ class APILifecycleEventAdmin(admin.ModelAdmin):
         return False
 
 
+# The plan fields portal.plans.plan_fields_validate judges.
+PLAN_VALIDATED_FIELDS = frozenset(
+    {
+        "rate_limit_events",
+        "rate_limit_unit",
+        "burst_events",
+        "quota_events",
+        "quota_bytes",
+        "max_connections",
+        "flat_fee_minor",
+        "included_events",
+        "price_per_1000_events_minor",
+        *POLICY_FIELDS,
+    }
+)
+
+
+class BusinessPlanAdminForm(forms.ModelForm):
+    """Refuses, as field errors, what ``portal.plans.plan_fields_validate`` refuses for the
+    portal's plan form and the REST API (a burst without a rate, overage billing without a
+    quota or its price, an overage price on a plan that stops at its quotas)."""
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:  # a field's own error first (a missing rate would read as a burst's fault)
+            return data
+        fields = {name: data[name] for name in data if name in PLAN_VALIDATED_FIELDS}
+        try:
+            plan_fields_validate(fields)
+        except ValidationError as error:
+            for name, errors in error.message_dict.items():
+                self.add_error(name if name in self.fields else None, errors)
+        return data
+
+
+@admin.action(description="Approve selected plans (offer them to consumers)")
+def plans_approve(
+    modeladmin: admin.ModelAdmin[BusinessPlan], request: HttpRequest, queryset: QuerySet[BusinessPlan]
+) -> None:
+    for plan in queryset.select_related("api"):
+        try:
+            plan_approve(plan=plan, approver=request.user, reason="")
+        except (ValidationError, PermissionDenied) as error:
+            modeladmin.message_user(request, f"{plan}: {service_error_text(error)}", messages.ERROR)
+        else:
+            modeladmin.message_user(request, f"{plan} is approved: consumers can pick it.")
+
+
 @admin.register(BusinessPlan)
 class BusinessPlanAdmin(admin.ModelAdmin):
-    list_display = ["name", "api", "is_approved", "rejected_at", "rate_limit_events", "rate_limit_unit"]
-    list_filter = ["is_approved"]
+    """Every field of a plan, its throttling policy grouped as the provider's form groups it;
+    the same coherence rules (``BusinessPlanAdminForm``). Approving through the action records
+    who decided and when (``plan_approve``); rejecting, with the reason the provider reads, is
+    on the portal's approvals page."""
+
+    form = BusinessPlanAdminForm
+    list_display = [
+        "name",
+        "api",
+        "is_approved",
+        "rejected_at",
+        "rate_limit_events",
+        "rate_limit_unit",
+        "quota_events",
+        "quota_action",
+    ]
+    list_filter = ["is_approved", "quota_action", "limit_notice", "counted_directions"]
+    search_fields = ["name", "api__name", "api__slug"]
+    list_select_related = ["api"]
+    actions = [plans_approve]
+    readonly_fields = ["decided_at", "decided_by", "rejected_at"]
+    fieldsets = (
+        (None, {"fields": ("api", "name", "description", "requires_approval")}),
+        (
+            "Approval",
+            {"fields": ("is_approved", "rejected_at", "decided_at", "decided_by", "decision_reason")},
+        ),
+        (
+            "Price",
+            {"fields": ("currency", "flat_fee_minor", "included_events", "price_per_1000_events_minor")},
+        ),
+        (
+            "Rate limit and quotas",
+            {
+                "fields": (
+                    ("rate_limit_events", "rate_limit_unit"),
+                    "burst_events",
+                    "quota_events",
+                    "quota_bytes",
+                    "counted_directions",
+                )
+            },
+        ),
+        (
+            "Connections and webhooks",
+            {
+                "fields": (
+                    "max_connections",
+                    "max_connections_per_application",
+                    "max_connection_seconds",
+                    "max_webhook_subscriptions",
+                )
+            },
+        ),
+        (
+            "At a limit",
+            {
+                "fields": (
+                    "quota_action",
+                    "limit_notice",
+                    "overage_price_per_1000_events_minor",
+                    "overage_price_per_gb_minor",
+                )
+            },
+        ),
+    )
 
 
 admin.site.register([Channel, Operation, Application])

@@ -102,6 +102,7 @@ urlpatterns = [
     path("subscriptions/", api.SubscriptionListView.as_view(), name="subscription_list"),
     path("subscriptions/<int:pk>/", api.SubscriptionDetailView.as_view(), name="subscription_detail"),
     path("subscriptions/<int:pk>/cancel", api.SubscriptionCancelView.as_view(), name="subscription_cancel"),
+    path("subscriptions/<int:pk>/limits/", api.SubscriptionLimitsView.as_view(), name="subscription_limits"),
     # Webhooks (consumers): WebSub-style callbacks for channels, their delivery log (portal/api/webhooks.py).
     path("webhooks/", webhooks.WebhookListView.as_view(), name="webhook_list"),
     path("webhooks/<int:pk>/", webhooks.WebhookDetailView.as_view(), name="webhook_detail"),

@@ -147,20 +147,27 @@ class ImportForm(forms.Form):
 
 
 class PlanForm(forms.Form):
-    """A business plan: price model and prices (entered in dollars, stored in cents), limits
-    (empty = unlimited; bandwidth entered in MB or GB, stored in bytes, decimal units as
-    everywhere in Eventgate), and whether subscriptions need approval.
+    """A business plan: price model and prices (entered in dollars, stored in cents), its
+    throttling policy (empty = unlimited; bandwidth entered in MB or GB, stored in bytes,
+    decimal units as everywhere in Eventgate; the connection duration in seconds, minutes or
+    hours, stored in seconds; what counts, what happens at the quota, how a stopped client is
+    told, the overage prices), and whether subscriptions need approval.
 
-    Coherence (a "free" plan with a fee, a burst without a rate) is ``portal.plans``' rule, the
-    same the REST API applies; its errors land on the fields entered here.
+    Coherence (a "free" plan with a fee, a burst without a rate, overage billing without a
+    quota) is ``portal.plans``' rule, the same the REST API applies; its errors land on the
+    fields entered here.
     """
 
     BYTES_PER_UNIT = {"MB": 10**6, "GB": 10**9}
+    SECONDS_PER_UNIT = {"seconds": 1, "minutes": 60, "hours": 3600}
     # Service field → form field, for errors.
     FIELD_MAP = {
         "flat_fee_minor": "flat_fee",
         "price_per_1000_events_minor": "price_per_1000_events",
         "quota_bytes": "bandwidth_quota",
+        "max_connection_seconds": "max_connection_duration",
+        "overage_price_per_1000_events_minor": "overage_price_per_1000_events",
+        "overage_price_per_gb_minor": "overage_price_per_gb",
     }
 
     name = forms.CharField(max_length=100, widget=forms.TextInput(attrs={"placeholder": "e.g. Gold"}))
@@ -240,6 +247,73 @@ class PlanForm(forms.Form):
         max_value=100_000,
         help_text="Concurrent connections per subscription; empty for unlimited.",
     )
+    max_connections_per_application = forms.IntegerField(
+        label="Max connections per application",
+        required=False,
+        min_value=1,
+        max_value=100_000,
+        help_text="Over all the application's subscriptions; empty for unlimited.",
+    )
+    max_webhook_subscriptions = forms.IntegerField(
+        label="Max webhook subscriptions",
+        required=False,
+        min_value=1,
+        max_value=100_000,
+        help_text="Per subscription; empty for unlimited.",
+    )
+    max_connection_duration = forms.IntegerField(
+        label="Max duration",
+        required=False,
+        min_value=1,
+        max_value=100_000,
+        help_text="Per connection: longer ones are closed (4408) and may reconnect. Empty for no limit.",
+    )
+    max_connection_duration_unit = forms.ChoiceField(
+        label="unit",
+        choices=[("seconds", "seconds"), ("minutes", "minutes"), ("hours", "hours")],
+        initial="hours",
+        required=False,
+    )
+    counted_directions = forms.ChoiceField(
+        label="What counts against the rate and quotas",
+        choices=BusinessPlan.CountedDirections.choices,
+        initial=BusinessPlan.CountedDirections.BOTH,
+        required=False,
+    )
+    quota_action = forms.ChoiceField(
+        label="At the quota",
+        choices=BusinessPlan.QuotaAction.choices,
+        initial=BusinessPlan.QuotaAction.STOP,
+        required=False,
+        widget=forms.RadioSelect,
+    )
+    limit_notice = forms.ChoiceField(
+        label="When events are stopped",
+        choices=BusinessPlan.LimitNotice.choices,
+        initial=BusinessPlan.LimitNotice.NOTIFY,
+        required=False,
+        help_text="A notice tells the client why and when it may continue.",
+    )
+    overage_price_per_1000_events = forms.DecimalField(
+        label="Overage price per 1,000 events ($)",
+        required=False,
+        min_value=Decimal(0),
+        max_value=Decimal("100000.00"),
+        max_digits=10,
+        decimal_places=2,
+        initial=Decimal(0),
+        help_text="Over the events quota, when the overage is billed.",
+    )
+    overage_price_per_gb = forms.DecimalField(
+        label="Overage price per GB ($)",
+        required=False,
+        min_value=Decimal(0),
+        max_value=Decimal("100000.00"),
+        max_digits=10,
+        decimal_places=2,
+        initial=Decimal(0),
+        help_text="Over the bandwidth quota, when the overage is billed.",
+    )
     # Not to be confused with the plan's own approval, which every new plan needs.
     requires_approval = forms.BooleanField(
         required=False,
@@ -258,9 +332,21 @@ class PlanForm(forms.Form):
             "burst_events",
             "quota_events",
             "max_connections",
+            "max_connections_per_application",
+            "max_webhook_subscriptions",
+            "counted_directions",
+            "quota_action",
+            "limit_notice",
         ):
             if name in fields:
                 initial[name] = fields[name]
+        if fields.get("max_connection_seconds"):
+            seconds = fields["max_connection_seconds"]
+            unit = next(u for u in ("hours", "minutes", "seconds") if seconds % cls.SECONDS_PER_UNIT[u] == 0)
+            initial["max_connection_duration"] = seconds // cls.SECONDS_PER_UNIT[unit]
+            initial["max_connection_duration_unit"] = unit
+        for name in ("overage_price_per_1000_events", "overage_price_per_gb"):
+            initial[name] = Decimal(fields.get(f"{name}_minor", 0)) / 100
         if fields.get("quota_bytes"):
             unit = "GB" if fields["quota_bytes"] % cls.BYTES_PER_UNIT["GB"] == 0 else "MB"
             initial["bandwidth_quota"] = Decimal(fields["quota_bytes"]) / cls.BYTES_PER_UNIT[unit]
@@ -286,9 +372,12 @@ class PlanForm(forms.Form):
         return data
 
     def plan_fields(self) -> dict[str, Any]:
-        """The cleaned data as ``BusinessPlan`` field values (minor units, bytes, None = unlimited)."""
+        """The cleaned data as ``BusinessPlan`` field values (minor units, bytes, seconds, None =
+        unlimited)."""
         data = self.cleaned_data
         bandwidth = data.get("bandwidth_quota")
+        duration = data.get("max_connection_duration")
+        duration_unit = data.get("max_connection_duration_unit") or "hours"
         return {
             "name": data["name"],
             "description": data["description"],
@@ -304,6 +393,16 @@ class PlanForm(forms.Form):
             if bandwidth
             else None,
             "max_connections": data.get("max_connections"),
+            "max_connections_per_application": data.get("max_connections_per_application"),
+            "max_webhook_subscriptions": data.get("max_webhook_subscriptions"),
+            "max_connection_seconds": duration * self.SECONDS_PER_UNIT[duration_unit] if duration else None,
+            "counted_directions": data.get("counted_directions") or BusinessPlan.CountedDirections.BOTH,
+            "quota_action": data.get("quota_action") or BusinessPlan.QuotaAction.STOP,
+            "limit_notice": data.get("limit_notice") or BusinessPlan.LimitNotice.NOTIFY,
+            "overage_price_per_1000_events_minor": int(
+                (data.get("overage_price_per_1000_events") or 0) * 100
+            ),
+            "overage_price_per_gb_minor": int((data.get("overage_price_per_gb") or 0) * 100),
         }
 
 

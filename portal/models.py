@@ -567,8 +567,9 @@ class BusinessPlan(models.Model):
         included ones) or ``flat_and_per_event``."""
         if self.is_free:
             return "free"
-        if self.price_per_1000_events_minor == 0:
+        if self.price_per_1000_events_minor == 0 and self.flat_fee_minor:
             return "flat"
+        # No per-1,000 price and no fee, yet not free: only the overage is charged, per event.
         return "per_event" if self.flat_fee_minor == 0 else "flat_and_per_event"
 
 

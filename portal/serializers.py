@@ -34,10 +34,14 @@ MAX_PRICE_PER_1000_MINOR = 10_000_000
 
 
 class BusinessPlanSerializer(serializers.ModelSerializer[BusinessPlan]):
-    """A business plan as consumers see it: prices in minor units (cents) of ``currency``;
-    limits in events (``rate_limit_events`` per ``rate_limit_unit``, ``burst_events`` above it,
-    ``quota_events`` and ``quota_bytes`` per billing period, ``max_connections`` per
-    subscription), null meaning unlimited."""
+    """A business plan as consumers see it: prices in minor units (cents) of ``currency``, and
+    its throttling policy (docs/throttling.md), null meaning unlimited: ``rate_limit_events``
+    per ``rate_limit_unit`` with ``burst_events`` above it; ``quota_events`` and ``quota_bytes``
+    per billing period (calendar month, UTC), counting the events of ``counted_directions``;
+    ``max_connections`` per subscription, ``max_connections_per_application``,
+    ``max_webhook_subscriptions`` per subscription, ``max_connection_seconds``; at the quota
+    ``quota_action`` stops or bills the overage at ``overage_price_per_1000_events_minor`` /
+    ``overage_price_per_gb_minor``; a stopped client is told as ``limit_notice`` says."""
 
     is_free = serializers.BooleanField(read_only=True)
     price_model = serializers.ChoiceField(choices=PRICE_MODELS, read_only=True)
@@ -60,7 +64,15 @@ class BusinessPlanSerializer(serializers.ModelSerializer[BusinessPlan]):
             "burst_events",
             "quota_events",
             "quota_bytes",
+            "counted_directions",
             "max_connections",
+            "max_connections_per_application",
+            "max_webhook_subscriptions",
+            "max_connection_seconds",
+            "quota_action",
+            "limit_notice",
+            "overage_price_per_1000_events_minor",
+            "overage_price_per_gb_minor",
         ]
         read_only_fields = fields
 
@@ -88,7 +100,9 @@ class PlanCreateSerializer(serializers.Serializer[Any]):
 
     ``template`` (a key of ``GET /api/v1/plan-templates/``) fills the fields it defines; fields
     given here win. Prices are integer minor units (cents), bounded like the portal's plan form
-    so the billing ledger can hold them; limits are events (or bytes), null for unlimited.
+    so the billing ledger can hold them; limits are events (or bytes, or seconds), null for
+    unlimited. The policy's coherence (``portal.plans.plan_fields_validate``) answers 400 with
+    the fields at fault.
     """
 
     template = serializers.CharField(required=False, max_length=50, help_text="A plan template key.")
@@ -118,6 +132,53 @@ class PlanCreateSerializer(serializers.Serializer[Any]):
     quota_bytes = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_INT64)
     max_connections = serializers.IntegerField(
         required=False, allow_null=True, min_value=1, max_value=MAX_INT32
+    )
+    counted_directions = serializers.ChoiceField(
+        choices=BusinessPlan.CountedDirections.choices,
+        required=False,
+        help_text="Events the rate limit and quotas count: `both` (default), `out` (server → client), "
+        "`in` (client → server).",
+    )
+    max_connections_per_application = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_INT32,
+        help_text="Concurrent connections per application over all its subscriptions.",
+    )
+    max_webhook_subscriptions = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=MAX_INT32, help_text="Per subscription."
+    )
+    max_connection_seconds = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_INT32,
+        help_text="A connection is closed (4408) after this many seconds; the client may reconnect.",
+    )
+    quota_action = serializers.ChoiceField(
+        choices=BusinessPlan.QuotaAction.choices,
+        required=False,
+        help_text="At a quota: `stop` (default) or `overage` (keep delivering, bill the excess; needs a "
+        "quota and its overage price).",
+    )
+    limit_notice = serializers.ChoiceField(
+        choices=BusinessPlan.LimitNotice.choices,
+        required=False,
+        help_text="How a stopped client is told: `notify` (default; a notice, the connection stays) or "
+        "`close` (close code 4429).",
+    )
+    overage_price_per_1000_events_minor = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_PRICE_PER_1000_MINOR,
+        help_text="Per 1,000 events over `quota_events`, with `quota_action` `overage`.",
+    )
+    overage_price_per_gb_minor = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_PRICE_PER_1000_MINOR,
+        help_text="Per GB (10^9 bytes) over `quota_bytes`, with `quota_action` `overage`.",
     )
 
     def validate_template(self, key: str) -> PlanTemplate:
@@ -413,6 +474,88 @@ class SubscriptionSerializer(serializers.ModelSerializer[Subscription]):
         model = Subscription
         fields = ["id", "application", "api", "plan", "status", "created", "decided_at", "decision_reason"]
         read_only_fields = fields
+
+
+class PlanPolicySerializer(serializers.ModelSerializer[BusinessPlan]):
+    """A plan's throttling policy (``BusinessPlanSerializer``'s limit fields), null = unlimited."""
+
+    class Meta:
+        model = BusinessPlan
+        fields = [
+            "rate_limit_events",
+            "rate_limit_unit",
+            "burst_events",
+            "quota_events",
+            "quota_bytes",
+            "counted_directions",
+            "max_connections",
+            "max_connections_per_application",
+            "max_webhook_subscriptions",
+            "max_connection_seconds",
+            "quota_action",
+            "limit_notice",
+            "overage_price_per_1000_events_minor",
+            "overage_price_per_gb_minor",
+            "currency",
+        ]
+        read_only_fields = fields
+
+
+class LimitWindowSerializer(serializers.Serializer[Any]):
+    """One live counter of the subscription in Redis, as the gateway takes from it (leases
+    included, so ``used`` may run slightly ahead of what was delivered)."""
+
+    limit = serializers.ChoiceField(
+        choices=["rate", "burst", "quota", "bytes"],
+        help_text="`rate` (rate + burst per unit), `burst` (the sustained rate over 10 units), "
+        "`quota` (events this month), `bytes` (bytes this month).",
+    )
+    label = serializers.CharField(help_text="The counter in words.")
+    measure = serializers.ChoiceField(choices=["events", "bytes"])
+    unit = serializers.CharField(help_text="The window: `minute`, `10 minutes`, `month`, ….")
+    allowed = serializers.IntegerField(help_text="Events (or bytes) the window allows.")
+    used = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+    percent_used = serializers.FloatField(allow_null=True)
+    resets_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the window starts afresh; null while it has not started."
+    )
+
+
+class LimitPeriodSerializer(serializers.Serializer[Any]):
+    """The billing period (calendar month, UTC) so far, from analytics: ``events``/``bytes``
+    delivered in the counted directions (what billing charges), ``throttled_*`` stopped by the
+    policy (never billed); quotas and what remains of them (null = no quota)."""
+
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField(help_text="Exclusive: the next period's start.")
+    directions = serializers.ListField(child=serializers.ChoiceField(choices=["out", "in"]))
+    events = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+    throttled_events = serializers.IntegerField()
+    throttled_bytes = serializers.IntegerField()
+    quota_events = serializers.IntegerField(allow_null=True)
+    events_remaining = serializers.IntegerField(allow_null=True)
+    events_percent = serializers.FloatField(allow_null=True)
+    quota_bytes = serializers.IntegerField(allow_null=True)
+    bytes_remaining = serializers.IntegerField(allow_null=True)
+    bytes_percent = serializers.FloatField(allow_null=True)
+    overage_events = serializers.IntegerField(help_text="Events over the events quota (billed as overage).")
+    overage_bytes = serializers.IntegerField(help_text="Bytes over the bytes quota (billed as overage).")
+    quota_action = serializers.ChoiceField(choices=BusinessPlan.QuotaAction.choices)
+
+
+class SubscriptionLimitsSerializer(serializers.Serializer[Any]):
+    """A subscription's throttling policy, its live windows and its billing period so far
+    (``portal.services.limits.subscription_limits``). ``redis_available`` false: the live
+    counters could not be read, ``windows`` is empty."""
+
+    subscription = serializers.IntegerField()
+    plan = serializers.CharField()
+    policy = PlanPolicySerializer()
+    windows = LimitWindowSerializer(many=True)
+    period = LimitPeriodSerializer()
+    redis_available = serializers.BooleanField()
 
 
 class SubscriptionCreateSerializer(serializers.Serializer[Any]):

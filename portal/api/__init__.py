@@ -39,6 +39,7 @@ from portal.api.consumer import (
     ApplicationSubscriptionCreateView,
     SubscriptionCancelView,
     SubscriptionDetailView,
+    SubscriptionLimitsView,
     SubscriptionListView,
 )
 from portal.api.provider import (
@@ -80,6 +81,7 @@ __all__ = [
     "SubscriptionApproveView",
     "SubscriptionCancelView",
     "SubscriptionDetailView",
+    "SubscriptionLimitsView",
     "SubscriptionListView",
     "SubscriptionRejectView",
 ]

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import Resolver404, resolve
@@ -195,6 +195,15 @@ def get_subscription_for_user(user: User, pk: int, *, as_admin: bool = False) ->
     subscriptions = Subscription.objects.select_related("api", "plan", "application")
     if not (as_admin and user.is_staff):
         subscriptions = subscriptions.filter(application__owner=user)
+    return get_object_or_404(subscriptions, pk=pk)
+
+
+def get_subscription_for_reader(user: User, pk: int) -> Subscription:
+    """Subscription ``pk`` for those who may read its usage and limits, or 404: the owner of
+    its application, the provider of its API, and platform admins."""
+    subscriptions = Subscription.objects.select_related("api", "plan", "application")
+    if not user.is_staff:
+        subscriptions = subscriptions.filter(Q(application__owner=user) | Q(api__provider=user))
     return get_object_or_404(subscriptions, pk=pk)
 
 

@@ -12,6 +12,7 @@ from portal.api.common import (
     V1View,
     get_application_for_user,
     get_key_for_user,
+    get_subscription_for_reader,
     get_subscription_for_user,
     service_errors,
 )
@@ -29,6 +30,7 @@ from portal.serializers import (
     OAuthClientSecretSerializer,
     OAuthClientSerializer,
     SubscriptionCreateSerializer,
+    SubscriptionLimitsSerializer,
     SubscriptionSerializer,
 )
 from portal.services.credentials import (
@@ -41,6 +43,7 @@ from portal.services.credentials import (
     oauth_tokens_active,
     oauth_tokens_revoke,
 )
+from portal.services.limits import subscription_limits
 from portal.services.subscriptions import (
     application_create,
     application_delete,
@@ -171,6 +174,23 @@ class SubscriptionCancelView(V1View):
     @cancel_schema
     def post(self, request: Request, pk: int) -> Response:
         return _cancel(request, pk)
+
+
+class SubscriptionLimitsView(V1View):
+    @extend_schema(
+        responses=SubscriptionLimitsSerializer,
+        summary="Limits of a subscription: its plan's policy, live windows, this period's usage",
+        description="The plan's throttling policy; the live counters the gateway enforces (`windows`: "
+        "the rate window, the sustained-rate window of a burst, and the month's quotas when the plan "
+        "stops at them; counted in Redis, leases included, with when each resets); and the billing "
+        "period so far (calendar month, UTC) from analytics: events and bytes delivered in the counted "
+        "directions, what remains of the quotas, and the events the policy stopped (`throttled_events`, "
+        "never billed). When Redis cannot be reached, `windows` is empty and `redis_available` false. "
+        "For the application's owner, the API's provider and admins; 404 for anyone else.",
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        subscription = get_subscription_for_reader(request.user, pk)
+        return Response(SubscriptionLimitsSerializer(subscription_limits(subscription)).data)
 
 
 class ApplicationKeyCreateView(V1View):

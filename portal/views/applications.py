@@ -31,6 +31,7 @@ from portal.services.credentials import (
     oauth_tokens_active,
     oauth_tokens_revoke,
 )
+from portal.services.limits import subscription_limits
 from portal.services.subscriptions import (
     application_create,
     application_delete,
@@ -259,9 +260,10 @@ def _credentials_context(
 
 @login_required
 def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    """Subscriptions and credentials of one application, and the live-events console; shows a
-    new key's or client secret's secret once (the console takes it from the page, never from
-    the server)."""
+    """Subscriptions and credentials of one application, the limits of its active and suspended
+    subscriptions (``portal.services.limits``: live windows and this month's quotas), and the
+    live-events console; shows a new key's or client secret's secret once (the console takes it
+    from the page, never from the server)."""
     application = _get_application_for_user(request, pk)
     secret = request.session.pop(NEW_KEY_SESSION_KEY.format(application_id=application.pk), None)
     subscriptions = application.subscriptions.select_related("api", "plan")
@@ -280,6 +282,12 @@ def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "snippet_ws_url": first_target.url("") if first_target else "",
         "first_target": first_target,
         "live_targets": live_targets,
+        # (subscription, its limits) of the subscriptions that can carry events.
+        "subscription_limits": [
+            (subscription, subscription_limits(subscription))
+            for subscription in subscriptions
+            if subscription.status in (Subscription.Status.ACTIVE, Subscription.Status.SUSPENDED)
+        ],
         # Tokens are scoped from active subscriptions only: the OAuth snippets use the first of those.
         **_credentials_context(request, application, live_targets[0] if live_targets else None),
     }

@@ -53,8 +53,8 @@ def test_provider_adds_a_plan_with_limits(client, alice, ticker_api):
         "flat_and_per_event",
     )
     page = _content(client.get("/provider/apis/ticker/"))
-    assert "100 events per second, bursts of 50 more" in page
-    assert "2,000,000 events per month" in page and "1.5 GB per month" in page and "10 at once" in page
+    assert "100 events per second (+50 burst)" in page
+    assert "2,000,000 events and 1.5 GB per month" in page and "max 10 per subscription" in page
 
 
 def test_empty_limits_mean_unlimited(client, alice, ticker_api):
@@ -143,7 +143,7 @@ def test_consumers_see_a_plans_limits_in_words(client, ticker_api):
     )
     page = _content(client.get("/apis/ticker/"))
     assert "5,000 events per day" in page
-    assert "2.0 GB per month" in page and "3 at once" in page
+    assert "2.0 GB per month" in page and "max 3 per subscription" in page
     assert "Unlimited" in page  # the Free plan and Metered's event quota
 
 
