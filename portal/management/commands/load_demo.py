@@ -94,11 +94,19 @@ PLANS: dict[str, list[tuple[str, str, bool, int, int, int]]] = {
 }
 
 
-# Limits per plan name, from the shipped templates (WSO2-like async tiers) plus connection and
-# bandwidth caps. The free tier uses AsyncGold's 50,000 events/day: the demo backend's feeds
-# stay well inside it once the throttling issue enforces limits.
+# Throttling policies per plan name (docs/throttling.md). The free tier allows 1,200 events per
+# minute (+300 burst) and 50 million a month, counted both ways, with 5 connections: the demo
+# backend's whole stock feed (20 ticks/s) fits, so a watching consumer is never stopped; the
+# Limits panel on the application page shows the windows filling.
 DEMO_LIMITS: dict[str, dict[str, Any]] = {
-    "Free": {**plan_template("async-gold").fields, "max_connections": 5},  # type: ignore[union-attr]
+    "Free": {
+        "rate_limit_events": 1200,
+        "rate_limit_unit": "minute",
+        "burst_events": 300,
+        "quota_events": 50_000_000,
+        "max_connections": 5,
+        "max_connection_seconds": None,
+    },
     "Pro": {**plan_template("async-unlimited").fields, "quota_bytes": 10 * 10**9, "max_connections": 50},  # type: ignore[union-attr]
     "Business": {
         **plan_template("async-unlimited").fields,  # type: ignore[union-attr]
