@@ -233,8 +233,10 @@ class Outbox:
                     self._busy = True  # until sent: the fast path must not overtake it
                     if events == _NEEDS_LEASE:
                         assert feed is not None and feed.throttle is not None
-                        self._lease_waits -= 1
-                        if not await feed.throttle.wait(size):
+                        allowed = await feed.throttle.wait(size)
+                        # Only now: meanwhile later events queue behind this one (``put``).
+                        self._lease_waits = max(0, self._lease_waits - 1)
+                        if not allowed:
                             self._busy = False
                             self._throttled(feed, size, minute, feed.throttle)
                             continue

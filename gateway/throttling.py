@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 
 # A burst above the rate is paid back over this many windows (module docstring).
 BURST_WINDOWS = 10
+# Seconds an event may wait for its subscription's next lease before it counts as throttled.
+WAIT_SECONDS = 10.0
 # Seconds between attempts to reach Redis while it is down.
 REDIS_RETRY_SECONDS = 1.0
 # Close code of a connection that reached its plan's duration limit (reconnect to continue).
@@ -336,6 +338,35 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     return (StorageError, RedisError, OSError, TimeoutError, ConnectionError)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Window:
+    """A counter's window now: ``remaining`` (events or bytes) and ``reset`` (Unix seconds,
+    millisecond precision; None when the window has not started: no counter yet)."""
+
+    remaining: int
+    reset: float | None
+
+
+async def window_read(limiter: aio_strategies.FixedWindowRateLimiter, limit: Limit) -> Window:
+    """Read ``limit``'s counter and its expiry in one round trip. Not ``get_window_stats``:
+    ``limits`` reads the expiry with ``TTL``, whole seconds, so a reset would be off by up to
+    half a second (a lease outliving its window; a client told to retry too early). Raises the
+    storage's errors (``redis_errors``)."""
+    storage: Any = limiter.storage
+    bridge = getattr(storage, "bridge", None)
+    if bridge is None:  # in-memory storage: exact already
+        stats = await limiter.get_window_stats(limit.item, *limit.identifiers)
+        started = stats.remaining < limit.amount or stats.reset_time > time.time()
+        return Window(stats.remaining, stats.reset_time if started else None)
+    key = bridge.prefixed_key(limit.item.key_for(*limit.identifiers))
+    async with bridge.get_connection().pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.pttl(key)
+        count, pttl = await pipe.execute()
+    remaining = max(0, limit.amount - int(count or 0))
+    return Window(remaining, time.time() + pttl / 1000 if pttl > 0 else None)
+
+
 # --- per subscription, per process -------------------------------------------------------------
 
 
@@ -397,16 +428,19 @@ class SubscriptionThrottle:
         return WAIT
 
     async def wait(self, size: int) -> bool:
-        """Count one event of ``size`` bytes, waiting for the next lease if needed; False when
-        it is throttled."""
-        for _ in range(3):
+        """Count one event of ``size`` bytes, waiting for leases as long as the counters have
+        room (other connections of the subscription may take a new lease first); False when it
+        is throttled, or after ``WAIT_SECONDS`` without a lease (counted as throttled)."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
             result = self.take(size)
             if result != WAIT:
                 return result == ALLOW
             refill = self._refill
             if refill is not None:
                 await asyncio.shield(refill)
-        return self.take(size) == ALLOW
+            if time.monotonic() > deadline:
+                return False
 
     @property
     def blocked(self) -> bool:
@@ -492,26 +526,24 @@ class SubscriptionThrottle:
         for limit in limits:
             self._hints.pop(limit.kind, None)
         for _ in range(3):
-            stats = [await limiter.get_window_stats(limit.item, *limit.identifiers) for limit in limits]
-            now = time.time()
+            windows = [await window_read(limiter, limit) for limit in limits]
             lost = [
                 limit
-                for stat, limit in zip(stats, limits, strict=True)
-                if limit.kind in self._taken and stat.reset_time <= now
+                for window, limit in zip(windows, limits, strict=True)
+                if limit.kind in self._taken and window.reset is None
             ]
             if lost:  # Redis lost a quota counter this process took from (a restart): seed again
                 await self._reseed()
-                stats = [await limiter.get_window_stats(limit.item, *limit.identifiers) for limit in limits]
-            remaining = min(stat.remaining for stat in stats)
+                windows = [await window_read(limiter, limit) for limit in limits]
+            now = time.time()
+            remaining = min(window.remaining for window in windows)
             if remaining < max(minimum, 1):
                 used_up = [
-                    (stat.reset_time, limit)
-                    for stat, limit in zip(stats, limits, strict=True)
-                    if stat.remaining < max(minimum, 1)
+                    (self._reset(limit, window.reset, now), limit)
+                    for window, limit in zip(windows, limits, strict=True)
+                    if window.remaining < max(minimum, 1)
                 ]
                 reset, limit = max(used_up, key=lambda pair: pair[0])
-                if reset <= now:  # not started: the event is larger than the whole limit
-                    reset = now + limit.item.get_expiry()
                 self._block(reset, limit.kind)
                 return 0, now
             cost = min(wanted, remaining)
@@ -519,20 +551,27 @@ class SubscriptionThrottle:
                 if not await limiter.hit(limit.item, *limit.identifiers, cost=cost):
                     break
             else:
-                # A window that had not started (no key yet) started with this hit.
-                resets = [
-                    stat.reset_time if stat.reset_time > now else now + limit.item.get_expiry()
-                    for stat, limit in zip(stats, limits, strict=True)
-                ]
-                for stat, limit, reset in zip(stats, limits, resets, strict=True):
+                # A window that had not started (no counter yet) started with this hit, a
+                # moment after ``now``: the lease ends no later than its window.
+                pairs = zip(windows, limits, strict=True)
+                resets = [self._reset(limit, window.reset, now) for window, limit in pairs]
+                for window, limit, reset in zip(windows, limits, resets, strict=True):
                     if limit.kind in ("rate", "burst"):  # quotas always look (a lost key shows)
-                        self._hints[limit.kind] = (stat.remaining - cost, reset)
+                        self._hints[limit.kind] = (window.remaining - cost, reset)
                     else:
                         self._taken.add(limit.kind)
                 return cost, min(resets)
             # Another process took the rest meanwhile: look again (the failed hit counted
             # against the window, which can only stop this subscription early, never late).
         return 0, time.time()
+
+    def _reset(self, limit: Limit, reset: float | None, now: float) -> float:
+        """When ``limit``'s window (reset ``reset``, None: not started) ends, in Unix seconds;
+        a quota's never after its billing period."""
+        end = reset if reset is not None else now + limit.item.get_expiry()
+        if limit.kind in ("quota", "bytes"):
+            end = min(end, period_end(self.period))
+        return end
 
     def _block(self, until: float, kind: str) -> None:
         """Stop events until ``until`` (Unix seconds) because of limit ``kind``. Events this
