@@ -28,6 +28,11 @@ var/.dir:
 /usr/bin/chromium:
 	(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
+# The processes of `make run` share throttling counters, connection slots and control messages
+# through Redis when the machine runs one (its database 3, apart from the tests' 0 and the
+# benchmark's 1); without Redis each process keeps its own in memory (docs/throttling.md).
+RUN_REDIS_URL ?= redis://127.0.0.1:6379/3
+run: export REDIS_URL := $(or $(REDIS_URL),$(shell (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && echo $(RUN_REDIS_URL)))
 # honcho sets PORT for each process (5000, 5100, ...), so the portal's port travels as EVENTGATE_PORT.
 run: export EVENTGATE_PORT := $(PORT)
 run: export EVENTGATE_PUBLIC_URL := http://127.0.0.1:$(PORT)
