@@ -24,8 +24,9 @@ process takes events (and bytes) from Redis in leases (``hit(item, cost=lease)``
 and counts down locally (``SubscriptionThrottle.take``, no await, no I/O). A lease is at most
 ``lease_events`` = clamp(smallest limit // 100, 1, ``GATEWAY_THROTTLE_LEASE_EVENTS``) and never
 more than the window has left, so Redis never hands out more than the limit: **overshoot is 0
-events per window**. A lease dies when its window resets (a timer), so it cannot spill into the
-next window. The price is *undershoot*: at a window's end each process may hold up to
+events per window**. Within that cap a lease follows the subscription's pace
+(``SubscriptionThrottle._lease_adapt``). A lease dies when its window resets (a timer), so it
+cannot spill into the next window. The price is *undershoot*: at a window's end each process may hold up to
 1.25 leases it will not use (the next lease is fetched when a quarter is left), so with P
 processes the subscription can be stopped up to 1.25 × P × ``lease_events`` events early
 (``undershoot_bound``). Both bounds are asserted by tests/gateway/test_throttling_processes.py.
@@ -74,6 +75,9 @@ log = logging.getLogger(__name__)
 
 # A burst above the rate is paid back over this many windows (module docstring).
 BURST_WINDOWS = 10
+# A lease used up faster than this grows ×4; one that lasts longer than LEASE_SLOW_SECONDS halves.
+LEASE_FAST_SECONDS = 1.0
+LEASE_SLOW_SECONDS = 10.0
 # Seconds an event may wait for its subscription's next lease before it counts as throttled.
 WAIT_SECONDS = 10.0
 # Seconds between attempts to reach Redis while it is down.
@@ -85,6 +89,7 @@ CLOSE_THROTTLED = 4429
 # Connection slots: members expire after SLOT_TTL_SECONDS unless refreshed.
 SLOT_TTL_SECONDS = 90.0
 SLOT_HEARTBEAT_SECONDS = 30.0
+SLOT_BATCH_SECONDS = 0.05
 NAMESPACE = "eventgate"
 # "Unlimited" local allowance: an int the hot path can subtract from for centuries.
 UNLIMITED = 1 << 62
@@ -386,8 +391,13 @@ class SubscriptionThrottle:
         self.limits = policy_limits(policy, subscription_id, self.period)
         self.event_limits = [limit for limit in self.limits if limit.kind != "bytes"]
         self.byte_limits = [limit for limit in self.limits if limit.kind == "bytes"]
-        self.lease = lease_events(self.limits)
-        self.lease_bytes = lease_bytes(self.limits)
+        # Leases adapt to the subscription's pace (``_lease_adapt``), between a sixteenth of
+        # the largest and the largest (``lease_events``/``lease_bytes``, the bound's).
+        self.lease_max = lease_events(self.limits)
+        self.lease_bytes_max = lease_bytes(self.limits)
+        self.lease = max(1, self.lease_max // 16)
+        self.lease_bytes = max(1, self.lease_bytes_max // 16)
+        self._refilled = 0.0  # time.monotonic() of the last lease of events
         self.left = 0 if self.event_limits else UNLIMITED
         self.bytes_left = 0 if self.byte_limits else UNLIMITED
         self.low = self.lease // 4 if self.event_limits else -1
@@ -479,6 +489,7 @@ class SubscriptionThrottle:
             await self._unverified_push(limiter)
         resets: list[float] = []
         if self.event_limits and self.left <= self.low:
+            self._lease_adapt()
             granted, reset = await self._lease_take(limiter, self.event_limits, self.lease)
             if granted:
                 self.left += granted
@@ -495,6 +506,27 @@ class SubscriptionThrottle:
         self._need_bytes = 0
         if resets:
             self._expiry_set(min(resets))
+
+    def _lease_adapt(self) -> None:
+        """Size the next lease to the subscription's pace in this process: ×4 when the last
+        lease lasted under ``LEASE_FAST_SECONDS`` (a fan-out to many connections takes one
+        event per connection), ÷2 when it lasted over ``LEASE_SLOW_SECONDS``; bytes likewise.
+        Never above ``lease_max`` (so ``undershoot_bound`` holds) nor below a sixteenth of it.
+        A small lease keeps a quiet subscription's counters close to what it received; a large
+        one keeps a busy subscription's Redis traffic near a few leases a second."""
+        now = time.monotonic()
+        lasted = now - self._refilled if self._refilled else LEASE_SLOW_SECONDS / 2
+        self._refilled = now
+        if lasted < LEASE_FAST_SECONDS:
+            self.lease = min(self.lease_max, self.lease * 4)
+            self.lease_bytes = min(self.lease_bytes_max, self.lease_bytes * 4)
+        elif lasted > LEASE_SLOW_SECONDS:
+            self.lease = max(1, self.lease_max // 16, self.lease // 2)
+            self.lease_bytes = max(1, self.lease_bytes_max // 16, self.lease_bytes // 2)
+        if self.event_limits:
+            self.low = self.lease // 4
+        if self.byte_limits:
+            self.low_bytes = self.lease_bytes // 4
 
     async def _lease_take(
         self,
@@ -790,7 +822,13 @@ class ConnectionSlots:
     """Concurrent connections per subscription and per application, across processes (module
     docstring). Every connection takes a slot in both sets at the handshake and gives it back
     when it ends; members are refreshed every ``SLOT_HEARTBEAT_SECONDS``. Without Redis
-    (``REDIS_URL`` unset) the counts are this process's."""
+    (``REDIS_URL`` unset) the counts are this process's.
+
+    A connection whose plan sets a connection limit is checked and added atomically (one Lua
+    script) before it is accepted. The others are only counted, for the per-application limit
+    of other plans: they are added, and every slot released, in one pipeline per
+    ``SLOT_BATCH_SECONDS``, so a handshake storm costs no Redis round trip per handshake (such
+    a connection reaches the counts at most that late)."""
 
     def __init__(self) -> None:
         self.process = uuid.uuid4().hex[:12]
@@ -799,6 +837,9 @@ class ConnectionSlots:
         self._held: dict[str, tuple[str, str]] = {}  # member → its two keys
         self._local: dict[str, set[str]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._adds: dict[str, tuple[str, str]] = {}  # to add at the next batch
+        self._removes: dict[str, tuple[str, str]] = {}  # to remove at the next batch
+        self._batch: asyncio.TimerHandle | None = None
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -826,6 +867,12 @@ class ConnectionSlots:
         )
         if not settings.REDIS_URL:
             full = self._local_admit(keys, limits, member)
+        elif limits == (-1, -1):  # nothing to check: counted in the next batch
+            self._adds[member] = keys
+            self._held[member] = keys
+            self._batch_soon()
+            self._heartbeat_ensure()
+            return member, None
         else:
             self._redis()
             now = time.time()
@@ -856,7 +903,7 @@ class ConnectionSlots:
         return 0
 
     def release(self, member: str | None) -> None:
-        """Give a slot back (never waits: the removal runs in a task)."""
+        """Give a slot back (never waits: removed in the next batch)."""
         if member is None:
             return
         keys = self._held.pop(member, None)
@@ -866,18 +913,40 @@ class ConnectionSlots:
             for key in keys:
                 self._local.get(key, set()).discard(member)
             return
-        task = asyncio.get_running_loop().create_task(self._remove(keys, member))
-        _slot_tasks.add(task)
-        task.add_done_callback(_slot_tasks.discard)
+        if self._adds.pop(member, None) is None:  # never added: nothing to remove
+            self._removes[member] = keys
+            self._batch_soon()
 
-    async def _remove(self, keys: tuple[str, str], member: str) -> None:
+    def _batch_soon(self) -> None:
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().call_later(SLOT_BATCH_SECONDS, self._batch_start)
+
+    def _batch_start(self) -> None:
+        self._batch = None
+        adds, self._adds = self._adds, {}
+        removes, self._removes = self._removes, {}
+        if adds or removes:
+            task = asyncio.get_running_loop().create_task(self._batch_send(adds, removes))
+            _slot_tasks.add(task)
+            task.add_done_callback(_slot_tasks.discard)
+
+    async def _batch_send(
+        self, adds: dict[str, tuple[str, str]], removes: dict[str, tuple[str, str]]
+    ) -> None:
+        expires = time.time() + SLOT_TTL_SECONDS
         try:
             async with self._redis().pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.zrem(key, member)
+                for member, keys in adds.items():
+                    for key in keys:
+                        pipe.zadd(key, {member: expires})
+                for key in {key for keys in adds.values() for key in keys}:
+                    pipe.expire(key, int(SLOT_TTL_SECONDS) + 60)
+                for member, keys in removes.items():
+                    for key in keys:
+                        pipe.zrem(key, member)
                 await pipe.execute()
-        except Exception as exc:  # noqa: BLE001 - Redis down: the member expires by itself
-            log.debug("Connection slot %s not released: %r", member, exc)
+        except Exception as exc:  # noqa: BLE001 - Redis down: the heartbeat adds, members expire
+            log.debug("Connection slots not sent (%d added, %d released): %r", len(adds), len(removes), exc)
 
     def _heartbeat_ensure(self) -> None:
         if settings.REDIS_URL and (self._heartbeat is None or self._heartbeat.done()):

@@ -169,8 +169,8 @@ GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=4)
 # Throttling (gateway.throttling, docs/throttling.md): events and bytes a process takes from
 # Redis per lease, and what to do while Redis is unreachable ("open": keep delivering, counted
 # locally and added when Redis is back; "closed": stop every counted event).
-GATEWAY_THROTTLE_LEASE_EVENTS = env.int("GATEWAY_THROTTLE_LEASE_EVENTS", default=1000)
-GATEWAY_THROTTLE_LEASE_BYTES = env.int("GATEWAY_THROTTLE_LEASE_BYTES", default=16 * 1024 * 1024)
+GATEWAY_THROTTLE_LEASE_EVENTS = env.int("GATEWAY_THROTTLE_LEASE_EVENTS", default=100_000)
+GATEWAY_THROTTLE_LEASE_BYTES = env.int("GATEWAY_THROTTLE_LEASE_BYTES", default=64 * 1024 * 1024)
 GATEWAY_THROTTLE_REDIS_DOWN = env("GATEWAY_THROTTLE_REDIS_DOWN", default="open")
 if GATEWAY_THROTTLE_REDIS_DOWN not in ("open", "closed"):
     raise ImproperlyConfigured(
