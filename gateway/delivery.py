@@ -149,9 +149,21 @@ class Outbox:
         queue = self._queue
         throttle = feed.throttle
         if throttle is not None:
-            # Behind an event that waits for a lease, wait too: an event never takes the
-            # allowance of an earlier one of the same connection.
-            taken = throttle.take(size) if not self._lease_waits else WAIT
+            left = throttle.left
+            if (
+                left > throttle.low
+                and throttle.bytes_left - size > throttle.low_bytes
+                and not self._lease_waits
+            ):
+                # ``SubscriptionThrottle.take`` inlined for its common case (well inside the
+                # lease, no refill due): one method call less per delivery.
+                throttle.left = left - 1
+                throttle.bytes_left -= size
+                taken = ALLOW
+            else:
+                # Behind an event that waits for a lease, wait too: an event never takes the
+                # allowance of an earlier one of the same connection.
+                taken = throttle.take(size) if not self._lease_waits else WAIT
             if taken != ALLOW:
                 if taken == THROTTLE:
                     self._throttled(feed, size, minute, throttle)

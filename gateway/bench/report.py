@@ -52,6 +52,26 @@ FIGURES: dict[str, Callable[[dict[str, Any]], dict[str, float | None]]] = {
 }
 
 
+def cpu_ratio_at_same_rates(ours: dict[str, Any], theirs: dict[str, Any]) -> float | None:
+    """The mean, over the rates both targets passed (``ok`` steps of the same ``rate``), of
+    ``ours``' server µs of CPU per delivery over ``theirs``': what the gateway pays for the
+    same work, steadier than the maxima when p99 spikes decide where a rise stops. None when
+    no rate was passed by both."""
+
+    def by_rate(entry: dict[str, Any]) -> dict[float, float]:
+        return {
+            step["rate"]: step["server_cpu_us_per_delivery"]
+            for step in entry.get("steps") or []
+            if step.get("ok") and step.get("server_cpu_us_per_delivery")
+        }
+
+    mine, other = by_rate(ours), by_rate(theirs)
+    common = sorted(set(mine) & set(other))
+    if not common:
+        return None
+    return sum(mine[rate] / other[rate] for rate in common) / len(common)
+
+
 def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """``{scenario: {"gateway/bare-bridge": {figure: ratio}}}`` for the comparable figures."""
     result: dict[str, dict[str, dict[str, float]]] = {}
@@ -73,6 +93,10 @@ def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str
                 other = figures[theirs].get(figure)
                 if value is not None and other:
                     pair[figure] = value / other
+            if scenario in ("fanout", "channels"):
+                same = cpu_ratio_at_same_rates(entries[ours], entries[theirs])
+                if same is not None:
+                    pair["cpu_us_per_delivery_at_same_rates"] = same
             if pair:
                 result.setdefault(scenario, {})[f"{ours}/{theirs}"] = pair
     return result
@@ -177,6 +201,12 @@ def rate_table(doc: dict[str, Any], scenario: str) -> str:
         None,
     ]
     rows += _ratio_rows(doc, scenario, columns, len(header) - 1)
+    for pair, figures in doc["ratios"].get(scenario, {}).items():
+        if "cpu_us_per_delivery_at_same_rates" in figures:
+            notes.append(
+                f"{pair}: server CPU per delivery at the same rates (mean over the rates both passed): "
+                f"{figures['cpu_us_per_delivery_at_same_rates']:.2f}×"
+            )
     parameters = doc["parameters"]
     what = "on one channel" if scenario == "fanout" else "each on its own channel"
     title = (
