@@ -29,7 +29,7 @@ from portal.models import (
     Subscription,
     User,
 )
-from portal.plans import POLICY_FIELDS, plan_fields_validate
+from portal.plans import plan_fields_validate
 from portal.services.lifecycle import api_block_details, api_transition
 from portal.services.subscriptions import (
     plan_approve,
@@ -125,18 +125,7 @@ class APILifecycleEventAdmin(admin.ModelAdmin):
 
 # The plan fields portal.plans.plan_fields_validate judges.
 PLAN_VALIDATED_FIELDS = frozenset(
-    {
-        "rate_limit_events",
-        "rate_limit_unit",
-        "burst_events",
-        "quota_events",
-        "quota_bytes",
-        "max_connections",
-        "flat_fee_minor",
-        "included_events",
-        "price_per_1000_events_minor",
-        *POLICY_FIELDS,
-    }
+    {"flat_fee_minor", "included_events", "price_per_1000_events_minor", *BusinessPlan.POLICY_FIELDS}
 )
 
 

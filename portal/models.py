@@ -447,6 +447,25 @@ class BusinessPlan(models.Model):
         NOTIFY = "notify", "Notify and keep the connection"
         CLOSE = "close", "Close the connection (4429)"
 
+    # The fields of the throttling policy (docs/throttling.md), in the order pages show them:
+    # the one list the plan form, serializers, admin, services and the limits page read.
+    POLICY_FIELDS = (
+        "rate_limit_events",
+        "rate_limit_unit",
+        "burst_events",
+        "quota_events",
+        "quota_bytes",
+        "counted_directions",
+        "max_connections",
+        "max_connections_per_application",
+        "max_webhook_subscriptions",
+        "max_connection_seconds",
+        "quota_action",
+        "limit_notice",
+        "overage_price_per_1000_events_minor",
+        "overage_price_per_gb_minor",
+    )
+
     class ApprovalStatus(models.TextChoices):
         PENDING = "pending", "Awaiting approval"
         APPROVED = "approved", "Approved"

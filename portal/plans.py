@@ -98,17 +98,6 @@ POSITIVE_LIMIT_FIELDS = (
     "max_webhook_subscriptions",
     "max_connection_seconds",
 )
-# The throttling policy's fields beyond the original limits (migration portal/0006).
-POLICY_FIELDS = (
-    "counted_directions",
-    "max_connections_per_application",
-    "max_webhook_subscriptions",
-    "max_connection_seconds",
-    "quota_action",
-    "limit_notice",
-    "overage_price_per_1000_events_minor",
-    "overage_price_per_gb_minor",
-)
 _CHOICE_FIELDS = {
     "rate_limit_unit": BusinessPlan.RateUnit,
     "counted_directions": BusinessPlan.CountedDirections,

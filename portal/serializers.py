@@ -59,20 +59,7 @@ class BusinessPlanSerializer(serializers.ModelSerializer[BusinessPlan]):
             "price_per_1000_events_minor",
             "is_free",
             "price_model",
-            "rate_limit_events",
-            "rate_limit_unit",
-            "burst_events",
-            "quota_events",
-            "quota_bytes",
-            "counted_directions",
-            "max_connections",
-            "max_connections_per_application",
-            "max_webhook_subscriptions",
-            "max_connection_seconds",
-            "quota_action",
-            "limit_notice",
-            "overage_price_per_1000_events_minor",
-            "overage_price_per_gb_minor",
+            *BusinessPlan.POLICY_FIELDS,
         ]
         read_only_fields = fields
 
@@ -482,20 +469,7 @@ class PlanPolicySerializer(serializers.ModelSerializer[BusinessPlan]):
     class Meta:
         model = BusinessPlan
         fields = [
-            "rate_limit_events",
-            "rate_limit_unit",
-            "burst_events",
-            "quota_events",
-            "quota_bytes",
-            "counted_directions",
-            "max_connections",
-            "max_connections_per_application",
-            "max_webhook_subscriptions",
-            "max_connection_seconds",
-            "quota_action",
-            "limit_notice",
-            "overage_price_per_1000_events_minor",
-            "overage_price_per_gb_minor",
+            *BusinessPlan.POLICY_FIELDS,
             "currency",
         ]
         read_only_fields = fields

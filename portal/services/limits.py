@@ -26,23 +26,7 @@ from gateway.throttling import Policy, billing_period, period_end, subscription_
 from portal.models import BusinessPlan, Subscription
 
 # The plan fields a consumer sees as its policy (the REST plan serializer's names).
-POLICY_KEYS = (
-    "rate_limit_events",
-    "rate_limit_unit",
-    "burst_events",
-    "quota_events",
-    "quota_bytes",
-    "counted_directions",
-    "max_connections",
-    "max_connections_per_application",
-    "max_webhook_subscriptions",
-    "max_connection_seconds",
-    "quota_action",
-    "limit_notice",
-    "overage_price_per_1000_events_minor",
-    "overage_price_per_gb_minor",
-    "currency",
-)
+POLICY_KEYS = (*BusinessPlan.POLICY_FIELDS, "currency")
 # What each live window is, in words (templates).
 WINDOW_LABELS = {
     "rate": "Rate",

@@ -17,25 +17,11 @@ PLAN_FIELDS = frozenset(
     {
         "description",
         "requires_approval",
-        "rate_limit_events",
-        "rate_limit_unit",
-        "burst_events",
-        "quota_events",
-        "quota_bytes",
-        "max_connections",
         "currency",
         "flat_fee_minor",
         "included_events",
         "price_per_1000_events_minor",
-        # The throttling policy (gateway.throttling, docs/throttling.md).
-        "counted_directions",
-        "max_connections_per_application",
-        "max_webhook_subscriptions",
-        "max_connection_seconds",
-        "quota_action",
-        "limit_notice",
-        "overage_price_per_1000_events_minor",
-        "overage_price_per_gb_minor",
+        *BusinessPlan.POLICY_FIELDS,  # the throttling policy (docs/throttling.md)
     }
 )
 
