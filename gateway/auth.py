@@ -73,12 +73,25 @@ class HandshakeRefused(Exception):
     The reason goes to the client and to the log: it names the API, version, channel or
     parameter at fault, never the credential. ``credential`` is the resolved credential, when
     the refusal came after it was resolved (for the log line: kind and database id only).
+    ``error`` names the case for SSE's JSON body when the code's usual name does not fit (a
+    4429 for a connection limit is ``"connection_limit"``, not ``"quota_exhausted"``), and
+    ``retry_after`` (seconds) goes to SSE's ``Retry-After`` header.
     """
 
-    def __init__(self, code: int, reason: str, *, credential: Credential | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        *,
+        credential: Credential | None = None,
+        error: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         self.code = code
         self.reason = close_reason(reason)
         self.credential = credential
+        self.error = error
+        self.retry_after = retry_after
         super().__init__(self.reason)
 
 

@@ -609,7 +609,9 @@ class LiveConnection:
             log.warning("Connection limits not checked (Redis unreachable, failing open): %r", exc)
             full = None
         if full is not None:
-            raise HandshakeRefused(CLOSE_THROTTLED, full, credential=grant.credential)
+            raise HandshakeRefused(
+                CLOSE_THROTTLED, full, credential=grant.credential, error="connection_limit"
+            )
         throttle = self.throttle = throttle_acquire(policy, grant.subscription_id)
         if throttle is not None:
             await throttle.seed(*grant.quota_used)
@@ -618,10 +620,13 @@ class LiveConnection:
                 throttle.blocked_kind in ("quota", "bytes") or policy.limit_notice == "close"
             ):
                 retry = max(0, int(throttle.blocked_until - time.time() + 0.999))
+                quota = throttle.blocked_kind in ("quota", "bytes")
                 raise HandshakeRefused(
                     CLOSE_THROTTLED,
                     f"{limit_reason(policy, throttle.blocked_kind)}; retry after {retry} s",
                     credential=grant.credential,
+                    error="quota_exhausted" if quota else "rate_limited",
+                    retry_after=retry,
                 )
         if policy.max_connection_seconds:
             self._duration = asyncio.get_running_loop().call_later(

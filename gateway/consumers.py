@@ -213,6 +213,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
             return
         self._ending = True
         live_discard(self)
+        self._throttling_release()  # the slot is free before the client hears the close
         if self.outbox is not None:
             self.outbox.stop()
         if self.bridge is not None:

@@ -312,8 +312,16 @@ class ControlHub:
                 continue
             done = self._busy[group] = asyncio.get_running_loop().create_future()
             try:
-                async with self._commands:
-                    await self.layer.group_add(group, self.channel_name)
+                for attempt in (1, 2):
+                    try:
+                        async with self._commands:
+                            await self.layer.group_add(group, self.channel_name)
+                        break
+                    except Exception as exc:
+                        # Once more: after a Redis restart the first command may meet a pooled
+                        # connection that died with the old server.
+                        if attempt == 2 or not layer_unavailable(exc):
+                            raise
             except Exception as exc:
                 if not layer_unavailable(exc):
                     raise

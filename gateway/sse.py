@@ -44,6 +44,7 @@ from gateway.connections import LiveConnection, live_add, live_discard
 from gateway.consumers import CLOSE_TRY_AGAIN_LATER, REASON_BROKER_DOWN
 from gateway.credentials import credential_from_scope
 from gateway.delivery import ChannelFeed, Outbox
+from gateway.metering import get_meter
 from gateway.security import GatewayOriginValidator
 from gateway.throttling import SubscriptionThrottle, notice_data
 
@@ -73,10 +74,15 @@ STREAM_HEADERS = [
 ]
 
 
-def refusal_response(code: int, detail: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def refusal_response(
+    code: int, detail: str, *, error: str | None = None, retry_after: int | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The HTTP status, headers and JSON body refusing an SSE request for WebSocket close
-    ``code`` (an unknown code is a 403). ``detail`` must be safe to show (never a credential)."""
+    ``code`` (an unknown code is a 403). ``detail`` must be safe to show (never a credential);
+    ``error`` replaces the code's usual error name, ``retry_after`` (seconds) the default
+    ``Retry-After`` of a 429 or 503 (RFC 9110 §10.2.3)."""
     status, name = REFUSALS.get(code, (403, "forbidden"))
+    name = error or name
     body = json.dumps({"error": name, "detail": detail, "close_code": code}).encode()
     headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
     if status == 401:  # RFC 6750 §3: a 401 names the scheme
@@ -84,7 +90,7 @@ def refusal_response(code: int, detail: str) -> tuple[int, list[tuple[bytes, byt
     elif status == 403 and name == "insufficient_scope":
         headers.append((b"www-authenticate", b'Bearer realm="eventgate", error="insufficient_scope"'))
     elif status in (503, 429):
-        headers.append((b"retry-after", b"5"))
+        headers.append((b"retry-after", str(5 if retry_after is None else max(0, retry_after)).encode()))
     return status, headers, body
 
 
@@ -205,6 +211,8 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
         last_event_id = self._last_event_id()
         if last_event_id is not None:
             held = self.bridge.replay_since(channel.routing_key, last_event_id)
+            if held and self.feed.throttle is not None:
+                held = await self._replay_throttle(held, channel.channel_template)
             if held is None:
                 self.outbox.enqueue(sse_gap(last_event_id, REASON_GAP_NOT_HELD))
             elif held:
@@ -232,6 +240,26 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
             channel.address,
             " (resuming)" if last_event_id else "",
         )
+
+    async def _replay_throttle(self, held: list[Any], channel_template: str) -> list[Any]:
+        """The prefix of the replayed ``held`` items (``gateway.bridge.ReplayItem``) the
+        subscription's throttle allows, each taken like a live event: a resume never gets past
+        a rate limit or a quota. The first event it stops ends the replay; it and the rest are
+        counted as throttled, and the client gets the notice."""
+        assert self.feed is not None and self.feed.throttle is not None
+        throttle = self.feed.throttle
+        for index, item in enumerate(held):
+            size = item[2]
+            if size and not await throttle.wait(size):
+                minute = int(time.time()) // 60
+                meter = get_meter()
+                for stopped in held[index:]:
+                    if stopped[2]:
+                        key = (self.feed.subscription_id, channel_template, "out", minute)
+                        meter.throttle(key, stopped[2])
+                self._throttled(throttle)
+                return held[:index]
+        return held
 
     def _throttled(self, throttle: SubscriptionThrottle) -> None:
         """The outbox stopped an event (once per stop): an ``eventgate.throttled`` event whose
@@ -267,7 +295,9 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
             refusal.code,
             refusal.reason,
         )
-        refused_status, headers, body = refusal_response(refusal.code, refusal.reason)
+        refused_status, headers, body = refusal_response(
+            refusal.code, refusal.reason, error=refusal.error, retry_after=refusal.retry_after
+        )
         if status == 405:
             headers.append((b"allow", b"GET"))
         await self.send_response(status or refused_status, body, headers=headers)
@@ -281,6 +311,7 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
             return
         self._ending = True
         live_discard(self)
+        self._throttling_release()  # the slot is free before the client hears the close
         if self.outbox is not None:
             self.outbox.stop()
         log.info(

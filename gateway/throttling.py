@@ -465,7 +465,14 @@ class SubscriptionThrottle:
 
     async def _refill_run(self) -> None:
         try:
-            await self._refill_once()
+            try:
+                await self._refill_once()
+            except redis_errors():
+                if self._redis_down:
+                    raise
+                # Once more before calling Redis down: after a restart the first command may
+                # meet a pooled connection that died with the old server.
+                await self._refill_once()
         except asyncio.CancelledError:
             raise
         except redis_errors() as exc:
@@ -653,13 +660,18 @@ class SubscriptionThrottle:
             self.bytes_left += grant
             self._unverified_bytes += grant
         self._need_bytes = 0
-        self.blocked_until = 0.0
-        self._expiry_set(time.time() + REDIS_RETRY_SECONDS)  # try Redis again soon
+        # One local lease per REDIS_RETRY_SECONDS: past it, events stop until the next attempt
+        # (the documented bound of the outage's overshoot).
+        retry = time.time() + REDIS_RETRY_SECONDS
+        self.blocked_until, self.blocked_kind = retry, "unavailable"
+        self._expiry_set(retry)
 
     async def _unverified_push(self, limiter: aio_strategies.FixedWindowRateLimiter) -> None:
         """Redis is back: seed the quota counters from analytics first (a restarted Redis lost
         them: ``_reseed``), then add what was delivered on local leases meanwhile (analytics
-        has not recorded that yet)."""
+        has not recorded that yet). Raises the storage's errors while Redis is still down,
+        changing nothing."""
+        await window_read(limiter, self.limits[0])  # reachable again? (raises if not)
         if self._taken:
             await self._reseed()
         events = max(0, self._unverified_events - max(0, min(self.left, self._unverified_events)))
@@ -686,23 +698,29 @@ class SubscriptionThrottle:
         normally counts ahead of the database, so this adds nothing then. Once per process."""
         if self.seeded:
             return
-        self.seeded = True
-        limiter = aio_limiter()
         try:
-            for limit in self.limits:
-                used = events_used if limit.kind == "quota" else bytes_used if limit.kind == "bytes" else 0
-                if used <= 0:
-                    continue
-                stats = await limiter.get_window_stats(limit.item, *limit.identifiers)
-                counted = limit.amount - stats.remaining
-                if counted < used:
-                    await limiter.hit(limit.item, *limit.identifiers, cost=used - counted)
+            await self._seed_counters(events_used, bytes_used)
         except redis_errors() as exc:
             self._storage_down(exc)
+        else:
+            self.seeded = True
+
+    async def _seed_counters(self, events_used: int, bytes_used: int) -> None:
+        """``seed``'s work; raises the storage's errors."""
+        limiter = aio_limiter()
+        for limit in self.limits:
+            used = events_used if limit.kind == "quota" else bytes_used if limit.kind == "bytes" else 0
+            if used <= 0:
+                continue
+            window = await window_read(limiter, limit)
+            counted = limit.amount - window.remaining
+            if counted < used:
+                await limiter.hit(limit.item, *limit.identifiers, cost=used - counted)
 
     async def _reseed(self) -> None:
         """Seed the quota counters again from analytics (``seed``), reading this period's usage
-        in a gateway worker thread: Redis lost them while this process was running."""
+        in a gateway worker thread: Redis lost them while this process was running. Raises the
+        storage's errors (Redis still down: nothing changed, the next refill tries again)."""
         from gateway.auth import quota_usage
         from gateway.connections import db_call
 
@@ -716,12 +734,11 @@ class SubscriptionThrottle:
             counted_directions="both" if len(policy.directions) == 2 else next(iter(policy.directions)),
         )
         used = await db_call(quota_usage, {self.subscription_id: plan})
+        await self._seed_counters(*used.get(self.subscription_id, (0, 0)))
         log.warning(
-            "Quota counters of subscription %s were lost in Redis; seeding them again", self.subscription_id
+            "Quota counters of subscription %s were seeded again from analytics (Redis lost or missed them)",
+            self.subscription_id,
         )
-        self._taken.clear()
-        self.seeded = False
-        await self.seed(*used.get(self.subscription_id, (0, 0)))
 
     async def prime(self) -> None:
         """Take the first lease now (at the handshake), so the first events need not wait."""
@@ -784,12 +801,13 @@ def _throttles_sweep() -> None:
 
 
 def throttle_status() -> dict[str, int]:
-    """For /gateway/status: throttles held by this process and how many are stopped now."""
+    """For /gateway/status: subscriptions with connections in this process that have a
+    throttle, and how many of those are stopped now (idle throttles kept for reconnects are
+    swept first, and not counted)."""
+    _throttles_sweep()
     now = time.time()
-    return {
-        "subscriptions": len(_throttles),
-        "blocked": sum(1 for t in _throttles.values() if t.blocked_until > now),
-    }
+    live = [throttle for throttle in _throttles.values() if throttle.users]
+    return {"subscriptions": len(live), "blocked": sum(1 for t in live if t.blocked_until > now)}
 
 
 # --- connection slots ----------------------------------------------------------------------------
@@ -837,6 +855,7 @@ class ConnectionSlots:
         self._held: dict[str, tuple[str, str]] = {}  # member → its two keys
         self._local: dict[str, set[str]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._checked: set[str] = set()  # members under a connection limit (added by the script)
         self._adds: dict[str, tuple[str, str]] = {}  # to add at the next batch
         self._removes: dict[str, tuple[str, str]] = {}  # to remove at the next batch
         self._batch: asyncio.TimerHandle | None = None
@@ -880,17 +899,13 @@ class ConnectionSlots:
                 await self._script(keys=list(keys), args=[now, now + SLOT_TTL_SECONDS, member, *limits])
             )
         if full == 1:
-            return (
-                None,
-                f"plan {policy.plan_name!r} allows {policy.max_connections:,} concurrent connections "
-                "per subscription",
-            )
+            return None, _connections_reason(policy.plan_name, policy.max_connections, "subscription")
         if full == 2:
-            return None, (
-                f"plan {policy.plan_name!r} allows {policy.max_connections_per_application:,} concurrent "
-                "connections per application"
+            return None, _connections_reason(
+                policy.plan_name, policy.max_connections_per_application, "application"
             )
         self._held[member] = keys
+        self._checked.add(member)
         self._heartbeat_ensure()
         return member, None
 
@@ -915,13 +930,19 @@ class ConnectionSlots:
             return
         if self._adds.pop(member, None) is None:  # never added: nothing to remove
             self._removes[member] = keys
-            self._batch_soon()
+            if member in self._checked:  # under a limit: free the slot now (a reconnect waits)
+                self._checked.discard(member)
+                self._batch_start()
+            else:
+                self._batch_soon()
 
     def _batch_soon(self) -> None:
         if self._batch is None:
             self._batch = asyncio.get_running_loop().call_later(SLOT_BATCH_SECONDS, self._batch_start)
 
     def _batch_start(self) -> None:
+        if self._batch is not None:
+            self._batch.cancel()
         self._batch = None
         adds, self._adds = self._adds, {}
         removes, self._removes = self._removes, {}
@@ -970,6 +991,12 @@ class ConnectionSlots:
                     await pipe.execute()
             except Exception as exc:  # noqa: BLE001 - Redis down: try again at the next beat
                 log.warning("Connection slots not refreshed: %r", exc)
+
+
+def _connections_reason(plan_name: str, limit: int | None, per: str) -> str:
+    """E.g. "plan 'Free' allows 1 concurrent connection per subscription"."""
+    count = limit or 0
+    return f"plan {plan_name!r} allows {count:,} concurrent connection{'' if count == 1 else 's'} per {per}"
 
 
 _slot_tasks: set[asyncio.Task[None]] = set()

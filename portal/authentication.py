@@ -9,6 +9,7 @@ Django's cache): the per-IP budget is shared with the sign-in page.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from allauth.core.internal import ratelimit
@@ -18,11 +19,15 @@ from rest_framework import exceptions
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.request import Request
 
+log = logging.getLogger(__name__)
+
 
 class RateLimitedBasicAuthentication(BasicAuthentication):
     """HTTP Basic with the email as user id; too many failures answer 429 (``Throttled``).
 
-    A success does not count: like allauth's sign-in, its consumption is rolled back.
+    A success does not count: like allauth's sign-in, its consumption is rolled back. When the
+    cache holding the counts (Redis) is unreachable, credentials are checked without the limit
+    (a warning is logged) rather than failing every API call with a 500.
     """
 
     def authenticate_credentials(self, userid: str, password: str, request: Request | None = None) -> Any:
@@ -35,20 +40,27 @@ class RateLimitedBasicAuthentication(BasicAuthentication):
         if django_request is not None:
             # allauth's public ``consume`` skips GET requests, which are most API calls: use the
             # pinned package's own implementation with ``limit_get``.
-            usage = ratelimit.consume(
-                django_request,
-                app="allauth.account",
-                action="login_failed",
-                key=userid.lower(),
-                limit_get=True,
-            )
+            try:
+                usage = ratelimit.consume(
+                    django_request,
+                    app="allauth.account",
+                    action="login_failed",
+                    key=userid.lower(),
+                    limit_get=True,
+                )
+            except Exception as exc:  # noqa: BLE001 - the cache (Redis) is down: sign in without the limit
+                log.warning("Sign-in rate limit not applied (cache unreachable: %r)", exc)
+                usage = False
             if usage is None:
                 raise exceptions.Throttled(detail="Too many failed sign-in attempts; try again later.")
         user = authenticate(django_request, email=userid, password=password)
         if user is None or not user.is_active:
             raise exceptions.AuthenticationFailed("Invalid username/password.")
-        if usage is not None:
-            usage.rollback()
+        if usage:
+            try:
+                usage.rollback()
+            except Exception as exc:  # noqa: BLE001 - the cache went away meanwhile
+                log.warning("Sign-in rate limit not rolled back (cache unreachable: %r)", exc)
         return (user, None)
 
 

@@ -21,7 +21,8 @@ window.Eventgate = window.Eventgate || {};
     4405: "not allowed: the credential's scope or the channel does not allow this direction",
     4409: "the subscription's business plan changed; connect again to continue under the new plan",
     4410: "the API was blocked or retired, or this API version was retired",
-    4429: "quota exhausted: the plan's events for this billing period are used up",
+    4408: "the plan's connection duration limit was reached; connect again to continue",
+    4429: "a limit of the plan is reached (connections, rate or monthly quota)",
   };
   // Codes after which connecting again as it is will not help.
   const REFUSALS = new Set([1008, 1009, 1011, 4400, 4401, 4403, 4404, 4405, 4410, 4429]);
@@ -39,7 +40,16 @@ window.Eventgate = window.Eventgate || {};
   // WebSocket handshake). The gateway echoes only "eventgate.v1", never the token entry.
   const subprotocols = (token) => ["eventgate.v1", `eventgate.bearer.${token}`];
 
-  Object.assign(window.Eventgate, { CLOSE_CODES, REFUSALS, closeMessage, subprotocols });
+  // A throttling notice ({"type": "throttled", "reason", "retry_after", "resets_at"}; docs/throttling.md)
+  // in words: "<reason>; resumes in 35 s (at 00:40:47 UTC)".
+  const throttledMessage = (frame) => {
+    const at = typeof frame.resets_at === "number" ? new Date(frame.resets_at * 1000) : null;
+    const clock = at ? ` (at ${at.toISOString().slice(11, 19)} UTC)` : "";
+    const wait = typeof frame.retry_after === "number" ? `; resumes in ${frame.retry_after.toLocaleString()} s${clock}` : "";
+    return `${String(frame.reason || "a limit of the plan is reached")}${wait}`;
+  };
+
+  Object.assign(window.Eventgate, { CLOSE_CODES, REFUSALS, closeMessage, subprotocols, throttledMessage });
 })();
 
 // The application page's "Live events" panel: opens a WebSocket from the browser to the gateway
@@ -58,7 +68,7 @@ window.Eventgate = window.Eventgate || {};
   const status = panel.querySelector("[data-live-status]");
   const log = panel.querySelector("[data-live-log]");
   const MAX_LINES = 200;
-  const { closeMessage, subprotocols } = window.Eventgate;
+  const { closeMessage, subprotocols, throttledMessage } = window.Eventgate;
   let socket = null;
   let count = 0;
 
@@ -103,6 +113,9 @@ window.Eventgate = window.Eventgate || {};
       const event = JSON.parse(data);
       if (event && typeof event === "object" && event.type === "error") {
         return [[`error ${event.code}: ${closeMessage(event.code, event.reason)}`, "eg-note"]];
+      }
+      if (event && typeof event === "object" && event.type === "throttled") {
+        return [[`stopped: ${throttledMessage(event)}`, "eg-note"]];
       }
       if (event && typeof event === "object" && "payload" in event) {
         return [[event.channel ?? "", "eg-channel"], [formatJSON(event.payload), "eg-json"]];
@@ -157,7 +170,7 @@ window.Eventgate = window.Eventgate || {};
     });
     current.addEventListener("message", (event) => {
       const parts = format(event.data);
-      // Error frames ({"type": "error"}) are not events.
+      // Error frames ({"type": "error"}) and throttling notices are not events.
       if (parts[0][1] !== "eg-note") {
         count += 1;
         setStatus(`Connected · ${count} event${count === 1 ? "" : "s"}`, "success");

@@ -308,6 +308,11 @@
       entry("error", `error ${frame.code ?? ""}`.trim(), { channel: frame.channel ?? "", detail: reason + where });
       return;
     }
+    if (frame && typeof frame === "object" && frame.type === "throttled") {
+      // The plan's throttling policy stopped events (docs/throttling.md): not an event.
+      entry("note", `throttled · ${frame.limit ?? ""}`.trim(), { detail: window.Eventgate.throttledMessage(frame) });
+      return;
+    }
     if (frame && typeof frame === "object" && "payload" in frame) {
       events += 1;
       setStatus(`Open · ${events} event${events === 1 ? "" : "s"}`, "success");

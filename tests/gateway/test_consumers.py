@@ -309,7 +309,9 @@ async def test_the_audit_closes_a_connection_once_its_monthly_quota_is_used_up(s
         await client.disconnect()
 
 
-async def test_the_audit_keeps_a_stopped_connection_open_when_the_plan_only_notifies(stream_api, bob_subscribed):
+async def test_the_audit_keeps_a_stopped_connection_open_when_the_plan_only_notifies(
+    stream_api, bob_subscribed
+):
     subscription = bob_subscribed.subscription
 
     def limit() -> None:

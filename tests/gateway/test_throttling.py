@@ -633,13 +633,52 @@ def test_sse_stream_gets_three_events_then_one_throttled_event(gateway_server, s
     )
 
 
+def test_sse_resume_takes_the_replay_from_the_rate_limit(gateway_server, stream_api, bob_subscribed):
+    """3 per minute: 3 events, then the notice. A resume with ``Last-Event-ID`` of the first
+    event would replay the 4 held after it; the window is used up, so the replay stops at once:
+    only the notice, nothing replayed, and the replayed events count as throttled."""
+    plan_set(bob_subscribed.subscription, rate_limit_events=3)
+    path = f"/sse/{stream_api.slug}/{VERSION}/prices/ACME?access_token={bob_subscribed.secret}"
+
+    async def read(stream) -> list:
+        events = []
+        while True:
+            try:
+                events.append(await stream.next_event(timeout=SILENCE))
+            except TimeoutError:
+                return events
+
+    async def scenario() -> tuple[list, list]:
+        async with EventPublisher() as publisher:
+            stream = await sse_open(gateway_server.url, path)
+            try:
+                await publish(publisher, stream_api.slug, range(5))
+                first = await read(stream)
+            finally:
+                await stream.close()
+            resumed = await sse_open(gateway_server.url, path, headers={"Last-Event-ID": first[0].id})
+            try:
+                assert resumed.status == 200
+                return first, await read(resumed)
+            finally:
+                await resumed.close()
+
+    first, resumed = asyncio.run(scenario())
+    assert [event.event for event in first] == ["message"] * 3 + ["eventgate.throttled"], first
+    assert [event.event for event in resumed] == ["eventgate.throttled"], resumed
+    # 2 stopped live, then the 4 held after the first event stopped in the replay.
+    wait_for(lambda: usage_totals(bob_subscribed.subscription)["throttled_events"] == 6)
+    assert usage_totals(bob_subscribed.subscription)["events"] == 3
+
+
 # --- 11. connection duration -------------------------------------------------------------------------
 
 
 def test_connection_duration_limit_closes_with_4408_and_reconnect_works(
     gateway_server, stream_api, bob_subscribed
 ):
-    plan_set(bob_subscribed.subscription, max_connection_seconds=1)
+    # One connection at a time: the reconnect right after 4408 must find the slot free.
+    plan_set(bob_subscribed.subscription, max_connection_seconds=1, max_connections=1)
     url = ws_url(gateway_server, stream_api.slug, bob_subscribed.secret)
 
     async def scenario() -> tuple[Received, Received]:
@@ -703,8 +742,30 @@ def test_max_connections_per_subscription(gateway_server, stream_api, bob_subscr
             assert json.loads(await asyncio.wait_for(client.recv(), timeout=5))["payload"] == {"n": 1}
 
     refused = asyncio.run(scenario())
-    reason = "plan 'Free' allows 1 concurrent connections per subscription"
+    reason = "plan 'Free' allows 1 concurrent connection per subscription"
     assert refused == [(4429, reason), (4429, reason)], gateway_server.log()
+
+
+def test_sse_refused_for_a_connection_limit_names_it(gateway_server, stream_api, bob_subscribed):
+    plan_set(bob_subscribed.subscription, max_connections=1)
+    url = ws_url(gateway_server, stream_api.slug, bob_subscribed.secret)
+    path = f"/sse/{stream_api.slug}/{VERSION}/prices/ACME?access_token={bob_subscribed.secret}"
+
+    async def scenario() -> tuple[int, dict[str, str], dict]:
+        async with connect(url):
+            stream = await sse_open(gateway_server.url, path)
+            try:
+                return stream.status, stream.headers, json.loads(await stream.body())
+            finally:
+                await stream.close()
+
+    status, headers, body = asyncio.run(scenario())
+    assert status == 429 and headers["retry-after"] == "5"
+    assert body == {
+        "error": "connection_limit",
+        "detail": "plan 'Free' allows 1 concurrent connection per subscription",
+        "close_code": 4429,
+    }
 
 
 def test_max_connections_per_application_spans_its_subscriptions(

@@ -31,3 +31,18 @@ def test_nul_in_the_basic_user_id_or_password_answers_401(client, bob):
         token = base64.b64encode(credentials.encode()).decode()
         response = client.get("/api/v1/applications/", HTTP_AUTHORIZATION=f"Basic {token}")
         assert response.status_code == 401, credentials
+
+
+def test_basic_auth_works_while_the_cache_holding_the_sign_in_limit_is_down(client, bob, settings):
+    """The sign-in rate limit lives in the cache (Redis in production). With the cache's Redis
+    unreachable (a port nothing listens on), credentials are still checked: no 500."""
+    from tests.fixtures.servers import free_port
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    }
+    assert client.get("/api/v1/applications/", **basic(bob.email, "correct horse battery")).status_code == 200
+    assert client.get("/api/v1/applications/", **basic(bob.email, "wrong")).status_code == 401
