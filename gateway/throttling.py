@@ -1056,6 +1056,25 @@ def subscription_limits_usage(policy: Policy, subscription_id: int) -> list[Limi
     return rows
 
 
+def throttling_counters_delete(*, subscription_ids: Iterable[int], application_ids: Iterable[int]) -> int:
+    """Delete the Redis counters and connection sets of these subscriptions and applications
+    (sync; e.g. when they are deleted). Returns keys deleted; 0 without Redis."""
+    if not settings.REDIS_URL:
+        return 0
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+    try:
+        keys: list[Any] = []
+        for subscription_id in subscription_ids:
+            keys += client.scan_iter(match=f"LIMITS:{NAMESPACE}/sub/{subscription_id}/*", count=1000)
+            keys.append(slot_keys(subscription_id, 0)[0])
+        keys += [slot_keys(0, application_id)[1] for application_id in application_ids]
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()
+
+
 def webhook_take(policy: Policy, subscription_id: int, size: int) -> str | None:
     """Count one webhook delivery of ``size`` bytes (sync, one round trip per counter; a
     webhook POST costs far more). Returns None when allowed, else the kind of limit reached

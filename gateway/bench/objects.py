@@ -140,9 +140,11 @@ def bench_keys_create(objects: BenchObjects, count: int) -> list[str]:
 
 def bench_objects_delete(prefix: str) -> int:
     """Delete everything named ``prefix`` (``bench-<suffix>``): subscriptions (with their usage
-    records), applications (with their keys), plans, the API, the users. Returns rows deleted."""
+    records and their throttling counters in Redis), applications (with their keys), plans, the
+    API, the users. Returns rows deleted."""
     from django.db import transaction
 
+    from gateway.throttling import throttling_counters_delete
     from portal.models import API, Application, BusinessPlan, Subscription, User
 
     if not prefix.startswith("bench-"):
@@ -150,7 +152,12 @@ def bench_objects_delete(prefix: str) -> int:
     deleted = 0
     with transaction.atomic():
         applications = Application.objects.filter(name=prefix, owner__email__startswith=prefix)
-        deleted += Subscription.objects.filter(application__in=applications).delete()[0]
+        subscriptions = Subscription.objects.filter(application__in=applications)
+        throttling_counters_delete(
+            subscription_ids=list(subscriptions.values_list("pk", flat=True)),
+            application_ids=list(applications.values_list("pk", flat=True)),
+        )
+        deleted += subscriptions.delete()[0]
         deleted += applications.delete()[0]
         apis = API.objects.filter(name=prefix, provider__email__startswith=prefix)
         deleted += BusinessPlan.objects.filter(api__in=apis).delete()[0]

@@ -28,3 +28,14 @@ document.querySelectorAll("[data-new-application]").forEach((select) => {
   select.addEventListener("change", sync);
   sync();
 });
+
+// A form sent back with errors: bring the first field in error into view and focus it, so a
+// long form (a business plan's) never looks as if nothing happened.
+(() => {
+  const invalid = document.querySelector("form .invalid-feedback, form .is-invalid");
+  if (!invalid) return;
+  const group = invalid.closest(".mb-3, .col, fieldset, div") || invalid;
+  group.scrollIntoView({ block: "center" });
+  const input = group.querySelector("input, select, textarea");
+  if (input) input.focus({ preventScroll: true });
+})();

@@ -140,3 +140,13 @@ def test_tiny_bench_run_compares_the_gateway_with_throttling_on_and_off(transact
     assert doc["ratios"]["fanout"]["gateway-throttled/gateway"]["max_rate"] > 0
     assert "gateway-throttled/gateway" in out.getvalue()
     assert bench_objects_left(doc["bench_prefix"]) == 0
+    # The throttled subscription's counters went with it (this test's Redis database had none
+    # before: tests/conftest.py).
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        assert not list(client.scan_iter(match="LIMITS:eventgate/*")), "throttling counters left behind"
+        client.close()
