@@ -267,13 +267,15 @@ def limit_reason(policy: Policy, kind: str) -> str:
     reached (100 events per minute)"``."""
     if kind in ("rate", "burst"):
         burst = f" + {policy.burst_events:,} burst" if policy.burst_events else ""
+        events = "event" if policy.rate_events == 1 and not burst else "events"
         return (
             f"rate limit of plan {policy.plan_name!r} reached "
-            f"({policy.rate_events:,}{burst} events per {policy.rate_unit})"
+            f"({policy.rate_events:,}{burst} {events} per {policy.rate_unit})"
         )
     if kind == "quota":
+        events = "event" if policy.quota_events == 1 else "events"
         return (
-            f"events quota of plan {policy.plan_name!r} used up this month ({policy.quota_events:,} events)"
+            f"events quota of plan {policy.plan_name!r} used up this month ({policy.quota_events:,} {events})"
         )
     if kind == "bytes":
         return f"bytes quota of plan {policy.plan_name!r} used up this month ({policy.quota_bytes:,} bytes)"

@@ -333,3 +333,39 @@ def test_page_says_what_to_do_without_an_application_or_subscription(
         "the subscription (Gold plan) waits for an admin's approval"
     )
     shoot(page, "try-it-5-pending")
+
+
+@pytest.mark.e2e
+def test_a_throttled_channel_shows_the_notice_not_an_event(
+    page: Page, live_server, gateway_server, settings, bob, market_api, market_app
+):
+    """A plan of 1 event per minute: the first event arrives, the second is stopped and the log
+    shows the gateway's notice in words (docs/throttling.md), not as an event."""
+    settings.EVENTGATE_PUBLIC_URL = gateway_server.url
+    plan = market_app.subscriptions.get().plan
+    plan.rate_limit_events = 1
+    plan.save()
+    _sign_in(page, live_server, bob.email)
+    page.goto(f"{live_server.url}/try/")
+    page.get_by_role("button", name="Issue test key").click()
+    expect(page.locator("[data-try-key-prefix]")).to_contain_text("eg_")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(page.locator("[data-try-status]")).to_have_text("Open", timeout=10_000)
+
+    for price in (101.0, 102.0):
+        _publish(
+            api=market_api.slug,
+            version="1.0.0",
+            address="prices/ACME",
+            payload={"symbol": "ACME", "price": price},
+        )
+    notice = page.locator("[data-try-log] .eg-try-note").first
+    expect(notice.locator(".eg-try-kind")).to_have_text("throttled · rate", timeout=10_000)
+    expect(notice).to_contain_text(
+        f"rate limit of plan '{plan.name}' reached (1 event per minute); resumes in"
+    )
+    expect(notice).to_contain_text("UTC)")
+    expect(page.locator("[data-try-status]")).to_have_text("Open · 1 event")
+    shoot(page, "try-it-3-throttled")
+    page.get_by_role("button", name="Disconnect").click()
+    expect(page.locator("[data-try-status]")).to_have_text("Closed · 1000")
