@@ -35,12 +35,6 @@ logger = logging.getLogger(__name__)
 
 EVENTS_PER_BLOCK = 1000
 BYTES_PER_GB = 10**9  # decimal gigabyte, as on the usage page and the plan's overage price
-# The directions whose events and bytes count toward a plan's quotas (BusinessPlan.counted_directions).
-COUNTED_DIRECTIONS = {
-    BusinessPlan.CountedDirections.BOTH: ("out", "in"),
-    BusinessPlan.CountedDirections.OUT: ("out",),
-    BusinessPlan.CountedDirections.IN: ("in",),
-}
 # Gateway processes flush usage every few seconds; an hour covers a slow or restarted flush.
 DEFAULT_GRACE_PERIOD = timedelta(hours=1)
 _DESCRIPTION_MAX = InvoiceLine._meta.get_field("description").max_length or 300
@@ -151,7 +145,7 @@ def counted_usage(*, subscription: Subscription, start: datetime, end: datetime)
     ``analytics.services.usage_for_subscription`` — delivered usage only, never throttled counts.
     The same rule the gateway applies when it seeds its quota counters (``gateway.auth.quota_usage``).
     """
-    directions = COUNTED_DIRECTIONS.get(subscription.plan.counted_directions, ("out", "in"))
+    directions = subscription.plan.directions_counted
     totals = [
         usage_for_subscription(subscription=subscription, start=start, end=end, direction=direction)
         for direction in directions

@@ -724,7 +724,7 @@ def quota_usage(plans: Mapping[int, BusinessPlan]) -> dict[int, tuple[int, int]]
     used: dict[int, tuple[int, int]] = {}
     for row in rows:
         plan = limited[row["subscription_id"]]
-        if plan.counted_directions not in (BusinessPlan.CountedDirections.BOTH, row["direction"]):
+        if row["direction"] not in plan.directions_counted:
             continue
         events, size = used.get(row["subscription_id"], (0, 0))
         used[row["subscription_id"]] = (events + (row["events"] or 0), size + (row["bytes"] or 0))

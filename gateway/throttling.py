@@ -127,26 +127,25 @@ class Policy:
     limit_notice: str = BusinessPlan.LimitNotice.NOTIFY
 
     # The BusinessPlan fields from_plan reads (for ``values()`` / ``only()`` queries).
+    # The policy fields the gateway does not enforce (webhooks and billing do) are left out.
     PLAN_FIELDS = (
         "pk",
         "name",
-        "rate_limit_events",
-        "rate_limit_unit",
-        "burst_events",
-        "quota_events",
-        "quota_bytes",
-        "counted_directions",
-        "max_connections",
-        "max_connections_per_application",
-        "max_connection_seconds",
-        "quota_action",
-        "limit_notice",
+        *(
+            name
+            for name in BusinessPlan.POLICY_FIELDS
+            if name
+            not in (
+                "max_webhook_subscriptions",
+                "overage_price_per_1000_events_minor",
+                "overage_price_per_gb_minor",
+            )
+        ),
     )
 
     @classmethod
     def from_plan(cls, plan: BusinessPlan) -> Policy:
         """The policy of ``plan`` (any ``BusinessPlan`` holding ``PLAN_FIELDS``)."""
-        directions = {"both": frozenset({"out", "in"}), "out": frozenset({"out"}), "in": frozenset({"in"})}
         return cls(
             plan_id=plan.pk,
             plan_name=plan.name,
@@ -155,7 +154,7 @@ class Policy:
             burst_events=plan.burst_events or 0,
             quota_events=plan.quota_events,
             quota_bytes=plan.quota_bytes,
-            directions=directions.get(plan.counted_directions, directions["both"]),
+            directions=frozenset(plan.directions_counted),
             max_connections=plan.max_connections,
             max_connections_per_application=plan.max_connections_per_application,
             max_connection_seconds=plan.max_connection_seconds,

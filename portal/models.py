@@ -563,6 +563,14 @@ class BusinessPlan(models.Model):
         return f"{self.api.name} — {self.name}"
 
     @property
+    def directions_counted(self) -> tuple[str, ...]:
+        """The ``UsageRecord`` directions (``"out"``, ``"in"``) whose events and bytes the rate
+        limit and the quotas count (``counted_directions``; anything unknown counts both)."""
+        return {self.CountedDirections.OUT: ("out",), self.CountedDirections.IN: ("in",)}.get(
+            self.counted_directions, ("out", "in")
+        )
+
+    @property
     def is_free(self) -> bool:
         """No flat fee, no price per 1,000 events and no overage price that could apply."""
         overage = self.quota_action == self.QuotaAction.OVERAGE and (

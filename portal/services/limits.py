@@ -34,11 +34,6 @@ WINDOW_LABELS = {
     "quota": "Events quota",
     "bytes": "Bytes quota",
 }
-_DIRECTIONS = {
-    BusinessPlan.CountedDirections.BOTH: ("out", "in"),
-    BusinessPlan.CountedDirections.OUT: ("out",),
-    BusinessPlan.CountedDirections.IN: ("in",),
-}
 
 
 def period_bounds(now: datetime | None = None) -> tuple[datetime, datetime]:
@@ -115,7 +110,7 @@ def subscription_limits(subscription: Subscription, *, now: datetime | None = No
 
 def _period_usage(subscription: Subscription, plan: BusinessPlan, now: datetime | None) -> dict[str, Any]:
     start, end = period_bounds(now)
-    directions = _DIRECTIONS.get(plan.counted_directions, _DIRECTIONS[BusinessPlan.CountedDirections.BOTH])
+    directions = plan.directions_counted
     records = UsageRecord.objects.filter(
         subscription=subscription, bucket_start__gte=start, bucket_start__lt=end
     )
