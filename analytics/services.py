@@ -1,23 +1,28 @@
-"""Analytics services: the gateway's batched flush in, usage totals out.
+"""Analytics writes: the gateway's (and the webhook dispatcher's) batched flushes.
 
-Billing reads usage only through ``usage_for_subscription`` so invoices and the consumer's usage
-page are computed from the same rows.
+Everything the gateway counts per event lives in process memory and arrives here in batches
+(``gateway.metering``): usage counts per minute, latency histogram buckets per minute, finished
+connections and handshakes. Reads go through ``analytics.queries``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection, transaction
-from django.db.models import Sum
 
-from analytics.models import UsageRecord
+from analytics.models import ConnectionRecord, HandshakeRecord, LatencyRecord, UsageCounts, UsageRecord
 from portal.models import Subscription
 
 # (subscription id, minute bucket start (aware UTC), channel template, direction "out"/"in", events, bytes)
 UsageRow = tuple[int, datetime, str, str, int, int]
+# (subscription id, minute, channel template, direction, events, bytes, throttled events,
+#  throttled bytes, dropped events, rejected events, failed events): UsageCounts.COUNT_FIELDS order.
+CountRow = tuple[int, datetime, str, str, int, int, int, int, int, int, int]
+# (subscription id, minute, channel template, direction, bucket upper bound in µs, events)
+LatencyRow = tuple[int, datetime, str, str, int, int]
 
 
 @dataclass(frozen=True)
@@ -28,53 +33,100 @@ class UsageTotals:
     bytes: int = 0
 
 
-def usage_record_batch(*, rows: Iterable[UsageRow]) -> int:
-    """Add a batch of usage counts to the per-minute usage rows, creating rows as needed.
+def _live_rows(rows: Sequence[tuple]) -> list[tuple]:
+    """The rows whose subscription (first item) still exists: one query."""
+    live = set(Subscription.objects.filter(pk__in={row[0] for row in rows}).values_list("pk", flat=True))
+    return [row for row in rows if row[0] in live]
 
-    One ``INSERT ... ON CONFLICT DO UPDATE`` per row inside one transaction (PostgreSQL and
-    SQLite ≥ 3.24 both accept it), so concurrent flushes from several gateway processes add up
-    instead of overwriting each other. Rows for subscriptions deleted meanwhile are skipped.
-    Returns the number of rows written.
+
+def usage_counts_batch(*, rows: Iterable[CountRow]) -> int:
+    """Add a batch of per-minute counts (``CountRow``: the columns of
+    ``UsageCounts.COUNT_FIELDS``) to ``UsageRecord``, creating rows as needed.
+
+    One ``INSERT ... ON CONFLICT DO UPDATE SET col = col + excluded.col`` per row in one
+    transaction (PostgreSQL and SQLite ≥ 3.24), so concurrent flushes from several gateway
+    processes add up instead of overwriting each other. Rows of all zeros and rows of
+    subscriptions deleted meanwhile are skipped. Returns the number of rows written.
     """
-    rows = [row for row in rows if row[4] or row[5]]
+    rows = [row for row in rows if any(row[4:])]
     if not rows:
         return 0
+    rows = _live_rows(rows)
     table = UsageRecord._meta.db_table
+    fields = UsageCounts.COUNT_FIELDS
     sql = (
-        f"INSERT INTO {table} (subscription_id, bucket_start, channel, direction, events, bytes, "
-        "throttled_events, throttled_bytes) VALUES (%s, %s, %s, %s, %s, %s, 0, 0) "
+        f"INSERT INTO {table} (subscription_id, bucket_start, channel, direction, {', '.join(fields)}) "
+        f"VALUES (%s, %s, %s, %s, {', '.join(['%s'] * len(fields))}) "
         "ON CONFLICT (subscription_id, bucket_start, channel, direction) DO UPDATE SET "
-        f"events = {table}.events + excluded.events, bytes = {table}.bytes + excluded.bytes"
+        + ", ".join(f"{field} = {table}.{field} + excluded.{field}" for field in fields)
     )
-    live = set(Subscription.objects.filter(pk__in={row[0] for row in rows}).values_list("pk", flat=True))
-    rows = [row for row in rows if row[0] in live]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(sql, rows)
     return len(rows)
+
+
+def usage_record_batch(*, rows: Iterable[UsageRow]) -> int:
+    """``usage_counts_batch`` for delivered events and bytes only (``UsageRow``)."""
+    return usage_counts_batch(rows=[(*row, 0, 0, 0, 0, 0) for row in rows])
 
 
 def throttled_record_batch(*, rows: Iterable[UsageRow]) -> int:
-    """Add a batch of *throttled* counts (same row shape as ``usage_record_batch``: events and
-    bytes the business plan's throttling policy stopped) to the per-minute usage rows' columns
-    ``throttled_events`` and ``throttled_bytes``. They never add to ``events``/``bytes``, which
-    is what billing reads: throttled events are never billed. Concurrent flushes add up; rows
-    of deleted subscriptions are skipped. Returns the number of rows written."""
-    rows = [row for row in rows if row[4] or row[5]]
+    """``usage_counts_batch`` for *throttled* events and bytes only (``UsageRow`` shape: events
+    and bytes the business plan's throttling policy stopped). They never add to ``events``/
+    ``bytes``, which is what billing reads: throttled events are never billed."""
+    return usage_counts_batch(rows=[(*row[:4], 0, 0, row[4], row[5], 0, 0, 0) for row in rows])
+
+
+def latency_record_batch(*, rows: Iterable[LatencyRow]) -> int:
+    """Add a batch of latency histogram counts (``LatencyRow``) to ``LatencyRecord`` (same
+    upsert-and-add as ``usage_counts_batch``). Returns the number of rows written."""
+    rows = [row for row in rows if row[5]]
     if not rows:
         return 0
-    table = UsageRecord._meta.db_table
+    rows = _live_rows(rows)
+    table = LatencyRecord._meta.db_table
     sql = (
-        f"INSERT INTO {table} (subscription_id, bucket_start, channel, direction, events, bytes, "
-        "throttled_events, throttled_bytes) VALUES (%s, %s, %s, %s, 0, 0, %s, %s) "
-        "ON CONFLICT (subscription_id, bucket_start, channel, direction) DO UPDATE SET "
-        f"throttled_events = {table}.throttled_events + excluded.throttled_events, "
-        f"throttled_bytes = {table}.throttled_bytes + excluded.throttled_bytes"
+        f"INSERT INTO {table} (subscription_id, bucket_start, channel, direction, le_us, count) "
+        "VALUES (%s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (subscription_id, bucket_start, channel, direction, le_us) DO UPDATE SET "
+        f"count = {table}.count + excluded.count"
     )
-    live = set(Subscription.objects.filter(pk__in={row[0] for row in rows}).values_list("pk", flat=True))
-    rows = [row for row in rows if row[0] in live]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(sql, rows)
     return len(rows)
+
+
+def connection_record_batch(*, records: Iterable[ConnectionRecord]) -> int:
+    """Store finished connections (unsaved ``ConnectionRecord`` instances) in one
+    ``bulk_create``; those of subscriptions deleted meanwhile are skipped. Returns how many."""
+    records = list(records)
+    if not records:
+        return 0
+    live = set(
+        Subscription.objects.filter(pk__in={r.subscription_id for r in records}).values_list("pk", flat=True)
+    )
+    records = [record for record in records if record.subscription_id in live]
+    ConnectionRecord.objects.bulk_create(records)
+    return len(records)
+
+
+def handshake_record_batch(*, records: Iterable[HandshakeRecord]) -> int:
+    """Store handshakes (unsaved ``HandshakeRecord`` instances) in one ``bulk_create``; a
+    reference to a subscription, application or API deleted meanwhile is cleared (the
+    handshake itself is kept). Returns how many."""
+    from portal.models import API, Application
+
+    records = list(records)
+    if not records:
+        return 0
+    for field, model in (("subscription_id", Subscription), ("application_id", Application), ("api_id", API)):
+        ids = {getattr(r, field) for r in records} - {None}
+        live = set(model.objects.filter(pk__in=ids).values_list("pk", flat=True)) if ids else set()
+        for record in records:
+            if getattr(record, field) is not None and getattr(record, field) not in live:
+                setattr(record, field, None)
+    HandshakeRecord.objects.bulk_create(records)
+    return len(records)
 
 
 def usage_for_subscription(
@@ -84,11 +136,9 @@ def usage_for_subscription(
     end: datetime | None = None,
     direction: str = "out",
 ) -> UsageTotals:
-    """Total events and bytes of ``subscription`` in ``[start, end)`` (bucket starts), one direction."""
-    records = UsageRecord.objects.filter(subscription=subscription, direction=direction)
-    if start is not None:
-        records = records.filter(bucket_start__gte=start)
-    if end is not None:
-        records = records.filter(bucket_start__lt=end)
-    totals = records.aggregate(events=Sum("events"), bytes=Sum("bytes"))
-    return UsageTotals(events=totals["events"] or 0, bytes=totals["bytes"] or 0)
+    """Total delivered events and bytes of ``subscription`` in ``[start, end)``, one direction,
+    from ``analytics.queries.usage_totals`` (the rows the dashboards read)."""
+    from analytics.queries import usage_totals
+
+    totals = usage_totals(subscriptions=[subscription.pk], start=start, end=end, direction=direction)
+    return UsageTotals(events=totals.events, bytes=totals.bytes)
