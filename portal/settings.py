@@ -158,6 +158,9 @@ WEBHOOK_DELIVERY_RETENTION_DAYS = env.int("WEBHOOK_DELIVERY_RETENTION_DAYS", def
 GATEWAY_CREDENTIAL_CACHE_SECONDS = env.int("GATEWAY_CREDENTIAL_CACHE_SECONDS", default=300)
 # Gateway: how often (seconds) in-memory usage counters are flushed to analytics.
 GATEWAY_FLUSH_INTERVAL = env.float("GATEWAY_FLUSH_INTERVAL", default=5.0)
+# Gateway: how often (seconds) each process publishes its live connections (analytics.live) for the
+# dashboards' "active connections now"; a process silent for 3 intervals counts as gone.
+GATEWAY_LIVE_INTERVAL = env.float("GATEWAY_LIVE_INTERVAL", default=5.0)
 # Gateway: how often (seconds) each process re-checks its live connections' keys and subscriptions.
 GATEWAY_AUDIT_INTERVAL = env.float("GATEWAY_AUDIT_INTERVAL", default=30.0)
 # Gateway: seconds a process reuses a handshake's checked grant for the same credential, API and
