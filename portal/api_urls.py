@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from portal import api
 from portal.api import webhooks
@@ -11,6 +11,9 @@ from portal.api.common import endpoint_not_found
 app_name = "api"
 urlpatterns = [
     path("", api.APIRootView.as_view(), name="root"),
+    # Analytics (docs/analytics.md): the consumer's usage, the provider's and the platform's dashboards.
+    path("usage/", include("analytics.api_urls_consumer")),
+    path("analytics/", include("analytics.api_urls_provider")),
     # Catalog (anyone) and the provider's own APIs.
     path("apis/", api.APIListView.as_view(), name="api_list"),
     path("apis/import", api.APIImportView.as_view(), name="api_import"),

@@ -33,5 +33,6 @@ urlpatterns = [
     path("api/v1/", include("portal.api_urls")),
     path("billing/", include("billing.urls")),
     path("usage/", include("analytics.urls")),
+    path("analytics/", include("analytics.urls_dashboards")),
     path("", include("portal.urls_portal")),
 ]

@@ -1,0 +1,6 @@
+"""URL routes (filled in by the analytics dashboards)."""
+
+from __future__ import annotations
+
+app_name = "analytics_api_urls_consumer"
+urlpatterns: list = []
