@@ -55,6 +55,7 @@ from aio_pika.abc import (
 )
 from django.conf import settings
 
+from gateway.metering import FAILED, get_meter, latency_bucket
 from gateway.publishing import amqp_connect, exchange_declare
 from gateway.wire import text_frame
 
@@ -181,8 +182,8 @@ class Route:
         return not self.websocket and not self.sse
 
 
-def timestamp_json(value: Any) -> str:
-    """The ``eg-published-at`` header as a JSON number of seconds, or ``null`` if absent or bad.
+def published_seconds(value: Any) -> float | None:
+    """The ``eg-published-at`` header as Unix seconds, or None if absent or not a finite number.
 
     Accepts the decimal string ``gateway.publishing`` sends (``"1764400000.123456"``, as str or
     bytes) and AMQP numbers from other clients.
@@ -190,8 +191,15 @@ def timestamp_json(value: Any) -> str:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
-        return "null"
-    return repr(seconds) if math.isfinite(seconds) else "null"
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+def timestamp_json(value: Any) -> str:
+    """The ``eg-published-at`` header (``published_seconds``) as a JSON number of seconds, or
+    ``null`` if absent or bad."""
+    seconds = published_seconds(value)
+    return "null" if seconds is None else repr(seconds)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -537,35 +545,60 @@ class Bridge:
                 message, "oversize", f"frame of {size:,} bytes is over the {self.max_bytes:,}-byte limit"
             )
             return
-        minute = int(time.time()) // 60
+        now = time.time()
+        minute = int(now) // 60
+        # Publish → deliver latency (gateway.metering): the bucket of "now" for the fast path,
+        # the timestamp for deliveries the outbox queues (measured when they are sent).
+        published = published_seconds(message.headers.get("eg-published-at"))
+        latency = latency_bucket(published, now) if published is not None else -1
         if route.stale:
             route.refresh()
         if route.websocket:
             # "wire": the frame's bytes on the wire, built once for all (gateway.wire fast path).
-            outgoing = {"type": "websocket.send", "text": frame, "wire": text_frame(frame.encode())}
+            outgoing = {
+                "type": "websocket.send",
+                "text": frame,
+                "wire": text_frame(frame.encode()),
+                "lat": latency,
+                "published_at": published,
+            }
             for call in route.ws_calls:
                 try:
                     call(outgoing, size, minute)
                 except Exception as exc:  # noqa: BLE001 - one broken subscriber must not stop the fan-out
-                    self._drop(message, "failed", f"delivery failed: {exc!r}")
+                    self._failed(message, call, minute, exc)
             for deliver in route.ws_awaits:
                 try:
                     await deliver(outgoing, size, minute)
                 except Exception as exc:  # noqa: BLE001 - one broken subscriber must not stop the fan-out
-                    self._drop(message, "failed", f"delivery failed: {exc!r}")
+                    self._failed(message, deliver, minute, exc)
         if route.replay is not None:
-            chunk = {"type": "http.response.body", "body": sse_event(event_id, frame), "more_body": True}
+            chunk = {
+                "type": "http.response.body",
+                "body": sse_event(event_id, frame),
+                "more_body": True,
+                "published_at": published,
+            }
             route.replay.append(event_id, chunk, size)
             for call in route.sse_calls:
                 try:
                     call(chunk, size, minute)
                 except Exception as exc:  # noqa: BLE001
-                    self._drop(message, "failed", f"delivery failed: {exc!r}")
+                    self._failed(message, call, minute, exc)
             for deliver in route.sse_awaits:
                 try:
                     await deliver(chunk, size, minute)
                 except Exception as exc:  # noqa: BLE001
-                    self._drop(message, "failed", f"delivery failed: {exc!r}")
+                    self._failed(message, deliver, minute, exc)
+
+    def _failed(self, message: AbstractIncomingMessage, deliver: Any, minute: int, exc: Exception) -> None:
+        """One subscriber's delivery raised: count it (``Bridge.dropped["failed"]``) and, when the
+        subscriber is a ``ChannelFeed``, as a failed event of its subscription and channel."""
+        self._drop(message, "failed", f"delivery failed: {exc!r}")
+        feed = getattr(deliver, "__self__", None)
+        subscription_id = getattr(feed, "subscription_id", None)
+        if subscription_id is not None:
+            get_meter().error((subscription_id, feed.channel_template, "out", minute), FAILED)
 
     def _drop(self, message: AbstractIncomingMessage, reason: str, detail: str) -> None:
         """Count a dropped event; log the first and then one summary a minute, so a misbehaving

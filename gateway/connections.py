@@ -60,6 +60,7 @@ from gateway.auth import (
     subscription_ended_reason,
     version_channels,
 )
+from gateway.capture import connection_opened
 from gateway.control import (
     CONTROL_RETRY_SECONDS,
     ControlHub,
@@ -361,6 +362,17 @@ class LiveConnection:
     _slot: str | None = None
     _duration: asyncio.TimerHandle | None = None
     _limit_task: asyncio.Task[None] | None = None
+    # Analytics (gateway.capture): "websocket" or "sse"; when it went live (Unix seconds); the
+    # close code and reason (the server's, or the client's close frame); client events taken;
+    # the channel templates it served; whether its ConnectionRecord is queued.
+    protocol = "websocket"
+    opened_at: float | None = None
+    close_code: int | None = None
+    close_reason = ""
+    events_in = 0
+    bytes_in = 0
+    templates: frozenset[str] = frozenset()
+    captured = False
 
     # --- the consumer's life: one dispatch loop, one clean-up -------------------------------
 
@@ -411,6 +423,19 @@ class LiveConnection:
     async def _finish(self) -> None:
         """Release everything the connection holds (idempotent; the consumer's own clean-up)."""
         raise NotImplementedError
+
+    def live_templates(self) -> set[str]:
+        """The channel templates this connection receives now (its snapshot; multiplexed
+        WebSocket connections override it)."""
+        grant = self.grant
+        return {grant.channel.channel_template} if grant is not None and grant.channel is not None else set()
+
+    def close_note(self, code: int | None, reason: str | None) -> None:
+        """Remember how the connection ended for its ``ConnectionRecord``: the first close wins
+        (the server's decision, or the client's close frame)."""
+        if self.close_code is None and not self.close_reason:
+            self.close_code = code
+            self.close_reason = reason or ""
 
     # --- handshake --------------------------------------------------------------------------
 
@@ -760,10 +785,12 @@ _audits: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
 
 def live_add(connection: LiveConnection) -> None:
-    """Register an accepted connection with this process's audit (and start the audit), and
-    hand it the control messages that arrived during its handshake."""
+    """Register an accepted connection with this process's audit (and start the audit) and its
+    live snapshot (``gateway.capture``), and hand it the control messages that arrived during
+    its handshake."""
     _live.add(connection)
     connection._accepted = True
+    connection_opened(connection)
     pending, connection._control_pending = connection._control_pending, None
     for message in pending or ():
         connection.control_message(message)
@@ -776,6 +803,11 @@ def live_add(connection: LiveConnection) -> None:
 def live_discard(connection: LiveConnection) -> None:
     """Forget a connection that is ending. Idempotent."""
     _live.discard(connection)
+
+
+def live_connections() -> list[LiveConnection]:
+    """This process's open (accepted, not yet ending) connections, WebSocket and SSE."""
+    return list(_live)
 
 
 def live_count() -> int:

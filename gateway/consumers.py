@@ -57,11 +57,12 @@ from gateway.auth import (
     version_channels,
 )
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
+from gateway.capture import CLOSED_BY_CLIENT, connection_capture, handshake_capture
 from gateway.connections import LiveConnection, db_call, live_add, live_discard
 from gateway.credentials import credential_from_scope
 from gateway.delivery import ChannelFeed, Outbox
 from gateway.inbound import PayloadInvalid, get_inbound_publisher, payload_parse
-from gateway.metering import get_meter
+from gateway.metering import FAILED, REJECTED, get_meter
 from gateway.publishing import address_normalize
 from gateway.schemas import payload_error
 from gateway.throttling import CLOSE_THROTTLED, SubscriptionThrottle, notice_data
@@ -134,6 +135,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
             refusal.code,
             refusal.reason,
         )
+        handshake_capture(self, protocol="websocket", refusal=refusal)
         await self.accept(self._subprotocol)
         await self.close(code=refusal.code, reason=refusal.reason)
 
@@ -148,6 +150,8 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         self.outbox = Outbox(send=self.base_send, close=self.close)
         self.outbox.on_throttled = self._throttled
         channel = grant.channel
+        if channel is not None:
+            self.templates = frozenset((channel.channel_template,))
         if channel is not None and grant.refusal(channel, "receive") is None:
             try:
                 # Before accept: every event published once the client saw 101 is delivered
@@ -155,12 +159,18 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
                 await self._channel_bind(channel)
             except BrokerUnavailable as exc:
                 log.warning("WebSocket %r closed with 1013: %s", self.scope["path"], exc)
+                handshake_capture(
+                    self,
+                    protocol="websocket",
+                    refusal=HandshakeRefused(CLOSE_TRY_AGAIN_LATER, REASON_BROKER_DOWN),
+                )
                 await self.accept(self._subprotocol)
                 await self.close(code=CLOSE_TRY_AGAIN_LATER, reason=REASON_BROKER_DOWN)
                 return
         await self.accept(self._subprotocol)
         self.outbox.start()
         live_add(self)
+        handshake_capture(self, protocol="websocket")
         self._expiry_schedule(grant)
         log.info(
             "WebSocket open: subscription %s, %s %s %s",
@@ -186,6 +196,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         )
         self.bridge.attach(channel.routing_key, channel.address, feed)
         self.feeds[channel.address] = (channel, feed)
+        self.templates = self.templates | {channel.channel_template}
 
     def _channel_detach(self, address: str) -> ChannelGrant | None:
         """Stop this connection's events of ``address`` at once (no await); returns its grant
@@ -211,6 +222,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         call only ``close``.)"""
         if self._ending:
             return
+        self.close_note(code if isinstance(code, int) and not isinstance(code, bool) else 1000, reason)
         self._ending = True
         live_discard(self)
         self._throttling_release()  # the slot is free before the client hears the close
@@ -232,6 +244,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         """The client or the server ended the connection: clean up and stop. As in Channels,
         then close the stale database connections of the sync thread (``sync_to_async`` work
         of others; the gateway's own runs in ``gateway.connections.db_call``)."""
+        self.close_note(message.get("code"), CLOSED_BY_CLIENT)
         await self._finish()
         global _closing_old_connections
         if not _closing_old_connections:  # one at a time is enough: it is a sweep of one thread
@@ -266,6 +279,11 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
                 except Exception:  # noqa: BLE001 - the next binding must still go
                     log.exception("Unbinding %s failed", channel.routing_key)
         self._groups_leave()
+        connection_capture(self, protocol="websocket")
+
+    def live_templates(self) -> set[str]:
+        """The channel templates of the feeds attached now and of the URL's channel."""
+        return {channel.channel_template for channel, _ in self.feeds.values()} | super().live_templates()
 
     # --- client frames --------------------------------------------------------------------
 
@@ -287,11 +305,13 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         """Check, validate, publish and meter one client event; reply with an error frame (or
         close with 4401 for an expired credential) when refused. Returns whether it was taken."""
         assert self.grant is not None
+        key = (self.grant.subscription_id, channel.channel_template, "in", int(time.time()) // 60)
         refusal = self.grant.refusal(channel, "send")
         if refusal is not None:
             if refusal.code == CLOSE_UNAUTHORIZED:
                 await self.close(refusal.code, refusal.reason)
             else:
+                get_meter().error(key, REJECTED)
                 self._error(refusal.code, refusal.reason, frame_id=frame_id, channel=channel.address)
             return False
         if self.grant.validate_payloads and channel.payload_schemas:
@@ -304,6 +324,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
                 failure = await asyncio.to_thread(payload_error, channel.payload_schemas, payload)
             if failure is not None:
                 pointer, reason = failure
+                get_meter().error(key, REJECTED)
                 self._error(
                     CLOSE_BAD_REQUEST, reason, frame_id=frame_id, channel=channel.address, pointer=pointer
                 )
@@ -311,10 +332,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         policy, throttle = self.grant.policy, self.throttle
         if throttle is not None and policy is not None and policy.counts("in"):
             if not await throttle.wait(len(body)):
-                get_meter().throttle(
-                    (self.grant.subscription_id, channel.channel_template, "in", int(time.time()) // 60),
-                    len(body),
-                )
+                get_meter().throttle(key, len(body))
                 if policy.limit_notice == "close":
                     self._throttled_close(throttle)
                 else:
@@ -330,11 +348,13 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
             await get_inbound_publisher().publish(grant=self.grant, channel=channel, body=body)
         except BrokerUnavailable as exc:
             log.warning("Client event on %s not published: %s", channel.routing_key, exc)
+            get_meter().error(key, FAILED)
             self._error(CLOSE_TRY_AGAIN_LATER, REASON_BROKER_DOWN, frame_id=frame_id, channel=channel.address)
             return False
-        get_meter().add(
-            (self.grant.subscription_id, channel.channel_template, "in", int(time.time()) // 60), len(body)
-        )
+        get_meter().add(key, len(body))
+        self.events_in += 1
+        self.bytes_in += len(body)
+        self.templates = self.templates | {channel.channel_template}
         return True
 
     def _throttled(self, throttle: SubscriptionThrottle) -> None:
@@ -398,6 +418,10 @@ class EventStreamConsumer(GatewayConsumer):
         try:
             payload = payload_parse(text_data)
         except PayloadInvalid as invalid:
+            minute = int(time.time()) // 60
+            get_meter().error(
+                (self.grant.subscription_id, self.grant.channel.channel_template, "in", minute), REJECTED
+            )
             self._error(CLOSE_BAD_REQUEST, str(invalid), channel=self.grant.channel.address)
             return
         await self._client_event(self.grant.channel, payload, text_data.encode())

@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
 
-from gateway.metering import Meter, get_meter
+from gateway.metering import LATENCY_BUCKETS, Meter, get_meter, latency_bucket
 from gateway.throttling import ALLOW, THROTTLE, WAIT, SubscriptionThrottle
 from gateway.wire import DirectSocket, direct_socket
 
@@ -106,6 +107,7 @@ class Outbox:
         self._closer: asyncio.Task[None] | None = None
         self.closed = False
         self.sent = 0
+        self.sent_bytes = 0
         self.dropped = 0
         self.throttled = 0
         # Called once per stop (a throttle's new ``blocked_until``) with the throttle: the
@@ -168,7 +170,7 @@ class Outbox:
                 if taken == THROTTLE:
                     self._throttled(feed, size, minute, throttle)
                 elif len(queue) >= self.maxsize:
-                    self._overflow(feed)
+                    self._overflow(feed, minute)
                 else:  # the next lease is on its way: the writer waits for it, in order
                     queue.append((message, size, minute, feed, _NEEDS_LEASE))
                     self._lease_waits += 1
@@ -179,11 +181,12 @@ class Outbox:
             wire = message.get("wire")
             if wire is not None:
                 direct.write(wire)
-                feed.tally(size, minute)
+                feed.tally(size, minute, message.get("lat", -1))
                 self.sent += 1
+                self.sent_bytes += size
                 return
         if len(queue) >= self.maxsize:
-            self._overflow(feed)
+            self._overflow(feed, minute)
             return
         queue.append((message, size, minute, feed, 1))
         self._wakeup.set()
@@ -219,9 +222,9 @@ class Outbox:
             if self.on_throttled is not None:
                 self.on_throttled(throttle)
 
-    def _overflow(self, feed: ChannelFeed) -> None:
+    def _overflow(self, feed: ChannelFeed, minute: int) -> None:
         self.dropped += 1
-        self._meter.drop(feed.subscription_id, feed.channel_template)
+        self._meter.drop((feed.subscription_id, feed.channel_template, "out", minute))
         if self.policy == "close":
             self.stop()
             # A task: close() sends a close frame, which waits on the same full socket buffer
@@ -237,7 +240,7 @@ class Outbox:
             log.debug("Closing a slow consumer failed: %r", exc)
 
     async def _write_forever(self) -> None:
-        queue, wakeup, send, meter_add = self._queue, self._wakeup, self._send, self._meter.add
+        queue, wakeup, send, meter = self._queue, self._wakeup, self._send, self._meter
         try:
             while True:
                 while queue:
@@ -261,8 +264,13 @@ class Outbox:
                     finally:
                         self._busy = False
                     if feed is not None:
-                        meter_add((feed.subscription_id, feed.channel_template, "out", minute), size, events)
+                        key = (feed.subscription_id, feed.channel_template, "out", minute)
+                        meter.add(key, size, events)
                         self.sent += events
+                        self.sent_bytes += size
+                        published = message.get("published_at")
+                        if published is not None and events == 1:
+                            meter.latency_add(key, latency_bucket(published, time.time()))
                 wakeup.clear()
                 await wakeup.wait()
         except asyncio.CancelledError:
@@ -292,6 +300,7 @@ class ChannelFeed:
         "minute",
         "events",
         "bytes",
+        "latency",
         "_meter",
         "__weakref__",
     )
@@ -313,18 +322,23 @@ class ChannelFeed:
         self.minute = 0
         self.events = 0
         self.bytes = 0
+        # Fast-path deliveries per latency histogram bucket (gateway.metering.latency_bucket).
+        self.latency = [0] * LATENCY_BUCKETS
         self._meter: Meter = outbox._meter
         outbox.feeds[id(self)] = self
         self._meter.feed_register(self)
 
-    def tally(self, size: int, minute: int) -> None:
+    def tally(self, size: int, minute: int, latency: int = -1) -> None:
         """Count one event of ``size`` bytes handed to the socket in ``minute`` (Unix time //
-        60) by the fast path. Hot path: no dict, no tuple; a new minute settles the previous."""
+        60) by the fast path, in latency histogram bucket ``latency`` (-1: unknown). Hot path:
+        no dict, no tuple; a new minute settles the previous."""
         if minute != self.minute:
             self.settle()
             self.minute = minute
         self.events += 1
         self.bytes += size
+        if latency >= 0:
+            self.latency[latency] += 1
 
     def detach(self) -> None:
         """The connection stopped receiving this channel (multiplexed ``unsubscribe``): settle
@@ -336,10 +350,14 @@ class ChannelFeed:
         """Move the tallied events into the process's meter under (subscription, channel
         template, "out", minute). Called by the meter before each flush and by ``Outbox.stop``."""
         if self.events:
-            self._meter.add(
-                (self.subscription_id, self.channel_template, "out", self.minute), self.bytes, self.events
-            )
+            key = (self.subscription_id, self.channel_template, "out", self.minute)
+            self._meter.add(key, self.bytes, self.events)
             self.events = self.bytes = 0
+            latency = self.latency
+            for bucket, events in enumerate(latency):
+                if events:
+                    self._meter.latency_add(key, bucket, events)
+                    latency[bucket] = 0
 
     async def deliver(self, message: dict[str, Any], size: int, minute: int) -> None:
         """Queue ``message`` (the bridge's shared ASGI message) of ``size`` bytes for the writer;

@@ -40,6 +40,7 @@ from django.conf import settings
 
 from gateway.auth import Grant, HandshakeRefused
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge, sse_gap
+from gateway.capture import CLOSED_BY_CLIENT, REFUSALS, connection_capture, handshake_capture
 from gateway.connections import LiveConnection, live_add, live_discard
 from gateway.consumers import CLOSE_TRY_AGAIN_LATER, REASON_BROKER_DOWN
 from gateway.credentials import credential_from_scope
@@ -50,19 +51,6 @@ from gateway.throttling import SubscriptionThrottle, notice_data
 
 log = logging.getLogger(__name__)
 
-# WebSocket close code → (HTTP status, "error" name) of the same refusal (the contract's table).
-REFUSALS: dict[int, tuple[int, str]] = {
-    4400: (400, "invalid_request"),
-    4401: (401, "invalid_token"),
-    4403: (403, "forbidden"),
-    4404: (404, "not_found"),
-    4405: (403, "insufficient_scope"),
-    4410: (410, "gone"),
-    4429: (429, "quota_exhausted"),
-    1009: (413, "too_large"),
-    1011: (500, "internal_error"),
-    1013: (503, "unavailable"),
-}
 REASON_GAP_NOT_HELD = "Events after this id are no longer held by this server; some may be missed."
 KEEPALIVE = {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
 # Seconds the last event of a stream (eventgate.close) may wait on a client that does not read.
@@ -126,6 +114,7 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
     subscription and channel template.
     """
 
+    protocol = "sse"
     grant: Grant | None = None
     bridge: Bridge | None = None
     outbox: Outbox | None = None
@@ -148,6 +137,7 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
         # http.disconnect (also sent by the server once the stream's last chunk went out).
 
     async def http_disconnect(self, message: dict[str, Any]) -> None:
+        self.close_note(None, CLOSED_BY_CLIENT)
         await self._cleanup()
         raise StopConsumer()
 
@@ -229,7 +219,9 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
                 )
         self.outbox.start()
         _live_sse.add(self)
+        self.templates = frozenset((channel.channel_template,))
         live_add(self)  # the periodic audit covers SSE too
+        handshake_capture(self, protocol="sse")
         _keepalive_ensure_running()
         self._expiry_schedule(grant)
         log.info(
@@ -298,6 +290,7 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
         refused_status, headers, body = refusal_response(
             refusal.code, refusal.reason, error=refusal.error, retry_after=refusal.retry_after
         )
+        handshake_capture(self, protocol="sse", refusal=refusal, status=status or refused_status)
         if status == 405:
             headers.append((b"allow", b"GET"))
         await self.send_response(status or refused_status, body, headers=headers)
@@ -309,6 +302,7 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
         (``http.disconnect``) and ``http_disconnect`` cleans up. Idempotent."""
         if self._ending or not self._streaming:
             return
+        self.close_note(code or 1000, reason)
         self._ending = True
         live_discard(self)
         self._throttling_release()  # the slot is free before the client hears the close
@@ -352,6 +346,7 @@ class EventSourceConsumer(LiveConnection, AsyncHttpConsumer):
                 self.bridge.detach(self._bound_key, self.feed)
             self.bridge.unbind_later(self._bound_key)
             self._bound_key = None
+        connection_capture(self, protocol="sse")
 
 
 # Open SSE streams of this process, for the keep-alive ticker; weak, so a dead one never lingers.

@@ -65,7 +65,15 @@ async def gateway_cleanup():
     if meter._task is not None:
         meter._task.cancel()
         meter._task = None
-    meter.counts.clear()
+    for pending in (
+        meter.counts,
+        meter.throttled,
+        meter.errors,
+        meter.latency,
+        meter.connections,
+        meter.handshakes,
+    ):
+        pending.clear()
     bridge = _bridges.pop(asyncio.get_running_loop(), None)
     if bridge is not None:
         await bridge.close()

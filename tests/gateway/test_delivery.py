@@ -85,6 +85,8 @@ async def test_full_outbox_drops_new_events_counts_them_and_does_not_meter_them(
     await other.deliver(event(99), 10, MINUTE)
     dropped = {key: n - before.get(key, 0) for key, n in get_meter().dropped.items()}
     assert dropped[(8, TEMPLATE)] == 3 and dropped[(9, TEMPLATE)] == 1
+    # ... and as dropped events of their minute, flushed to analytics (UsageRecord.dropped_events)
+    assert get_meter().errors[(8, TEMPLATE, "out", MINUTE)][0] >= 3
     assert outbox.dropped == 4 and len(outbox) == 4
     socket.gate.set()
     await settle()
@@ -178,8 +180,8 @@ def test_unknown_policy_or_size_is_refused():
 async def test_drops_are_summarised_in_the_log(caplog):
     meter = get_meter()
     meter.drops_log()
-    meter.drop(14, TEMPLATE)
-    meter.drop(14, TEMPLATE)
+    meter.drop((14, TEMPLATE, "out", MINUTE))
+    meter.drop((14, TEMPLATE, "out", MINUTE))
     with caplog.at_level("WARNING", logger="gateway.metering"):
         assert meter.drops_log() == 2
         assert meter.drops_log() == 0

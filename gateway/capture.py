@@ -1,0 +1,275 @@
+"""Analytics capture at the edges of a connection's life: handshakes, finished connections and
+each process's live snapshot (docs/analytics.md).
+
+- Every WebSocket or SSE handshake becomes one ``analytics.HandshakeRecord``: outcome
+  ``accepted`` or the refusal's name (``REFUSALS``: ``invalid_token``, ``forbidden``,
+  ``quota_exhausted``, ``connection_limit``, ...), application, subscription, API, version,
+  channel *template* (the raw path, cut to 200 characters, only when no channel matched), client
+  IP and user agent. Counted per (protocol, outcome) in ``handshake_outcomes`` for ``/metrics``.
+- Every accepted connection becomes one ``analytics.ConnectionRecord`` when it ends: opened,
+  closed, duration (seconds), close code and reason (the server's, or the client's close frame;
+  none when an SSE client simply went away), events and bytes each way, throttled and dropped.
+- Every ``GATEWAY_LIVE_INTERVAL`` seconds the process publishes its open connections
+  (``analytics.live.publish``), for the dashboards' "active connections now"; at exit it
+  withdraws them.
+
+Records are queued on the process's meter (``gateway.metering.Meter.record``) and written with
+its next flush: no database write per handshake on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from analytics import live
+from analytics.models import ConnectionRecord, HandshakeRecord
+from gateway.metering import get_meter
+
+log = logging.getLogger(__name__)
+
+# WebSocket close code → (HTTP status, "error" name) of the same refusal (the contract's table,
+# docs/gateway.md; SSE answers with the status and the name).
+REFUSALS: dict[int, tuple[int, str]] = {
+    4400: (400, "invalid_request"),
+    4401: (401, "invalid_token"),
+    4403: (403, "forbidden"),
+    4404: (404, "not_found"),
+    4405: (403, "insufficient_scope"),
+    4410: (410, "gone"),
+    4429: (429, "quota_exhausted"),
+    1009: (413, "too_large"),
+    1011: (500, "internal_error"),
+    1013: (503, "unavailable"),
+}
+CLOSED_BY_CLIENT = "closed by the client"
+# (protocol, outcome) → handshakes since the process started (gateway.prometheus).
+handshake_outcomes: Counter[tuple[str, str]] = Counter()
+PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+STARTED_AT = time.time()
+
+
+def refusal_outcome(code: int, error: str | None = None) -> str:
+    """The outcome name of a refusal with WebSocket close ``code`` (``error`` overrides it, as
+    it overrides SSE's error name)."""
+    return error or REFUSALS.get(code, (403, "forbidden"))[1]
+
+
+def _client(scope: dict[str, Any]) -> tuple[str | None, str]:
+    """(client IP or None, user agent cut to 512 characters) of an ASGI scope."""
+    client = scope.get("client")
+    agent = ""
+    for name, value in scope.get("headers", ()):
+        if name == b"user-agent":
+            agent = value.decode("latin1")[:512]
+            break
+    return (client[0] if client else None), agent
+
+
+def handshake_capture(
+    connection: Any,
+    *,
+    protocol: str,
+    refusal: Any = None,
+    status: int | None = None,
+) -> None:
+    """Queue the ``HandshakeRecord`` of ``connection`` (a ``LiveConnection``): accepted, or
+    refused with ``refusal`` (a ``gateway.auth.HandshakeRefused``; ``status`` the HTTP status
+    an SSE refusal was answered with, when not the contract's)."""
+    grant = connection.grant
+    scope = connection.scope
+    ip, agent = _client(scope)
+    if refusal is None:
+        outcome, code, detail = HandshakeRecord.ACCEPTED, None, ""
+    else:
+        outcome = refusal_outcome(refusal.code, refusal.error)
+        code = refusal.code if protocol == "websocket" else (status or REFUSALS.get(refusal.code, (403,))[0])
+        detail = refusal.reason[:300]
+    credential = refusal.credential if refusal is not None and refusal.credential is not None else None
+    channel = ""
+    if grant is not None and grant.channel is not None:
+        channel = grant.channel.channel_template
+    elif refusal is not None:
+        channel = scope.get("path", "")[:200]
+    route = scope.get("url_route", {}).get("kwargs", {})
+    handshake_outcomes[(protocol, outcome)] += 1
+    get_meter().record(
+        HandshakeRecord(
+            at=datetime.now(UTC),
+            outcome=outcome,
+            code=code,
+            detail=detail,
+            protocol=protocol,
+            application_id=grant.application_id
+            if grant
+            else (credential.application_id if credential else None),
+            subscription_id=grant.subscription_id if grant else None,
+            api_id=grant.api_id if grant else None,
+            version=(grant.version if grant else route.get("version", ""))[:64],
+            channel=channel[:1000],
+            client_ip=ip,
+            user_agent=agent,
+            process=PROCESS,
+        )
+    )
+
+
+def connection_opened(connection: Any) -> None:
+    """Note when ``connection`` went live and which API its subscription belongs to (for the
+    meter's per-API totals)."""
+    connection.opened_at = time.time()
+    grant = connection.grant
+    if grant is not None:
+        get_meter().api_of[grant.subscription_id] = grant.api_slug
+    _publisher_ensure()
+
+
+def connection_capture(connection: Any, *, protocol: str) -> None:
+    """Queue the ``ConnectionRecord`` of ``connection``, which has ended (once; only for a
+    connection that went live)."""
+    if connection.opened_at is None or connection.captured or connection.grant is None:
+        return
+    connection.captured = True
+    grant = connection.grant
+    ip, agent = _client(connection.scope)
+    outbox = connection.outbox
+    closed = time.time()
+    get_meter().record(
+        ConnectionRecord(
+            subscription_id=grant.subscription_id,
+            application_id=grant.application_id,
+            api_id=grant.api_id,
+            version=grant.version[:64],
+            protocol=protocol,
+            channels=",".join(sorted(connection.templates))[:1000],
+            client_ip=ip,
+            user_agent=agent,
+            opened_at=datetime.fromtimestamp(connection.opened_at, UTC),
+            closed_at=datetime.fromtimestamp(closed, UTC),
+            duration_seconds=round(closed - connection.opened_at, 3),
+            close_code=connection.close_code,
+            close_reason=(connection.close_reason or "")[:200],
+            events_out=outbox.sent if outbox else 0,
+            bytes_out=outbox.sent_bytes if outbox else 0,
+            events_in=connection.events_in,
+            bytes_in=connection.bytes_in,
+            throttled_events=outbox.throttled if outbox else 0,
+            dropped_events=outbox.dropped if outbox else 0,
+            process=PROCESS,
+        )
+    )
+
+
+# --- live snapshot (analytics.live) ------------------------------------------------------------
+
+_publishers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+_application_names: dict[int, str] = {}
+_withdraw_registered = False
+
+
+def _publisher_ensure() -> None:
+    global _withdraw_registered
+    loop = asyncio.get_running_loop()
+    task = _publishers.get(loop)
+    if task is None or task.done():
+        _publishers[loop] = loop.create_task(_publish_forever(), name="eventgate-live-snapshot")
+    if not _withdraw_registered:
+        atexit.register(_withdraw)
+        _withdraw_registered = True
+
+
+def _withdraw() -> None:
+    try:
+        live.withdraw(PROCESS)
+    except Exception as exc:  # noqa: BLE001 - Redis gone at exit: the snapshot expires by itself
+        log.info("Live snapshot not withdrawn at exit: %r", exc)
+
+
+def snapshot(connections: list[Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """This process's ``analytics.live`` snapshot (shapes there) from its open ``connections``
+    (``LiveConnection``s with a grant); application names are filled in by ``_publish``."""
+    process = {
+        "process": PROCESS,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": STARTED_AT,
+        "connections": len(connections),
+        "events_out": 0,
+        "bytes_out": 0,
+        "events_in": 0,
+        "bytes_in": 0,
+    }
+    # totals are per (API, direction); the snapshot adds both directions' sums.
+    for (_, direction), values in get_meter().totals.items():
+        process[f"events_{direction}"] += values[0]
+        process[f"bytes_{direction}"] += values[1]
+    items = []
+    for connection in connections:
+        grant, outbox = connection.grant, connection.outbox
+        items.append(
+            {
+                "id": f"{PROCESS}:{id(connection)}",
+                "process": PROCESS,
+                "protocol": connection.protocol,
+                "subscription_id": grant.subscription_id,
+                "application_id": grant.application_id,
+                "application": "",
+                "api_id": grant.api_id,
+                "api": grant.api_slug,
+                "version": grant.version,
+                "channels": sorted(connection.live_templates()),
+                "client_ip": _client(connection.scope)[0],
+                "since": connection.opened_at,
+                "events_out": outbox.sent if outbox else 0,
+                "bytes_out": outbox.sent_bytes if outbox else 0,
+                "events_in": connection.events_in,
+                "bytes_in": connection.bytes_in,
+            }
+        )
+    return process, items
+
+
+def _publish(process: dict[str, Any], items: list[dict[str, Any]]) -> None:
+    """Fill in application names (cached; one query for new ones) and publish. Worker thread."""
+    from django.db import close_old_connections
+
+    from portal.models import Application
+
+    missing = {item["application_id"] for item in items} - _application_names.keys()
+    if missing:
+        try:
+            _application_names.update(Application.objects.filter(pk__in=missing).values_list("pk", "name"))
+        finally:
+            close_old_connections()
+    for item in items:
+        item["application"] = _application_names.get(item["application_id"], "")
+    live.publish(process, items)
+
+
+async def publish_now() -> None:
+    """Publish this process's snapshot once (the periodic task; tests)."""
+    from gateway.connections import live_connections
+
+    process, items = snapshot([c for c in live_connections() if c.grant is not None and c.opened_at])
+    await sync_to_async(_publish, thread_sensitive=False)(process, items)
+
+
+async def _publish_forever() -> None:
+    while True:
+        try:
+            await publish_now()
+        except Exception as exc:  # noqa: BLE001 - Redis or the database down: try again next time
+            log.warning("Live snapshot not published: %r", exc)
+        if len(_application_names) > 10_000:
+            _application_names.clear()
+        await asyncio.sleep(float(settings.GATEWAY_LIVE_INTERVAL))
