@@ -159,12 +159,12 @@ def connection_capture(connection: Any, *, protocol: str) -> None:
             duration_seconds=round(closed - connection.opened_at, 3),
             close_code=connection.close_code,
             close_reason=(connection.close_reason or "")[:200],
-            events_out=outbox.sent if outbox else 0,
-            bytes_out=outbox.sent_bytes if outbox else 0,
+            events_out=outbox.sent if outbox is not None else 0,
+            bytes_out=outbox.sent_bytes if outbox is not None else 0,
             events_in=connection.events_in,
             bytes_in=connection.bytes_in,
-            throttled_events=outbox.throttled if outbox else 0,
-            dropped_events=outbox.dropped if outbox else 0,
+            throttled_events=outbox.throttled if outbox is not None else 0,
+            dropped_events=outbox.dropped if outbox is not None else 0,
             process=PROCESS,
         )
     )
@@ -230,8 +230,8 @@ def snapshot(connections: list[Any]) -> tuple[dict[str, Any], list[dict[str, Any
                 "channels": sorted(connection.live_templates()),
                 "client_ip": _client(connection.scope)[0],
                 "since": connection.opened_at,
-                "events_out": outbox.sent if outbox else 0,
-                "bytes_out": outbox.sent_bytes if outbox else 0,
+                "events_out": outbox.sent if outbox is not None else 0,
+                "bytes_out": outbox.sent_bytes if outbox is not None else 0,
                 "events_in": connection.events_in,
                 "bytes_in": connection.bytes_in,
             }
