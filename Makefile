@@ -50,6 +50,7 @@ demo-data: setup
 	$(PY) manage.py collectstatic --noinput -v 0
 	$(PY) manage.py load_demo
 	$(PY) manage.py load_demo_billing
+	$(PY) manage.py load_demo_analytics
 
 run: demo-data
 	$(VENV)/bin/honcho start -f Procfile $(RUN_PROCESSES)
