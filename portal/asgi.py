@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import re
+import time
 from typing import Any
 
 from django.core.asgi import get_asgi_application
@@ -87,6 +88,7 @@ def gateway_status_document() -> dict[str, Any]:
         "control": hub.status() if hub is not None else None,
         "bridge": bridge.status() if bridge is not None else None,
         "throttling": {**throttle_status(), "throttled_events": get_meter().throttled_total},
+        "analytics": _analytics_status(),
         "slow_consumer_dropped": {
             "total": sum(dropped.values()),
             "by_subscription": [
@@ -94,6 +96,20 @@ def gateway_status_document() -> dict[str, Any]:
                 for (subscription_id, template), events in sorted(dropped.items())
             ],
         },
+    }
+
+
+def _analytics_status() -> dict[str, Any]:
+    """The meter's flushes (``gateway.metering``): successful and failed ones, seconds since the
+    last success (None before the first), rows waiting and log rows lost to a long outage."""
+    meter = get_meter()
+    last = meter.last_flush_ok_at
+    return {
+        "flushes_ok": meter.flushes_ok,
+        "flushes_failed": meter.flushes_failed,
+        "flush_lag_seconds": None if last is None else round(time.time() - last, 3),
+        "pending_rows": meter.pending_rows(),
+        "records_lost": meter.records_lost,
     }
 
 
