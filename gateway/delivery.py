@@ -106,8 +106,10 @@ class Outbox:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self.closed = False
-        self.sent = 0
-        self.sent_bytes = 0
+        # Events (bytes) sent by the writer and settled from the feeds' fast-path tallies:
+        # ``sent``/``sent_bytes`` add the tallies not settled yet.
+        self._sent = 0
+        self._sent_bytes = 0
         self.dropped = 0
         self.throttled = 0
         # Called once per stop (a throttle's new ``blocked_until``) with the throttle: the
@@ -141,6 +143,16 @@ class Outbox:
     def __len__(self) -> int:
         """Events (and control messages) waiting for the writer."""
         return len(self._queue)
+
+    @property
+    def sent(self) -> int:
+        """Events this connection was sent (the writer's and the fast path's)."""
+        return self._sent + sum(feed.events for feed in self.feeds.values())
+
+    @property
+    def sent_bytes(self) -> int:
+        """Bytes of ``sent``."""
+        return self._sent_bytes + sum(feed.bytes for feed in self.feeds.values())
 
     def put(self, message: dict[str, Any], size: int, minute: int, feed: ChannelFeed) -> None:
         """Hand one event of ``feed`` on (hot path: no await): written to the transport at once
@@ -181,9 +193,7 @@ class Outbox:
             wire = message.get("wire")
             if wire is not None:
                 direct.write(wire)
-                feed.tally(size, minute, message.get("lat", -1))
-                self.sent += 1
-                self.sent_bytes += size
+                feed.tally(size, minute, message["lat"])
                 return
         if len(queue) >= self.maxsize:
             self._overflow(feed, minute)
@@ -266,8 +276,8 @@ class Outbox:
                     if feed is not None:
                         key = (feed.subscription_id, feed.channel_template, "out", minute)
                         meter.add(key, size, events)
-                        self.sent += events
-                        self.sent_bytes += size
+                        self._sent += events
+                        self._sent_bytes += size
                         published = message.get("published_at")
                         if published is not None and events == 1:
                             meter.latency_add(key, latency_bucket(published, time.time()))
@@ -322,8 +332,9 @@ class ChannelFeed:
         self.minute = 0
         self.events = 0
         self.bytes = 0
-        # Fast-path deliveries per latency histogram bucket (gateway.metering.latency_bucket).
-        self.latency = [0] * LATENCY_BUCKETS
+        # Fast-path deliveries per latency histogram bucket (gateway.metering.latency_bucket);
+        # one more slot, the last, takes those of unknown latency (bucket -1) and is never read.
+        self.latency = [0] * (LATENCY_BUCKETS + 1)
         self._meter: Meter = outbox._meter
         outbox.feeds[id(self)] = self
         self._meter.feed_register(self)
@@ -337,8 +348,7 @@ class ChannelFeed:
             self.minute = minute
         self.events += 1
         self.bytes += size
-        if latency >= 0:
-            self.latency[latency] += 1
+        self.latency[latency] += 1
 
     def detach(self) -> None:
         """The connection stopped receiving this channel (multiplexed ``unsubscribe``): settle
@@ -352,12 +362,15 @@ class ChannelFeed:
         if self.events:
             key = (self.subscription_id, self.channel_template, "out", self.minute)
             self._meter.add(key, self.bytes, self.events)
+            outbox = self.outbox
+            outbox._sent += self.events
+            outbox._sent_bytes += self.bytes
             self.events = self.bytes = 0
             latency = self.latency
-            for bucket, events in enumerate(latency):
-                if events:
-                    self._meter.latency_add(key, bucket, events)
-                    latency[bucket] = 0
+            for bucket in range(LATENCY_BUCKETS):
+                if latency[bucket]:
+                    self._meter.latency_add(key, bucket, latency[bucket])
+            latency[:] = [0] * (LATENCY_BUCKETS + 1)
 
     async def deliver(self, message: dict[str, Any], size: int, minute: int) -> None:
         """Queue ``message`` (the bridge's shared ASGI message) of ``size`` bytes for the writer;

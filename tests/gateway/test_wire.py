@@ -75,7 +75,7 @@ async def serve(app, port, *, deflate=False):
 
 def shared_event(n: int) -> dict:
     text = f'{{"id":"{n}","payload":{n}}}'
-    return {"type": "websocket.send", "text": text, "wire": text_frame(text.encode())}
+    return {"type": "websocket.send", "text": text, "wire": text_frame(text.encode()), "lat": -1}
 
 
 @pytest.mark.parametrize("deflate", [False, True], ids=["no-extension", "permessage-deflate"])
