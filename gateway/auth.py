@@ -28,10 +28,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import regex
-from django.db.models import Q, Sum
+from django.db.models import Q
 from django.utils import timezone
 
-from analytics.models import UsageRecord
+from analytics.queries import usage_grouped
 from gateway.credentials import Credential, credential_resolve, credentials_usable
 from gateway.publishing import address_normalize, routing_key
 from gateway.schemas import MATCH_TIME_BUDGET, MatchBudget, parameters_error
@@ -710,24 +710,22 @@ def _quota_limited(plans: Mapping[int, BusinessPlan]) -> dict[int, BusinessPlan]
 def quota_usage(plans: Mapping[int, BusinessPlan]) -> dict[int, tuple[int, int]]:
     """Subscription id → (events, bytes) this calendar month (UTC) of the directions its plan's
     policy counts (``counted_directions``), for those of ``plans`` (subscription id → plan) whose
-    quotas stop events. From the analytics rows (``UsageRecord``): what the gateway counted and
-    flushed, at most ``GATEWAY_FLUSH_INTERVAL`` seconds behind. One query, none if no plan has
-    a quota that stops."""
+    quotas stop events. From ``analytics.queries.usage_grouped`` (the numbers billing and the
+    dashboards read, from minute, hour and day rows alike): what the gateway counted and
+    flushed, at most ``GATEWAY_FLUSH_INTERVAL`` seconds behind. Up to four queries (roll-up
+    marks, then day, hour and minute rows), none if no plan has a quota that stops."""
     limited = _quota_limited(plans)
     if not limited:
         return {}
-    rows = (
-        UsageRecord.objects.filter(subscription_id__in=limited, bucket_start__gte=month_start())
-        .values("subscription_id", "direction")
-        .annotate(events=Sum("events"), bytes=Sum("bytes"))
+    grouped = usage_grouped(
+        subscriptions=list(limited), start=month_start(), by=("subscription_id", "direction")
     )
     used: dict[int, tuple[int, int]] = {}
-    for row in rows:
-        plan = limited[row["subscription_id"]]
-        if row["direction"] not in plan.directions_counted:
+    for (subscription_id, direction), counts in grouped.items():
+        if direction not in limited[subscription_id].directions_counted:
             continue
-        events, size = used.get(row["subscription_id"], (0, 0))
-        used[row["subscription_id"]] = (events + (row["events"] or 0), size + (row["bytes"] or 0))
+        events, size = used.get(subscription_id, (0, 0))
+        used[subscription_id] = (events + counts.events, size + counts.bytes)
     return used
 
 

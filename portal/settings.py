@@ -179,6 +179,24 @@ if GATEWAY_THROTTLE_REDIS_DOWN not in ("open", "closed"):
     raise ImproperlyConfigured(
         f"GATEWAY_THROTTLE_REDIS_DOWN must be 'open' or 'closed', not {GATEWAY_THROTTLE_REDIS_DOWN!r}"
     )
+# Metrics: who may read each gateway process's Prometheus /metrics (docs/metrics.md): clients at
+# these addresses or networks that come without a proxy, or any request bearing METRICS_TOKEN.
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
+# Analytics (analytics.rollup, docs in its module docstring): per-minute usage and latency rows are
+# rolled up into hours and days by Celery beat every ANALYTICS_ROLLUP_SCHEDULE_SECONDS; an hour is
+# rolled ANALYTICS_ROLLUP_GRACE_SECONDS after it ends, and each run rolls the last
+# ANALYTICS_REROLL_HOURS hours again so that late gateway flushes still reach hours and days.
+ANALYTICS_ROLLUP_SCHEDULE_SECONDS = env.float("ANALYTICS_ROLLUP_SCHEDULE_SECONDS", default=300.0)
+ANALYTICS_ROLLUP_GRACE_SECONDS = env.int("ANALYTICS_ROLLUP_GRACE_SECONDS", default=300)
+ANALYTICS_REROLL_HOURS = env.int("ANALYTICS_REROLL_HOURS", default=6)
+# Analytics retention in days (0 keeps for ever): minute, hour and day usage and latency rows, and
+# the connection and handshake logs. Rows are deleted only once a coarser row holds their sums.
+ANALYTICS_RETENTION_MINUTE_DAYS = env.int("ANALYTICS_RETENTION_MINUTE_DAYS", default=40)
+ANALYTICS_RETENTION_HOUR_DAYS = env.int("ANALYTICS_RETENTION_HOUR_DAYS", default=400)
+ANALYTICS_RETENTION_DAY_DAYS = env.int("ANALYTICS_RETENTION_DAY_DAYS", default=0)
+ANALYTICS_RETENTION_LOG_DAYS = env.int("ANALYTICS_RETENTION_LOG_DAYS", default=90)
 
 # Celery: tasks travel over RabbitMQ; results are not stored.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=AMQP_URL)
@@ -190,6 +208,13 @@ CELERY_BEAT_SCHEDULE = {
     "invoice-closed-periods": {
         "task": "billing.tasks.invoice_closed_periods_task",
         "schedule": env.float("BILLING_SCHEDULE_SECONDS", default=3600.0),
+    },
+    "analytics-rollup": {
+        "task": "analytics.tasks.analytics_rollup_task",
+        "schedule": ANALYTICS_ROLLUP_SCHEDULE_SECONDS,
+        # A run queued behind a stopped worker is dropped once the next one is due: it would only
+        # repeat the next run's work.
+        "options": {"expires": ANALYTICS_ROLLUP_SCHEDULE_SECONDS},
     },
 }
 

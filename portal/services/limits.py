@@ -19,9 +19,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import Q, Sum
-
-from analytics.models import UsageRecord
+from analytics.queries import usage_grouped
 from gateway.throttling import Policy, billing_period, period_end, subscription_limits_usage
 from portal.models import BusinessPlan, Subscription
 
@@ -111,16 +109,16 @@ def subscription_limits(subscription: Subscription, *, now: datetime | None = No
 def _period_usage(subscription: Subscription, plan: BusinessPlan, now: datetime | None) -> dict[str, Any]:
     start, end = period_bounds(now)
     directions = plan.directions_counted
-    records = UsageRecord.objects.filter(
-        subscription=subscription, bucket_start__gte=start, bucket_start__lt=end
-    )
-    counted = Q(direction__in=directions)
-    totals = records.aggregate(
-        events=Sum("events", filter=counted),
-        bytes=Sum("bytes", filter=counted),
-        throttled_events=Sum("throttled_events"),
-        throttled_bytes=Sum("throttled_bytes"),
-    )
+    # Through analytics.queries, which reads minute, hour or day rows, whichever are complete:
+    # the figures billing charges for the same period.
+    by_direction = usage_grouped(subscriptions=[subscription.pk], start=start, end=end, by=("direction",))
+    counted = [counts for (direction,), counts in by_direction.items() if direction in directions]
+    totals = {
+        "events": sum(counts.events for counts in counted),
+        "bytes": sum(counts.bytes for counts in counted),
+        "throttled_events": sum(counts.throttled_events for counts in by_direction.values()),
+        "throttled_bytes": sum(counts.throttled_bytes for counts in by_direction.values()),
+    }
     events, size = totals["events"] or 0, totals["bytes"] or 0
     return {
         "start": start,
