@@ -316,3 +316,74 @@ class HandshakeRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.protocol} handshake {self.outcome} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class WebhookRecord(models.Model):
+    """Webhook delivery attempts of one webhook (``webhook_id``) of one subscription, channel
+    template and minute: how many attempts were made, how they ended, and how long they took.
+
+    Written by the Celery worker in the transaction that records each attempt's outcome on the
+    delivery (``analytics.webhooks.webhook_record_batch``), so each attempt counts exactly once.
+    ``attempts`` = ``status_2xx + status_3xx + status_4xx + status_5xx + errors`` (every attempt
+    gets a status class or an error: no answer, timeout, connection refused, callback address
+    refused); ``retries`` the attempts after a delivery's first; ``delivered`` the deliveries
+    that ended 2xx, ``dead`` those that became dead letters (after ``WEBHOOK_MAX_ATTEMPTS``).
+    ``attempt_ms_total`` sums the HTTP round trips (request sent → response headers, in
+    milliseconds) of the attempts that got an answer: divided by the 2xx-5xx counts it is their
+    mean. The publish → delivered latency of delivered events is in ``LatencyRecord`` (direction
+    ``out``), with WebSocket and SSE deliveries. ``webhook_id`` is the gateway's
+    ``WebhookSubscription`` id, a plain integer: analytics never depends on the gateway.
+    """
+
+    subscription = models.ForeignKey(
+        "portal.Subscription", on_delete=models.CASCADE, related_name="webhook_records"
+    )
+    webhook_id = models.PositiveBigIntegerField(help_text="The gateway's WebhookSubscription id.")
+    bucket_start = models.DateTimeField(help_text="Start (UTC) of the minute the attempts finished in.")
+    channel = models.CharField(max_length=1000, help_text="Channel address template, not the raw address.")
+    attempts = models.PositiveBigIntegerField(default=0)
+    delivered = models.PositiveBigIntegerField(default=0, help_text="Deliveries that ended with a 2xx.")
+    retries = models.PositiveBigIntegerField(default=0, help_text="Attempts after a delivery's first.")
+    dead = models.PositiveBigIntegerField(default=0, help_text="Deliveries that became dead letters.")
+    status_2xx = models.PositiveBigIntegerField(default=0)
+    status_3xx = models.PositiveBigIntegerField(default=0, help_text="Redirects: never followed, failed.")
+    status_4xx = models.PositiveBigIntegerField(default=0)
+    status_5xx = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(
+        default=0, help_text="Attempts without an answer: timeout, connection error, refused address."
+    )
+    attempt_ms_total = models.PositiveBigIntegerField(
+        default=0, help_text="Sum of the answered attempts' round trips, in milliseconds."
+    )
+
+    # The count columns, in the order ``analytics.webhooks.WebhookRow`` carries them.
+    COUNT_FIELDS = (
+        "attempts",
+        "delivered",
+        "retries",
+        "dead",
+        "status_2xx",
+        "status_3xx",
+        "status_4xx",
+        "status_5xx",
+        "errors",
+        "attempt_ms_total",
+    )
+
+    class Meta:
+        ordering = ["-bucket_start"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "webhook_id", "bucket_start", "channel"], name="unique_webhook_bucket"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["subscription", "bucket_start"]),
+            models.Index(fields=["bucket_start"]),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"webhook {self.webhook_id} {self.bucket_start:%Y-%m-%d %H:%M} {self.channel}: "
+            f"{self.attempts} attempts, {self.delivered} delivered, {self.dead} dead"
+        )

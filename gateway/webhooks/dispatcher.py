@@ -20,6 +20,9 @@ Shape (``manage.py webhook_dispatcher``; ``docs/webhooks.md``):
 
 Between polls the same loop meters delivered deliveries (every ``GATEWAY_FLUSH_INTERVAL``
 seconds), re-queues deliveries whose task was lost, renews leases and prunes old deliveries.
+Per-attempt metrics (``analytics.WebhookRecord``, delivery latency, dead letters) are not
+batched here: the Celery worker writes them with each attempt's outcome, in the same
+transaction (``gateway.webhooks.services._attempt_finish`` says why).
 """
 
 from __future__ import annotations

@@ -23,12 +23,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import json
 import logging
+import math
 import secrets
 import uuid
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from django.conf import settings
@@ -38,7 +42,17 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from analytics.services import UsageRow, throttled_record_batch, usage_record_batch
+from analytics.models import LATENCY_BOUNDS_SECONDS, LATENCY_BOUNDS_US
+from analytics.services import (
+    CountRow,
+    LatencyRow,
+    UsageRow,
+    latency_record_batch,
+    throttled_record_batch,
+    usage_counts_batch,
+    usage_record_batch,
+)
+from analytics.webhooks import WebhookRow, webhook_record_batch
 from gateway.auth import channel_match, quota_refusals
 from gateway.models import WebhookDelivery, WebhookSubscription
 from gateway.publishing import address_normalize, routing_key
@@ -598,6 +612,9 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
     reported ``throttled_count`` is cleared). Otherwise, while attempts remain
     (``max_attempts``), ``retrying`` after ``WEBHOOK_RETRY_BASE_DELAY * 2 ** (attempt - 1)``
     seconds (the return value; the caller schedules the retry); else ``dead`` (a dead letter).
+    Each attempt's outcome is counted in analytics in the transaction that stores it on the
+    delivery (``_attempt_finish``: ``WebhookRecord``, delivery latency, dead letters as failed
+    events), so once however often the task runs.
     """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.WEBHOOK_TIMEOUT + 60)
@@ -608,7 +625,9 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
         status=WebhookDelivery.Status.SENDING, claimed_at=now
     ):
         return None
-    delivery = WebhookDelivery.objects.select_related(*_DELIVERY_RELATED).get(pk=delivery_id)
+    delivery = WebhookDelivery.objects.select_related(*_DELIVERY_RELATED, "webhook__channel").get(
+        pk=delivery_id
+    )
     claimed = WebhookDelivery.objects.filter(
         pk=delivery.pk, status=WebhookDelivery.Status.SENDING, claimed_at=now
     )
@@ -633,8 +652,16 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
         "last_latency_ms": result.latency_ms,
     }
     if result.succeeded:
-        claimed.update(
-            status=WebhookDelivery.Status.DELIVERED, delivered_at=done, next_attempt_at=None, **fields
+        _attempt_finish(
+            delivery,
+            claimed,
+            attempt,
+            result,
+            done,
+            status=WebhookDelivery.Status.DELIVERED,
+            delivered_at=done,
+            next_attempt_at=None,
+            **fields,
         )
         if reported := delivery.webhook.throttled_count:
             # Told (Eventgate-Throttled): those are reported. Events throttled meanwhile stay.
@@ -643,7 +670,16 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
             )
         return None
     if attempt >= delivery.max_attempts:
-        claimed.update(status=WebhookDelivery.Status.DEAD, next_attempt_at=None, **fields)
+        _attempt_finish(
+            delivery,
+            claimed,
+            attempt,
+            result,
+            done,
+            status=WebhookDelivery.Status.DEAD,
+            next_attempt_at=None,
+            **fields,
+        )
         log.info(
             "Webhook delivery %s is a dead letter after %d attempts (%s)",
             delivery.pk,
@@ -653,8 +689,120 @@ def webhook_deliver(*, delivery_id: str) -> float | None:
         return None
     delivery.attempts = attempt
     delay = delivery.retry_delay(settings.WEBHOOK_RETRY_BASE_DELAY)
-    claimed.update(status=WebhookDelivery.Status.RETRYING, next_attempt_at=done + delay, **fields)
+    if not _attempt_finish(
+        delivery,
+        claimed,
+        attempt,
+        result,
+        done,
+        status=WebhookDelivery.Status.RETRYING,
+        next_attempt_at=done + delay,
+        **fields,
+    ):
+        return None  # the claim was taken over: the worker holding it now schedules what follows
     return delay.total_seconds()
+
+
+def _attempt_finish(
+    delivery: WebhookDelivery,
+    claimed: QuerySet[WebhookDelivery],
+    attempt: int,
+    result: AttemptResult,
+    done: datetime,
+    **update: Any,
+) -> bool:
+    """Store the outcome of attempt number ``attempt`` on the claimed ``delivery`` (``update``:
+    the new ``status`` and fields) and, in the same transaction and only if the claim still
+    held, count it in analytics; returns whether it was stored.
+
+    Why here and not in the dispatcher's periodic batch: the delivery row keeps only its *last*
+    attempt (status code, latency), so per-attempt outcomes exist only now, and the worker
+    writes the row once per attempt anyway. Tying the counts to the row's transition (``UPDATE
+    ... WHERE status = 'sending' AND claimed_at = <our claim>``, one row or none) makes them
+    exactly once: a task run twice finds nothing to claim, and a worker whose claim was taken
+    over (an attempt past ``WEBHOOK_TIMEOUT`` + 60 s, re-claimed by the sweep) updates no row
+    and counts nothing. Written (``_attempt_rows``): one ``WebhookRecord`` row; for a 2xx, one
+    publish → delivered latency bucket (``LatencyRecord``, direction ``out``); for a dead
+    letter, 1 ``UsageRecord.failed_events``. Delivered events and bytes stay with the
+    dispatcher's batch (``webhook_usage_flush``), as before.
+    """
+    with transaction.atomic():
+        if not claimed.update(**update):
+            return False
+        record, latency, failed = _attempt_rows(delivery, attempt, result, done, update["status"])
+        webhook_record_batch(rows=[record])
+        if latency is not None:
+            latency_record_batch(rows=[latency])
+        if failed is not None:
+            usage_counts_batch(rows=[failed])
+    return True
+
+
+def _attempt_rows(
+    delivery: WebhookDelivery, attempt: int, result: AttemptResult, done: datetime, status: str
+) -> tuple[WebhookRow, LatencyRow | None, CountRow | None]:
+    """The analytics rows of one finished attempt: ``(WebhookRow, LatencyRow or None, CountRow
+    or None)`` (see ``_attempt_finish``), all in the minute ``done`` falls in, on the channel
+    template."""
+    webhook = delivery.webhook
+    template = webhook.channel.address
+    minute = done.astimezone(UTC).replace(second=0, microsecond=0)
+    code = result.status_code
+    status_class = code // 100 if code is not None and 200 <= code < 600 else 0
+    delivered = status == WebhookDelivery.Status.DELIVERED
+    dead = status == WebhookDelivery.Status.DEAD
+    # Answers outside 200-599 (1xx as a final answer, nonsense) count as errors, like no answer.
+    record: WebhookRow = (
+        webhook.subscription_id,
+        webhook.pk,
+        minute,
+        template,
+        1,  # attempts
+        int(delivered),
+        int(attempt > 1),  # retries
+        int(dead),
+        int(status_class == 2),
+        int(status_class == 3),
+        int(status_class == 4),
+        int(status_class == 5),
+        int(status_class == 0),  # errors
+        (result.latency_ms or 0) if status_class else 0,  # attempt_ms_total
+    )
+    latency: LatencyRow | None = None
+    if delivered and (bound := _latency_bound_us(delivery.body, done)) is not None:
+        latency = (webhook.subscription_id, minute, template, "out", bound, 1)
+    failed: CountRow | None = None
+    if dead:
+        failed = (webhook.subscription_id, minute, template, "out", 0, 0, 0, 0, 0, 0, 1)
+    return record, latency, failed
+
+
+_PUBLISHED_AT = ',"published_at":'
+_JSON = json.JSONDecoder()
+
+
+def _latency_bound_us(frame: str, done: datetime) -> int | None:
+    """The upper bound (µs, ``LATENCY_BOUNDS_US``) of the latency histogram bucket of an event
+    whose ``frame`` (the delivery body) says it was published at ``published_at`` (Unix
+    seconds) and which was delivered at ``done``; None when the frame has no usable timestamp
+    (``null``: the publisher sent no ``eg-published-at``). A timestamp in the future (the
+    publisher's clock ahead) falls in the first bucket, as for WebSocket deliveries.
+
+    The frame starts ``{"id":<JSON string>,"channel":<JSON string>,"published_at":`` (built by
+    ``gateway.bridge.frame_build``); a ``"`` inside a JSON string is escaped, so the first
+    ``,"published_at":`` is that field, never text inside the id, channel or payload.
+    """
+    index = frame.find(_PUBLISHED_AT)
+    if index < 0:
+        return None
+    try:
+        value, _ = _JSON.raw_decode(frame, index + len(_PUBLISHED_AT))
+    except ValueError:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    delay = done.timestamp() - float(value)
+    return LATENCY_BOUNDS_US[bisect_left(LATENCY_BOUNDS_SECONDS, delay)]
 
 
 def delivery_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:
