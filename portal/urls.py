@@ -9,6 +9,7 @@ from django.urls import include, path
 from django.views.decorators.debug import sensitive_post_parameters
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from gateway import prometheus
 from portal import health
 from portal.oauth import RevokeTokenView, TokenView
 
@@ -25,6 +26,7 @@ oauth2_urlpatterns = [
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", prometheus.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("o/", include((oauth2_urlpatterns, "oauth2_provider"))),
