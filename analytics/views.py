@@ -1,104 +1,575 @@
-"""The consumer's usage page: events and bytes per subscription, from the same rows billing reads."""
+"""The consumer's usage dashboard at /usage/: per subscription of the user's applications, the
+events and bytes of a date range (totals, over time, per channel), what was not delivered
+(throttled, dropped, rejected, failed), publish → deliver latency percentiles, the quota used and
+left this billing period, and the connections (finished in the range, and open now).
+
+The page, its CSV export (same query string plus ``format=csv``) and the REST endpoints
+(``analytics.api_consumer``) all build their numbers with ``consumer_usage``, which reads usage
+through ``analytics.queries`` only: what the page shows for a month is what billing charges.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from django import forms
 from django.contrib.auth.decorators import login_required
-from django.db.models import Sum
-from django.db.models.functions import TruncHour
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.utils import timezone
 
-from analytics.models import UsageRecord
-from analytics.services import UsageTotals, usage_for_subscription
-from portal.models import Subscription
+from analytics import live
+from analytics.dashboard import DateRange, DateRangeForm, csv_response
+from analytics.models import ConnectionRecord, Direction
+from analytics.queries import STEP, Counts, floor, latency_histogram, percentiles, usage_grouped
+from portal.models import Application, BusinessPlan, Subscription, User
+from portal.services.limits import period_bounds
 
-RECENT_ROWS = 30
-CHART_HOURS = 24
+# The preset buttons of the date range picker (analytics.dashboard.PRESETS has more; the URL
+# takes any of them).
+PICKER_PRESETS = (("1h", "1 hour"), ("24h", "24 hours"), ("7d", "7 days"), ("30d", "30 days"))
+# Finished connections listed per subscription on the page (REST pages through all of them).
+PAGE_CONNECTIONS = 25
+# Subscriptions listed even without usage in the range; the others only when they have some.
+LIVE_STATUSES = (Subscription.Status.ACTIVE, Subscription.Status.SUSPENDED, Subscription.Status.PENDING)
+
+# Close codes in words (docs/gateway.md, "Refusals and close codes"; RFC 6455 §7.4), as the
+# browser pages say them (static/js/live.js), short enough for a table cell.
+CLOSE_CODES = {
+    1000: "closed normally",
+    1001: "gateway restarting",
+    1005: "closed without a code",
+    1006: "connection lost",
+    1008: "policy violation (binary frame)",
+    1009: "frame too big",
+    1011: "gateway error",
+    1013: "try again later (backbone down or slow client)",
+    4400: "bad request",
+    4401: "credential revoked or expired",
+    4403: "subscription ended or suspended",
+    4404: "unknown API, version or channel",
+    4405: "direction or scope not allowed",
+    4408: "connection duration limit reached",
+    4409: "business plan changed",
+    4410: "API or version retired",
+    4429: "throttled: a plan limit was reached",
+}
+
+
+def close_code_words(code: int | None, reason: str = "") -> str:
+    """What a WebSocket close code means, in words: ``4429`` → ``"throttled: a plan limit was
+    reached"``; no code → ``"client disconnected"``; an unknown code → the gateway's reason or
+    ``"closed"``."""
+    if code is None:
+        return "client disconnected"
+    return CLOSE_CODES.get(code) or reason or "closed"
+
+
+def duration_words(seconds: float) -> str:
+    """A duration as a person reads it: ``0.4`` → ``"0.4 s"``, ``75`` → ``"1 min 15 s"``,
+    ``9000`` → ``"2 h 30 min"``, ``200000`` → ``"2 d 7 h"``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"
+
+
+def latency_words(seconds: float | None) -> str:
+    """A latency percentile (a histogram bucket's upper bound) in words: ``0.005`` → ``"≤ 5 ms"``,
+    ``0.0005`` → ``"≤ 0.5 ms"``, ``1.5`` → ``"≤ 1.5 s"``; None → ``"–"``."""
+    if seconds is None:
+        return "–"
+    if seconds < 1:
+        milliseconds = seconds * 1000
+        return f"≤ {milliseconds:g} ms"
+    return f"≤ {seconds:g} s"
+
+
+# --- the range and filters a user picked -------------------------------------------------------
+
+
+class ConsumerUsageForm(DateRangeForm):
+    """``DateRangeForm`` (range, from, to, step) plus the consumer's filters: ``application`` and
+    ``subscription`` ids, which must be the user's own (anything else is a field error, so
+    another user's ids are never looked up)."""
+
+    application = forms.ModelChoiceField(
+        queryset=Application.objects.none(),
+        required=False,
+        empty_label="All applications",
+        error_messages={"invalid_choice": "not one of your applications"},
+    )
+    subscription = forms.ModelChoiceField(
+        queryset=Subscription.objects.none(),
+        required=False,
+        error_messages={"invalid_choice": "not a subscription of your applications"},
+    )
+
+    def __init__(self, data: Any = None, *, user: User, now: datetime | None = None, **kwargs: Any) -> None:
+        super().__init__(data, now=now, **kwargs)
+        self.fields["application"].queryset = Application.objects.filter(owner=user).order_by("name")
+        self.fields["subscription"].queryset = Subscription.objects.filter(application__owner=user)
+
+    def field_errors(self) -> dict[str, list[str]]:
+        """Errors by query parameter name (``from_`` → ``from``), for REST's 400 body."""
+        return {
+            ("from" if name == "from_" else name): list(messages) for name, messages in self.errors.items()
+        }
+
+
+# --- what the page, the CSV and REST show ------------------------------------------------------
+
+
+@dataclass
+class SeriesPoint:
+    """One step of the chart: ``delivered`` (out: server → client, what billing charges) and
+    ``sent`` (in: client → server) counts starting at ``start`` (UTC)."""
+
+    start: datetime
+    delivered: Counts
+    sent: Counts
+
+    @property
+    def both(self) -> Counts:
+        return _sum([self.delivered, self.sent])
+
+
+@dataclass
+class ChannelUsage:
+    """Counts of one channel template and direction over the range."""
+
+    channel: str
+    direction: str
+    counts: Counts
+
+    @property
+    def direction_label(self) -> str:
+        return Direction(self.direction).label
+
+
+@dataclass
+class ConnectionRow:
+    """A finished connection (``ConnectionRecord``) with its duration and close code in words."""
+
+    record: ConnectionRecord
+
+    @property
+    def duration(self) -> str:
+        return duration_words(self.record.duration_seconds)
+
+    @property
+    def close_words(self) -> str:
+        return close_code_words(self.record.close_code, self.record.close_reason)
+
+    @property
+    def throttled_close(self) -> bool:
+        return self.record.close_code == 4429
 
 
 @dataclass
 class SubscriptionUsage:
+    """Everything the dashboard shows of one subscription for one range.
+
+    ``delivered``/``sent``: totals of the range, out and in (``delivered.events``/``bytes`` is
+    what billing charges); ``series``: one point per step, oldest first, empty steps as zeros;
+    ``channels``: per channel and direction, busiest first; ``latency``: ``p50``/``p95``/``p99``
+    in seconds (histogram bucket upper bounds) or None without deliveries; ``quota``: this
+    billing period (calendar month, UTC), the shape of ``portal.services.limits`` ``period``;
+    ``connections``: the newest finished connections overlapping the range (at most
+    ``PAGE_CONNECTIONS``) of ``connections_total``; ``open_now``: ``analytics.live`` snapshots.
+    """
+
     subscription: Subscription
-    this_month: UsageTotals
-    all_time: UsageTotals
-    recent: list[dict[str, Any]] = field(default_factory=list)
-    chart: dict[str, list[Any]] = field(default_factory=dict)
+    delivered: Counts
+    sent: Counts
+    series: list[SeriesPoint]
+    channels: list[ChannelUsage]
+    latency: dict[str, float | None]
+    latency_events: int
+    quota: dict[str, Any]
+    connections: list[ConnectionRow] = field(default_factory=list)
+    connections_total: int = 0
+    open_now: list[dict[str, Any]] = field(default_factory=list)
+    ever_used: bool = True
+    step: str = "hour"
+    end: datetime | None = None
+
+    @property
+    def both(self) -> Counts:
+        """Both directions: the not-delivered counts (throttled, dropped, ...) of the range."""
+        return _sum([self.delivered, self.sent])
+
+    @property
+    def has_usage(self) -> bool:
+        return any(self.both.as_dict().values())
+
+    @property
+    def is_quiet(self) -> bool:
+        """Nothing in the range: no usage, no finished connection, none open now."""
+        return not (self.has_usage or self.connections_total or self.open_now)
+
+    @property
+    def chart(self) -> dict[str, Any]:
+        """The chart's data (``json_script``): ISO step starts and one list per series."""
+        return {
+            "step": self.step,
+            # The last step is still filling up when the range ends now (mid-step): drawn lighter.
+            "partial": bool(self.series) and self.series[-1].start + STEP[self.step] > self.end,
+            "labels": [point.start.isoformat() for point in self.series],
+            "delivered": [point.delivered.events for point in self.series],
+            "sent": [point.sent.events for point in self.series],
+            "throttled": [point.both.throttled_events for point in self.series],
+            "dropped": [point.both.dropped_events for point in self.series],
+            "rejected": [point.both.rejected_events for point in self.series],
+            "failed": [point.both.failed_events for point in self.series],
+            "bytes_delivered": [point.delivered.bytes for point in self.series],
+            "bytes_sent": [point.sent.bytes for point in self.series],
+        }
+
+    @property
+    def latency_display(self) -> list[tuple[str, str]]:
+        """``[("p50", "≤ 5 ms"), ...]``: each percentile as the bound it is at most."""
+        return [(name, latency_words(value)) for name, value in self.latency.items()]
 
     @property
     def chart_id(self) -> str:
         return f"usage-chart-{self.subscription.pk}"
 
 
-def _month_start(now: datetime) -> datetime:
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+def _sum(counts: Iterable[Counts]) -> Counts:
+    total = Counts()
+    for item in counts:
+        total.add(item.as_dict())
+    return total
 
 
-def _recent_rows(subscription: Subscription, granularity: str) -> list[dict[str, Any]]:
-    """The newest usage rows, per minute as stored or summed per hour."""
-    records = UsageRecord.objects.filter(subscription=subscription)
-    if granularity == "hour":
-        rows = (
-            records.annotate(bucket=TruncHour("bucket_start"))
-            .values("bucket", "channel", "direction")
-            .annotate(events=Sum("events"), bytes=Sum("bytes"))
-            .order_by("-bucket", "channel", "direction")
+def range_bounds(date_range: DateRange) -> tuple[datetime, datetime]:
+    """The range the dashboard reads: ``[start, end)`` with ``start`` rounded down to the step,
+    so the totals are exactly the sum of the chart's steps."""
+    return floor(date_range.start, date_range.step), date_range.end
+
+
+def _percent(used: int, allowed: int | None) -> float | None:
+    return round(min(100.0, 100.0 * used / allowed), 1) if allowed else None
+
+
+def quota_period(plan: BusinessPlan, by_direction: dict[str, Counts], start: datetime, end: datetime) -> dict:
+    """The billing period's usage against the plan's quotas, in the shape of
+    ``portal.services.limits`` ``period`` (events and bytes of the plan's counted directions,
+    throttled events and bytes of all directions, used, left and percent of each quota)."""
+    directions = plan.directions_counted
+    counted = _sum(by_direction.get(direction, Counts()) for direction in directions)
+    both = _sum(by_direction.values())
+    events, size = counted.events, counted.bytes
+    return {
+        "start": start,
+        "end": end,
+        "directions": list(directions),
+        "events": events,
+        "bytes": size,
+        "throttled_events": both.throttled_events,
+        "throttled_bytes": both.throttled_bytes,
+        "quota_events": plan.quota_events,
+        "events_remaining": None if plan.quota_events is None else max(0, plan.quota_events - events),
+        "events_percent": _percent(events, plan.quota_events),
+        "quota_bytes": plan.quota_bytes,
+        "bytes_remaining": None if plan.quota_bytes is None else max(0, plan.quota_bytes - size),
+        "bytes_percent": _percent(size, plan.quota_bytes),
+        "overage_events": max(0, events - plan.quota_events) if plan.quota_events is not None else 0,
+        "overage_bytes": max(0, size - plan.quota_bytes) if plan.quota_bytes is not None else 0,
+        "quota_action": plan.quota_action,
+        "counted_directions": plan.counted_directions,
+    }
+
+
+def consumer_subscriptions(
+    user: User, *, application: Application | None = None, subscription: Subscription | None = None
+) -> QuerySet[Subscription]:
+    """The subscriptions of ``user``'s applications (only these are ever read), optionally of one
+    application or just one subscription, by application and API name."""
+    subscriptions = Subscription.objects.filter(application__owner=user)
+    if application is not None:
+        subscriptions = subscriptions.filter(application=application)
+    if subscription is not None:
+        subscriptions = subscriptions.filter(pk=subscription.pk)
+    return subscriptions.select_related("application", "api", "plan").order_by(
+        "application__name", "api__name", "-created"
+    )
+
+
+def connection_records(subscription_ids: Iterable[int], start: datetime, end: datetime) -> QuerySet:
+    """Finished connections of the subscriptions that were open at some time in ``[start, end)``,
+    newest first."""
+    return ConnectionRecord.objects.filter(
+        subscription_id__in=list(subscription_ids), closed_at__gte=start, opened_at__lt=end
+    ).order_by("-closed_at", "-pk")
+
+
+def connection_counts(subscription_ids: Iterable[int], start: datetime, end: datetime) -> dict[int, int]:
+    """Subscription id → how many of its connections were open at some time in ``[start, end)``."""
+    rows = connection_records(subscription_ids, start, end).order_by().values("subscription_id")
+    return dict(rows.annotate(n=Count("pk")).values_list("subscription_id", "n"))
+
+
+def open_connections(subscription_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """Subscription id → its connections open now (``analytics.live`` snapshots, newest first),
+    each with ``open_seconds`` (float), ``duration`` (in words) and ``since_at`` (aware UTC)."""
+    now = time.time()
+    found: dict[int, list[dict[str, Any]]] = {}
+    for connection in live.connections(subscription_ids=set(subscription_ids)):
+        open_seconds = max(0.0, now - connection["since"])
+        found.setdefault(connection["subscription_id"], []).append(
+            {
+                **connection,
+                "open_seconds": open_seconds,
+                "duration": duration_words(open_seconds),
+                "since_at": datetime.fromtimestamp(connection["since"], tz=UTC),
+            }
         )
-    else:
-        rows = records.values("bucket_start", "channel", "direction", "events", "bytes").order_by(
-            "-bucket_start", "channel"
+    return found
+
+
+def consumer_usage(
+    subscriptions: Iterable[Subscription],
+    date_range: DateRange,
+    *,
+    with_connections: bool = True,
+    only_used: bool = False,
+) -> list[SubscriptionUsage]:
+    """``SubscriptionUsage`` of each of ``subscriptions`` (already limited to what the user may
+    see) for ``date_range``. Usage comes from ``analytics.queries`` in one grouped read per kind
+    (series, channels, the billing period), latency from one histogram per subscription.
+    ``only_used``: cancelled and rejected subscriptions without usage or connections in the
+    range are left out."""
+    subscriptions = list(subscriptions)
+    ids = [subscription.pk for subscription in subscriptions]
+    if not ids:
+        return []
+    start, end = range_bounds(date_range)
+    step = date_range.step
+    grouped = usage_grouped(
+        subscriptions=ids, start=start, end=end, by=("subscription_id", "direction"), step=step
+    )
+    per_channel = usage_grouped(
+        subscriptions=ids, start=start, end=end, by=("subscription_id", "channel", "direction")
+    )
+    period_start, period_end = period_bounds()
+    period = usage_grouped(
+        subscriptions=ids, start=period_start, end=period_end, by=("subscription_id", "direction")
+    )
+    steps = [start + STEP[step] * index for index in range(int((end - start) / STEP[step]) + 1)]
+    steps = [moment for moment in steps if moment < end]
+    counts = connection_counts(ids, start, end) if with_connections else {}
+    open_now = open_connections(ids) if with_connections else {}
+
+    usages = []
+    for subscription in subscriptions:
+        pk = subscription.pk
+        series = [
+            SeriesPoint(
+                start=moment,
+                delivered=grouped.get((moment, pk, "out"), Counts()),
+                sent=grouped.get((moment, pk, "in"), Counts()),
+            )
+            for moment in steps
+        ]
+        channels = sorted(
+            (
+                ChannelUsage(channel=channel, direction=direction, counts=counts)
+                for (sub, channel, direction), counts in per_channel.items()
+                if sub == pk
+            ),
+            key=lambda row: (-row.counts.events, -row.counts.bytes, row.channel, row.direction),
         )
-    labels = dict(UsageRecord.Direction.choices)
+        histogram = latency_histogram(subscriptions=[pk], start=start, end=end, direction="out").get(None, {})
+        quantiles = percentiles(histogram)
+        by_direction = {direction: counts for (sub, direction), counts in period.items() if sub == pk}
+        usage = SubscriptionUsage(
+            subscription=subscription,
+            delivered=_sum(point.delivered for point in series),
+            sent=_sum(point.sent for point in series),
+            series=series,
+            channels=channels,
+            latency={"p50": quantiles[0.5], "p95": quantiles[0.95], "p99": quantiles[0.99]},
+            latency_events=sum(histogram.values()),
+            quota=quota_period(subscription.plan, by_direction, period_start, period_end),
+            connections_total=counts.get(pk, 0),
+            open_now=open_now.get(pk, []),
+            step=step,
+            end=end,
+        )
+        if usage.connections_total:
+            usage.connections = [
+                ConnectionRow(record) for record in connection_records([pk], start, end)[:PAGE_CONNECTIONS]
+            ]
+        if only_used and subscription.status not in LIVE_STATUSES and usage.is_quiet:
+            continue
+        usages.append(usage)
+    _mark_never_used([usage for usage in usages if not usage.has_usage])
+    # Subscriptions with something to show first, each group in the given order.
+    return sorted(usages, key=lambda usage: usage.is_quiet)
+
+
+def _mark_never_used(usages: list[SubscriptionUsage]) -> None:
+    """Set ``ever_used`` of subscriptions without usage in the range: one all-time read."""
+    if not usages:
+        return
+    used = usage_grouped(subscriptions=[usage.subscription.pk for usage in usages], by=("subscription_id",))
+    for usage in usages:
+        usage.ever_used = any(used.get((usage.subscription.pk,), Counts()).as_dict().values())
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+
+SERIES_CSV_HEADER = (
+    "subscription_id",
+    "application",
+    "api",
+    "step_start",
+    "events_delivered",
+    "bytes_delivered",
+    "events_sent",
+    "bytes_sent",
+    "throttled_events",
+    "throttled_bytes",
+    "dropped_events",
+    "rejected_events",
+    "failed_events",
+)
+CHANNELS_CSV_HEADER = (
+    "subscription_id",
+    "application",
+    "api",
+    "channel",
+    "direction",
+    "events",
+    "bytes",
+    "throttled_events",
+    "throttled_bytes",
+    "dropped_events",
+    "rejected_events",
+    "failed_events",
+)
+
+
+def _not_delivered(counts: Counts) -> list[int]:
     return [
-        {
-            **row,
-            "bucket": row.get("bucket") or row["bucket_start"],
-            "direction_label": labels[row["direction"]],
-        }
-        for row in rows[:RECENT_ROWS]
+        counts.throttled_events,
+        counts.throttled_bytes,
+        counts.dropped_events,
+        counts.rejected_events,
+        counts.failed_events,
     ]
 
 
-def _hourly_chart(subscription: Subscription, now: datetime) -> dict[str, list[Any]]:
-    """Events delivered per hour over the last day, oldest first, with empty hours as zero."""
-    end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    start = end - timedelta(hours=CHART_HOURS)
-    rows = (
-        UsageRecord.objects.filter(
-            subscription=subscription, direction=UsageRecord.Direction.OUT, bucket_start__gte=start
-        )
-        .annotate(hour=TruncHour("bucket_start"))
-        .values("hour")
-        .annotate(total=Sum("events"))
-    )
-    sums = {row["hour"]: row["total"] for row in rows}
-    hours = [start + timedelta(hours=i) for i in range(CHART_HOURS)]
-    return {"labels": [f"{hour:%H:00}" for hour in hours], "events": [sums.get(hour, 0) for hour in hours]}
+def usage_csv(usages: list[SubscriptionUsage], date_range: DateRange, *, table: str) -> HttpResponse:
+    """The page's numbers as CSV: ``table="series"`` one row per subscription and step (the
+    charts), ``table="channels"`` one per subscription, channel and direction (the per-channel
+    tables). Not-delivered counts are of both directions, as on the page."""
+    stamp = f"{date_range.start:%Y%m%dT%H%M}-{date_range.end:%Y%m%dT%H%M}"
+    if table == "channels":
+        rows = [
+            [
+                usage.subscription.pk,
+                usage.subscription.application.name,
+                usage.subscription.api.slug,
+                row.channel,
+                row.direction,
+                row.counts.events,
+                row.counts.bytes,
+                *_not_delivered(row.counts),
+            ]
+            for usage in usages
+            for row in usage.channels
+        ]
+        return csv_response(f"usage-channels-{stamp}.csv", CHANNELS_CSV_HEADER, rows)
+    rows = [
+        [
+            usage.subscription.pk,
+            usage.subscription.application.name,
+            usage.subscription.api.slug,
+            point.start,
+            point.delivered.events,
+            point.delivered.bytes,
+            point.sent.events,
+            point.sent.bytes,
+            *_not_delivered(point.both),
+        ]
+        for usage in usages
+        for point in usage.series
+    ]
+    return csv_response(f"usage-{stamp}.csv", SERIES_CSV_HEADER, rows)
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+
+def _query_without(request: HttpRequest, *names: str) -> str:
+    query = request.GET.copy()
+    for name in names:
+        query.pop(name, None)
+    return query.urlencode()
 
 
 @login_required
 def usage(request: HttpRequest) -> HttpResponse:
-    """Usage of each of the user's subscriptions: this month, all time, and recent rows."""
-    granularity = "hour" if request.GET.get("by") == "hour" else "minute"
-    now = timezone.now()
-    subscriptions = (
-        Subscription.objects.filter(application__owner=request.user)
-        .select_related("application", "api", "plan")
-        .order_by("application__name", "api__name")
+    """The usage dashboard (``analytics:usage``) of the signed-in user's subscriptions; with
+    ``format=csv`` its numbers as CSV (``table=channels`` for the per-channel tables). A bad
+    range or filter is shown next to its field (400), or answered as ``text/plain`` for CSV."""
+    form = ConsumerUsageForm(request.GET, user=request.user)
+    wants_csv = request.GET.get("format") == "csv"
+    if not form.is_valid():
+        if wants_csv:
+            return HttpResponse(form.error_text(), status=400, content_type="text/plain; charset=utf-8")
+        context = {
+            "form": form,
+            "usages": None,
+            "presets": PICKER_PRESETS,
+            "applications": _applications(request),
+        }
+        return render(request, "analytics/usage.html", context, status=400)
+    date_range = form.date_range
+    subscriptions = consumer_subscriptions(
+        request.user,
+        application=form.cleaned_data.get("application"),
+        subscription=form.cleaned_data.get("subscription"),
     )
-    usages = [
-        SubscriptionUsage(
-            subscription=subscription,
-            this_month=usage_for_subscription(subscription=subscription, start=_month_start(now)),
-            all_time=usage_for_subscription(subscription=subscription),
-            recent=_recent_rows(subscription, granularity),
-            chart=_hourly_chart(subscription, now),
+    usages = consumer_usage(subscriptions, date_range, only_used=True)
+    if wants_csv:
+        return usage_csv(
+            usages, date_range, table="channels" if request.GET.get("table") == "channels" else "series"
         )
-        for subscription in subscriptions
-    ]
-    context = {"usages": usages, "granularity": granularity, "month_start": _month_start(now), "now": now}
+    start, end = range_bounds(date_range)
+    application = form.cleaned_data.get("application")
+    keep = f"&application={application.pk}" if application else ""
+    context = {
+        "form": form,
+        "usages": usages,
+        "date_range": date_range,
+        "start": start,
+        "end": end,
+        "presets": PICKER_PRESETS,
+        "applications": _applications(request),
+        "selected_application": application,
+        "keep_filters": keep,
+        "query": _query_without(request, "format", "table"),
+        "has_any_subscription": Subscription.objects.filter(application__owner=request.user).exists(),
+    }
     return render(request, "analytics/usage.html", context)
+
+
+def _applications(request: HttpRequest) -> QuerySet[Application]:
+    return Application.objects.filter(owner=request.user).order_by("name")

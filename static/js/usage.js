@@ -1,19 +1,187 @@
-// Usage page: one small bar chart of events per hour for each subscription (Chart.js).
-document.querySelectorAll("[data-usage-chart]").forEach((canvas) => {
-  const data = JSON.parse(document.getElementById(canvas.dataset.usageChart).textContent);
-  new Chart(canvas, {
-    type: "bar",
-    data: {
-      labels: data.labels,
-      datasets: [{ label: "Events", data: data.events, backgroundColor: "rgba(91, 77, 219, 0.75)", borderRadius: 3 }],
-    },
-    options: {
-      animation: false,
-      plugins: { legend: { display: false } },
-      scales: {
-        x: { grid: { display: false }, ticks: { maxTicksLimit: 8 } },
-        y: { beginAtZero: true, ticks: { precision: 0 } },
+// Usage page (templates/analytics/usage.html): for each subscription, a stacked bar chart of events
+// per step (delivered, sent by the app, and the events not delivered by reason) and a line chart of
+// bytes per step, drawn with Chart.js from the card's json_script data (analytics.views
+// SubscriptionUsage.chart). Times are UTC, as everywhere on the page.
+(() => {
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  const UNITS = ["B", "KB", "MB", "GB", "TB", "PB"];
+
+  // Bytes in decimal units, as the page's human_bytes filter writes them: 1536000 → "1.5 MB".
+  const humanBytes = (value) => {
+    let amount = Number(value) || 0;
+    for (const unit of UNITS) {
+      if (amount < 1000 || unit === UNITS[UNITS.length - 1]) {
+        return unit === "B" ? `${Math.trunc(amount)} B` : `${amount.toFixed(1)} ${unit}`;
+      }
+      amount /= 1000;
+    }
+    return `${amount} PB`;
+  };
+  const number = (value) => Number(value).toLocaleString("en-US");
+  const pad = (n) => String(n).padStart(2, "0");
+
+  // The x axis shows ticks at round times only (every 10 minutes, every 6 hours, every day, ...):
+  // the smallest of these intervals that gives at most ~10 ticks over the range.
+  const MINUTE = 60_000;
+  const INTERVALS = {
+    minute: [5, 10, 15, 30, 60, 120, 180, 360].map((m) => m * MINUTE),
+    hour: [1, 2, 3, 6, 12, 24, 48, 72, 168].map((h) => h * 60 * MINUTE),
+    day: [1, 2, 3, 7, 14, 28, 56, 91].map((d) => d * 1440 * MINUTE),
+  };
+  const tickInterval = (labels, step) => {
+    const span = labels.length > 1 ? Date.parse(labels[labels.length - 1]) - Date.parse(labels[0]) : 0;
+    const choices = INTERVALS[step] || INTERVALS.hour;
+    return choices.find((interval) => span / interval <= 10) || choices[choices.length - 1];
+  };
+  // A tick's label (UTC): the clock, with the day under it at midnight and on the first tick;
+  // the day alone when ticks are a day or more apart; null (no tick) between round times.
+  const tickLabel = (labels, index, interval, firstShown) => {
+    const at = new Date(labels[index]);
+    if (at.getTime() % interval !== 0) return null;
+    const day = `${at.getUTCDate()} ${MONTHS[at.getUTCMonth()]}`;
+    if (interval >= 1440 * MINUTE) return day;
+    const clock = `${pad(at.getUTCHours())}:${pad(at.getUTCMinutes())}`;
+    const midnight = at.getUTCHours() === 0 && at.getUTCMinutes() === 0;
+    return midnight || index === firstShown ? [clock, day] : clock;
+  };
+  const fullLabel = (data, index) => {
+    const at = new Date(data.labels[index]);
+    const day = `${at.getUTCDate()} ${MONTHS[at.getUTCMonth()]} ${at.getUTCFullYear()}`;
+    const when = data.step === "day" ? `${day} (UTC)` : `${day}, ${pad(at.getUTCHours())}:${pad(at.getUTCMinutes())} UTC`;
+    const partial = data.partial && index === data.labels.length - 1 ? " (so far)" : "";
+    return `${data.step[0].toUpperCase()}${data.step.slice(1)} of ${when}${partial}`;
+  };
+
+  const COLORS = {
+    delivered: "#5b4ddb",
+    sent: "#20a39e",
+    throttled: "#dc3545",
+    dropped: "#fd7e14",
+    rejected: "#b5179e",
+    failed: "#6c757d",
+  };
+  const EVENT_SERIES = [
+    ["delivered", "Delivered"],
+    ["sent", "Sent by your app"],
+    ["throttled", "Throttled"],
+    ["dropped", "Dropped (slow client)"],
+    ["rejected", "Rejected"],
+    ["failed", "Failed"],
+  ];
+  const anyValue = (values) => values.some((value) => value > 0);
+
+  const axisTitle = (text) => ({ display: true, text, color: "#6c6a80", font: { size: 11, weight: "600" } });
+  const xAxis = (data) => {
+    const interval = tickInterval(data.labels, data.step);
+    const firstShown = data.labels.findIndex((iso) => Date.parse(iso) % interval === 0);
+    return {
+      grid: { display: false },
+      title: axisTitle("Time (UTC)"),
+      ticks: {
+        maxRotation: 0,
+        autoSkip: false,
+        callback: (value, index) => tickLabel(data.labels, index, interval, firstShown),
       },
-    },
+    };
+  };
+
+  const eventsChart = (canvas, data) => {
+    const last = data.labels.length - 1;
+    // The step still filling up (the range ends now) is drawn lighter.
+    const fill = (color) => (context) => (data.partial && context.dataIndex === last ? `${color}66` : color);
+    const datasets = EVENT_SERIES.filter(([key]) => key === "delivered" || anyValue(data[key])).map(([key, label]) => ({
+      label,
+      data: data[key],
+      backgroundColor: fill(COLORS[key]),
+      borderRadius: 2,
+      stack: "events",
+      maxBarThickness: 28,
+    }));
+    return new Chart(canvas, {
+      type: "bar",
+      data: { labels: data.labels, datasets },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        interaction: { mode: "index", intersect: false },
+        plugins: {
+          legend: { position: "bottom", labels: { boxWidth: 12, boxHeight: 12 } },
+          tooltip: {
+            callbacks: {
+              title: (items) => fullLabel(data, items[0].dataIndex),
+              label: (item) => `${item.dataset.label}: ${number(item.raw)} event${item.raw === 1 ? "" : "s"}`,
+            },
+          },
+        },
+        scales: {
+          x: { ...xAxis(data), stacked: true },
+          y: {
+            stacked: true,
+            beginAtZero: true,
+            title: axisTitle(`Events per ${data.step}`),
+            ticks: { precision: 0, callback: (value) => number(value) },
+          },
+        },
+      },
+    });
+  };
+
+  const bytesChart = (canvas, data) => {
+    const datasets = [
+      {
+        label: "Delivered",
+        data: data.bytes_delivered,
+        borderColor: COLORS.delivered,
+        backgroundColor: "rgba(91, 77, 219, 0.12)",
+        fill: true,
+      },
+    ];
+    if (anyValue(data.bytes_sent)) {
+      datasets.push({
+        label: "Sent by your app",
+        data: data.bytes_sent,
+        borderColor: COLORS.sent,
+        backgroundColor: "rgba(32, 163, 158, 0.12)",
+        fill: true,
+      });
+    }
+    const last = data.labels.length - 1;
+    // The step still filling up (the range ends now): a dashed last segment.
+    const segment = { borderDash: (context) => (data.partial && context.p1DataIndex === last ? [4, 4] : undefined) };
+    datasets.forEach((dataset) =>
+      Object.assign(dataset, { tension: 0.25, borderWidth: 2, pointRadius: data.labels.length > 60 ? 0 : 2, segment }),
+    );
+    return new Chart(canvas, {
+      type: "line",
+      data: { labels: data.labels, datasets },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        interaction: { mode: "index", intersect: false },
+        plugins: {
+          legend: { position: "bottom", labels: { boxWidth: 12, boxHeight: 12 } },
+          tooltip: {
+            callbacks: {
+              title: (items) => fullLabel(data, items[0].dataIndex),
+              label: (item) => `${item.dataset.label}: ${humanBytes(item.raw)} (${number(item.raw)} bytes)`,
+            },
+          },
+        },
+        scales: {
+          x: xAxis(data),
+          y: { beginAtZero: true, title: axisTitle(`Bytes per ${data.step}`), ticks: { callback: (value) => humanBytes(value) } },
+        },
+      },
+    });
+  };
+
+  document.querySelectorAll("[data-usage-chart]").forEach((canvas) => {
+    const data = JSON.parse(document.getElementById(canvas.dataset.chartData).textContent);
+    const chart = canvas.dataset.usageChart === "bytes" ? bytesChart(canvas, data) : eventsChart(canvas, data);
+    canvas.dataset.chartReady = String(chart.data.datasets.length);
   });
-});
+
+  // The application filter applies as soon as one is chosen.
+  const application = document.getElementById("range-application");
+  if (application) application.addEventListener("change", () => application.form.requestSubmit());
+})();

@@ -1,7 +1,10 @@
-"""The consumer's usage page at /usage/: totals this month and all time, and recent rows."""
+"""The consumer's usage page at /usage/: one card per subscription, the chart's steps, states.
+(Totals, CSV, REST and isolation: test_consumer_dashboard.py; in Chromium: test_consumer_browser.py.)"""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -18,33 +21,24 @@ def bob_subscription(bob, ticker_api):
     return SubscriptionFactory(application=application, plan=ticker_api.plans.get(name="Free"))
 
 
-def _minute(ago: timedelta):
-    return (timezone.now() - ago).replace(second=0, microsecond=0)
-
-
-def test_usage_page_shows_this_month_all_time_and_recent_rows(client, bob, bob_subscription):
-    now = timezone.now()
-    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    usage_record_batch(
-        rows=[
-            (bob_subscription.pk, _minute(timedelta(minutes=2)), "prices/{symbol}", "out", 1200, 1_500_000),
-            (bob_subscription.pk, this_month - timedelta(days=3), "prices/{symbol}", "out", 30, 3000),
-        ]
+def _chart(page: str, subscription: Subscription) -> dict:
+    match = re.search(
+        rf'<script id="usage-chart-{subscription.pk}" type="application/json">(.*?)</script>', page
     )
+    assert match, "no chart data on the page"
+    return json.loads(match.group(1))
+
+
+def test_card_names_the_api_application_plan_and_status(client, bob, bob_subscription):
     client.force_login(bob)
-
     page = client.get("/usage/").content.decode()
-
-    assert "Ticker" in page and "Bob&#x27;s dashboard" in page
-    assert 'data-testid="events-month">1,200<' in page
-    assert "1.5 MB" in page  # bytes this month, human-readable
-    assert "1,230" in page  # events all time
-    assert "prices/{symbol}" in page  # a recent per-minute row
-    assert "Server → client" in page
+    assert "Ticker" in page and "Bob&#x27;s dashboard" in page and "Free plan" in page
+    assert 'data-testid="usage-limits-link"' in page
+    assert '<span class="badge text-bg-success">Active</span>' in page
 
 
-def test_usage_per_hour_sums_the_minutes(client, bob, bob_subscription):
-    hour = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+def test_hour_steps_sum_the_minutes_and_empty_hours_are_zero(client, bob, bob_subscription):
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     usage_record_batch(
         rows=[
             (bob_subscription.pk, hour + timedelta(minutes=1), "prices/{symbol}", "out", 400, 4000),
@@ -52,24 +46,24 @@ def test_usage_per_hour_sums_the_minutes(client, bob, bob_subscription):
         ]
     )
     client.force_login(bob)
-    page = client.get("/usage/?by=hour").content.decode()
-    assert f"{hour:%Y-%m-%d %H:%M}" in page
-    assert ">1,000<" in page and "10.0 KB" in page
+    chart = _chart(client.get("/usage/?range=24h&step=hour").content.decode(), bob_subscription)
+
+    assert chart["step"] == "hour"
+    assert len(chart["labels"]) == 25
+    at = chart["labels"].index(hour.isoformat())
+    assert (chart["delivered"][at], chart["bytes_delivered"][at]) == (1000, 10_000)
+    assert sum(chart["delivered"]) == 1000
+    assert chart["throttled"] == [0] * 25
 
 
-def test_subscription_without_events_says_how_to_get_some(client, bob, bob_subscription):
+def test_minute_steps_for_the_last_hour(client, bob, bob_subscription):
+    minute = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=3)
+    usage_record_batch(rows=[(bob_subscription.pk, minute, "prices/{symbol}", "out", 7, 700)])
     client.force_login(bob)
-    assert "No events delivered yet" in client.get("/usage/").content.decode()
-
-
-def test_carol_does_not_see_bobs_usage(client, carol, bob_subscription):
-    usage_record_batch(
-        rows=[(bob_subscription.pk, _minute(timedelta(minutes=1)), "prices/{symbol}", "out", 7, 70)]
-    )
-    client.force_login(carol)
-    page = client.get("/usage/").content.decode()
-    assert "Bob&#x27;s dashboard" not in page
-    assert "No subscriptions yet" in page
+    chart = _chart(client.get("/usage/?range=1h").content.decode(), bob_subscription)
+    assert chart["step"] == "minute"
+    assert len(chart["labels"]) in (60, 61)  # the minute the range starts in, and the current one
+    assert chart["delivered"][chart["labels"].index(minute.isoformat())] == 7
 
 
 def test_pending_subscription_is_listed_with_its_status(client, bob, ticker_api):
@@ -78,8 +72,12 @@ def test_pending_subscription_is_listed_with_its_status(client, bob, ticker_api)
         application=application, plan=ticker_api.plans.get(name="Gold"), status=Subscription.Status.PENDING
     )
     client.force_login(bob)
-    assert "Pending approval" in client.get("/usage/").content.decode()
+    page = client.get("/usage/").content.decode()
+    assert "Pending approval" in page
+    assert "Waiting for an admin to approve" in page
 
 
-def test_usage_needs_sign_in(client, db):
-    assert client.get("/usage/")["Location"].startswith("/accounts/login/")
+def test_usage_is_in_the_navigation(client, bob, bob_subscription):
+    client.force_login(bob)
+    page = client.get("/usage/").content.decode()
+    assert re.search(r'class="nav-link\s+active"\s+href="/usage/"', page)

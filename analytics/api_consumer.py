@@ -1,0 +1,342 @@
+"""REST endpoints of the consumer's usage dashboard, under ``/api/v1/usage/`` (docs/rest-api.md):
+the same numbers as the /usage/ page (``analytics.views.consumer_usage``), for the signed-in
+user's own subscriptions only.
+
+Every endpoint takes the dashboard's range parameters (``analytics.dashboard``): ``range`` (a
+preset: ``1h``, ``6h``, ``24h`` (default), ``7d``, ``30d``, ``90d``) or ``from``/``to`` (dates,
+UTC, ``to`` inclusive, or ISO 8601 date-times, ``to`` exclusive), and ``step`` (``minute``,
+``hour``, ``day``). A bad parameter answers 400 with the field's error; another user's
+subscription answers 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from analytics.dashboard import PRESETS, DateRange
+from analytics.queries import RESOLUTIONS, Counts
+from analytics.views import (
+    ConsumerUsageForm,
+    SubscriptionUsage,
+    close_code_words,
+    connection_counts,
+    connection_records,
+    consumer_subscriptions,
+    consumer_usage,
+    open_connections,
+    range_bounds,
+)
+from portal.api.common import V1View, get_subscription_for_user
+from portal.serializers import LimitPeriodSerializer
+
+# --- serializers (output only) -----------------------------------------------------------------
+
+
+class UsageCountsSerializer(serializers.Serializer[Any]):
+    """Summed counts. ``events``/``bytes``: delivered (out) or accepted and published (in); the
+    others were not delivered and are never billed: stopped by the plan's throttling policy
+    (``throttled_*``), skipped for a slow consumer (``dropped_events``), refused for size,
+    schema or scope (``rejected_events``), or not handed on (``failed_events``)."""
+
+    events = serializers.IntegerField()
+    bytes = serializers.IntegerField(help_text="Bytes (payload frames as sent).")
+    throttled_events = serializers.IntegerField()
+    throttled_bytes = serializers.IntegerField()
+    dropped_events = serializers.IntegerField()
+    rejected_events = serializers.IntegerField()
+    failed_events = serializers.IntegerField()
+
+
+class UsageRangeSerializer(serializers.Serializer[Any]):
+    """The range read: ``[start, end)`` in UTC, ``start`` rounded down to the step."""
+
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField(help_text="Exclusive.")
+    step = serializers.ChoiceField(choices=RESOLUTIONS)
+    preset = serializers.CharField(help_text="The preset asked for (`24h`, ...), empty for from/to.")
+    label = serializers.CharField()
+
+
+class UsageApplicationSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
+class UsageAPISerializer(serializers.Serializer[Any]):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+
+
+class UsageSubscriptionSerializer(serializers.Serializer[Any]):
+    """A subscription's usage totals over the range: ``delivered`` (server → client: billed)
+    and ``sent`` (client → server)."""
+
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    plan = serializers.CharField()
+    application = UsageApplicationSerializer()
+    api = UsageAPISerializer()
+    delivered = UsageCountsSerializer()
+    sent = UsageCountsSerializer()
+
+
+class UsageListSerializer(serializers.Serializer[Any]):
+    range = UsageRangeSerializer()
+    subscriptions = UsageSubscriptionSerializer(many=True)
+
+
+class UsagePointSerializer(serializers.Serializer[Any]):
+    start = serializers.DateTimeField(help_text="Start of the step (UTC).")
+    delivered = UsageCountsSerializer()
+    sent = UsageCountsSerializer()
+
+
+class UsageChannelSerializer(UsageCountsSerializer):
+    channel = serializers.CharField(help_text="Channel address template.")
+    direction = serializers.CharField(help_text="`out`: server → client; `in`: client → server.")
+
+
+class UsageLatencySerializer(serializers.Serializer[Any]):
+    """Publish → deliver latency of delivered events in seconds: the upper bound of the
+    histogram bucket holding each percentile (the true value is at most this); null without
+    deliveries."""
+
+    p50 = serializers.FloatField(allow_null=True)
+    p95 = serializers.FloatField(allow_null=True)
+    p99 = serializers.FloatField(allow_null=True)
+    events = serializers.IntegerField(help_text="Events measured.")
+
+
+class UsageDetailSerializer(UsageSubscriptionSerializer):
+    range = UsageRangeSerializer()
+    series = UsagePointSerializer(
+        many=True, help_text="One point per step, oldest first; empty steps are zeros."
+    )
+    channels = UsageChannelSerializer(many=True, help_text="Per channel and direction, busiest first.")
+    latency = UsageLatencySerializer()
+    quota = LimitPeriodSerializer(
+        help_text="This billing period (calendar month, UTC) against the plan's quotas."
+    )
+
+
+class UsageConnectionHistorySerializer(serializers.Serializer[Any]):
+    """A finished WebSocket or SSE connection."""
+
+    id = serializers.IntegerField()
+    protocol = serializers.CharField()
+    version = serializers.CharField()
+    channels = serializers.ListField(child=serializers.CharField(), help_text="Channel templates served.")
+    client_ip = serializers.IPAddressField(allow_null=True)
+    user_agent = serializers.CharField()
+    opened_at = serializers.DateTimeField()
+    closed_at = serializers.DateTimeField()
+    duration_seconds = serializers.FloatField()
+    close_code = serializers.IntegerField(allow_null=True, help_text="RFC 6455 §7.4; null: the client left.")
+    close_reason = serializers.CharField()
+    close_meaning = serializers.CharField(help_text="The close code in words, e.g. 4429 → throttled.")
+    events_out = serializers.IntegerField()
+    bytes_out = serializers.IntegerField()
+    events_in = serializers.IntegerField()
+    bytes_in = serializers.IntegerField()
+    throttled_events = serializers.IntegerField()
+    dropped_events = serializers.IntegerField()
+
+
+class UsageOpenConnectionSerializer(serializers.Serializer[Any]):
+    """A connection open now, as its gateway process last reported it (every few seconds)."""
+
+    id = serializers.CharField()
+    protocol = serializers.CharField()
+    version = serializers.CharField()
+    channels = serializers.ListField(child=serializers.CharField())
+    client_ip = serializers.CharField(allow_null=True)
+    since = serializers.DateTimeField(source="since_at")
+    open_seconds = serializers.FloatField()
+    events_out = serializers.IntegerField()
+    bytes_out = serializers.IntegerField()
+    events_in = serializers.IntegerField()
+    bytes_in = serializers.IntegerField()
+
+
+class UsageConnectionsSerializer(serializers.Serializer[Any]):
+    range = UsageRangeSerializer()
+    open_now = UsageOpenConnectionSerializer(many=True)
+    history = UsageConnectionHistorySerializer(many=True, help_text="Newest first, at most `limit`.")
+    history_total = serializers.IntegerField(help_text="Finished connections overlapping the range.")
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+RANGE_PARAMETERS = [
+    OpenApiParameter("range", str, enum=list(PRESETS), description="A preset ending now (default `24h`)."),
+    OpenApiParameter(
+        "from",
+        str,
+        description="Start: a date (YYYY-MM-DD, UTC) or an ISO 8601 date-time; with `to`, not `range`.",
+    ),
+    OpenApiParameter(
+        "to", str, description="End: a date (inclusive) or an ISO 8601 date-time (exclusive); default now."
+    ),
+    OpenApiParameter(
+        "step",
+        str,
+        enum=list(RESOLUTIONS),
+        description="Series step; by default the finest giving ≤ ~400 points.",
+    ),
+]
+
+
+def _form(request: Request) -> ConsumerUsageForm:
+    """The valid range and filters of the query string, or a 400 naming each bad parameter."""
+    form = ConsumerUsageForm(request.query_params, user=request.user)
+    if not form.is_valid():
+        raise serializers.ValidationError(form.field_errors())
+    return form
+
+
+def _range(date_range: DateRange) -> dict[str, Any]:
+    start, end = range_bounds(date_range)
+    return {
+        "start": start,
+        "end": end,
+        "step": date_range.step,
+        "preset": date_range.preset,
+        "label": date_range.label,
+    }
+
+
+def _counts(counts: Counts) -> dict[str, int]:
+    return counts.as_dict()
+
+
+def _summary(usage: SubscriptionUsage) -> dict[str, Any]:
+    subscription = usage.subscription
+    return {
+        "id": subscription.pk,
+        "status": subscription.status,
+        "plan": subscription.plan.name,
+        "application": {"id": subscription.application_id, "name": subscription.application.name},
+        "api": {"slug": subscription.api.slug, "name": subscription.api.name},
+        "delivered": _counts(usage.delivered),
+        "sent": _counts(usage.sent),
+    }
+
+
+# --- views --------------------------------------------------------------------------------------
+
+
+class UsageListView(V1View):
+    @extend_schema(
+        parameters=[
+            *RANGE_PARAMETERS,
+            OpenApiParameter("application", int, description="Only this application's subscriptions."),
+        ],
+        responses=UsageListSerializer,
+        summary="Usage of your subscriptions over a date range",
+        description="Per subscription of your applications: events and bytes delivered (billed) and sent, "
+        "and the events not delivered by reason, summed over the range. The same numbers as /usage/.",
+    )
+    def get(self, request: Request) -> Response:
+        form = _form(request)
+        subscriptions = consumer_subscriptions(request.user, application=form.cleaned_data.get("application"))
+        usages = consumer_usage(subscriptions, form.date_range, with_connections=False)
+        data = {"range": _range(form.date_range), "subscriptions": [_summary(usage) for usage in usages]}
+        return Response(UsageListSerializer(data).data)
+
+
+class UsageSubscriptionView(V1View):
+    @extend_schema(
+        parameters=RANGE_PARAMETERS,
+        responses=UsageDetailSerializer,
+        summary="Usage of one of your subscriptions: totals, series, channels, latency, quota",
+        description="Totals of the range, one point per step (the dashboard's chart), per channel and "
+        "direction, publish → deliver latency percentiles (seconds) and this billing period's quota "
+        "used and left. 404 for a subscription that is not of your applications.",
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        subscription = get_subscription_for_user(request.user, pk)
+        form = _form(request)
+        (usage,) = consumer_usage([subscription], form.date_range, with_connections=False)
+        data = {
+            **_summary(usage),
+            "range": _range(form.date_range),
+            "series": [
+                {"start": point.start, "delivered": _counts(point.delivered), "sent": _counts(point.sent)}
+                for point in usage.series
+            ],
+            "channels": [
+                {"channel": row.channel, "direction": row.direction, **_counts(row.counts)}
+                for row in usage.channels
+            ],
+            "latency": {**usage.latency, "events": usage.latency_events},
+            "quota": usage.quota,
+        }
+        return Response(UsageDetailSerializer(data).data)
+
+
+class UsageConnectionsView(V1View):
+    @extend_schema(
+        parameters=[
+            *RANGE_PARAMETERS,
+            OpenApiParameter(
+                "limit", int, description="Finished connections to list: default 100, at most 1,000."
+            ),
+        ],
+        responses=UsageConnectionsSerializer,
+        summary="Connections of one of your subscriptions: open now and finished in the range",
+        description="`open_now`: WebSocket and SSE connections open now (each gateway process reports "
+        "its connections every few seconds). `history`: connections that ended after the range's start "
+        "and opened before its end, newest first, with the close code in words. 404 for a subscription "
+        "that is not of your applications.",
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        subscription = get_subscription_for_user(request.user, pk)
+        form = _form(request)
+        limit = _limit(request)
+        start, end = range_bounds(form.date_range)
+        records = connection_records([subscription.pk], start, end)[:limit]
+        data = {
+            "range": _range(form.date_range),
+            "open_now": open_connections([subscription.pk]).get(subscription.pk, []),
+            "history": [
+                {
+                    "id": record.pk,
+                    "protocol": record.protocol,
+                    "version": record.version,
+                    "channels": [channel for channel in record.channels.split(",") if channel],
+                    "client_ip": record.client_ip,
+                    "user_agent": record.user_agent,
+                    "opened_at": record.opened_at,
+                    "closed_at": record.closed_at,
+                    "duration_seconds": record.duration_seconds,
+                    "close_code": record.close_code,
+                    "close_reason": record.close_reason,
+                    "close_meaning": close_code_words(record.close_code, record.close_reason),
+                    "events_out": record.events_out,
+                    "bytes_out": record.bytes_out,
+                    "events_in": record.events_in,
+                    "bytes_in": record.bytes_in,
+                    "throttled_events": record.throttled_events,
+                    "dropped_events": record.dropped_events,
+                }
+                for record in records
+            ],
+            "history_total": connection_counts([subscription.pk], start, end).get(subscription.pk, 0),
+        }
+        return Response(UsageConnectionsSerializer(data).data)
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "100")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise serializers.ValidationError({"limit": [f'"{raw}" is not a whole number']}) from None
+    if not 1 <= limit <= 1000:
+        raise serializers.ValidationError({"limit": ["must be between 1 and 1,000"]})
+    return limit
