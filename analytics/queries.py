@@ -125,6 +125,14 @@ def plan(
     return split(start, end, levels)
 
 
+def _reusable(subscriptions: Subscriptions) -> Subscriptions:
+    """``subscriptions`` as something every part of a plan can read again (a one-shot iterable
+    would be used up by the first part)."""
+    if subscriptions is None or isinstance(subscriptions, QuerySet):
+        return subscriptions
+    return list(subscriptions)
+
+
 def _filtered(
     model: type[Model],
     part_start: datetime,
@@ -160,6 +168,7 @@ def usage_grouped(
     ``by`` columns (``subscription_id``, ``channel``, ``direction``), preceded by the bucket
     start rounded down to ``step`` (``minute``, ``hour``, ``day``) when a step is given.
     Only groups with rows appear. Raises ``ValueError`` for an unknown column or step."""
+    subscriptions = _reusable(subscriptions)
     for column in by:
         if column not in ("subscription_id", "channel", "direction"):
             raise ValueError(f"cannot group usage by {column!r}")
@@ -247,6 +256,7 @@ def latency_histogram(
     """Publish → deliver latency histogram of ``subscriptions`` in ``[start, end)``: bucket
     upper bound in µs (``LATENCY_BOUNDS_US``) → events. Keyed by ``None`` for the whole range,
     or by the step's start when ``step`` is given."""
+    subscriptions = _reusable(subscriptions)
     result: dict[Any, dict[int, int]] = {}
     for resolution, part_start, part_end in plan(start, end, coarsest=step or "day"):
         rows = _filtered(

@@ -68,6 +68,7 @@ from analytics.models import (
     UsageDaily,
     UsageHourly,
     UsageRecord,
+    WebhookRecord,
 )
 from analytics.queries import floor, marks
 
@@ -259,6 +260,8 @@ def retention_apply(now: datetime | None = None, *, batch_size: int = RETENTION_
         log_cutoff = now - timedelta(days=retention_days("log"))
         cutoffs.append(((ConnectionRecord,), "closed_at", log_cutoff))
         cutoffs.append(((HandshakeRecord,), "at", log_cutoff))
+        # Webhook metrics are per minute and never rolled up: kept as long as the logs.
+        cutoffs.append(((WebhookRecord,), "bucket_start", log_cutoff))
     deleted: dict[str, int] = {}
     for models, field, cutoff in cutoffs:
         for model in models:

@@ -8,7 +8,7 @@ usage page. All amounts are integer minor units (cents) of the plan's currency; 
 price_per_1000_events`` (events delivered, direction "out"), plus, for plans whose ``quota_action``
 is "overage", the events and bytes of the plan's ``counted_directions`` over ``quota_events`` /
 ``quota_bytes`` (``events_overage_charge``, ``bytes_overage_charge``). Throttled events and bytes
-(``UsageRecord.throttled_*``) are never read, so never billed.
+(the usage rows' ``throttled_*`` columns) are never read, so never billed.
 
 Pushing invoices to Stripe lives in ``billing.stripe_sync``; Celery tasks in ``billing.tasks``.
 """

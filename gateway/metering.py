@@ -152,7 +152,7 @@ class Meter:
 
     def throttle(self, key: MeterKey, size: int) -> None:
         """Count one event of ``size`` bytes stopped by the throttling policy (not delivered,
-        never billed; written to ``UsageRecord.throttled_events`` at the next flush)."""
+        never billed; written to the usage rows' ``throttled_events`` at the next flush)."""
         entry = self.throttled.get(key)
         if entry is None:
             self.throttled[key] = [1, size]
@@ -259,16 +259,17 @@ class Meter:
         if not (rows or latency_rows or connections or handshakes):
             self.last_flush_ok_at = time.time()
             return 0
-        self._totals_add(rows)
         try:
             written = await sync_to_async(_usage_write, thread_sensitive=False)(rows, latency_rows)
         except Exception:
             log.exception("Usage flush of %d rows failed; keeping them for the next flush", len(rows))
-            self._totals_subtract(rows)
             self.restore(rows, latency_rows)
             self.restore_records(connections, handshakes)
             self.flushes_failed += 1
             return 0
+        # Only now: a scrape of /metrics never sees a total go down (a failed write's rows
+        # are counted by the flush that stores them).
+        self._totals_add(rows)
         try:
             written += await sync_to_async(_records_write, thread_sensitive=False)(connections, handshakes)
         except Exception:
@@ -279,12 +280,6 @@ class Meter:
         self.flushes_ok += 1
         self.last_flush_ok_at = time.time()
         return written
-
-    def _totals_subtract(self, rows: list[CountRow]) -> None:
-        for row in rows:
-            entry = self.totals[(self.api_of.get(row[0], "unknown"), row[3])]
-            for index, value in enumerate(row[4:]):
-                entry[index] -= value
 
     def flush_sync(self) -> None:
         """Final synchronous flush, for ``atexit`` (the event loop has stopped by then)."""

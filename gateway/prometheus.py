@@ -89,7 +89,7 @@ class GatewayCollector(Collector):
             labels=["api", "protocol"],
         )
         counts: Counter[tuple[str, str]] = Counter()
-        for connection in _snapshot(connections_module._live):
+        for connection in connections_module.live_connections():
             grant = connection.grant
             if grant is None:
                 continue

@@ -28,7 +28,6 @@ import logging
 import math
 import secrets
 import uuid
-from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,7 +41,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from analytics.models import LATENCY_BOUNDS_SECONDS, LATENCY_BOUNDS_US
+from analytics.models import LATENCY_BOUNDS_US
 from analytics.services import (
     CountRow,
     LatencyRow,
@@ -54,6 +53,7 @@ from analytics.services import (
 )
 from analytics.webhooks import WebhookRow, webhook_record_batch
 from gateway.auth import channel_match, quota_refusals
+from gateway.metering import latency_bucket
 from gateway.models import WebhookDelivery, WebhookSubscription
 from gateway.publishing import address_normalize, routing_key
 from gateway.throttling import Policy, limit_reason, webhook_take
@@ -801,8 +801,8 @@ def _latency_bound_us(frame: str, done: datetime) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
-    delay = done.timestamp() - float(value)
-    return LATENCY_BOUNDS_US[bisect_left(LATENCY_BOUNDS_SECONDS, delay)]
+    bucket = latency_bucket(value, done.timestamp())  # the rule WebSocket and SSE deliveries follow
+    return LATENCY_BOUNDS_US[bucket] if bucket >= 0 else None
 
 
 def delivery_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:

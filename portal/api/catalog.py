@@ -64,6 +64,8 @@ class APIRootView(APIView):
                 "applications": link("api:application_list"),
                 "subscriptions": link("api:subscription_list"),
                 "webhooks": link("api:webhook_list"),
+                "usage": link("api:usage:list"),
+                "platform_analytics": link("api:analytics_api_urls_provider:platform"),
                 "schema": link("schema"),
                 "docs": link("api-docs"),
             }

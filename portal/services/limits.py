@@ -9,7 +9,7 @@ Two sources, as the gateway itself uses them (docs/throttling.md):
   counters. They count what gateway processes have *taken*, leases included, so they may run
   a little ahead of what was delivered;
 - the **billing period** (calendar month, UTC): what analytics recorded as delivered
-  (``analytics.UsageRecord`` ``events``/``bytes`` of the plan's ``counted_directions``, the
+  (``analytics.queries`` ``events``/``bytes`` of the plan's ``counted_directions``, the
   figures billing charges), and the events the policy stopped (``throttled_events``, never
   billed), which the gateway flushes every ``GATEWAY_FLUSH_INTERVAL`` seconds.
 """
@@ -76,8 +76,8 @@ def subscription_limits(subscription: Subscription, *, now: datetime | None = No
 
     ``windows`` come from Redis (``subscription_limits_usage``: events or bytes *taken* by
     gateway processes, leases included); empty with ``redis_available`` false when Redis
-    cannot be reached. ``period`` comes from ``analytics.UsageRecord`` rows of the calendar
-    month (UTC) holding ``now`` (default: now).
+    cannot be reached. ``period`` comes from ``analytics.queries`` (the usage rows billing
+    reads) for the calendar month (UTC) holding ``now`` (default: now).
     """
     plan = subscription.plan
     policy = Policy.from_plan(plan)

@@ -16,7 +16,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from analytics.models import UsageRecord
+from analytics.queries import usage_totals
 from analytics.services import usage_record_batch
 from billing.services import invoice_period_close, last_closed_period
 from billing.tasks import enqueue_stripe_sync
@@ -43,7 +43,7 @@ class Command(BaseCommand):
             raise CommandError(f"{missing} Run `manage.py load_demo` first.") from None
         start, end = last_closed_period(now=timezone.now())
         subscription = _demo_subscription(consumer=consumer, admin=admin, plan=plan, since=start)
-        if not UsageRecord.objects.filter(subscription=subscription, bucket_start__gte=start).exists():
+        if not usage_totals(subscriptions=[subscription.pk], start=start, end=end).events:
             usage_record_batch(rows=_demo_usage(subscription_id=subscription.pk, start=start, end=end))
         created = invoice_period_close(period_start=start, period_end=end)
         queued = enqueue_stripe_sync()
