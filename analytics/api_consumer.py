@@ -30,6 +30,7 @@ from analytics.views import (
     consumer_usage,
     open_connections,
     range_bounds,
+    webhook_counts,
 )
 from portal.api.common import V1View, get_subscription_for_user
 from portal.serializers import LimitPeriodSerializer
@@ -112,6 +113,50 @@ class UsageLatencySerializer(serializers.Serializer[Any]):
     events = serializers.IntegerField(help_text="Events measured.")
 
 
+class WebhookMetricsSerializer(serializers.Serializer[Any]):
+    """Webhook delivery attempts summed over a range (docs/webhooks.md, *Metrics*):
+    ``attempts`` = ``status_2xx + status_3xx + status_4xx + status_5xx + errors``."""
+
+    attempts = serializers.IntegerField(help_text="POSTs whose outcome was recorded, retries included.")
+    delivered = serializers.IntegerField(help_text="Deliveries (events) that ended with a 2xx.")
+    retries = serializers.IntegerField(help_text="Attempts after a delivery's first.")
+    dead = serializers.IntegerField(help_text="Deliveries (events) that became dead letters.")
+    status_2xx = serializers.IntegerField(help_text="Attempts answered 2xx.")
+    status_3xx = serializers.IntegerField(help_text="Attempts answered 3xx (redirects are not followed).")
+    status_4xx = serializers.IntegerField(help_text="Attempts answered 4xx.")
+    status_5xx = serializers.IntegerField(help_text="Attempts answered 5xx.")
+    errors = serializers.IntegerField(
+        help_text="Attempts without an answer: timeout, connection refused or reset, address refused."
+    )
+    responses = serializers.IntegerField(help_text="Attempts answered with a 2xx-5xx status.")
+    attempt_ms_total = serializers.IntegerField(help_text="Sum of the answered attempts' round trips (ms).")
+    attempt_ms_mean = serializers.FloatField(
+        allow_null=True, help_text="Mean round trip of the answered attempts (ms); null without answers."
+    )
+    success_rate = serializers.FloatField(
+        allow_null=True, help_text="Attempts answered 2xx / attempts, 0-1; null without attempts."
+    )
+
+
+class UsageWebhookSerializer(WebhookMetricsSerializer):
+    webhook_id = serializers.IntegerField(help_text="The webhook's id (`/api/v1/webhooks/<id>/`).")
+    channel = serializers.CharField(help_text="Channel address template.")
+
+
+class UsageWebhookPointSerializer(WebhookMetricsSerializer):
+    start = serializers.DateTimeField(help_text="Start of the step (UTC).")
+
+
+class UsageWebhooksSerializer(serializers.Serializer[Any]):
+    totals = WebhookMetricsSerializer()
+    webhooks = UsageWebhookSerializer(
+        many=True, help_text="Webhooks with attempts in the range, busiest first."
+    )
+    series = UsageWebhookPointSerializer(
+        many=True, help_text="One point per step, oldest first, empty steps as zeros; empty without attempts."
+    )
+
+
 class UsageDetailSerializer(UsageSubscriptionSerializer):
     range = UsageRangeSerializer()
     series = UsagePointSerializer(
@@ -121,6 +166,9 @@ class UsageDetailSerializer(UsageSubscriptionSerializer):
     latency = UsageLatencySerializer()
     quota = LimitPeriodSerializer(
         help_text="This billing period (calendar month, UTC) against the plan's quotas."
+    )
+    webhooks = UsageWebhooksSerializer(
+        help_text="Webhook delivery attempts in the range: totals, per webhook, per step (zeros without any)."
     )
 
 
@@ -214,6 +262,15 @@ def _counts(counts: Counts) -> dict[str, int]:
     return counts.as_dict()
 
 
+def _webhooks(usage: SubscriptionUsage) -> dict[str, Any]:
+    """The subscription's webhook metrics (``UsageWebhooksSerializer``): zeros and empty lists
+    when none of its webhooks made an attempt in the range."""
+    webhooks = usage.webhooks
+    if webhooks is None or not webhooks.attempts:
+        return {"totals": webhook_counts({}), "webhooks": [], "series": []}
+    return {"totals": webhooks.totals, "webhooks": webhooks.webhooks, "series": webhooks.series}
+
+
 def _summary(usage: SubscriptionUsage) -> dict[str, Any]:
     subscription = usage.subscription
     return {
@@ -253,10 +310,11 @@ class UsageSubscriptionView(V1View):
     @extend_schema(
         parameters=RANGE_PARAMETERS,
         responses=UsageDetailSerializer,
-        summary="Usage of one of your subscriptions: totals, series, channels, latency, quota",
+        summary="Usage of one of your subscriptions: totals, series, channels, latency, quota, webhooks",
         description="Totals of the range, one point per step (the dashboard's chart), per channel and "
-        "direction, publish → deliver latency percentiles (seconds) and this billing period's quota "
-        "used and left. 404 for a subscription that is not of your applications.",
+        "direction, publish → deliver latency percentiles (seconds), this billing period's quota "
+        "used and left, and webhook delivery attempts (totals, per webhook, per step). 404 for a "
+        "subscription that is not of your applications.",
     )
     def get(self, request: Request, pk: int) -> Response:
         subscription = get_subscription_for_user(request.user, pk)
@@ -275,6 +333,7 @@ class UsageSubscriptionView(V1View):
             ],
             "latency": {**usage.latency, "events": usage.latency_events},
             "quota": usage.quota,
+            "webhooks": _webhooks(usage),
         }
         return Response(UsageDetailSerializer(data).data)
 

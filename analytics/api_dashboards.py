@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from analytics.api_consumer import WebhookMetricsSerializer
 from analytics.dashboard import PRESETS, DateRange, DateRangeForm
 from analytics.views_dashboards import (
     get_api_for_analytics,
@@ -108,6 +109,30 @@ class LatencySerializer(serializers.Serializer):
     series = LatencyPointSerializer(many=True)
 
 
+class WebhookTotalsSerializer(WebhookMetricsSerializer):
+    webhooks = serializers.IntegerField(help_text="Webhooks that made attempts in the range.")
+
+
+class ChannelWebhooksSerializer(WebhookTotalsSerializer):
+    channel = serializers.CharField(help_text="Channel address template.")
+
+
+class APIWebhooksSerializer(WebhookTotalsSerializer):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    provider = serializers.EmailField()
+
+
+class ProviderWebhooksSerializer(serializers.Serializer):
+    totals = WebhookTotalsSerializer()
+    channels = ChannelWebhooksSerializer(many=True, help_text="Per channel template, most attempts first.")
+
+
+class PlatformWebhooksSerializer(serializers.Serializer):
+    totals = WebhookTotalsSerializer()
+    apis = APIWebhooksSerializer(many=True, help_text="Top 10 APIs by attempts.")
+
+
 class LiveConnectionSerializer(serializers.Serializer):
     id = serializers.CharField()
     application_id = serializers.IntegerField(allow_null=True)
@@ -158,6 +183,7 @@ class ProviderAnalyticsSerializer(serializers.Serializer):
     applications = ApplicationUsageSerializer(many=True, help_text="Top 10 by events.")
     channels = ChannelUsageSerializer(many=True)
     handshakes = HandshakesSerializer()
+    webhooks = ProviderWebhooksSerializer(help_text="Webhook delivery attempts to the API's subscribers.")
     latency = LatencySerializer()
     connections = LiveConnectionSerializer(many=True, help_text="Open now.")
 
@@ -185,6 +211,7 @@ class PlatformAnalyticsSerializer(serializers.Serializer):
     apis = PlatformAPIUsageSerializer(many=True, help_text="Top 10 by events.")
     applications = PlatformApplicationUsageSerializer(many=True, help_text="Top 10 by events.")
     handshakes = HandshakesSerializer()
+    webhooks = PlatformWebhooksSerializer(help_text="Webhook delivery attempts, every API.")
     processes = ProcessSerializer(many=True)
 
 
@@ -237,8 +264,9 @@ class ProviderAPIAnalyticsView(V1View):
     @extend_schema(
         summary="Analytics of one of your APIs",
         description="Subscribers, usage totals and series, top applications, usage per channel and "
-        "direction, errors by kind, handshake outcomes, latency percentiles (seconds) and the "
-        "connections open now. The API's provider, or a platform admin; 404 for anyone else.",
+        "direction, errors by kind, handshake outcomes, webhook delivery attempts (totals and per "
+        "channel), latency percentiles (seconds) and the connections open now. The API's provider, "
+        "or a platform admin; 404 for anyone else.",
         parameters=RANGE_PARAMETERS,
         responses={200: ProviderAnalyticsSerializer, 400: BAD_RANGE},
     )
@@ -267,7 +295,8 @@ class PlatformAnalyticsView(V1View):
     @extend_schema(
         summary="Platform analytics (admins)",
         description="Totals over every API, usage series, the busiest APIs and applications with "
-        "error rates, handshake outcomes and the gateway processes alive.",
+        "error rates, handshake outcomes, webhook delivery attempts (totals and the busiest APIs) "
+        "and the gateway processes alive.",
         parameters=RANGE_PARAMETERS,
         responses={200: PlatformAnalyticsSerializer, 400: BAD_RANGE},
     )

@@ -3,6 +3,10 @@ events and bytes of a date range (totals, over time, per channel), what was not 
 (throttled, dropped, rejected, failed), publish → deliver latency percentiles, the quota used and
 left this billing period, and the connections (finished in the range, and open now).
 
+Subscriptions with webhooks also show their webhook deliveries (``analytics.webhooks``): per
+webhook, attempts, deliveries, retries, dead letters, answers by status class, success rate and
+mean attempt time, and attempts over time.
+
 The page, its CSV export (same query string plus ``format=csv``) and the REST endpoints
 (``analytics.api_consumer``) all build their numbers with ``consumer_usage``, which reads usage
 through ``analytics.queries`` only: what the page shows for a month is what billing charges.
@@ -10,6 +14,7 @@ through ``analytics.queries`` only: what the page shows for a month is what bill
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,8 +29,9 @@ from django.shortcuts import render
 
 from analytics import live
 from analytics.dashboard import DateRange, DateRangeForm, csv_response
-from analytics.models import ConnectionRecord, Direction
+from analytics.models import ConnectionRecord, Direction, WebhookRecord
 from analytics.queries import STEP, Counts, floor, latency_histogram, percentiles, usage_grouped
+from analytics.webhooks import webhook_series, webhook_summary
 from portal.models import Application, BusinessPlan, Subscription, User
 from portal.services.limits import period_bounds
 
@@ -96,6 +102,70 @@ def latency_words(seconds: float | None) -> str:
         milliseconds = seconds * 1000
         return f"≤ {milliseconds:g} ms"
     return f"≤ {seconds:g} s"
+
+
+def rate_words(rate: float | None) -> str:
+    """A 0-1 rate as a percentage with one decimal, rounded down so that only a perfect rate
+    reads 100: ``0.99996`` → ``"99.9 %"``, ``1`` → ``"100 %"``, ``0`` → ``"0 %"``; None → ``"–"``."""
+    if rate is None:
+        return "–"
+    if rate in (0, 1):
+        return f"{int(rate * 100)} %"
+    # The epsilon keeps 0.29 (289.99999... per mille in binary) at 29.0, not 28.9.
+    return f"{math.floor(rate * 1000 + 1e-9) / 10:.1f} %"
+
+
+def milliseconds_words(milliseconds: float | None) -> str:
+    """A mean round trip in milliseconds in words: ``4.25`` → ``"4.3 ms"``, ``123.4`` →
+    ``"123 ms"``, ``1530`` → ``"1.53 s"``; None → ``"–"``."""
+    if milliseconds is None:
+        return "–"
+    if milliseconds < 10:
+        return f"{milliseconds:.1f} ms"
+    if milliseconds < 1000:
+        return f"{milliseconds:.0f} ms"
+    return f"{milliseconds / 1000:.2f} s"
+
+
+# Webhook answers by status class, as the pages show them: (counts key, label, colour, meaning).
+WEBHOOK_CLASSES = (
+    ("status_2xx", "2xx", "#2f9e6e", "accepted: the delivery succeeded"),
+    ("status_3xx", "3xx", "#8a8aa3", "redirect: never followed, so failed"),
+    ("status_4xx", "4xx", "#e8891a", "refused by your endpoint"),
+    ("status_5xx", "5xx", "#dc3545", "your endpoint's error"),
+    ("errors", "No answer", "#495057", "timeout, connection refused or reset, address refused"),
+)
+
+
+def webhook_classes(counts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempts of webhook ``counts`` (``analytics.webhooks`` shape) per status class, for a
+    stacked bar and its legend: ``[{"key", "label", "color", "help", "count", "percent"}, ...]``
+    with ``percent`` the share of all attempts (0-100, float)."""
+    attempts = counts["attempts"]
+    return [
+        {
+            "key": key,
+            "label": label,
+            "color": color,
+            "help": help_text,
+            "count": counts[key],
+            "percent": 100.0 * counts[key] / attempts if attempts else 0.0,
+        }
+        for key, label, color, help_text in WEBHOOK_CLASSES
+    ]
+
+
+def webhook_display(counts: dict[str, Any]) -> dict[str, Any]:
+    """Webhook ``counts`` with what the pages show beside them: ``failed_attempts`` (attempts
+    without a 2xx), ``success_text`` (``rate_words``), ``attempt_ms_text``
+    (``milliseconds_words``) and ``classes`` (``webhook_classes``)."""
+    return {
+        **counts,
+        "failed_attempts": counts["attempts"] - counts["status_2xx"],
+        "success_text": rate_words(counts["success_rate"]),
+        "attempt_ms_text": milliseconds_words(counts["attempt_ms_mean"]),
+        "classes": webhook_classes(counts),
+    }
 
 
 # --- the range and filters a user picked -------------------------------------------------------
@@ -180,6 +250,24 @@ class ConnectionRow:
 
 
 @dataclass
+class WebhookUsage:
+    """The webhook deliveries of one subscription over the range (``analytics.webhooks``):
+    ``totals`` and each webhook's counts (busiest first; ``webhook_id`` is the gateway's
+    webhook id, ``channel`` its channel template), and ``series``, one point per step with
+    ``start`` (UTC), oldest first. Counts are ``webhook_display`` dicts: attempts, delivered,
+    retries, dead, answers per status class, ``errors`` (attempts without an answer),
+    ``success_rate`` (0-1 or None) and ``attempt_ms_mean`` (milliseconds or None)."""
+
+    totals: dict[str, Any]
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
+    series: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def attempts(self) -> int:
+        return int(self.totals["attempts"])
+
+
+@dataclass
 class SubscriptionUsage:
     """Everything the dashboard shows of one subscription for one range.
 
@@ -189,7 +277,9 @@ class SubscriptionUsage:
     in seconds (histogram bucket upper bounds) or None without deliveries; ``quota``: this
     billing period (calendar month, UTC), the shape of ``portal.services.limits`` ``period``;
     ``connections``: the newest finished connections overlapping the range (at most
-    ``PAGE_CONNECTIONS``) of ``connections_total``; ``open_now``: ``analytics.live`` snapshots.
+    ``PAGE_CONNECTIONS``) of ``connections_total``; ``open_now``: ``analytics.live`` snapshots;
+    ``webhooks``: its webhook deliveries in the range (``WebhookUsage``), None when none of its
+    webhooks ever made an attempt.
     """
 
     subscription: Subscription
@@ -206,6 +296,7 @@ class SubscriptionUsage:
     ever_used: bool = True
     step: str = "hour"
     end: datetime | None = None
+    webhooks: WebhookUsage | None = None
 
     @property
     def both(self) -> Counts:
@@ -218,8 +309,10 @@ class SubscriptionUsage:
 
     @property
     def is_quiet(self) -> bool:
-        """Nothing in the range: no usage, no finished connection, none open now."""
-        return not (self.has_usage or self.connections_total or self.open_now)
+        """Nothing in the range: no usage, no finished connection, none open now, no webhook
+        attempt."""
+        webhook_attempts = self.webhooks.attempts if self.webhooks else 0
+        return not (self.has_usage or self.connections_total or self.open_now or webhook_attempts)
 
     @property
     def chart(self) -> dict[str, Any]:
@@ -247,6 +340,24 @@ class SubscriptionUsage:
     @property
     def chart_id(self) -> str:
         return f"usage-chart-{self.subscription.pk}"
+
+    @property
+    def webhook_chart(self) -> dict[str, Any]:
+        """The webhook chart's data (``json_script``): per step, deliveries (2xx answers),
+        failed attempts (retried or not) and dead letters."""
+        points = self.webhooks.series if self.webhooks else []
+        return {
+            "step": self.step,
+            "partial": bool(points) and points[-1]["start"] + STEP[self.step] > self.end,
+            "labels": [point["start"].isoformat() for point in points],
+            "delivered": [point["status_2xx"] for point in points],
+            "failed": [point["attempts"] - point["status_2xx"] for point in points],
+            "dead": [point["dead"] for point in points],
+        }
+
+    @property
+    def webhook_chart_id(self) -> str:
+        return f"webhook-chart-{self.subscription.pk}"
 
 
 def _sum(counts: Iterable[Counts]) -> Counts:
@@ -342,6 +453,46 @@ def open_connections(subscription_ids: Iterable[int]) -> dict[int, list[dict[str
     return found
 
 
+def webhook_usage(
+    subscription_ids: list[int], start: datetime, end: datetime, step: str
+) -> dict[int, WebhookUsage]:
+    """Subscription id → its webhook deliveries in ``[start, end)`` (``WebhookUsage``, series
+    per ``step``), for the subscriptions whose webhooks made an attempt in the range or ever
+    (those show zeros). One grouped read for all, one series read per subscription with attempts
+    in the range, and one existence read for the others."""
+    summary = webhook_summary(subscriptions=subscription_ids, start=start, end=end)
+    rows: dict[int, list[dict[str, Any]]] = {}
+    for row in summary["webhooks"]:
+        rows.setdefault(row["subscription_id"], []).append(row)
+    found: dict[int, WebhookUsage] = {}
+    for pk, webhooks in rows.items():
+        totals = {name: sum(row[name] for row in webhooks) for name in WebhookRecord.COUNT_FIELDS}
+        series = webhook_series(subscriptions=[pk], start=start, end=end, step=step)
+        found[pk] = WebhookUsage(
+            totals=webhook_display(webhook_counts(totals)),
+            webhooks=[webhook_display(row) for row in webhooks],
+            series=series,
+        )
+    quiet = [pk for pk in subscription_ids if pk not in found]
+    if quiet:
+        earlier = WebhookRecord.objects.filter(subscription_id__in=quiet).order_by().distinct()
+        for pk in earlier.values_list("subscription_id", flat=True):
+            found[pk] = WebhookUsage(totals=webhook_display(webhook_counts({})))
+    return found
+
+
+def webhook_counts(sums: dict[str, int]) -> dict[str, Any]:
+    """Summed ``WebhookRecord.COUNT_FIELDS`` (missing ones: 0) with what ``analytics.webhooks``
+    derives from them: ``responses``, ``attempt_ms_mean`` (milliseconds or None) and
+    ``success_rate`` (2xx answers per attempt, 0-1, or None)."""
+    counts: dict[str, Any] = {name: int(sums.get(name) or 0) for name in WebhookRecord.COUNT_FIELDS}
+    responses = sum(counts[f"status_{n}xx"] for n in range(2, 6))
+    counts["responses"] = responses
+    counts["attempt_ms_mean"] = counts["attempt_ms_total"] / responses if responses else None
+    counts["success_rate"] = counts["status_2xx"] / counts["attempts"] if counts["attempts"] else None
+    return counts
+
+
 def consumer_usage(
     subscriptions: Iterable[Subscription],
     date_range: DateRange,
@@ -374,6 +525,7 @@ def consumer_usage(
     steps = [moment for moment in steps if moment < end]
     counts = connection_counts(ids, start, end) if with_connections else {}
     open_now = open_connections(ids) if with_connections else {}
+    webhooks = webhook_usage(ids, start, end, step)
 
     usages = []
     for subscription in subscriptions:
@@ -410,6 +562,7 @@ def consumer_usage(
             open_now=open_now.get(pk, []),
             step=step,
             end=end,
+            webhooks=webhooks.get(pk),
         )
         if usage.connections_total:
             usage.connections = [
@@ -464,6 +617,40 @@ CHANNELS_CSV_HEADER = (
     "failed_events",
 )
 
+WEBHOOK_COUNT_COLUMNS = (
+    "attempts",
+    "delivered",
+    "retries",
+    "dead",
+    "status_2xx",
+    "status_3xx",
+    "status_4xx",
+    "status_5xx",
+    "errors",
+)
+WEBHOOKS_CSV_HEADER = (
+    "subscription_id",
+    "application",
+    "api",
+    "webhook_id",
+    "channel",
+    *WEBHOOK_COUNT_COLUMNS,
+    "success_rate",
+    "attempt_ms_mean",
+)
+
+
+def webhook_csv_tail(counts: dict[str, Any]) -> list[Any]:
+    """A CSV row's webhook numbers: ``WEBHOOK_COUNT_COLUMNS``, then the success rate (0-1, four
+    decimals) and the mean attempt time (milliseconds, one decimal); empty without attempts or
+    answers."""
+    rate, mean = counts["success_rate"], counts["attempt_ms_mean"]
+    return [
+        *(counts[name] for name in WEBHOOK_COUNT_COLUMNS),
+        "" if rate is None else round(rate, 4),
+        "" if mean is None else round(mean, 1),
+    ]
+
 
 def _not_delivered(counts: Counts) -> list[int]:
     return [
@@ -478,8 +665,24 @@ def _not_delivered(counts: Counts) -> list[int]:
 def usage_csv(usages: list[SubscriptionUsage], date_range: DateRange, *, table: str) -> HttpResponse:
     """The page's numbers as CSV: ``table="series"`` one row per subscription and step (the
     charts), ``table="channels"`` one per subscription, channel and direction (the per-channel
-    tables). Not-delivered counts are of both directions, as on the page."""
+    tables), ``table="webhooks"`` one per subscription and webhook with attempts in the range
+    (the webhook tables). Not-delivered counts are of both directions, as on the page."""
     stamp = f"{date_range.start:%Y%m%dT%H%M}-{date_range.end:%Y%m%dT%H%M}"
+    if table == "webhooks":
+        rows = [
+            [
+                usage.subscription.pk,
+                usage.subscription.application.name,
+                usage.subscription.api.slug,
+                webhook["webhook_id"],
+                webhook["channel"],
+                *webhook_csv_tail(webhook),
+            ]
+            for usage in usages
+            if usage.webhooks
+            for webhook in usage.webhooks.webhooks
+        ]
+        return csv_response(f"usage-webhooks-{stamp}.csv", WEBHOOKS_CSV_HEADER, rows)
     if table == "channels":
         rows = [
             [
@@ -527,7 +730,8 @@ def _query_without(request: HttpRequest, *names: str) -> str:
 @login_required
 def usage(request: HttpRequest) -> HttpResponse:
     """The usage dashboard (``analytics:usage``) of the signed-in user's subscriptions; with
-    ``format=csv`` its numbers as CSV (``table=channels`` for the per-channel tables). A bad
+    ``format=csv`` its numbers as CSV (``table=channels`` for the per-channel tables,
+    ``table=webhooks`` for the webhook tables). A bad
     range or filter is shown next to its field (400), or answered as ``text/plain`` for CSV."""
     form = ConsumerUsageForm(request.GET, user=request.user)
     wants_csv = request.GET.get("format") == "csv"
@@ -549,9 +753,8 @@ def usage(request: HttpRequest) -> HttpResponse:
     )
     usages = consumer_usage(subscriptions, date_range, only_used=True)
     if wants_csv:
-        return usage_csv(
-            usages, date_range, table="channels" if request.GET.get("table") == "channels" else "series"
-        )
+        table = request.GET.get("table")
+        return usage_csv(usages, date_range, table=table if table in ("channels", "webhooks") else "series")
     start, end = range_bounds(date_range)
     application = form.cleaned_data.get("application")
     keep = f"&application={application.pk}" if application else ""
@@ -567,6 +770,7 @@ def usage(request: HttpRequest) -> HttpResponse:
         "keep_filters": keep,
         "query": _query_without(request, "format", "table"),
         "has_any_subscription": Subscription.objects.filter(application__owner=request.user).exists(),
+        "has_webhooks": any(usage.webhooks for usage in usages),
     }
     return render(request, "analytics/usage.html", context)
 

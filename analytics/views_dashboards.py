@@ -5,10 +5,11 @@ Pages (mounted at /analytics/, ``analytics.urls_dashboards``):
 - ``/analytics/``: the provider's APIs (every API for staff) with headline numbers;
 - ``/analytics/apis/<slug>/``: one API, for its provider (staff: any API): subscribers, top
   applications, events and bytes over time, per channel and direction, errors by kind, handshake
-  refusals, latency percentiles, and the connections open now (``.../live/``, polled by
-  ``static/js/dashboards.js``);
+  refusals, webhook deliveries, latency percentiles, and the connections open now
+  (``.../live/``, polled by ``static/js/dashboards.js``);
 - ``/analytics/platform/``: staff only: platform totals, busiest APIs and applications, error
-  rates, handshake outcomes and the gateway processes alive (``/analytics/platform/live/``).
+  rates, handshake outcomes, webhook deliveries and the gateway processes alive
+  (``/analytics/platform/live/``).
 
 Every page takes the date range of ``analytics.dashboard.DateRangeForm`` and answers the same
 query string plus ``format=csv`` (and ``table=<name>`` for one of the page's tables) with a CSV
@@ -44,6 +45,8 @@ from analytics.queries import (
     usage_series,
     usage_totals,
 )
+from analytics.views import WEBHOOK_COUNT_COLUMNS, webhook_counts, webhook_csv_tail, webhook_display
+from analytics.webhooks import webhook_summary
 from portal.models import API, Application, Subscription, User
 
 View = Callable[..., HttpResponse]
@@ -268,6 +271,72 @@ def handshakes(apis: QuerySet | None, date_range: DateRange) -> dict[str, Any]:
     }
 
 
+WEBHOOK_SUMMED = (*WEBHOOK_COUNT_COLUMNS, "attempt_ms_total")
+
+
+def _webhook_groups(
+    rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]
+) -> dict[Any, dict[str, Any]]:
+    """``webhook_summary`` rows summed per ``key(row)``: key → counts (``webhook_counts``) plus
+    ``webhooks``, how many webhooks made attempts."""
+    groups: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        group = groups.setdefault(key(row), {"sums": dict.fromkeys(WEBHOOK_SUMMED, 0), "ids": set()})
+        for name in WEBHOOK_SUMMED:
+            group["sums"][name] += row[name]
+        group["ids"].add(row["webhook_id"])
+    return {
+        name: webhook_counts(group["sums"]) | {"webhooks": len(group["ids"])}
+        for name, group in groups.items()
+    }
+
+
+def _webhook_totals(summary: dict[str, Any]) -> dict[str, Any]:
+    """``webhook_summary``'s totals plus ``webhooks``: how many webhooks made attempts."""
+    return summary["totals"] | {"webhooks": len({row["webhook_id"] for row in summary["webhooks"]})}
+
+
+def _by_attempts(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda row: (-row["attempts"], -row["dead"], str(row[name])))
+
+
+def api_webhooks(subscriptions: QuerySet, date_range: DateRange) -> dict[str, Any]:
+    """Webhook deliveries of ``subscriptions`` (one API's) in the range (``analytics.webhooks``):
+    ``totals`` (counts as ``webhook_summary`` has them, plus ``webhooks``: how many webhooks made
+    attempts) and ``channels``, the same per channel template, most attempts first."""
+    start, end = bounds(date_range)
+    summary = webhook_summary(subscriptions=subscriptions, start=start, end=end)
+    per_channel = _webhook_groups(summary["webhooks"], lambda row: row["channel"])
+    return {
+        "totals": _webhook_totals(summary),
+        "channels": _by_attempts(
+            [{"channel": channel} | counts for channel, counts in per_channel.items()], "channel"
+        ),
+    }
+
+
+def platform_webhooks(date_range: DateRange) -> dict[str, Any]:
+    """Webhook deliveries of every subscription in the range: ``totals`` (as ``api_webhooks``)
+    and ``apis``, the same per API (``slug``, ``name``, ``provider``), most attempts first (the
+    ``TOP_ROWS`` first)."""
+    start, end = bounds(date_range)
+    summary = webhook_summary(subscriptions=None, start=start, end=end)
+    subscription_ids = {row["subscription_id"] for row in summary["webhooks"]}
+    api_of = dict(Subscription.objects.filter(pk__in=subscription_ids).values_list("pk", "api_id"))
+    # A subscription deleted since the summary was read has taken its rows with it.
+    rows = [row for row in summary["webhooks"] if row["subscription_id"] in api_of]
+    per_api = _webhook_groups(rows, lambda row: api_of[row["subscription_id"]])
+    apis = API.objects.select_related("provider").in_bulk(list(per_api))
+    ranked = _by_attempts(
+        [
+            {"slug": apis[pk].slug, "name": apis[pk].name, "provider": apis[pk].provider.email} | counts
+            for pk, counts in per_api.items()
+        ],
+        "slug",
+    )
+    return {"totals": _webhook_totals(summary), "apis": ranked[:TOP_ROWS]}
+
+
 def _since(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, tz=UTC) if epoch else None
 
@@ -328,7 +397,8 @@ def provider_report(api: API, date_range: DateRange) -> dict[str, Any]:
     """Everything the provider's page of ``api`` shows, for ``date_range``: ``range``,
     ``subscribers`` (``active`` now, ``new`` subscriptions created in the range), ``totals``
     (counts, ``errors``, ``error_rate``), ``series``, ``applications`` (top ``TOP_ROWS``),
-    ``channels``, ``handshakes``, ``latency`` (seconds) and ``connections`` open now."""
+    ``channels``, ``handshakes``, ``webhooks`` (``api_webhooks``), ``latency`` (seconds) and
+    ``connections`` open now."""
     subscriptions = Subscription.objects.filter(api=api)
     start, end = bounds(date_range)
     per_channel = channels(subscriptions, date_range)
@@ -348,6 +418,7 @@ def provider_report(api: API, date_range: DateRange) -> dict[str, Any]:
         "applications": top_applications(_per_subscription(subscriptions, date_range)),
         "channels": per_channel,
         "handshakes": handshakes(API.objects.filter(pk=api.pk), date_range),
+        "webhooks": api_webhooks(subscriptions, date_range),
         "latency": latency(
             subscriptions, date_range, dict.fromkeys(out_channels), [row["start"] for row in usage]
         ),
@@ -402,7 +473,8 @@ def index_report(user: User, date_range: DateRange) -> dict[str, Any]:
 def platform_report(date_range: DateRange) -> dict[str, Any]:
     """Everything the platform page shows: ``totals`` over every subscription, ``platform``
     (APIs, applications, active subscriptions), ``series``, busiest ``apis`` and
-    ``applications`` (with error rates), ``handshakes`` and the gateway ``processes`` alive."""
+    ``applications`` (with error rates), ``handshakes``, ``webhooks`` (``platform_webhooks``) and
+    the gateway ``processes`` alive."""
     start, end = bounds(date_range)
     per_subscription = _per_subscription(None, date_range)
     api_of = dict(Subscription.objects.filter(pk__in=per_subscription).values_list("pk", "api_id"))
@@ -435,6 +507,7 @@ def platform_report(date_range: DateRange) -> dict[str, Any]:
         ],
         "applications": top_applications(per_subscription, with_owner=True),
         "handshakes": handshakes(None, date_range),
+        "webhooks": platform_webhooks(date_range),
         "processes": processes,
     }
 
@@ -492,6 +565,27 @@ def _connection_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
     ]
 
 
+WEBHOOK_CSV_COLUMNS = ("webhooks", *WEBHOOK_COUNT_COLUMNS, "success_rate", "attempt_ms_mean")
+
+
+def _webhook_rows(report: dict[str, Any], group: str, names: tuple[str, ...]) -> list[list[Any]]:
+    """The webhooks card: a first row of the totals (``(all)`` in the first name column), then
+    one per ``group`` (``channels`` or ``apis``) row."""
+    webhooks = report["webhooks"]
+    rows = [
+        [
+            "(all)",
+            *[""] * (len(names) - 1),
+            webhooks["totals"]["webhooks"],
+            *webhook_csv_tail(webhooks["totals"]),
+        ]
+    ]
+    rows += [
+        [*(row[name] for name in names), row["webhooks"], *webhook_csv_tail(row)] for row in webhooks[group]
+    ]
+    return rows
+
+
 # table name → (header, rows of the report)
 PROVIDER_TABLES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], list[list[Any]]]]] = {
     "series": (SERIES_COLUMNS, lambda report: _columns(report["series"], SERIES_COLUMNS)),
@@ -506,6 +600,10 @@ PROVIDER_TABLES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], lis
     "errors": (("what", "kind", "code", "count"), _error_rows),
     "latency": (("channel", "events", "p50_seconds", "p95_seconds", "p99_seconds"), _latency_rows),
     "connections": (CONNECTION_COLUMNS, lambda report: _connection_rows(report["connections"])),
+    "webhooks": (
+        ("channel", *WEBHOOK_CSV_COLUMNS),
+        lambda report: _webhook_rows(report, "channels", ("channel",)),
+    ),
 }
 INDEX_COLUMNS = ("slug", "name", "status", "subscribers", "connections", *COUNT_COLUMNS)
 INDEX_TABLES = {"apis": (INDEX_COLUMNS, lambda report: _columns(report["apis"], INDEX_COLUMNS))}
@@ -520,6 +618,10 @@ PLATFORM_TABLES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], lis
         lambda report: _columns(report["applications"], ("application", "owner", *COUNT_COLUMNS)),
     ),
     "errors": PROVIDER_TABLES["errors"],
+    "webhooks": (
+        ("slug", "name", "provider", *WEBHOOK_CSV_COLUMNS),
+        lambda report: _webhook_rows(report, "apis", ("slug", "name", "provider")),
+    ),
     "processes": (PROCESS_COLUMNS, lambda report: _columns(report["processes"], PROCESS_COLUMNS)),
 }
 
@@ -583,7 +685,8 @@ def _latency_text(seconds: float | None) -> str:
 
 def for_page(value: Any) -> Any:
     """``value`` (a report) with display texts beside the numbers the page formats:
-    ``error_percent``/``refusal_percent`` next to rates, ``p50_text``... next to latencies."""
+    ``error_percent``/``refusal_percent`` next to rates, ``p50_text``... next to latencies, and
+    ``webhook_display``'s texts and status classes next to webhook counts."""
     if isinstance(value, list):
         return [for_page(item) for item in value]
     if not isinstance(value, dict):
@@ -595,6 +698,8 @@ def for_page(value: Any) -> Any:
     for quantile in ("p50", "p95", "p99"):
         if quantile in value:
             result[f"{quantile}_text"] = _latency_text(value[quantile])
+    if "success_rate" in value and "status_2xx" in value:
+        result = webhook_display(result)
     return result
 
 

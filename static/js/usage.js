@@ -1,7 +1,9 @@
 // Usage page (templates/analytics/usage.html): for each subscription, a stacked bar chart of events
 // per step (delivered, sent by the app, and the events not delivered by reason) and a line chart of
 // bytes per step, drawn with Chart.js from the card's json_script data (analytics.views
-// SubscriptionUsage.chart). Times are UTC, as everywhere on the page.
+// SubscriptionUsage.chart); with webhooks, a stacked bar chart of webhook attempts per step
+// (delivered, failed) with dead letters as a line (SubscriptionUsage.webhook_chart). Times are UTC,
+// as everywhere on the page.
 (() => {
   const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
   const UNITS = ["B", "KB", "MB", "GB", "TB", "PB"];
@@ -175,9 +177,79 @@
     });
   };
 
+  // Webhook attempts per step: those answered 2xx (a delivery) and those that failed (retried
+  // later, or the last one of a dead letter), stacked; dead letters as a line over them.
+  const WEBHOOK_COLORS = { delivered: "#2f9e6e", failed: "#e8891a", dead: "#b02a37" };
+  const webhooksChart = (canvas, data) => {
+    const last = data.labels.length - 1;
+    const fill = (color) => (context) => (data.partial && context.dataIndex === last ? `${color}66` : color);
+    const bar = (key, label) => ({
+      type: "bar",
+      label,
+      data: data[key],
+      backgroundColor: fill(WEBHOOK_COLORS[key]),
+      borderRadius: 2,
+      stack: "attempts",
+      maxBarThickness: 28,
+      order: 2,
+    });
+    const datasets = [bar("delivered", "Delivered (2xx)"), bar("failed", "Failed attempts")];
+    if (anyValue(data.dead)) {
+      datasets.push({
+        type: "line",
+        label: "Dead letters",
+        data: data.dead,
+        borderColor: WEBHOOK_COLORS.dead,
+        backgroundColor: WEBHOOK_COLORS.dead,
+        borderWidth: 2,
+        // Points only where events died: a row of dots along zero reads as noise.
+        pointRadius: (context) => (context.raw > 0 && data.labels.length <= 60 ? 3 : 0),
+        tension: 0.25,
+        order: 1,
+      });
+    }
+    const unit = { "Dead letters": ["event", "events"] };
+    return new Chart(canvas, {
+      type: "bar",
+      data: { labels: data.labels, datasets },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        interaction: { mode: "index", intersect: false },
+        plugins: {
+          // In the datasets' order (the line is drawn on top, so its `order` comes first).
+          legend: {
+            position: "bottom",
+            labels: { boxWidth: 12, boxHeight: 12, sort: (a, b) => a.datasetIndex - b.datasetIndex },
+          },
+          tooltip: {
+            itemSort: (a, b) => a.datasetIndex - b.datasetIndex,
+            callbacks: {
+              title: (items) => fullLabel(data, items[0].dataIndex),
+              label: (item) => {
+                const [one, many] = unit[item.dataset.label] || ["attempt", "attempts"];
+                return `${item.dataset.label}: ${number(item.raw)} ${item.raw === 1 ? one : many}`;
+              },
+            },
+          },
+        },
+        scales: {
+          x: { ...xAxis(data), stacked: true },
+          y: {
+            stacked: true,
+            beginAtZero: true,
+            title: axisTitle(`Attempts per ${data.step}`),
+            ticks: { precision: 0, callback: (value) => number(value) },
+          },
+        },
+      },
+    });
+  };
+
+  const DRAW = { events: eventsChart, bytes: bytesChart, webhooks: webhooksChart };
   document.querySelectorAll("[data-usage-chart]").forEach((canvas) => {
     const data = JSON.parse(document.getElementById(canvas.dataset.chartData).textContent);
-    const chart = canvas.dataset.usageChart === "bytes" ? bytesChart(canvas, data) : eventsChart(canvas, data);
+    const chart = DRAW[canvas.dataset.usageChart](canvas, data);
     canvas.dataset.chartReady = String(chart.data.datasets.length);
   });
 
