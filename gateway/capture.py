@@ -53,10 +53,23 @@ REFUSALS: dict[int, tuple[int, str]] = {
     1013: (503, "unavailable"),
 }
 CLOSED_BY_CLIENT = "closed by the client"
+# Close codes that arrive as the client's but say something else happened (RFC 6455 §7.4.1).
+CLOSED_OTHERWISE = {1006: "connection lost (no close frame)", 1012: "gateway restarting"}
 # (protocol, outcome) → handshakes since the process started (gateway.prometheus).
 handshake_outcomes: Counter[tuple[str, str]] = Counter()
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"
 STARTED_AT = time.time()
+
+
+def close_by_client_reason(code: int | None) -> str:
+    """The close reason to record for a ``websocket.disconnect`` with ``code``: the client
+    closed, unless the code says the connection was lost or the server was restarting."""
+    return CLOSED_OTHERWISE.get(code or 0, CLOSED_BY_CLIENT)
+
+
+def _clean(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, without NUL (PostgreSQL text cannot hold one)."""
+    return text.replace("\x00", "")[:limit]
 
 
 def refusal_outcome(code: int, error: str | None = None) -> str:
@@ -71,7 +84,7 @@ def _client(scope: dict[str, Any]) -> tuple[str | None, str]:
     agent = ""
     for name, value in scope.get("headers", ()):
         if name == b"user-agent":
-            agent = value.decode("latin1")[:512]
+            agent = _clean(value.decode("latin1"), 512)
             break
     return (client[0] if client else None), agent
 
@@ -94,34 +107,44 @@ def handshake_capture(
     else:
         outcome = refusal_outcome(refusal.code, refusal.error)
         code = refusal.code if protocol == "websocket" else (status or REFUSALS.get(refusal.code, (403,))[0])
-        detail = refusal.reason[:300]
+        detail = _clean(refusal.reason, 300)
     credential = refusal.credential if refusal is not None and refusal.credential is not None else None
     channel = ""
     if grant is not None and grant.channel is not None:
         channel = grant.channel.channel_template
-    elif refusal is not None:
-        channel = scope.get("path", "")[:200]
     route = scope.get("url_route", {}).get("kwargs", {})
     handshake_outcomes[(protocol, outcome)] += 1
-    get_meter().record(
-        HandshakeRecord(
-            at=datetime.now(UTC),
-            outcome=outcome,
-            code=code,
-            detail=detail,
-            protocol=protocol,
-            application_id=grant.application_id
-            if grant
-            else (credential.application_id if credential else None),
-            subscription_id=grant.subscription_id if grant else None,
-            api_id=grant.api_id if grant else None,
-            version=(grant.version if grant else route.get("version", ""))[:64],
-            channel=channel[:1000],
-            client_ip=ip,
-            user_agent=agent,
-            process=PROCESS,
-        )
+    if grant is not None:
+        application_id = grant.application_id
+    else:
+        application_id = credential.application_id if credential is not None else None
+    record = HandshakeRecord(
+        at=datetime.now(UTC),
+        outcome=outcome,
+        code=code,
+        detail=detail,
+        protocol=protocol,
+        application_id=application_id,
+        subscription_id=grant.subscription_id if grant else None,
+        api_id=grant.api_id if grant else None,
+        version=_clean(grant.version if grant else str(route.get("version", "")), 64),
+        channel=channel,
+        client_ip=ip,
+        user_agent=agent,
+        process=PROCESS,
     )
+    if grant is None:
+        # Refused before a grant: the API, subscription and channel template are looked up
+        # from the URL in the flush's worker thread (``handshakes_resolve``), not on the loop.
+        address = route.get("address")
+        record.route = (
+            _clean(str(route.get("api", "")), 100),
+            _clean(str(route.get("version", "")), 64),
+            _clean(str(address), 1000) if address else None,
+        )
+    meter = get_meter()
+    meter.record(record)
+    meter.ensure_flushing()  # a process that only refuses still writes its log
 
 
 def connection_opened(connection: Any) -> None:
@@ -151,14 +174,14 @@ def connection_capture(connection: Any, *, protocol: str) -> None:
             api_id=grant.api_id,
             version=grant.version[:64],
             protocol=protocol,
-            channels=",".join(sorted(connection.templates))[:1000],
+            channels=_clean(",".join(sorted(connection.templates)), 1000),
             client_ip=ip,
             user_agent=agent,
             opened_at=datetime.fromtimestamp(connection.opened_at, UTC),
             closed_at=datetime.fromtimestamp(closed, UTC),
             duration_seconds=round(closed - connection.opened_at, 3),
             close_code=connection.close_code,
-            close_reason=(connection.close_reason or "")[:200],
+            close_reason=_clean(connection.close_reason or "", 200),
             events_out=outbox.sent if outbox is not None else 0,
             bytes_out=outbox.sent_bytes if outbox is not None else 0,
             events_in=connection.events_in,
@@ -168,6 +191,56 @@ def connection_capture(connection: Any, *, protocol: str) -> None:
             process=PROCESS,
         )
     )
+
+
+def handshakes_resolve(records: list[HandshakeRecord]) -> None:
+    """Fill in the API, subscription and channel template of handshakes refused before a grant
+    (a bad or revoked credential, an unknown channel, no subscription), from the URL each such
+    record keeps in ``route`` (API slug, version, address), so a provider sees the refusals of
+    their own API. Runs in the flush's worker thread: three queries per batch at most, plus the
+    channels of each version (``gateway.auth.version_channels``, cached). An address that matches
+    no channel leaves the template empty (never the raw path)."""
+    from gateway.auth import channel_match, version_channels
+    from portal.models import API, APIVersion, Subscription
+
+    pending = [record for record in records if getattr(record, "route", None)]
+    if not pending:
+        return
+    slugs = {record.route[0] for record in pending}
+    apis = dict(API.objects.filter(slug__in=slugs).values_list("slug", "pk"))
+    versions = {
+        (slug, version): pk
+        for pk, slug, version in APIVersion.objects.filter(api__slug__in=slugs).values_list(
+            "pk", "api__slug", "version"
+        )
+    }
+    for record in pending:
+        slug, version, address = record.route
+        record.api_id = record.api_id or apis.get(slug)
+        version_id = versions.get((slug, version))
+        if version_id is not None and address and not record.channel:
+            try:
+                channel = channel_match(version_channels(version_id), str(address))
+            except TimeoutError:
+                channel = None
+            record.channel = channel.address if channel is not None else ""
+    wanted = [
+        record
+        for record in pending
+        if record.subscription_id is None and record.application_id and record.api_id
+    ]
+    if wanted:
+        latest = {
+            (application, api): pk
+            for pk, application, api in Subscription.objects.filter(
+                application_id__in={record.application_id for record in wanted},
+                api_id__in={record.api_id for record in wanted},
+            )
+            .order_by("created", "pk")
+            .values_list("pk", "application_id", "api_id")
+        }
+        for record in wanted:
+            record.subscription_id = latest.get((record.application_id, record.api_id))
 
 
 # --- live snapshot (analytics.live) ------------------------------------------------------------

@@ -57,7 +57,7 @@ from gateway.auth import (
     version_channels,
 )
 from gateway.bridge import Bridge, BrokerUnavailable, get_bridge
-from gateway.capture import CLOSED_BY_CLIENT, connection_capture, handshake_capture
+from gateway.capture import close_by_client_reason, connection_capture, handshake_capture
 from gateway.connections import LiveConnection, db_call, live_add, live_discard
 from gateway.credentials import credential_from_scope
 from gateway.delivery import ChannelFeed, Outbox
@@ -244,7 +244,7 @@ class GatewayConsumer(LiveConnection, AsyncWebsocketConsumer):
         """The client or the server ended the connection: clean up and stop. As in Channels,
         then close the stale database connections of the sync thread (``sync_to_async`` work
         of others; the gateway's own runs in ``gateway.connections.db_call``)."""
-        self.close_note(message.get("code"), CLOSED_BY_CLIENT)
+        self.close_note(message.get("code"), close_by_client_reason(message.get("code")))
         await self._finish()
         global _closing_old_connections
         if not _closing_old_connections:  # one at a time is enough: it is a sweep of one thread

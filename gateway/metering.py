@@ -44,7 +44,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 
 from analytics.models import LATENCY_BOUNDS_SECONDS, LATENCY_BOUNDS_US, ConnectionRecord, HandshakeRecord
 from analytics.services import (
@@ -337,9 +337,43 @@ def _usage_write(rows: list[CountRow], latency_rows: list[LatencyRow]) -> int:
 
 
 def _records_write(connections: list[ConnectionRecord], handshakes: list[HandshakeRecord]) -> int:
+    """Write the log records in one transaction. When the database refuses the batch for what
+    is in it (not an outage: ``OperationalError``/``InterfaceError`` propagate so the batch is
+    retried), each record is tried alone and those refused are dropped with a warning: one bad
+    row must not hold the log back for ever."""
+    from gateway.capture import handshakes_resolve
+
     try:
-        with transaction.atomic():
-            return connection_record_batch(records=connections) + handshake_record_batch(records=handshakes)
+        try:
+            handshakes_resolve(handshakes)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:  # noqa: BLE001 - keep the log flowing without the lookups
+            log.exception("Looking up refused handshakes' APIs failed; stored without them")
+        try:
+            with transaction.atomic():
+                return connection_record_batch(records=connections) + handshake_record_batch(
+                    records=handshakes
+                )
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:  # noqa: BLE001 - a row the database refuses (DataError, IntegrityError, ...)
+            log.warning(
+                "Log batch refused; writing its %d rows one by one", len(connections) + len(handshakes)
+            )
+        written = 0
+        for record in [*connections, *handshakes]:
+            try:
+                with transaction.atomic():
+                    if isinstance(record, ConnectionRecord):
+                        written += connection_record_batch(records=[record])
+                    else:
+                        written += handshake_record_batch(records=[record])
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.warning("Dropped a %s log row the database refuses: %r", type(record).__name__, exc)
+        return written
     finally:
         close_old_connections()
 

@@ -186,12 +186,15 @@ def test_known_traffic_is_counted_exactly(capture_server, stream_api, bob):
     )
     assert set(accepted.values_list("channel", "client_ip", "user_agent")) == {(TEMPLATE, "127.0.0.1", AGENT)}
     assert set(accepted.values_list("protocol", flat=True)) == {"websocket", "sse"}
+    # A refusal before any credential still names the API and channel template (from the URL),
+    # so the provider sees it; never the raw path.
     refused = HandshakeRecord.objects.exclude(outcome="accepted").get()
+    assert refused.channel == TEMPLATE and refused.subscription_id is None
     assert (refused.outcome, refused.code, refused.application_id, refused.api_id) == (
         "invalid_token",
         4401,
         None,
-        None,
+        stream_api.pk,
     )
     assert refused.user_agent == AGENT and refused.client_ip == "127.0.0.1"
     assert "not-a-key" not in refused.channel + refused.detail, "a credential never reaches analytics"
@@ -273,3 +276,36 @@ def test_sigterm_writes_counts_latency_connections_and_handshakes(tmp_path, stre
     record = ConnectionRecord.objects.get(subscription=subscription)
     assert record.events_out == 5 and record.close_code is not None, record.__dict__
     assert HandshakeRecord.objects.filter(subscription=subscription, outcome="accepted").count() == 1
+
+
+def test_a_process_that_only_refuses_writes_its_log_and_a_bad_path_holds_nothing_back(
+    capture_server, stream_api, bob_subscribed
+):
+    """Refusals alone start the periodic flush; a refused path with a NUL character (PostgreSQL
+    text cannot hold one) is stored without it, and the records after it are written."""
+    server, slug = capture_server, stream_api.slug
+
+    async def refuse(path: str) -> int:
+        client = await connect(server.ws_url + path)
+        with pytest.raises(Exception) as closed:
+            await asyncio.wait_for(client.recv(), 5)
+        return closed.value.rcvd.code
+
+    assert asyncio.run(refuse(f"/ws/{slug}/1.0.0/prices/%00x?access_token=bad")) == 4401
+    assert asyncio.run(refuse(f"/ws/{slug}/9.9.9/prices/ACME?access_token={bob_subscribed.secret}")) == 4404
+    assert wait_for(lambda: HandshakeRecord.objects.count() == 2), HandshakeRecord.objects.count()
+    by_code = {record.code: record for record in HandshakeRecord.objects.all()}
+    assert by_code[4401].api_id == stream_api.pk and by_code[4401].channel == ""
+    # A credential that resolved: the application's subscription to the API is named.
+    assert by_code[4404].subscription_id == bob_subscribed.subscription.pk
+    assert by_code[4404].application_id == bob_subscribed.application.pk
+
+    async def accepted() -> None:
+        async with connect(
+            f"{server.ws_url}/ws/{slug}/1.0.0/prices/ACME?access_token={bob_subscribed.secret}"
+        ):
+            pass
+
+    asyncio.run(accepted())
+    assert wait_for(lambda: ConnectionRecord.objects.count() == 1)
+    assert HandshakeRecord.objects.filter(outcome="accepted").count() == 1
