@@ -51,65 +51,86 @@ class Command(BaseCommand):
         )
 
     def _history(self, subscription: Subscription, now: datetime) -> int:
+        """A chain of connections over the week (a client reconnecting every few hours) and the
+        usage they carried: every usage row falls inside one connection, whose record sums its
+        rows, so the connection history agrees with the charts."""
         rng = random.Random(subscription.pk)  # the same made-up week on every machine
         version = subscription.api.versions.order_by("-created").first()
         templates = [channel.address for channel in version.channels.all()][:3] if version else []
         templates = templates or ["events"]
-        rows, latency = [], []
         start = now - timedelta(days=DAYS)
-        minute = start
-        while minute < now:
+        spans, opened = [], start
+        while opened < now - timedelta(minutes=30):
+            closed = min(opened + timedelta(minutes=rng.randint(60, 6 * 60)), now - timedelta(minutes=10))
+            spans.append([opened, closed, 0, 0, 0, 0])  # opened, closed, events, bytes, throttled, dropped
+            opened = closed + timedelta(minutes=rng.randint(0, 20))
+        rows, latency = [], []
+        minute, span = start, 0
+        while minute < now and span < len(spans):
             recent = now - minute <= timedelta(hours=24)
-            step = timedelta(minutes=1) if recent else timedelta(hours=1)
-            hour = minute.hour
-            daily = 0.55 + 0.45 * abs(12 - abs(hour - 14)) / 12  # busier in the afternoon (UTC)
-            for index, template in enumerate(templates):
-                per_minute = max(1, int(rng.gauss(40, 8) * daily / (index + 1)))
-                events = per_minute * (1 if recent else 60)
-                size = events * rng.randint(180, 420)
-                throttled = events // 50 if rng.random() < 0.08 else 0
-                dropped = rng.randint(1, 4) if rng.random() < 0.03 else 0
-                rejected = 1 if rng.random() < 0.02 else 0
-                rows.append(
-                    (
-                        subscription.pk,
-                        minute,
-                        template,
-                        "out",
-                        events,
-                        size,
-                        throttled,
-                        throttled * 300,
-                        dropped,
-                        0,
-                        0,
+            step = timedelta(minutes=1) if recent else timedelta(minutes=10)
+            while span < len(spans) and spans[span][1] <= minute:
+                span += 1
+            if span == len(spans):
+                break
+            current = spans[span]
+            if current[0] <= minute:
+                daily = 0.55 + 0.45 * abs(12 - abs(minute.hour - 14)) / 12  # busier in the afternoon (UTC)
+                for index, template in enumerate(templates):
+                    per_minute = max(1, int(rng.gauss(40, 8) * daily / (index + 1)))
+                    events = per_minute * int(step.total_seconds() // 60)
+                    size = events * rng.randint(180, 420)
+                    throttled = events // 50 if rng.random() < 0.08 else 0
+                    dropped = rng.randint(1, 4) if rng.random() < 0.03 else 0
+                    rows.append(
+                        (
+                            subscription.pk,
+                            minute,
+                            template,
+                            "out",
+                            events,
+                            size,
+                            throttled,
+                            throttled * 300,
+                            dropped,
+                            0,
+                            0,
+                        )
                     )
-                )
-                if rejected:
-                    rows.append((subscription.pk, minute, template, "in", 0, 0, 0, 0, 0, rejected, 0))
-                for le_us, share in ((2000, 0.35), (3000, 0.35), (5000, 0.2), (10000, 0.08), (50000, 0.02)):
-                    assert le_us in LATENCY_BOUNDS_US
-                    count = int(events * share)
-                    if count:
-                        latency.append((subscription.pk, minute, template, "out", le_us, count))
+                    current[2:6] = [
+                        current[2] + events,
+                        current[3] + size,
+                        current[4] + throttled,
+                        current[5] + dropped,
+                    ]
+                    if rng.random() < 0.02:
+                        rows.append((subscription.pk, minute, template, "in", 0, 0, 0, 0, 0, 1, 0))
+                    for le_us, share in (
+                        (2000, 0.35),
+                        (3000, 0.35),
+                        (5000, 0.2),
+                        (10000, 0.08),
+                        (50000, 0.02),
+                    ):
+                        assert le_us in LATENCY_BOUNDS_US
+                        if int(events * share):
+                            latency.append(
+                                (subscription.pk, minute, template, "out", le_us, int(events * share))
+                            )
             minute += step
         written = usage_counts_batch(rows=rows) + latency_record_batch(rows=latency)
         records, handshakes = [], []
-        opened = start + timedelta(hours=2)
-        while opened < now - timedelta(hours=1):
-            duration = rng.uniform(120, 4 * 3600)
-            closed = min(opened + timedelta(seconds=duration), now - timedelta(minutes=5))
-            events = int((closed - opened).total_seconds() * rng.uniform(0.3, 0.7))
-            code, reason = rng.choice(
-                [(1000, "closed by the client"), (1001, "closed by the client"), (4429, "rate limit")]
-            )
-            ip, agent = f"203.0.113.{rng.randint(2, 250)}", rng.choice(AGENTS)
+        for opened, closed, events, size, throttled, dropped in spans:
+            if throttled and rng.random() < 0.3:
+                code, reason = 4429, "events rate limit of the plan reached"
+            else:
+                code, reason = rng.choice([(1000, "closed by the client"), (1001, "closed by the client")])
             common = {
                 "subscription_id": subscription.pk,
                 "application_id": subscription.application_id,
                 "api_id": subscription.api_id,
-                "client_ip": ip,
-                "user_agent": agent,
+                "client_ip": f"203.0.113.{rng.randint(2, 250)}",
+                "user_agent": rng.choice(AGENTS),
                 "process": DEMO_PROCESS,
             }
             records.append(
@@ -117,28 +138,39 @@ class Command(BaseCommand):
                     **common,
                     version=version.version if version else "",
                     protocol=rng.choice(["websocket", "websocket", "sse"]),
-                    channels=templates[0],
+                    channels=",".join(sorted(templates)),
                     opened_at=opened,
                     closed_at=closed,
-                    duration_seconds=round((closed - opened).total_seconds(), 3),
+                    duration_seconds=(closed - opened).total_seconds(),
                     close_code=code,
                     close_reason=reason,
                     events_out=events,
-                    bytes_out=events * 300,
-                    throttled_events=events // 40 if code == 4429 else 0,
+                    bytes_out=size,
+                    throttled_events=throttled,
+                    dropped_events=dropped,
                 )
             )
-            outcome = "accepted" if rng.random() < 0.9 else rng.choice(["quota_exhausted", "not_found"])
             handshakes.append(
                 HandshakeRecord(
                     **common,
                     at=opened,
-                    outcome=outcome,
-                    code=None if outcome == "accepted" else (4429 if outcome == "quota_exhausted" else 4404),
+                    outcome="accepted",
                     protocol="websocket",
                     version=version.version if version else "",
                     channel=templates[0],
                 )
             )
-            opened = closed + timedelta(minutes=rng.uniform(5, 240))
+            if rng.random() < 0.15:  # now and then a client tries an expired key first
+                handshakes.append(
+                    HandshakeRecord(
+                        **common,
+                        at=opened - timedelta(seconds=5),
+                        outcome="invalid_token",
+                        code=4401,
+                        detail="unknown, invalid, revoked or expired credential",
+                        protocol="websocket",
+                        version=version.version if version else "",
+                        channel=templates[0],
+                    )
+                )
         return written + connection_record_batch(records=records) + handshake_record_batch(records=handshakes)
