@@ -19,6 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from analytics.dashboard import PRESETS, DateRange
+from analytics.live import LiveUnavailable
 from analytics.queries import RESOLUTIONS, Counts
 from analytics.views import (
     ConsumerUsageForm,
@@ -213,6 +214,10 @@ class UsageOpenConnectionSerializer(serializers.Serializer[Any]):
 
 class UsageConnectionsSerializer(serializers.Serializer[Any]):
     range = UsageRangeSerializer()
+    live_available = serializers.BooleanField(
+        help_text="False when the gateways' live snapshots cannot be read (Redis cannot be reached): "
+        "`open_now` is then empty because it is unknown, not because nothing is open."
+    )
     open_now = UsageOpenConnectionSerializer(many=True)
     history = UsageConnectionHistorySerializer(many=True, help_text="Newest first, at most `limit`.")
     history_total = serializers.IntegerField(help_text="Finished connections overlapping the range.")
@@ -349,7 +354,8 @@ class UsageConnectionsView(V1View):
         responses=UsageConnectionsSerializer,
         summary="Connections of one of your subscriptions: open now and finished in the range",
         description="`open_now`: WebSocket and SSE connections open now (each gateway process reports "
-        "its connections every few seconds). `history`: connections that ended after the range's start "
+        "its connections every few seconds; `live_available` is false, and `open_now` empty, when "
+        "Redis cannot be reached). `history`: connections that ended after the range's start "
         "and opened before its end, newest first, with the close code in words. 404 for a subscription "
         "that is not of your applications.",
     )
@@ -359,9 +365,14 @@ class UsageConnectionsView(V1View):
         limit = _limit(request)
         start, end = range_bounds(form.date_range)
         records = connection_records([subscription.pk], start, end)[:limit]
+        try:
+            open_now, live_available = open_connections([subscription.pk]).get(subscription.pk, []), True
+        except LiveUnavailable:
+            open_now, live_available = [], False
         data = {
             "range": _range(form.date_range),
-            "open_now": open_connections([subscription.pk]).get(subscription.pk, []),
+            "live_available": live_available,
+            "open_now": open_now,
             "history": [
                 {
                     "id": record.pk,

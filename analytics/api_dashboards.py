@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from analytics.api_consumer import WebhookMetricsSerializer
 from analytics.dashboard import PRESETS, DateRange, DateRangeForm
+from analytics.live import LiveUnavailable
 from analytics.views_dashboards import (
     get_api_for_analytics,
     live_connections,
@@ -185,7 +186,13 @@ class ProviderAnalyticsSerializer(serializers.Serializer):
     handshakes = HandshakesSerializer()
     webhooks = ProviderWebhooksSerializer(help_text="Webhook delivery attempts to the API's subscribers.")
     latency = LatencySerializer()
-    connections = LiveConnectionSerializer(many=True, help_text="Open now.")
+    connections = LiveConnectionSerializer(
+        many=True, help_text="Open now (empty when `live_available` is false)."
+    )
+    live_available = serializers.BooleanField(
+        help_text="False when Redis cannot be reached: the connections open now are unknown, and "
+        "`connections` is empty for that reason, not because none is open."
+    )
 
 
 class PlatformCountsSerializer(serializers.Serializer):
@@ -193,8 +200,12 @@ class PlatformCountsSerializer(serializers.Serializer):
     applications = serializers.IntegerField()
     subscriptions = serializers.IntegerField(help_text="Active subscriptions.")
     new_subscriptions = serializers.IntegerField(help_text="Created in the range.")
-    processes = serializers.IntegerField(help_text="Gateway processes alive.")
-    connections = serializers.IntegerField(help_text="Connections open now.")
+    processes = serializers.IntegerField(
+        allow_null=True, help_text="Gateway processes alive; null when Redis cannot be reached."
+    )
+    connections = serializers.IntegerField(
+        allow_null=True, help_text="Connections open now; null when Redis cannot be reached."
+    )
 
 
 class PlatformAPIUsageSerializer(CountsSerializer):
@@ -212,12 +223,19 @@ class PlatformAnalyticsSerializer(serializers.Serializer):
     applications = PlatformApplicationUsageSerializer(many=True, help_text="Top 10 by events.")
     handshakes = HandshakesSerializer()
     webhooks = PlatformWebhooksSerializer(help_text="Webhook delivery attempts, every API.")
-    processes = ProcessSerializer(many=True)
+    processes = ProcessSerializer(many=True, help_text="Empty when `live_available` is false.")
+    live_available = serializers.BooleanField(
+        help_text="False when Redis cannot be reached: the gateway processes and their connections "
+        "are unknown (`processes` empty, `platform.processes`/`platform.connections` null)."
+    )
 
 
 class ConnectionsSerializer(serializers.Serializer):
-    count = serializers.IntegerField()
+    count = serializers.IntegerField(allow_null=True, help_text="Null when `live_available` is false.")
     connections = LiveConnectionSerializer(many=True)
+    live_available = serializers.BooleanField(
+        help_text="False when Redis cannot be reached: the connections open now are unknown (not none)."
+    )
 
 
 # --- views --------------------------------------------------------------------------------------
@@ -280,12 +298,18 @@ class ProviderAPIConnectionsView(V1View):
     @extend_schema(
         summary="Connections to one of your APIs open now",
         description="Across every gateway process, newest first (each process reports every few "
-        "seconds). The API's provider, or a platform admin; 404 for anyone else.",
+        "seconds); `live_available` false (and `count` null) when Redis cannot be reached. The API's "
+        "provider, or a platform admin; 404 for anyone else.",
         responses={200: ConnectionsSerializer},
     )
     def get(self, request: Request, slug: str) -> Response:
-        connections = live_connections(get_api_for_analytics(request.user, slug))
-        data: dict[str, Any] = {"count": len(connections), "connections": connections}
+        api = get_api_for_analytics(request.user, slug)
+        try:
+            connections = live_connections(api)
+        except LiveUnavailable:
+            data: dict[str, Any] = {"count": None, "connections": [], "live_available": False}
+        else:
+            data = {"count": len(connections), "connections": connections, "live_available": True}
         return Response(ConnectionsSerializer(data).data)
 
 

@@ -7,7 +7,15 @@ Query parameters (pages, CSV and REST alike):
 - or ``from`` and ``to``: dates (``YYYY-MM-DD``, UTC, ``to`` inclusive) or ISO 8601 date-times
   (``to`` exclusive); ``to`` defaults to now;
 - ``step``: ``minute``, ``hour`` or ``day``; by default the finest that gives at most ~400 points
-  (minute up to 6 hours, hour up to 14 days, day beyond).
+  (minute up to 6 hours, hour up to 14 days, day beyond) and whose rows are still kept for the
+  whole range: a range starting before the minute (hour) rows' retention horizon
+  (``ANALYTICS_RETENTION_MINUTE_DAYS``, ``ANALYTICS_RETENTION_HOUR_DAYS``) gets the next coarser
+  step, and asking for that step explicitly is an error (those rows were deleted: the chart
+  would show zeros, not what happened);
+- ``format``: ``csv`` for the CSV export; absent for the page.
+
+Dates go from ``FIRST_DAY`` (2000-01-01) to ``LAST_DAY`` (9998-12-31), so that every bound and
+step rounding stays within what a ``datetime`` can hold.
 """
 
 from __future__ import annotations
@@ -19,11 +27,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from analytics.queries import RESOLUTIONS, STEP, ceil, floor
+from analytics.queries import EARLIEST, LATEST, RESOLUTIONS, STEP, ceil, floor
+from analytics.rollup import retention_days
 
 PRESETS: dict[str, tuple[timedelta, str]] = {
     "1h": (timedelta(hours=1), "Last hour"),
@@ -35,6 +44,12 @@ PRESETS: dict[str, tuple[timedelta, str]] = {
 }
 DEFAULT_PRESET = "24h"
 MAX_POINTS = 1500
+# The dates a range may use (inclusive): a ``to`` date's exclusive end, LAST_DAY + 1 day, is
+# analytics.queries.LATEST, and rounding any moment in between up to a day stays below year 10000.
+FIRST_DAY = EARLIEST.date()
+LAST_DAY = (LATEST - timedelta(days=1)).date()
+# What ``format`` may be: absent (the page) or one of these.
+FORMATS = ("csv",)
 
 
 @dataclass(frozen=True)
@@ -67,21 +82,57 @@ def _auto_step(span: timedelta) -> str:
     return "day"
 
 
-def _moment(value: str, *, end: bool) -> datetime | None:
-    """A date (UTC midnight; the day after for an inclusive ``to``) or an ISO date-time."""
+def retention_horizon(step: str, now: datetime) -> datetime | None:
+    """The oldest moment whose ``step`` rows (``minute``, ``hour``) are still kept at ``now``:
+    ``now`` less ``ANALYTICS_RETENTION_MINUTE_DAYS`` (``..._HOUR_DAYS``); None when they are
+    kept for ever (retention 0) and for ``day`` (nothing coarser to fall back on)."""
+    if step == "day":
+        return None
+    days = retention_days(step)
+    return now - timedelta(days=days) if days else None
+
+
+def _moment(value: str, *, end: bool) -> datetime:
+    """A date (UTC midnight; the day after for an inclusive ``to``) or an ISO date-time (UTC
+    when it has no offset), between ``FIRST_DAY`` and the end of ``LAST_DAY``. Raises
+    ``ValueError`` with the message for the field."""
+    not_a_date = f'"{value}" is not a date (YYYY-MM-DD) or date-time (ISO 8601)'
+    out_of_range = f'"{value}" is out of range: dates go from {FIRST_DAY} to {LAST_DAY}'
     try:
         day = parse_date(value) if len(value) == 10 else None
     except ValueError:
-        return None
+        raise ValueError(not_a_date) from None
     if day is not None:
+        if not FIRST_DAY <= day <= LAST_DAY:
+            raise ValueError(out_of_range)
         return datetime.combine(day + timedelta(days=1) if end else day, time(), tzinfo=UTC)
     try:
         moment = parse_datetime(value)
     except ValueError:
-        return None
+        raise ValueError(not_a_date) from None
     if moment is None:
+        raise ValueError(not_a_date)
+    try:
+        # Year 1 at +05:00, or year 9999 at -05:00, is outside what a datetime can hold in UTC.
+        moment = moment.astimezone(UTC) if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError(out_of_range) from None
+    if not EARLIEST <= moment <= LATEST:
+        raise ValueError(out_of_range)
+    return moment
+
+
+def format_refusal(request: HttpRequest) -> HttpResponse | None:
+    """A 400 (plain text, naming ``format``) when the request asks for a ``format`` the
+    dashboards do not answer (only ``csv``, or none for the page); None when it is fine."""
+    wanted = request.GET.get("format")
+    if wanted is None or wanted in ("", *FORMATS):
         return None
-    return moment.astimezone(UTC) if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
+    return HttpResponse(
+        f"format: {wanted!r} is not one of {', '.join(FORMATS)} (leave it out for the page)",
+        status=400,
+        content_type="text/plain; charset=utf-8",
+    )
 
 
 class DateRangeForm(forms.Form):
@@ -107,18 +158,12 @@ class DateRangeForm(forms.Form):
         raw_from, raw_to = cleaned.get("from_") or "", cleaned.get("to") or ""
         preset = cleaned.get("range") or ""
         if raw_from or raw_to:
-            start = _moment(raw_from, end=False) if raw_from else None
-            if raw_from and start is None:
-                self.add_error("from_", f'"{raw_from}" is not a date (YYYY-MM-DD) or date-time (ISO 8601)')
+            start = self._parsed("from_", raw_from, end=False) if raw_from else None
             if not raw_from:
                 self.add_error("from_", "give a start date with the end date (or choose a preset range)")
-            end = _moment(raw_to, end=True) if raw_to else self.now
-            if raw_to and end is None:
-                self.add_error("to", f'"{raw_to}" is not a date (YYYY-MM-DD) or date-time (ISO 8601)')
+            end = self._parsed("to", raw_to, end=True) if raw_to else self.now
             if start is not None and end is not None and end <= start:
-                self.add_error(
-                    "to", f"the end ({end:%Y-%m-%d %H:%M}) must be after the start ({start:%Y-%m-%d %H:%M})"
-                )
+                self._order_error(raw_from, raw_to)
             preset = ""
         else:
             preset = preset or DEFAULT_PRESET
@@ -127,17 +172,64 @@ class DateRangeForm(forms.Form):
         if self.errors:
             return cleaned
         assert start is not None and end is not None
-        step = cleaned.get("step") or _auto_step(end - start)
+        step = self._step(cleaned.get("step") or "", start, end)
+        if step is None:
+            return cleaned
         label = PRESETS[preset][1] if preset else f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M} UTC"
-        result = DateRange(start=start, end=end, step=step, preset=preset, label=label)
-        if result.steps() > MAX_POINTS:
+        cleaned["date_range"] = DateRange(start=start, end=end, step=step, preset=preset, label=label)
+        return cleaned
+
+    def _parsed(self, field: str, raw: str, *, end: bool) -> datetime | None:
+        """``raw`` as a moment (``_moment``), or None after adding its error to ``field``."""
+        try:
+            return _moment(raw, end=end)
+        except ValueError as error:
+            self.add_error(field, str(error))
+            return None
+
+    def _order_error(self, raw_from: str, raw_to: str) -> None:
+        """The error of an end that is not after the start, in the values the user typed (an
+        inclusive ``to`` date ends at midnight after it, which is not what they wrote)."""
+        if not raw_to:
+            self.add_error(
+                "from_",
+                f"the start ({raw_from}) must be before now ({self.now:%Y-%m-%d %H:%M} UTC), "
+                "or give an end date",
+            )
+            return
+        through = ", through the end of that day" if len(raw_to) == 10 else ""
+        self.add_error("to", f"the end ({raw_to}{through}) must be after the start ({raw_from})")
+
+    def _step(self, asked: str, start: datetime, end: datetime) -> str | None:
+        """The step for ``[start, end)``: ``asked``, or the finest fitting one (module
+        docstring). None after adding an error to ``step``: too many points, or rows of that
+        step no longer kept for the whole range."""
+        step = asked or _auto_step(end - start)
+        if not asked:
+            while (horizon := retention_horizon(step, self.now)) is not None and start < horizon:
+                step = RESOLUTIONS[RESOLUTIONS.index(step) + 1]
+        points = DateRange(start=start, end=end, step=step, preset="", label="").steps()
+        if points > MAX_POINTS:
+            if step == "day":
+                message = (
+                    f"the range spans {points:,} days; at most {MAX_POINTS:,} days at a time: "
+                    "pick a shorter range"
+                )
+            else:
+                message = f"{points:,} {step}s are too many points (max {MAX_POINTS:,}): pick a larger step"
+            self.add_error("step", message)
+            return None
+        horizon = retention_horizon(step, self.now)
+        if horizon is not None and start < horizon:
+            coarser = RESOLUTIONS[RESOLUTIONS.index(step) + 1]
             self.add_error(
                 "step",
-                f"{result.steps():,} {step}s are too many points (max {MAX_POINTS:,}): pick a larger step",
+                f"per-{step} rows are kept {retention_days(step):,} days (back to "
+                f"{horizon:%Y-%m-%d %H:%M} UTC): this range starts earlier, so choose "
+                f"step={coarser} or a later start",
             )
-            return cleaned
-        cleaned["date_range"] = result
-        return cleaned
+            return None
+        return step
 
     @property
     def date_range(self) -> DateRange:

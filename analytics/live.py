@@ -10,6 +10,10 @@ snapshots stay in this module's memory, which the portal in the same process rea
 A process whose snapshot expired (killed, hung) drops out of ``processes()`` and its
 connections out of ``connections()`` within ``3 ×`` the interval.
 
+When Redis cannot be reached the readers (``snapshots``, ``processes``, ``connections``) raise
+``LiveUnavailable`` rather than answer "nothing open": the dashboards and REST then say that live
+data is unavailable (``LIVE_UNAVAILABLE``), which a real empty state never does.
+
 Snapshot shape (``publish``)::
 
     process: {"process": "host:pid", "pid": 123, "host": "...", "started_at": 1764400000.0,
@@ -38,6 +42,15 @@ PROCESSES_KEY = "eventgate:gateways"
 SNAPSHOT_KEY = "eventgate:live:{process}"
 # Snapshots older than this many intervals are ignored (and expire in Redis).
 STALE_INTERVALS = 3
+
+# What the dashboards and REST say when the readers raise LiveUnavailable.
+LIVE_UNAVAILABLE = "Live data unavailable: Redis cannot be reached."
+
+
+class LiveUnavailable(Exception):
+    """Redis (``REDIS_URL``) could not be reached to read the gateway processes' snapshots:
+    whether any connection is open now is unknown (not "none")."""
+
 
 # Without Redis: process → (published at, snapshot)
 _local: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -90,8 +103,7 @@ def withdraw(process: str) -> None:
 
 def snapshots() -> list[dict[str, Any]]:
     """The fresh snapshots of every gateway process (``{"process": ..., "connections": [...]}``),
-    oldest process first. An unreachable Redis gives an empty list (logged), not an error: the
-    dashboards say no live data instead of failing."""
+    oldest process first. Raises ``LiveUnavailable`` (logged) when Redis cannot be reached."""
     cutoff = time.time() - _ttl()
     if not settings.REDIS_URL:
         return [
@@ -101,14 +113,15 @@ def snapshots() -> list[dict[str, Any]]:
         client = _redis()
         names = [name.decode() for name in client.zrangebyscore(PROCESSES_KEY, cutoff, "+inf")]
         raw = client.mget([SNAPSHOT_KEY.format(process=name) for name in names]) if names else []
-    except Exception as exc:  # noqa: BLE001 - redis errors of any kind: show "no live data"
+    except Exception as exc:  # noqa: BLE001 - redis errors of any kind: say "live data unavailable"
         log.warning("Live gateway snapshots unavailable: %r", exc)
-        return []
+        raise LiveUnavailable(LIVE_UNAVAILABLE) from exc
     return [json.loads(item) for item in raw if item]
 
 
 def processes() -> list[dict[str, Any]]:
-    """The gateway processes alive now (their ``process`` snapshots), oldest first."""
+    """The gateway processes alive now (their ``process`` snapshots), oldest first. Raises
+    ``LiveUnavailable``."""
     return [snapshot["process"] for snapshot in snapshots()]
 
 
@@ -117,7 +130,7 @@ def connections(
 ) -> list[dict[str, Any]]:
     """The connections open now across gateway processes, newest first, optionally only those
     of ``subscription_ids`` or of ``api_ids`` (the caller's scope: a consumer's subscriptions,
-    a provider's APIs)."""
+    a provider's APIs). Raises ``LiveUnavailable``."""
     found = [
         connection
         for snapshot in snapshots()

@@ -12,6 +12,9 @@ what a consumer is billed for is what their dashboard shows for the same period.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+
 from django.db import models
 
 # Upper bounds (seconds) of the publish → deliver latency histogram's buckets, after which one
@@ -224,6 +227,48 @@ class RollupState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.resolution} rolled up until {self.rolled_until:%Y-%m-%d %H:%M}"
+
+
+class RollupDirty(models.Model):
+    """An hour (``resolution="hour"``) or day (``"day"``) whose coarser rows must be rolled up
+    again because finer rows arrived after its re-roll window had passed (``analytics.rollup``,
+    "Late minute rows"). A gateway's flush marks the hours of its late minute rows, in the
+    transaction that writes them (``analytics.services``); the hour roll-up re-rolls each marked
+    hour and marks its day; the day roll-up re-rolls each marked day. Each deletes the marks it
+    handled, in its own transaction."""
+
+    resolution = models.CharField(max_length=8)  # "hour" or "day"
+    bucket_start = models.DateTimeField(help_text="Start (UTC) of the hour or day to roll up again.")
+    marked_at = models.DateTimeField(help_text="When it was last marked.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["resolution", "bucket_start"], name="unique_rollup_dirty")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.resolution} {self.bucket_start:%Y-%m-%d %H:%M} to roll up again"
+
+    @classmethod
+    def mark(cls, *, resolution: str, buckets: Iterable[datetime], at: datetime) -> int:
+        """Mark ``buckets`` (starts of hours or days, UTC) of ``resolution`` dirty, in the
+        caller's transaction; returns how many. An existing mark is *updated* (``marked_at``),
+        not skipped: the update locks its row until the caller commits, so a roll-up that is
+        about to delete that mark waits and then reads the caller's rows (an insert that did
+        nothing on conflict would take no lock, and the roll-up could delete the mark while
+        missing the rows). Buckets are written in time order, so concurrent flushes lock the
+        rows in the same order."""
+        rows = [
+            cls(resolution=resolution, bucket_start=bucket, marked_at=at) for bucket in sorted(set(buckets))
+        ]
+        if rows:
+            cls.objects.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["resolution", "bucket_start"],
+                update_fields=["marked_at"],
+            )
+        return len(rows)
 
 
 class ConnectionRecord(models.Model):

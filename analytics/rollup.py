@@ -26,14 +26,29 @@ A gateway whose flush failed keeps its counts and retries at the next flush
 (``gateway.metering``), so minute rows can arrive after their hour was rolled. Every run
 therefore rolls again the ``ANALYTICS_REROLL_HOURS`` hours below the mark (the hour roll-up from
 the minute rows, the day roll-up every day holding such an hour), and retention never deletes
-rows that a re-roll still reads. The bound: a minute row written at most ``ANALYTICS_REROLL_HOURS``
-hours after its minute ends (less one roll-up interval, ``ANALYTICS_ROLLUP_SCHEDULE_SECONDS``)
-reaches its hour and day rows at the next run; until that run, readers of ranges below the mark
-miss it (at most one interval). A row later than that stays in the minute rows only, which
-readers of whole hours below the mark no longer look at (a gateway whose database was
-unreachable for longer than ``ANALYTICS_REROLL_HOURS``). ``ANALYTICS_ROLLUP_GRACE_SECONDS``
-(default 300 s, well above ``GATEWAY_FLUSH_INTERVAL``) keeps a healthy gateway's last flush of an
-hour ahead of that hour's first roll-up.
+rows that a re-roll still reads. ``ANALYTICS_ROLLUP_GRACE_SECONDS`` (default 300 s, well above
+``GATEWAY_FLUSH_INTERVAL``) keeps a healthy gateway's last flush of an hour ahead of that hour's
+first roll-up.
+
+Rows later than that window would be left behind for ever (a gateway whose database was
+unreachable for longer than ``ANALYTICS_REROLL_HOURS``), so the flush marks them: a minute row
+older than ``ANALYTICS_REROLL_HOURS`` less one hour marks its hour dirty (``RollupDirty``,
+``analytics.services``) in the transaction that writes it. Each hour roll-up, besides its
+window, re-rolls every marked hour below its end, marks each such hour's day, and deletes the
+hour marks it handled; each day roll-up re-rolls every marked day below its end and deletes those
+marks. So every minute row, however late, reaches its hour and day rows at the next run (until
+then, readers of whole hours below the mark miss it: at most one roll-up interval). The one
+exception: a row whose hour is older than the minute retention (``ANALYTICS_RETENTION_MINUTE_DAYS``)
+is not rolled up — the hour's other minute rows may be gone, and a re-roll would set the hour
+to less than it had — and retention deletes it; likewise a marked day older than the hour
+retention.
+
+The marks are safe under concurrency: a roll-up locks the marks it will handle (``SELECT ... FOR
+UPDATE``) *before* it reads the finer rows, and a flush *updates* a mark that exists (``ON
+CONFLICT DO UPDATE``, which locks it) rather than ignoring it. A flush that marked an hour before
+the roll-up's lock makes the roll-up wait for its commit, so the roll-up then reads its rows; a
+flush that marks after the lock either creates a new mark or waits until the roll-up deleted the
+old one and creates it again: the hour is rolled again at the next run.
 
 Retention
 ---------
@@ -63,6 +78,7 @@ from analytics.models import (
     LatencyDaily,
     LatencyHourly,
     LatencyRecord,
+    RollupDirty,
     RollupState,
     UsageCounts,
     UsageDaily,
@@ -70,7 +86,7 @@ from analytics.models import (
     UsageRecord,
     WebhookRecord,
 )
-from analytics.queries import floor, marks
+from analytics.queries import STEP, floor, marks
 
 DEFAULT_GRACE_SECONDS = 300
 DEFAULT_REROLL_HOURS = 6
@@ -91,9 +107,11 @@ LATENCY_SOURCES: dict[str, tuple[type[Model], type[Model]]] = {
 @dataclass(frozen=True)
 class RollupResult:
     """What one roll-up run did: ``resolution`` ("hour" or "day") rows written (inserted or set)
-    for buckets in ``[start, end)`` (``usage_rows``, ``latency_rows``), and the mark before and
-    after (``rolled_until``; unchanged when nothing new was complete). For days before the first
-    hour roll-up there is nothing to go on: ``start``/``end``/``previous_mark`` are None."""
+    for buckets in ``[start, end)`` and the marked ones below it (``usage_rows``,
+    ``latency_rows``), and the mark before and after (``rolled_until``; unchanged when nothing
+    new was complete). ``rerolled``: the marked (``RollupDirty``) buckets rolled again below
+    ``start``, oldest first. For days before the first hour roll-up there is nothing to go on:
+    ``start``/``end``/``previous_mark`` are None."""
 
     resolution: str
     start: datetime | None
@@ -102,6 +120,7 @@ class RollupResult:
     latency_rows: int
     previous_mark: datetime | None
     rolled_until: datetime | None
+    rerolled: tuple[datetime, ...] = ()
 
 
 def grace() -> timedelta:
@@ -176,11 +195,58 @@ def _locked_mark(resolution: str, initial: datetime) -> datetime:
     return RollupState.objects.select_for_update().get(resolution=resolution).rolled_until
 
 
-def _rollup(resolution: str, target: datetime, earliest: type[Model]) -> RollupResult:
+def _source_horizon(resolution: str, now: datetime) -> datetime | None:
+    """The oldest ``resolution`` bucket whose finer rows retention has certainly kept whole at
+    ``now`` (minute rows for an hour, hour rows for a day); None when they are kept for ever."""
+    days = retention_days("minute" if resolution == "hour" else "hour")
+    return floor(now - timedelta(days=days), resolution) if days else None
+
+
+def _runs(buckets: list[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:
+    """Sorted bucket starts as ``[start, end)`` runs of consecutive buckets (one roll each)."""
+    runs: list[tuple[datetime, datetime]] = []
+    for bucket in buckets:
+        if runs and runs[-1][1] == bucket:
+            runs[-1] = (runs[-1][0], bucket + step)
+        else:
+            runs.append((bucket, bucket + step))
+    return runs
+
+
+def _claim_marked(resolution: str, end: datetime) -> list[tuple[int, datetime]]:
+    """The ``RollupDirty`` marks of ``resolution`` below ``end`` as ``(pk, bucket start)``,
+    oldest first, locked until the transaction ends (module docstring: taken before the finer
+    rows are read)."""
+    marked = RollupDirty.objects.select_for_update().filter(resolution=resolution, bucket_start__lt=end)
+    return list(marked.order_by("bucket_start").values_list("pk", "bucket_start"))
+
+
+def _reroll_marked(
+    resolution: str, marked: list[tuple[int, datetime]], start: datetime, now: datetime
+) -> tuple[list[datetime], int, int]:
+    """Roll again the ``marked`` buckets below ``start`` (those from ``start`` on are in the
+    window) that retention left whole, mark the days of the hours handled (hour roll-up), and
+    delete the ``marked`` rows. Returns (buckets rolled again, usage rows, latency rows)."""
+    horizon = _source_horizon(resolution, now)
+    kept = [bucket for _, bucket in marked if horizon is None or bucket >= horizon]
+    rerolled = [bucket for bucket in kept if bucket < start]
+    usage_rows = latency_rows = 0
+    for run_start, run_end in _runs(rerolled, STEP[resolution]):
+        usage, latency = _roll(resolution, run_start, run_end)
+        usage_rows, latency_rows = usage_rows + usage, latency_rows + latency
+    if resolution == "hour":
+        RollupDirty.mark(resolution="day", buckets={floor(bucket, "day") for bucket in kept}, at=now)
+    RollupDirty.objects.filter(pk__in=[pk for pk, _ in marked]).delete()
+    return rerolled, usage_rows, latency_rows
+
+
+def _rollup(resolution: str, target: datetime, earliest: type[Model], now: datetime) -> RollupResult:
     """Roll ``resolution`` up to ``target`` (see the module docstring): in one transaction, lock
-    the mark, set the rows of ``[floor(mark − re-roll window), max(mark, target))``, advance the
-    mark to ``target`` if it is ahead. A missing mark starts at ``earliest``'s first row (or at
-    ``target`` when that table is empty)."""
+    the mark and the ``RollupDirty`` marks below the window's end, set the rows of
+    ``[floor(mark − re-roll window), max(mark, target))`` and of the marked buckets below it,
+    advance the mark to ``target`` if it is ahead. A missing mark starts at ``earliest``'s first
+    row (or at ``target`` when that table is empty). ``now`` decides which marked buckets are
+    past retention."""
     with transaction.atomic():
         first = earliest.objects.aggregate(first=Min("bucket_start"))["first"]
         mark = _locked_mark(
@@ -188,33 +254,48 @@ def _rollup(resolution: str, target: datetime, earliest: type[Model]) -> RollupR
         )
         start = floor(mark - reroll(), resolution)
         end = max(mark, target)
+        marked = _claim_marked(resolution, end)
         usage_rows, latency_rows = _roll(resolution, start, end)
+        rerolled, usage_extra, latency_extra = _reroll_marked(resolution, marked, start, now)
         if target > mark:
             RollupState.objects.filter(resolution=resolution, rolled_until__lt=target).update(
                 rolled_until=target, updated_at=timezone.now()
             )
-    return RollupResult(resolution, start, end, usage_rows, latency_rows, mark, max(mark, target))
+    return RollupResult(
+        resolution,
+        start,
+        end,
+        usage_rows + usage_extra,
+        latency_rows + latency_extra,
+        mark,
+        max(mark, target),
+        tuple(rerolled),
+    )
 
 
 def rollup_hours(now: datetime | None = None) -> RollupResult:
     """Roll minute rows up into ``UsageHourly``/``LatencyHourly`` for every whole hour (UTC)
     that ended at least ``ANALYTICS_ROLLUP_GRACE_SECONDS`` before ``now`` (default: now), again
-    for the ``ANALYTICS_REROLL_HOURS`` hours below the hour mark (late rows), and move the hour
-    mark to the end of the last such hour. Safe to run twice or concurrently. Raises
+    for the ``ANALYTICS_REROLL_HOURS`` hours below the hour mark and for every hour marked dirty
+    by a late flush (``RollupDirty``; their days are marked for ``rollup_days``), and move the
+    hour mark to the end of the last such hour. Safe to run twice or concurrently. Raises
     ``NotSupportedError`` on a database other than PostgreSQL or SQLite."""
     now = now or timezone.now()
-    return _rollup("hour", floor(now - grace(), "hour"), UsageRecord)
+    return _rollup("hour", floor(now - grace(), "hour"), UsageRecord, now)
 
 
 def rollup_days(now: datetime | None = None) -> RollupResult:
     """Roll hour rows up into ``UsageDaily``/``LatencyDaily`` for every whole day (UTC) below the
     hour mark, again for every day holding one of the ``ANALYTICS_REROLL_HOURS`` hours below
-    the day mark, and move the day mark to the last such day's end. Does nothing before the
-    first ``rollup_hours``. ``now`` is unused (the hour mark decides); accepted for symmetry."""
+    the day mark and for every day ``rollup_hours`` marked dirty (``RollupDirty``), and move the
+    day mark to the last such day's end. Does nothing before the first ``rollup_hours``. The
+    hour mark decides how far; ``now`` (default: now) only which marked days are past the hour
+    rows' retention."""
+    now = now or timezone.now()
     hour_mark = marks()["hour"]
     if hour_mark is None:
         return RollupResult("day", None, None, 0, 0, None, marks()["day"])
-    return _rollup("day", floor(hour_mark, "day"), UsageHourly)
+    return _rollup("day", floor(hour_mark, "day"), UsageHourly, now)
 
 
 def _delete_before(model: type[Model], field: str, cutoff: datetime, batch_size: int) -> int:

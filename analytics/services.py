@@ -3,17 +3,32 @@
 Everything the gateway counts per event lives in process memory and arrives here in batches
 (``gateway.metering``): usage counts per minute, latency histogram buckets per minute, finished
 connections and handshakes. Reads go through ``analytics.queries``.
+
+Minute rows that arrive late (a flush retried after a database outage), for an hour the
+roll-up's re-roll window may already have left behind, mark that hour dirty (``RollupDirty``) in
+the same transaction, so the next roll-up brings them into the hour and day rows
+(``analytics.rollup``, "Late minute rows").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import connection, transaction
+from django.utils import timezone
 
-from analytics.models import ConnectionRecord, HandshakeRecord, LatencyRecord, UsageCounts, UsageRecord
+from analytics.models import (
+    ConnectionRecord,
+    HandshakeRecord,
+    LatencyRecord,
+    RollupDirty,
+    UsageCounts,
+    UsageRecord,
+)
+from analytics.queries import floor
+from analytics.rollup import reroll
 from portal.models import Subscription
 
 # (subscription id, minute bucket start (aware UTC), channel template, direction "out"/"in", events, bytes)
@@ -39,6 +54,17 @@ def _live_rows(rows: Sequence[tuple]) -> list[tuple]:
     return [row for row in rows if row[0] in live]
 
 
+def _mark_late_hours(rows: Sequence[tuple]) -> int:
+    """Mark dirty (``RollupDirty``, in the caller's transaction) the hours of ``rows`` (minute
+    in the second item) older than ``ANALYTICS_REROLL_HOURS`` less one hour: a roll-up that ran
+    since may already have left them behind. Returns how many hours."""
+    now = timezone.now()
+    horizon = now - reroll() + timedelta(hours=1)
+    return RollupDirty.mark(
+        resolution="hour", buckets={floor(row[1], "hour") for row in rows if row[1] < horizon}, at=now
+    )
+
+
 def usage_counts_batch(*, rows: Iterable[CountRow]) -> int:
     """Add a batch of per-minute counts (``CountRow``: the columns of
     ``UsageCounts.COUNT_FIELDS``) to ``UsageRecord``, creating rows as needed.
@@ -46,7 +72,9 @@ def usage_counts_batch(*, rows: Iterable[CountRow]) -> int:
     One ``INSERT ... ON CONFLICT DO UPDATE SET col = col + excluded.col`` per row in one
     transaction (PostgreSQL and SQLite ≥ 3.24), so concurrent flushes from several gateway
     processes add up instead of overwriting each other. Rows of all zeros and rows of
-    subscriptions deleted meanwhile are skipped. Returns the number of rows written.
+    subscriptions deleted meanwhile are skipped. Rows older than ``ANALYTICS_REROLL_HOURS``
+    less one hour mark their hour for the roll-up (``_mark_late_hours``), in the same
+    transaction. Returns the number of rows written.
     """
     rows = [row for row in rows if any(row[4:])]
     if not rows:
@@ -62,6 +90,7 @@ def usage_counts_batch(*, rows: Iterable[CountRow]) -> int:
     )
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(sql, rows)
+        _mark_late_hours(rows)
     return len(rows)
 
 
@@ -79,7 +108,8 @@ def throttled_record_batch(*, rows: Iterable[UsageRow]) -> int:
 
 def latency_record_batch(*, rows: Iterable[LatencyRow]) -> int:
     """Add a batch of latency histogram counts (``LatencyRow``) to ``LatencyRecord`` (same
-    upsert-and-add as ``usage_counts_batch``). Returns the number of rows written."""
+    upsert-and-add, and the same marking of late hours, as ``usage_counts_batch``). Returns the
+    number of rows written."""
     rows = [row for row in rows if row[5]]
     if not rows:
         return 0
@@ -93,6 +123,7 @@ def latency_record_batch(*, rows: Iterable[LatencyRow]) -> int:
     )
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(sql, rows)
+        _mark_late_hours(rows)
     return len(rows)
 
 

@@ -28,7 +28,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from analytics import live
-from analytics.dashboard import DateRange, DateRangeForm, csv_response
+from analytics.dashboard import DateRange, DateRangeForm, csv_response, format_refusal
 from analytics.models import ConnectionRecord, Direction, WebhookRecord
 from analytics.queries import STEP, Counts, floor, latency_histogram, percentiles, usage_grouped
 from analytics.webhooks import webhook_series, webhook_summary
@@ -277,7 +277,8 @@ class SubscriptionUsage:
     in seconds (histogram bucket upper bounds) or None without deliveries; ``quota``: this
     billing period (calendar month, UTC), the shape of ``portal.services.limits`` ``period``;
     ``connections``: the newest finished connections overlapping the range (at most
-    ``PAGE_CONNECTIONS``) of ``connections_total``; ``open_now``: ``analytics.live`` snapshots;
+    ``PAGE_CONNECTIONS``) of ``connections_total``; ``open_now``: ``analytics.live`` snapshots,
+    empty with ``live_available`` False when Redis cannot be reached (unknown, not none);
     ``webhooks``: its webhook deliveries in the range (``WebhookUsage``), None when none of its
     webhooks ever made an attempt.
     """
@@ -293,6 +294,7 @@ class SubscriptionUsage:
     connections: list[ConnectionRow] = field(default_factory=list)
     connections_total: int = 0
     open_now: list[dict[str, Any]] = field(default_factory=list)
+    live_available: bool = True
     ever_used: bool = True
     step: str = "hour"
     end: datetime | None = None
@@ -437,7 +439,8 @@ def connection_counts(subscription_ids: Iterable[int], start: datetime, end: dat
 
 def open_connections(subscription_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
     """Subscription id → its connections open now (``analytics.live`` snapshots, newest first),
-    each with ``open_seconds`` (float), ``duration`` (in words) and ``since_at`` (aware UTC)."""
+    each with ``open_seconds`` (float), ``duration`` (in words) and ``since_at`` (aware UTC).
+    Raises ``analytics.live.LiveUnavailable`` when Redis cannot be reached."""
     now = time.time()
     found: dict[int, list[dict[str, Any]]] = {}
     for connection in live.connections(subscription_ids=set(subscription_ids)):
@@ -524,7 +527,13 @@ def consumer_usage(
     steps = [start + STEP[step] * index for index in range(int((end - start) / STEP[step]) + 1)]
     steps = [moment for moment in steps if moment < end]
     counts = connection_counts(ids, start, end) if with_connections else {}
-    open_now = open_connections(ids) if with_connections else {}
+    open_now: dict[int, list[dict[str, Any]]] = {}
+    live_available = True
+    if with_connections:
+        try:
+            open_now = open_connections(ids)
+        except live.LiveUnavailable:
+            live_available = False
     webhooks = webhook_usage(ids, start, end, step)
 
     usages = []
@@ -560,6 +569,7 @@ def consumer_usage(
             quota=quota_period(subscription.plan, by_direction, period_start, period_end),
             connections_total=counts.get(pk, 0),
             open_now=open_now.get(pk, []),
+            live_available=live_available,
             step=step,
             end=end,
             webhooks=webhooks.get(pk),
@@ -662,6 +672,10 @@ def _not_delivered(counts: Counts) -> list[int]:
     ]
 
 
+# The CSV tables of /usage/?format=csv (``table``); the first is the default.
+USAGE_TABLES = ("series", "channels", "webhooks")
+
+
 def usage_csv(usages: list[SubscriptionUsage], date_range: DateRange, *, table: str) -> HttpResponse:
     """The page's numbers as CSV: ``table="series"`` one row per subscription and step (the
     charts), ``table="channels"`` one per subscription, channel and direction (the per-channel
@@ -730,11 +744,22 @@ def _query_without(request: HttpRequest, *names: str) -> str:
 @login_required
 def usage(request: HttpRequest) -> HttpResponse:
     """The usage dashboard (``analytics:usage``) of the signed-in user's subscriptions; with
-    ``format=csv`` its numbers as CSV (``table=channels`` for the per-channel tables,
-    ``table=webhooks`` for the webhook tables). A bad
-    range or filter is shown next to its field (400), or answered as ``text/plain`` for CSV."""
+    ``format=csv`` its numbers as CSV (``table=series``, the default, for the charts,
+    ``table=channels`` for the per-channel tables, ``table=webhooks`` for the webhook tables).
+    A bad range or filter is shown next to its field (400), or answered as ``text/plain`` for
+    CSV; an unknown ``format`` or ``table`` is a plain-text 400 naming it."""
+    refusal = format_refusal(request)
+    if refusal is not None:
+        return refusal
     form = ConsumerUsageForm(request.GET, user=request.user)
     wants_csv = request.GET.get("format") == "csv"
+    table = request.GET.get("table") or "series"
+    if wants_csv and table not in USAGE_TABLES:
+        return HttpResponse(
+            f"table: {table!r} is not one of {', '.join(USAGE_TABLES)}",
+            status=400,
+            content_type="text/plain; charset=utf-8",
+        )
     if not form.is_valid():
         if wants_csv:
             return HttpResponse(form.error_text(), status=400, content_type="text/plain; charset=utf-8")
@@ -753,8 +778,7 @@ def usage(request: HttpRequest) -> HttpResponse:
     )
     usages = consumer_usage(subscriptions, date_range, only_used=True)
     if wants_csv:
-        table = request.GET.get("table")
-        return usage_csv(usages, date_range, table=table if table in ("channels", "webhooks") else "series")
+        return usage_csv(usages, date_range, table=table)
     start, end = range_bounds(date_range)
     application = form.cleaned_data.get("application")
     keep = f"&application={application.pk}" if application else ""
@@ -771,6 +795,7 @@ def usage(request: HttpRequest) -> HttpResponse:
         "query": _query_without(request, "format", "table"),
         "has_any_subscription": Subscription.objects.filter(application__owner=request.user).exists(),
         "has_webhooks": any(usage.webhooks for usage in usages),
+        "live_unavailable": live.LIVE_UNAVAILABLE if not all(u.live_available for u in usages) else "",
     }
     return render(request, "analytics/usage.html", context)
 

@@ -34,7 +34,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from analytics import live
-from analytics.dashboard import PRESETS, DateRange, DateRangeForm, csv_response
+from analytics.dashboard import PRESETS, DateRange, DateRangeForm, csv_response, format_refusal
 from analytics.models import Direction, HandshakeRecord
 from analytics.queries import (
     Counts,
@@ -366,8 +366,18 @@ def connection_row(connection: dict[str, Any]) -> dict[str, Any]:
 
 
 def live_connections(api: API) -> list[dict[str, Any]]:
-    """The connections to ``api`` open now across gateway processes, newest first."""
+    """The connections to ``api`` open now across gateway processes, newest first. Raises
+    ``analytics.live.LiveUnavailable`` when Redis cannot be reached."""
     return [connection_row(connection) for connection in live.connections(api_ids={api.pk})]
+
+
+def _live_or_unknown(read: Callable[[], list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], bool]:
+    """``(read(), True)``, or ``([], False)`` when the live snapshots cannot be read: the
+    reports carry ``live_available`` so an empty list is never taken for "none open"."""
+    try:
+        return read(), True
+    except live.LiveUnavailable:
+        return [], False
 
 
 def process_row(process: dict[str, Any]) -> dict[str, Any]:
@@ -389,7 +399,7 @@ def process_row(process: dict[str, Any]) -> dict[str, Any]:
 
 
 def live_processes() -> list[dict[str, Any]]:
-    """The gateway processes alive now, oldest first."""
+    """The gateway processes alive now, oldest first. Raises ``analytics.live.LiveUnavailable``."""
     return [process_row(process) for process in live.processes()]
 
 
@@ -397,9 +407,11 @@ def provider_report(api: API, date_range: DateRange) -> dict[str, Any]:
     """Everything the provider's page of ``api`` shows, for ``date_range``: ``range``,
     ``subscribers`` (``active`` now, ``new`` subscriptions created in the range), ``totals``
     (counts, ``errors``, ``error_rate``), ``series``, ``applications`` (top ``TOP_ROWS``),
-    ``channels``, ``handshakes``, ``webhooks`` (``api_webhooks``), ``latency`` (seconds) and
-    ``connections`` open now."""
+    ``channels``, ``handshakes``, ``webhooks`` (``api_webhooks``), ``latency`` (seconds),
+    ``connections`` open now and ``live_available`` (False, with no connections, when Redis
+    cannot be reached)."""
     subscriptions = Subscription.objects.filter(api=api)
+    connections, live_available = _live_or_unknown(lambda: live_connections(api))
     start, end = bounds(date_range)
     per_channel = channels(subscriptions, date_range)
     usage = series(subscriptions, date_range)
@@ -422,13 +434,15 @@ def provider_report(api: API, date_range: DateRange) -> dict[str, Any]:
         "latency": latency(
             subscriptions, date_range, dict.fromkeys(out_channels), [row["start"] for row in usage]
         ),
-        "connections": live_connections(api),
+        "connections": connections,
+        "live_available": live_available,
     }
 
 
 def index_report(user: User, date_range: DateRange) -> dict[str, Any]:
     """The APIs ``user`` manages with their headline numbers in the range (busiest first) and
-    the totals over all of them."""
+    the totals over all of them. ``connections`` (per API and in all) is None, and
+    ``live_available`` False, when Redis cannot be reached."""
     apis = list(API.objects.managed_by(user).select_related("provider").order_by("name"))
     scope = Subscription.objects.filter(api__in=[api.pk for api in apis])
     per_subscription = _per_subscription(scope, date_range)
@@ -442,8 +456,9 @@ def index_report(user: User, date_range: DateRange) -> dict[str, Any]:
         .annotate(n=Count("id"))
         .values_list("api_id", "n")
     )
+    found, live_available = _live_or_unknown(lambda: live.connections(api_ids={api.pk for api in apis}))
     open_now: dict[int, int] = {}
-    for connection in live.connections(api_ids={api.pk for api in apis}):
+    for connection in found:
         open_now[connection["api_id"]] = open_now.get(connection["api_id"], 0) + 1
     rows = [
         {
@@ -452,7 +467,7 @@ def index_report(user: User, date_range: DateRange) -> dict[str, Any]:
             "status": api.status,
             "provider": api.provider.email,
             "subscribers": active.get(api.pk, 0),
-            "connections": open_now.get(api.pk, 0),
+            "connections": open_now.get(api.pk, 0) if live_available else None,
         }
         | counts_dict(per_api.get(api.pk, Counts()))
         for api in apis
@@ -465,7 +480,8 @@ def index_report(user: User, date_range: DateRange) -> dict[str, Any]:
         "range": range_dict(date_range),
         "totals": counts_dict(total),
         "subscribers": sum(active.values()),
-        "connections": sum(open_now.values()),
+        "connections": sum(open_now.values()) if live_available else None,
+        "live_available": live_available,
         "apis": rows,
     }
 
@@ -473,8 +489,9 @@ def index_report(user: User, date_range: DateRange) -> dict[str, Any]:
 def platform_report(date_range: DateRange) -> dict[str, Any]:
     """Everything the platform page shows: ``totals`` over every subscription, ``platform``
     (APIs, applications, active subscriptions), ``series``, busiest ``apis`` and
-    ``applications`` (with error rates), ``handshakes``, ``webhooks`` (``platform_webhooks``) and
-    the gateway ``processes`` alive."""
+    ``applications`` (with error rates), ``handshakes``, ``webhooks`` (``platform_webhooks``),
+    the gateway ``processes`` alive and ``live_available`` (False when Redis cannot be reached:
+    no processes listed, and ``platform`` ``processes``/``connections`` None)."""
     start, end = bounds(date_range)
     per_subscription = _per_subscription(None, date_range)
     api_of = dict(Subscription.objects.filter(pk__in=per_subscription).values_list("pk", "api_id"))
@@ -483,7 +500,7 @@ def platform_report(date_range: DateRange) -> dict[str, Any]:
         per_api.setdefault(api_of[subscription_id], Counts()).add(counts.as_dict())
     ranked = _summed(per_api)[:TOP_ROWS]
     apis = API.objects.select_related("provider").in_bulk([pk for pk, _ in ranked])
-    processes = live_processes()
+    processes, live_available = _live_or_unknown(live_processes)
     return {
         "range": range_dict(date_range),
         "totals": counts_dict(usage_totals(subscriptions=None, start=start, end=end)),
@@ -492,8 +509,8 @@ def platform_report(date_range: DateRange) -> dict[str, Any]:
             "applications": Application.objects.count(),
             "subscriptions": Subscription.objects.filter(status=Subscription.Status.ACTIVE).count(),
             "new_subscriptions": Subscription.objects.filter(created__gte=start, created__lt=end).count(),
-            "processes": len(processes),
-            "connections": sum(process["connections"] for process in processes),
+            "processes": len(processes) if live_available else None,
+            "connections": sum(process["connections"] for process in processes) if live_available else None,
         },
         "series": series(None, date_range),
         "apis": [
@@ -509,6 +526,7 @@ def platform_report(date_range: DateRange) -> dict[str, Any]:
         "handshakes": handshakes(None, date_range),
         "webhooks": platform_webhooks(date_range),
         "processes": processes,
+        "live_available": live_available,
     }
 
 
@@ -626,16 +644,24 @@ PLATFORM_TABLES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], lis
 }
 
 
+# CSV tables read from analytics.live: a 503 when Redis cannot be reached.
+LIVE_TABLES = ("connections", "processes")
+
+
 def _csv(
     request: HttpRequest, report: dict[str, Any], tables: dict[str, Any], *, name: str, default: str
 ) -> HttpResponse:
     """The ``table`` (query parameter, default ``default``) of ``report`` as a CSV download, or
-    400 naming the field when there is no such table."""
+    400 naming the field when there is no such table, or 503 for a live table (``LIVE_TABLES``)
+    when Redis cannot be reached."""
     table = request.GET.get("table") or default
     if table not in tables:
         return HttpResponse(
             f"table: {table!r} is not one of {', '.join(tables)}", status=400, content_type="text/plain"
         )
+    if table in LIVE_TABLES and not report.get("live_available", True):
+        # An empty CSV would read as "nothing open"; the truth is "unknown".
+        return HttpResponse(live.LIVE_UNAVAILABLE, status=503, content_type="text/plain; charset=utf-8")
     header, rows = tables[table]
     start, end = report["range"]["start"], report["range"]["end"]
     filename = f"{name}-{table}-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}.csv"
@@ -707,6 +733,8 @@ def for_page(value: Any) -> Any:
 @provider_or_staff_required
 def analytics_index(request: HttpRequest) -> HttpResponse:
     """The APIs the user manages with events, bytes, errors, subscribers and connections now."""
+    if (refusal := format_refusal(request)) is not None:
+        return refusal
     form = DateRangeForm(request.GET)
     valid = form.is_valid()
     if request.GET.get("format") == "csv":
@@ -725,6 +753,8 @@ def analytics_index(request: HttpRequest) -> HttpResponse:
 def provider_api(request: HttpRequest, slug: str) -> HttpResponse:
     """One API's analytics for its provider (staff: any API); 404 for another provider's."""
     api = get_api_for_analytics(request.user, slug)
+    if (refusal := format_refusal(request)) is not None:
+        return refusal
     form = DateRangeForm(request.GET)
     valid = form.is_valid()
     if request.GET.get("format") == "csv":
@@ -749,6 +779,8 @@ def provider_api(request: HttpRequest, slug: str) -> HttpResponse:
 def platform(request: HttpRequest) -> HttpResponse:
     """The platform's totals, busiest APIs and applications, error rates, handshake outcomes
     and gateway processes (staff only)."""
+    if (refusal := format_refusal(request)) is not None:
+        return refusal
     form = DateRangeForm(request.GET)
     valid = form.is_valid()
     if request.GET.get("format") == "csv":
@@ -774,32 +806,48 @@ def _json(data: dict[str, Any], status: int = 200) -> JsonResponse:
     return JsonResponse(data, status=status, encoder=DjangoJSONEncoder)
 
 
+def _live_unavailable(kind: str, **extra: Any) -> JsonResponse:
+    """503 ``{"detail": LIVE_UNAVAILABLE, "live_available": false, <kind>: [], "count": null}``
+    (plus ``extra``): the page's live panel shows ``detail`` instead of an empty table."""
+    data = {"detail": live.LIVE_UNAVAILABLE, "live_available": False, kind: [], "count": None, **extra}
+    return _json(data, status=503)
+
+
 @require_GET
 def provider_api_live(request: HttpRequest, slug: str) -> JsonResponse:
-    """``{"connections": [...], "count": n}``: the API's connections open now (polled by the
-    page). 403 for anyone but providers and staff, 404 for an API the user does not manage."""
+    """``{"connections": [...], "count": n, "live_available": true}``: the API's connections open
+    now (polled by the page). 403 for anyone but providers and staff, 404 for an API the user
+    does not manage, 503 (``_live_unavailable``) when Redis cannot be reached."""
     if not request.user.is_authenticated or not (request.user.is_provider or request.user.is_staff):
         return _json({"detail": "Sign in as the API's provider."}, status=403)
     try:
         api = get_api_for_analytics(request.user, slug)
     except Http404:
         return _json({"detail": "No such API."}, status=404)
-    connections = live_connections(api)
-    return _json({"connections": connections, "count": len(connections)})
+    try:
+        connections = live_connections(api)
+    except live.LiveUnavailable:
+        return _live_unavailable("connections")
+    return _json({"connections": connections, "count": len(connections), "live_available": True})
 
 
 @require_GET
 def platform_live(request: HttpRequest) -> JsonResponse:
-    """``{"processes": [...], "count": n, "connections": n}``: gateway processes alive now
-    (staff only; 403 for others)."""
+    """``{"processes": [...], "count": n, "connections": n, "live_available": true}``: gateway
+    processes alive now (staff only; 403 for others; 503, ``_live_unavailable``, when Redis
+    cannot be reached)."""
     if not request.user.is_authenticated or not request.user.is_staff:
         return _json({"detail": "Platform analytics are for platform admins."}, status=403)
-    processes = live_processes()
+    try:
+        processes = live_processes()
+    except live.LiveUnavailable:
+        return _live_unavailable("processes", connections=None)
     return _json(
         {
             "processes": processes,
             "count": len(processes),
             "connections": sum(process["connections"] for process in processes),
+            "live_available": True,
         }
     )
 

@@ -14,7 +14,9 @@ a load balancer (which would hand each scrape to a different process).
 Who may scrape (``metrics_refusal``): a client whose address is in ``METRICS_ALLOWED_IPS``
 (addresses or networks; loopback by default) and that came without a proxy in between, or any
 request with ``Authorization: Bearer <METRICS_TOKEN>`` when that setting is set. Anyone else
-gets 403 with a plain-text message naming the settings.
+gets 403 with a plain-text message naming the settings. "Without a proxy" is judged by the
+proxy headers only: a proxy on the same host that adds none of them is not detected (bind
+scraping to loopback, or use ``METRICS_TOKEN`` behind a proxy; docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -273,13 +276,16 @@ def metrics_refusal(request: HttpRequest) -> str | None:
     )
 
 
+@csrf_exempt
 @require_safe
 async def metrics(request: HttpRequest) -> HttpResponse:
     """``GET /metrics``: this process's metrics in the Prometheus text format (0.0.4), or
     OpenMetrics 1.0 when the ``Accept`` header asks for ``application/openmetrics-text``.
-    403 (plain text, ``metrics_refusal``) for a client that may not scrape.
+    403 (plain text, ``metrics_refusal``) for a client that may not scrape; 405 for any method
+    but GET and HEAD.
 
     Async, so the collector reads the gateway's counters on the event loop that changes them.
+    CSRF-exempt: it changes nothing, and a POST must get 405 rather than the CSRF check's 403.
     """
     refusal = metrics_refusal(request)
     if refusal is not None:

@@ -142,6 +142,11 @@
     },
   };
 
+  function setCounts(text, connections) {
+    document.querySelectorAll("[data-live-count]").forEach((node) => { node.textContent = text; });
+    document.querySelectorAll("[data-live-connections]").forEach((node) => { node.textContent = connections; });
+  }
+
   function startLive(panel) {
     const render = RENDERERS[panel.dataset.liveKind];
     const body = panel.querySelector("[data-live-rows]");
@@ -150,11 +155,30 @@
     const interval = Number(panel.dataset.liveInterval) || 5000;
     const seen = new Map();
 
+    // The endpoint answers 503 with live_available false when Redis cannot be reached: say so
+    // instead of "nothing open", which is what an empty table would claim.
+    function showUnavailable(detail) {
+      body.replaceChildren();
+      seen.clear();
+      if (empty) {
+        empty.textContent = detail;
+        empty.classList.remove("d-none", "text-body-secondary");
+        empty.classList.add("text-warning-emphasis");
+      }
+      setCounts("?", "?");
+      panel.classList.add("eg-live-stale");
+      if (status) status.textContent = `Live data unavailable; retrying every ${interval / 1000} s`;
+    }
+
     async function refresh() {
       try {
         const response = await fetch(panel.dataset.liveUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-        if (!response.ok) throw new Error(`HTTP ${response.status}`);
-        const data = await response.json();
+        const data = await response.json().catch(() => null);
+        if (data && data.live_available === false) {
+          showUnavailable(data.detail);
+          return;
+        }
+        if (!response.ok || !data) throw new Error(`HTTP ${response.status}`);
         const rows = data[panel.dataset.liveKind];
         const fresh = rows.map(render);
         body.replaceChildren(...fresh.map((item) => item.tr));
@@ -163,10 +187,14 @@
         }
         seen.clear();
         fresh.forEach((item) => seen.set(item.key, item.signature));
-        if (empty) empty.classList.toggle("d-none", rows.length > 0);
+        if (empty) {
+          empty.textContent = empty.dataset.emptyText || empty.textContent;
+          empty.classList.remove("text-warning-emphasis");
+          empty.classList.add("text-body-secondary");
+          empty.classList.toggle("d-none", rows.length > 0);
+        }
         // Rows shown (data-live-count) and, on the platform page, connections across processes.
-        document.querySelectorAll("[data-live-count]").forEach((node) => { node.textContent = numberFormat.format(rows.length); });
-        document.querySelectorAll("[data-live-connections]").forEach((node) => { node.textContent = numberFormat.format(data.connections); });
+        setCounts(numberFormat.format(rows.length), numberFormat.format(data.connections));
         panel.classList.remove("eg-live-stale");
         if (status) status.textContent = `Updated ${new Date().toLocaleTimeString()}, every ${interval / 1000} s`;
       } catch (error) {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 import time
 import uuid
 from datetime import timedelta
@@ -197,3 +198,32 @@ def test_new_consumer_is_told_what_to_do(page: Page, live_server, carol):
     expect(page.get_by_test_id("usage-empty")).to_contain_text("No subscriptions yet")
     expect(page.get_by_test_id("usage-empty").get_by_role("link", name="Open Try it")).to_be_visible()
     shoot(page, "usage-empty")
+
+
+def test_connections_tab_says_when_live_data_is_unavailable(
+    page: Page, live_server, bob, bob_traffic, settings
+):
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    card = f'[data-subscription="{bob_traffic.pk}"]'
+    _sign_in(page, live_server, bob.email)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    saved = (settings.REDIS_URL, live._client)
+    settings.REDIS_URL, live._client = f"redis://127.0.0.1:{port}/0", None
+    try:
+        page.goto(live_server.url + "/usage/")
+        expect(page.get_by_test_id("live-unavailable-alert")).to_contain_text(
+            "Live data unavailable: Redis cannot be reached."
+        )
+        page.locator(card).get_by_role("tab", name=re.compile("Connections")).click()
+        expect(page.locator(f"{card} [data-testid=live-unavailable]")).to_be_visible()
+        expect(page.locator(f"{card} [data-testid=open-count]")).to_have_text("? open")
+        expect(page.locator(f"{card} [data-testid=no-open-connections]")).to_have_count(0)
+        # Finished connections come from the database: still listed.
+        expect(page.locator(f"{card} [data-testid=connection-history]")).to_contain_text("throttled")
+        page.wait_for_timeout(300)  # the tab's fade-in, for the screenshot
+        shoot(page, "usage-live-unavailable")
+    finally:
+        settings.REDIS_URL, live._client = saved

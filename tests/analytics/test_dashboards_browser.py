@@ -4,6 +4,7 @@ the live connections table following a new gateway snapshot. Screenshots: /tmp/d
 from __future__ import annotations
 
 import math
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -218,3 +219,62 @@ def test_platform_page_shows_processes_live(page: Page, live_server, admin_user,
     live.publish({**market["process"], "connections": 5, "events_out": 900_000}, market["connections"])
     expect(processes).to_contain_text("900,000", timeout=10_000)
     shoot(page, "platform")
+
+
+def _redis_down(settings) -> tuple[str, object]:
+    """Point ``REDIS_URL`` (and ``analytics.live``'s client) at a closed port; returns what to
+    restore with ``_redis_back``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    saved = (settings.REDIS_URL, live._client)
+    settings.REDIS_URL, live._client = f"redis://127.0.0.1:{port}/0", None
+    return saved
+
+
+def _redis_back(settings, saved: tuple[str, object]) -> None:
+    settings.REDIS_URL, live._client = saved
+
+
+def test_live_panels_say_when_redis_cannot_be_reached(
+    page: Page, live_server, alice, admin_user, market, settings
+):
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    _sign_in(page, live_server, alice.email)
+    page.goto(f"{live_server.url}/analytics/apis/ticker/")
+    table = page.get_by_test_id("connections")
+    expect(table.locator("tbody tr")).to_have_count(1)
+
+    # Redis goes away while the page is open: the next poll says so, instead of "none open".
+    saved = _redis_down(settings)
+    try:
+        empty = page.get_by_test_id("live-empty")
+        expect(empty).to_have_text("Live data unavailable: Redis cannot be reached.", timeout=10_000)
+        expect(empty).to_be_visible()
+        expect(table.locator("tbody tr")).to_have_count(0)
+        expect(page.get_by_test_id("connections-count")).to_have_text("?")
+        page.get_by_test_id("connections").scroll_into_view_if_needed()
+        shoot(page, "provider-live-unavailable")
+    finally:
+        _redis_back(settings, saved)
+    # Back: the table and the ordinary empty text return.
+    expect(table.locator("tbody tr")).to_have_count(1, timeout=10_000)
+    expect(empty).to_be_hidden()
+    expect(page.get_by_test_id("connections-count")).to_have_text("1")
+
+    # Loaded while Redis is down: the platform page says so from the start.
+    page.context.clear_cookies()
+    _sign_in(page, live_server, admin_user.email)
+    saved = _redis_down(settings)
+    try:
+        page.goto(f"{live_server.url}/analytics/platform/")
+        expect(page.get_by_test_id("live-empty")).to_have_text(
+            "Live data unavailable: Redis cannot be reached."
+        )
+        expect(page.get_by_test_id("processes-count")).to_have_text("?")
+        expect(page.get_by_test_id("busiest-apis")).to_contain_text("Ticker")  # usage does not need Redis
+        shoot(page, "platform-live-unavailable")
+    finally:
+        _redis_back(settings, saved)
+    expect(page.get_by_test_id("processes")).to_contain_text(PROCESS, timeout=10_000)

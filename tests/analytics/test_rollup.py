@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
+from django.utils import timezone
 
 from analytics.models import (
     LATENCY_BOUNDS_US,
@@ -27,6 +28,7 @@ from analytics.models import (
     LatencyDaily,
     LatencyHourly,
     LatencyRecord,
+    RollupDirty,
     UsageCounts,
     UsageDaily,
     UsageHourly,
@@ -316,6 +318,132 @@ def test_late_minute_rows_reach_hours_and_days_at_the_next_run(subscriptions):
     assert snapshot(subscriptions)["all"] == expected_totals(
         usage + late, datetime.min.replace(tzinfo=UTC), LATER
     )
+
+
+def _late(subscription: int, minute: datetime, events: int) -> Row:
+    return (subscription, minute, "prices/{symbol}", "out", events, events * 10, 0, 0, 0, 0, 0)
+
+
+def _day_and_minutes(subscription: int, hour: datetime) -> tuple[int, int, int]:
+    """What billing reads for the hour's whole day, the hour read per hour, and the hour read
+    per minute (minute rows only)."""
+    day = floor(hour, "day")
+    billed = usage_for_subscription(
+        subscription=Subscription.objects.get(pk=subscription), start=day, end=day + timedelta(days=1)
+    ).events
+    hourly = usage_series(subscriptions=[subscription], start=hour, end=hour + 60 * MINUTE, step="hour")
+    minutes = usage_series(subscriptions=[subscription], start=hour, end=hour + 60 * MINUTE, step="minute")
+    return billed, sum(c.events for _, c in hourly), sum(c.events for _, c in minutes)
+
+
+def test_rows_flushed_later_than_the_reroll_window_reach_hours_and_days_at_the_next_run(subscriptions):
+    # Real time: the flush decides what is late by the clock.
+    now = timezone.now()
+    hour = floor(now - timedelta(days=2), "hour")
+    subscription = subscriptions[0]
+    usage_counts_batch(rows=[_late(subscription, hour + 10 * MINUTE, 100)])
+    latency_record_batch(rows=[(subscription, hour + 10 * MINUTE, "prices/{symbol}", "out", 5_000, 100)])
+    analytics_rollup(now)
+    assert _day_and_minutes(subscription, hour) == (100, 100, 100)
+    assert not RollupDirty.objects.exists()
+
+    # A gateway whose database was down for two days flushes at last: far below the six hours
+    # every run rolls again. Its hour is marked, in the flush's transaction.
+    usage_counts_batch(rows=[_late(subscription, hour + 20 * MINUTE, 7)])
+    latency_record_batch(rows=[(subscription, hour + 20 * MINUTE, "prices/{symbol}", "out", 50_000, 7)])
+    assert list(RollupDirty.objects.values_list("resolution", "bucket_start")) == [("hour", hour)]
+    # Billing (day rows) and the per-hour chart still read the rolled rows; the per-minute chart
+    # already has the late events: until the next run they disagree.
+    assert _day_and_minutes(subscription, hour) == (100, 100, 107)
+
+    run = analytics_rollup(now + 5 * MINUTE)
+
+    assert (run.hour.rerolled, run.day.rerolled) == ((hour,), (floor(hour, "day"),))
+    assert _day_and_minutes(subscription, hour) == (107, 107, 107)
+    day = floor(hour, "day")
+    assert latency_histogram(subscriptions=[subscription], start=day, end=day + timedelta(days=1))[None] == {
+        5_000: 100,
+        50_000: 7,
+    }
+    assert UsageDaily.objects.get(subscription_id=subscription, bucket_start=day).events == 107
+    assert not RollupDirty.objects.exists()
+    # Rows within the re-roll window are not marked: the next run rolls them anyway.
+    usage_counts_batch(rows=[_late(subscription, floor(now - timedelta(hours=2), "minute"), 1)])
+    assert not RollupDirty.objects.exists()
+
+
+def test_a_late_hour_past_minute_retention_is_not_rolled_again(subscriptions, settings):
+    """Its other minute rows are gone: rolling the hour again would set it to the late row
+    alone. The mark is dropped, the hour keeps its sum, and retention deletes the late row."""
+    settings.ANALYTICS_RETENTION_MINUTE_DAYS = 1
+    now = timezone.now()
+    hour = floor(now - timedelta(days=3), "hour")
+    subscription = subscriptions[0]
+    usage_counts_batch(rows=[_late(subscription, hour + 10 * MINUTE, 100)])
+    analytics_rollup(now)
+    assert not UsageRecord.objects.exists()  # rolled up, then past retention
+
+    usage_counts_batch(rows=[_late(subscription, hour + 20 * MINUTE, 7)])
+    run = analytics_rollup(now + 5 * MINUTE)
+
+    assert run.hour.rerolled == () and not RollupDirty.objects.exists()
+    assert UsageHourly.objects.get(subscription_id=subscription, bucket_start=hour).events == 100
+    assert _day_and_minutes(subscription, hour)[:2] == (100, 100)
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_late_flush_racing_the_rollup_is_read_or_stays_marked(transactional_db):
+    """The flush marks an hour that is already marked, and holds its transaction open while a
+    roll-up starts: the roll-up waits for it, then reads its rows (an upsert that ignored the
+    existing mark would let the roll-up delete the mark and miss the rows for ever)."""
+    subscription = SubscriptionFactory().pk
+    now = timezone.now()
+    hour = floor(now - timedelta(days=2), "hour")
+    usage_counts_batch(rows=[_late(subscription, hour + 1 * MINUTE, 100)])
+    analytics_rollup(now)
+    usage_counts_batch(rows=[_late(subscription, hour + 2 * MINUTE, 5)])  # marked, committed
+    flushed, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    results: list[Any] = []
+
+    def flush() -> None:
+        try:
+            with transaction.atomic():
+                usage_counts_batch(rows=[_late(subscription, hour + 3 * MINUTE, 7)])
+                flushed.set()
+                release.wait(10)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def roll() -> None:
+        try:
+            results.append(rollup_hours(now + 5 * MINUTE))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    assert flushed.wait(10)
+    roller = threading.Thread(target=roll)
+    roller.start()
+    roller.join(1.0)
+    waited = roller.is_alive()  # the roll-up waits for the flush's lock on the mark
+    release.set()
+    flusher.join(10)
+    roller.join(10)
+
+    assert errors == [] and waited
+    assert results[0].rerolled == (hour,)
+    assert UsageHourly.objects.get(subscription_id=subscription, bucket_start=hour).events == 112
+    assert list(RollupDirty.objects.values_list("resolution", flat=True)) == ["day"]
+    rollup_days(now + 5 * MINUTE)
+    day = floor(hour, "day")
+    assert UsageDaily.objects.get(subscription_id=subscription, bucket_start=day).events == 112
+    assert not RollupDirty.objects.exists()
 
 
 def test_running_the_rollup_again_changes_nothing(subscriptions):

@@ -237,8 +237,14 @@ def test_metrics_bearer_token_refused_when_no_token_is_set(settings):
 
 
 def test_metrics_only_get_and_head(settings):
-    assert Client().post("/metrics").status_code == 405
-    assert Client().head("/metrics").status_code == 200
+    # A scraper has no CSRF cookie: other methods get 405 (Allow: GET, HEAD), not a CSRF 403.
+    client = Client(enforce_csrf_checks=True)
+    for method in (client.post, client.put, client.delete, client.patch):
+        response = method("/metrics")
+        assert response.status_code == 405, method
+        assert response["Allow"] == "GET, HEAD"
+    assert client.head("/metrics").status_code == 200
+    assert client.get("/metrics").status_code == 200
 
 
 def test_metrics_bad_allowed_ips_setting_names_the_entry(settings):
