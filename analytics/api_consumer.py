@@ -20,15 +20,16 @@ from rest_framework.response import Response
 
 from analytics.dashboard import PRESETS, DateRange
 from analytics.live import LiveUnavailable
-from analytics.queries import RESOLUTIONS, Counts
+from analytics.queries import RESOLUTIONS
 from analytics.views import (
+    ConnectionRow,
     ConsumerUsageForm,
     SubscriptionUsage,
-    close_code_words,
     connection_counts,
     connection_records,
     consumer_subscriptions,
     consumer_usage,
+    counts_row,
     open_connections,
     range_bounds,
     webhook_counts,
@@ -39,19 +40,56 @@ from portal.serializers import LimitPeriodSerializer
 # --- serializers (output only) -----------------------------------------------------------------
 
 
-class UsageCountsSerializer(serializers.Serializer[Any]):
-    """Summed counts. ``events``/``bytes``: delivered (out) or accepted and published (in); the
-    others were not delivered and are never billed: stopped by the plan's throttling policy
-    (``throttled_*``), skipped for a slow consumer (``dropped_events``), refused for size,
-    schema or scope (``rejected_events``), or not handed on (``failed_events``)."""
+# The events not delivered, never billed, as the provider's and platform's endpoints name them
+# (analytics.api_dashboards CountsSerializer): stopped by the plan's throttling policy
+# (``throttled_*``), skipped for a slow consumer (``dropped_events``), refused for size, schema
+# or scope (``rejected_events``), not handed on (``failed_events``), and their sum (``errors``).
+# Fields are declared in each serializer so that they follow the events and bytes in the output.
 
-    events = serializers.IntegerField()
-    bytes = serializers.IntegerField(help_text="Bytes (payload frames as sent).")
-    throttled_events = serializers.IntegerField()
+
+class UsageCountsSerializer(serializers.Serializer[Any]):
+    """Summed counts of one channel and direction: ``events``/``bytes`` delivered (out) or
+    accepted and published (in), and the events not delivered."""
+
+    events = serializers.IntegerField(help_text="Events delivered (out) or accepted (in).")
+    bytes = serializers.IntegerField(help_text="Bytes of those events (frames as sent).")
+    throttled_events = serializers.IntegerField(help_text="Stopped by the plan's throttling policy.")
     throttled_bytes = serializers.IntegerField()
-    dropped_events = serializers.IntegerField()
-    rejected_events = serializers.IntegerField()
-    failed_events = serializers.IntegerField()
+    dropped_events = serializers.IntegerField(help_text="Skipped for a slow consumer.")
+    rejected_events = serializers.IntegerField(help_text="Refused for size, schema or scope.")
+    failed_events = serializers.IntegerField(help_text="The gateway could not hand them on.")
+    errors = serializers.IntegerField(
+        help_text="Events not delivered: throttled + dropped + rejected + failed."
+    )
+    error_rate = serializers.FloatField(
+        allow_null=True, help_text="errors / (events + errors), 0–1; null without any event."
+    )
+
+
+class UsageDirectionsSerializer(serializers.Serializer[Any]):
+    """Counts of both directions: ``events_out``/``bytes_out`` delivered server → client (what
+    billing charges), ``events_in``/``bytes_in`` accepted client → server, and the events not
+    delivered in either direction."""
+
+    events_out = serializers.IntegerField(help_text="Events delivered server → client (billed).")
+    bytes_out = serializers.IntegerField(help_text="Bytes of those events.")
+    events_in = serializers.IntegerField(help_text="Events accepted client → server.")
+    bytes_in = serializers.IntegerField()
+    throttled_events = serializers.IntegerField(help_text="Stopped by the plan's throttling policy.")
+    throttled_bytes = serializers.IntegerField()
+    dropped_events = serializers.IntegerField(help_text="Skipped for a slow consumer.")
+    rejected_events = serializers.IntegerField(help_text="Refused for size, schema or scope.")
+    failed_events = serializers.IntegerField(help_text="The gateway could not hand them on.")
+    errors = serializers.IntegerField(
+        help_text="Events not delivered: throttled + dropped + rejected + failed."
+    )
+
+
+class UsageTotalsSerializer(UsageDirectionsSerializer):
+    error_rate = serializers.FloatField(
+        allow_null=True,
+        help_text="errors / (events_out + events_in + errors), 0–1; null without any event.",
+    )
 
 
 class UsageRangeSerializer(serializers.Serializer[Any]):
@@ -75,16 +113,15 @@ class UsageAPISerializer(serializers.Serializer[Any]):
 
 
 class UsageSubscriptionSerializer(serializers.Serializer[Any]):
-    """A subscription's usage totals over the range: ``delivered`` (server → client: billed)
-    and ``sent`` (client → server)."""
+    """A subscription's usage totals over the range (``events_out``/``bytes_out``: server →
+    client, billed; ``events_in``/``bytes_in``: client → server)."""
 
     id = serializers.IntegerField()
     status = serializers.CharField()
     plan = serializers.CharField()
     application = UsageApplicationSerializer()
     api = UsageAPISerializer()
-    delivered = UsageCountsSerializer()
-    sent = UsageCountsSerializer()
+    totals = UsageTotalsSerializer()
 
 
 class UsageListSerializer(serializers.Serializer[Any]):
@@ -92,10 +129,12 @@ class UsageListSerializer(serializers.Serializer[Any]):
     subscriptions = UsageSubscriptionSerializer(many=True)
 
 
-class UsagePointSerializer(serializers.Serializer[Any]):
+class _StepStartSerializer(serializers.Serializer[Any]):
     start = serializers.DateTimeField(help_text="Start of the step (UTC).")
-    delivered = UsageCountsSerializer()
-    sent = UsageCountsSerializer()
+
+
+class UsagePointSerializer(_StepStartSerializer, UsageDirectionsSerializer):
+    """One step of the series: its start (UTC), then the counts of both directions."""
 
 
 class UsageChannelSerializer(UsageCountsSerializer):
@@ -106,7 +145,7 @@ class UsageChannelSerializer(UsageCountsSerializer):
 class UsageLatencySerializer(serializers.Serializer[Any]):
     """Publish → deliver latency of delivered events in seconds: the upper bound of the
     histogram bucket holding each percentile (the true value is at most this); null without
-    deliveries."""
+    measured events (``events`` 0: none delivered, or none carried its publish time)."""
 
     p50 = serializers.FloatField(allow_null=True)
     p95 = serializers.FloatField(allow_null=True)
@@ -263,10 +302,6 @@ def _range(date_range: DateRange) -> dict[str, Any]:
     }
 
 
-def _counts(counts: Counts) -> dict[str, int]:
-    return counts.as_dict()
-
-
 def _webhooks(usage: SubscriptionUsage) -> dict[str, Any]:
     """The subscription's webhook metrics (``UsageWebhooksSerializer``): zeros and empty lists
     when none of its webhooks made an attempt in the range."""
@@ -284,8 +319,7 @@ def _summary(usage: SubscriptionUsage) -> dict[str, Any]:
         "plan": subscription.plan.name,
         "application": {"id": subscription.application_id, "name": subscription.application.name},
         "api": {"slug": subscription.api.slug, "name": subscription.api.name},
-        "delivered": _counts(usage.delivered),
-        "sent": _counts(usage.sent),
+        "totals": usage.totals,
     }
 
 
@@ -300,8 +334,9 @@ class UsageListView(V1View):
         ],
         responses=UsageListSerializer,
         summary="Usage of your subscriptions over a date range",
-        description="Per subscription of your applications: events and bytes delivered (billed) and sent, "
-        "and the events not delivered by reason, summed over the range. The same numbers as /usage/.",
+        description="Per subscription of your applications, summed over the range: events and bytes "
+        "delivered server → client (`events_out`, `bytes_out`; billed) and accepted client → server "
+        "(`events_in`, `bytes_in`), and the events not delivered by reason. The same numbers as /usage/.",
     )
     def get(self, request: Request) -> Response:
         form = _form(request)
@@ -328,12 +363,9 @@ class UsageSubscriptionView(V1View):
         data = {
             **_summary(usage),
             "range": _range(form.date_range),
-            "series": [
-                {"start": point.start, "delivered": _counts(point.delivered), "sent": _counts(point.sent)}
-                for point in usage.series
-            ],
+            "series": [point.row for point in usage.series],
             "channels": [
-                {"channel": row.channel, "direction": row.direction, **_counts(row.counts)}
+                {"channel": row.channel, "direction": row.direction, **counts_row(row.counts)}
                 for row in usage.channels
             ],
             "latency": {**usage.latency, "events": usage.latency_events},
@@ -373,29 +405,7 @@ class UsageConnectionsView(V1View):
             "range": _range(form.date_range),
             "live_available": live_available,
             "open_now": open_now,
-            "history": [
-                {
-                    "id": record.pk,
-                    "protocol": record.protocol,
-                    "version": record.version,
-                    "channels": [channel for channel in record.channels.split(",") if channel],
-                    "client_ip": record.client_ip,
-                    "user_agent": record.user_agent,
-                    "opened_at": record.opened_at,
-                    "closed_at": record.closed_at,
-                    "duration_seconds": record.duration_seconds,
-                    "close_code": record.close_code,
-                    "close_reason": record.close_reason,
-                    "close_meaning": close_code_words(record.close_code, record.close_reason),
-                    "events_out": record.events_out,
-                    "bytes_out": record.bytes_out,
-                    "events_in": record.events_in,
-                    "bytes_in": record.bytes_in,
-                    "throttled_events": record.throttled_events,
-                    "dropped_events": record.dropped_events,
-                }
-                for record in records
-            ],
+            "history": [ConnectionRow(record).as_dict() for record in records],
             "history_total": connection_counts([subscription.pk], start, end).get(subscription.pk, 0),
         }
         return Response(UsageConnectionsSerializer(data).data)

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django import forms
@@ -44,15 +44,18 @@ PAGE_CONNECTIONS = 25
 LIVE_STATUSES = (Subscription.Status.ACTIVE, Subscription.Status.SUSPENDED, Subscription.Status.PENDING)
 
 # Close codes in words (docs/gateway.md, "Refusals and close codes"; RFC 6455 §7.4), as the
-# browser pages say them (static/js/live.js), short enough for a table cell.
+# browser pages say them (static/js/live.js), short enough for a table cell. 1001, 1006 and 1012
+# arrive as the client's close: the gateway records 1006 as "connection lost (no close frame)" and
+# 1012, which its server sends while shutting down, as "gateway restarting" (gateway.capture).
 CLOSE_CODES = {
     1000: "closed normally",
-    1001: "gateway restarting",
+    1001: "going away: the client left",
     1005: "closed without a code",
     1006: "connection lost",
     1008: "policy violation (binary frame)",
     1009: "frame too big",
     1011: "gateway error",
+    1012: "gateway restarting",
     1013: "try again later (backbone down or slow client)",
     4400: "bad request",
     4401: "credential revoked or expired",
@@ -203,6 +206,60 @@ class ConsumerUsageForm(DateRangeForm):
 # --- what the page, the CSV and REST show ------------------------------------------------------
 
 
+# Usage counts in CSV and REST, named as on the provider's and platform's CSV and REST
+# (analytics.views_dashboards COUNT_COLUMNS and SERIES_COLUMNS, analytics.api_dashboards
+# CountsSerializer): per direction ``events_out``/``bytes_out`` (server → client: delivered, what
+# billing charges) and ``events_in``/``bytes_in`` (client → server: accepted), then the events not
+# delivered, both directions, and their sum ``errors``.
+DIRECTION_COLUMNS = ("events_out", "bytes_out", "events_in", "bytes_in")
+NOT_DELIVERED_COLUMNS = (
+    "throttled_events",
+    "throttled_bytes",
+    "dropped_events",
+    "rejected_events",
+    "failed_events",
+    "errors",
+)
+COUNT_COLUMNS = ("events", "bytes", *NOT_DELIVERED_COLUMNS)
+
+
+def error_rate(events: int, errors: int) -> float | None:
+    """Events not delivered / (delivered + not delivered), 0-1; None without any (as the
+    provider's pages compute it)."""
+    return errors / (events + errors) if events + errors else None
+
+
+def counts_row(counts: Counts) -> dict[str, Any]:
+    """One direction's (or one channel's) ``counts`` under ``COUNT_COLUMNS`` names, plus
+    ``error_rate``: ``{"events": 1200, "bytes": 1500000, "throttled_events": 30, ...,
+    "errors": 35, "error_rate": 0.028}`` (events, bytes)."""
+    return {
+        **counts.as_dict(),
+        "errors": counts.errors,
+        "error_rate": error_rate(counts.events, counts.errors),
+    }
+
+
+def directions_row(out: Counts, into: Counts) -> dict[str, Any]:
+    """Both directions' counts under ``DIRECTION_COLUMNS`` and ``NOT_DELIVERED_COLUMNS`` names
+    (not-delivered counts of both directions summed, as the page shows them), plus
+    ``error_rate`` (``errors`` / all events, 0-1, or None)."""
+    both = _sum([out, into])
+    return {
+        "events_out": out.events,
+        "bytes_out": out.bytes,
+        "events_in": into.events,
+        "bytes_in": into.bytes,
+        "throttled_events": both.throttled_events,
+        "throttled_bytes": both.throttled_bytes,
+        "dropped_events": both.dropped_events,
+        "rejected_events": both.rejected_events,
+        "failed_events": both.failed_events,
+        "errors": both.errors,
+        "error_rate": error_rate(both.events, both.errors),
+    }
+
+
 @dataclass
 class SeriesPoint:
     """One step of the chart: ``delivered`` (out: server → client, what billing charges) and
@@ -215,6 +272,11 @@ class SeriesPoint:
     @property
     def both(self) -> Counts:
         return _sum([self.delivered, self.sent])
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """``start`` and ``directions_row`` of the step, as CSV and REST name them."""
+        return {"start": self.start, **directions_row(self.delivered, self.sent)}
 
 
 @dataclass
@@ -247,6 +309,36 @@ class ConnectionRow:
     @property
     def throttled_close(self) -> bool:
         return self.record.close_code == 4429
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the page shows of the connection, with its ids, as REST and the CSV name it:
+        ``id``, ``subscription_id``, ``protocol``, ``version``, ``channels`` (list of channel
+        templates), ``client_ip``, ``user_agent``, ``opened_at``/``closed_at`` (UTC),
+        ``duration_seconds``, ``close_code`` (None: the client left), ``close_reason``,
+        ``close_meaning`` (``close_code_words``), ``events_out``/``bytes_out``,
+        ``events_in``/``bytes_in``, ``throttled_events``, ``dropped_events``."""
+        record = self.record
+        return {
+            "id": record.pk,
+            "subscription_id": record.subscription_id,
+            "protocol": record.protocol,
+            "version": record.version,
+            "channels": [channel for channel in record.channels.split(",") if channel],
+            "client_ip": record.client_ip,
+            "user_agent": record.user_agent,
+            "opened_at": record.opened_at,
+            "closed_at": record.closed_at,
+            "duration_seconds": record.duration_seconds,
+            "close_code": record.close_code,
+            "close_reason": record.close_reason,
+            "close_meaning": self.close_words,
+            "events_out": record.events_out,
+            "bytes_out": record.bytes_out,
+            "events_in": record.events_in,
+            "bytes_in": record.bytes_in,
+            "throttled_events": record.throttled_events,
+            "dropped_events": record.dropped_events,
+        }
 
 
 @dataclass
@@ -304,6 +396,17 @@ class SubscriptionUsage:
     def both(self) -> Counts:
         """Both directions: the not-delivered counts (throttled, dropped, ...) of the range."""
         return _sum([self.delivered, self.sent])
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        """The range's totals as CSV and REST name them (``directions_row``)."""
+        return directions_row(self.delivered, self.sent)
+
+    @property
+    def latency_unrecorded(self) -> bool:
+        """Events were delivered in the range but none has a latency measurement (their
+        publisher did not stamp the publish time, or they were SSE resume replays)."""
+        return not self.latency_events and self.delivered.events > 0
 
     @property
     def has_usage(self) -> bool:
@@ -601,31 +704,33 @@ SERIES_CSV_HEADER = (
     "subscription_id",
     "application",
     "api",
-    "step_start",
-    "events_delivered",
-    "bytes_delivered",
-    "events_sent",
-    "bytes_sent",
-    "throttled_events",
-    "throttled_bytes",
-    "dropped_events",
-    "rejected_events",
-    "failed_events",
+    "start",
+    *DIRECTION_COLUMNS,
+    *NOT_DELIVERED_COLUMNS,
 )
-CHANNELS_CSV_HEADER = (
-    "subscription_id",
-    "application",
-    "api",
-    "channel",
-    "direction",
-    "events",
-    "bytes",
+CHANNELS_CSV_HEADER = ("subscription_id", "application", "api", "channel", "direction", *COUNT_COLUMNS)
+# ``ConnectionRow.as_dict`` keys (``id`` as ``connection_id``; channels space-separated), with the
+# application's name and the API's slug after the subscription id.
+CONNECTION_COLUMNS = (
+    "protocol",
+    "version",
+    "channels",
+    "opened_at",
+    "closed_at",
+    "duration_seconds",
+    "close_code",
+    "close_reason",
+    "close_meaning",
+    "events_out",
+    "bytes_out",
+    "events_in",
+    "bytes_in",
     "throttled_events",
-    "throttled_bytes",
     "dropped_events",
-    "rejected_events",
-    "failed_events",
+    "client_ip",
+    "user_agent",
 )
+CONNECTIONS_CSV_HEADER = ("connection_id", "subscription_id", "application", "api", *CONNECTION_COLUMNS)
 
 WEBHOOK_COUNT_COLUMNS = (
     "attempts",
@@ -662,26 +767,17 @@ def webhook_csv_tail(counts: dict[str, Any]) -> list[Any]:
     ]
 
 
-def _not_delivered(counts: Counts) -> list[int]:
-    return [
-        counts.throttled_events,
-        counts.throttled_bytes,
-        counts.dropped_events,
-        counts.rejected_events,
-        counts.failed_events,
-    ]
-
-
 # The CSV tables of /usage/?format=csv (``table``); the first is the default.
-USAGE_TABLES = ("series", "channels", "webhooks")
+USAGE_TABLES = ("series", "channels", "webhooks", "connections")
 
 
 def usage_csv(usages: list[SubscriptionUsage], date_range: DateRange, *, table: str) -> HttpResponse:
     """The page's numbers as CSV: ``table="series"`` one row per subscription and step (the
     charts), ``table="channels"`` one per subscription, channel and direction (the per-channel
     tables), ``table="webhooks"`` one per subscription and webhook with attempts in the range
-    (the webhook tables). Not-delivered counts are of both directions, as on the page."""
-    stamp = f"{date_range.start:%Y%m%dT%H%M}-{date_range.end:%Y%m%dT%H%M}"
+    (the webhook tables). Not-delivered counts are of both directions, as on the page.
+    (``table="connections"`` is ``connections_csv``.)"""
+    stamp = _csv_stamp(date_range)
     if table == "webhooks":
         rows = [
             [
@@ -705,9 +801,7 @@ def usage_csv(usages: list[SubscriptionUsage], date_range: DateRange, *, table: 
                 usage.subscription.api.slug,
                 row.channel,
                 row.direction,
-                row.counts.events,
-                row.counts.bytes,
-                *_not_delivered(row.counts),
+                *_pick(counts_row(row.counts), COUNT_COLUMNS),
             ]
             for usage in usages
             for row in usage.channels
@@ -718,17 +812,45 @@ def usage_csv(usages: list[SubscriptionUsage], date_range: DateRange, *, table: 
             usage.subscription.pk,
             usage.subscription.application.name,
             usage.subscription.api.slug,
-            point.start,
-            point.delivered.events,
-            point.delivered.bytes,
-            point.sent.events,
-            point.sent.bytes,
-            *_not_delivered(point.both),
+            *_pick(point.row, SERIES_CSV_HEADER[3:]),
         ]
         for usage in usages
         for point in usage.series
     ]
     return csv_response(f"usage-{stamp}.csv", SERIES_CSV_HEADER, rows)
+
+
+def connections_csv(subscriptions: QuerySet[Subscription], date_range: DateRange) -> HttpResponse:
+    """The finished connections of ``subscriptions`` that were open at some time in the range
+    (all of them: the page lists the newest ``PAGE_CONNECTIONS`` per subscription), newest
+    first, one row per connection under ``CONNECTIONS_CSV_HEADER``: the values REST's
+    connection history gives (``ConnectionRow.as_dict``), durations in seconds, bytes, UTC."""
+    start, end = range_bounds(date_range)
+    records = connection_records(subscriptions.values_list("pk", flat=True), start, end)
+    records = records.select_related("subscription__application", "subscription__api")
+
+    def rows() -> Iterable[list[Any]]:
+        for record in records.iterator(chunk_size=2000):
+            data = ConnectionRow(record).as_dict()
+            data["channels"] = " ".join(data["channels"])
+            subscription = record.subscription
+            yield [
+                data["id"],
+                subscription.pk,
+                subscription.application.name,
+                subscription.api.slug,
+                *_pick(data, CONNECTION_COLUMNS),
+            ]
+
+    return csv_response(f"usage-connections-{_csv_stamp(date_range)}.csv", CONNECTIONS_CSV_HEADER, rows())
+
+
+def _pick(row: dict[str, Any], names: Iterable[str]) -> list[Any]:
+    return [row[name] for name in names]
+
+
+def _csv_stamp(date_range: DateRange) -> str:
+    return f"{date_range.start:%Y%m%dT%H%M}-{date_range.end:%Y%m%dT%H%M}"
 
 
 # --- the page -----------------------------------------------------------------------------------
@@ -745,7 +867,8 @@ def _query_without(request: HttpRequest, *names: str) -> str:
 def usage(request: HttpRequest) -> HttpResponse:
     """The usage dashboard (``analytics:usage``) of the signed-in user's subscriptions; with
     ``format=csv`` its numbers as CSV (``table=series``, the default, for the charts,
-    ``table=channels`` for the per-channel tables, ``table=webhooks`` for the webhook tables).
+    ``table=channels`` for the per-channel tables, ``table=webhooks`` for the webhook tables,
+    ``table=connections`` for the finished connections).
     A bad range or filter is shown next to its field (400), or answered as ``text/plain`` for
     CSV; an unknown ``format`` or ``table`` is a plain-text 400 naming it."""
     refusal = format_refusal(request)
@@ -768,6 +891,7 @@ def usage(request: HttpRequest) -> HttpResponse:
             "usages": None,
             "presets": PICKER_PRESETS,
             "applications": _applications(request),
+            "picker_dates": picker_dates(form, None),
         }
         return render(request, "analytics/usage.html", context, status=400)
     date_range = form.date_range
@@ -776,6 +900,8 @@ def usage(request: HttpRequest) -> HttpResponse:
         application=form.cleaned_data.get("application"),
         subscription=form.cleaned_data.get("subscription"),
     )
+    if wants_csv and table == "connections":
+        return connections_csv(subscriptions, date_range)
     usages = consumer_usage(subscriptions, date_range, only_used=True)
     if wants_csv:
         return usage_csv(usages, date_range, table=table)
@@ -795,9 +921,26 @@ def usage(request: HttpRequest) -> HttpResponse:
         "query": _query_without(request, "format", "table"),
         "has_any_subscription": Subscription.objects.filter(application__owner=request.user).exists(),
         "has_webhooks": any(usage.webhooks for usage in usages),
+        "has_connections": any(usage.connections_total for usage in usages),
+        "picker_dates": picker_dates(form, date_range),
         "live_unavailable": live.LIVE_UNAVAILABLE if not all(u.live_available for u in usages) else "",
     }
     return render(request, "analytics/usage.html", context)
+
+
+def picker_dates(form: ConsumerUsageForm, date_range: DateRange | None) -> dict[str, str]:
+    """The ``from`` and ``to`` (inclusive) days the picker's date inputs show, ``YYYY-MM-DD``:
+    what the user typed when it is a date; for an ISO date-time range (the invoice page links
+    one) the days it covers, so that Apply keeps a range that starts and ends at midnight; for a
+    preset, nothing."""
+    typed = {"from": form.data.get("from") or "", "to": form.data.get("to") or ""}
+    if date_range is None or date_range.preset:
+        return typed
+    last = date_range.end - timedelta(microseconds=1)
+    return {
+        "from": typed["from"] if len(typed["from"]) == 10 else f"{date_range.start:%Y-%m-%d}",
+        "to": typed["to"] if len(typed["to"]) == 10 else (f"{last:%Y-%m-%d}" if typed["to"] else ""),
+    }
 
 
 def _applications(request: HttpRequest) -> QuerySet[Application]:

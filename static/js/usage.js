@@ -8,33 +8,40 @@
   const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
   const UNITS = ["B", "KB", "MB", "GB", "TB", "PB"];
 
-  // Bytes in decimal units, as the page's human_bytes filter writes them: 1536000 → "1.5 MB".
+  // Bytes in decimal units with at most one decimal, none when it is zero: 1536000 → "1.5 MB",
+  // 800000 → "800 KB" (an axis of "800.0 KB", "1.0 MB" reads as noise). A value that rounds to
+  // 1,000 of a unit is written in the next one (999960 → "1 MB", not "1000 KB").
   const humanBytes = (value) => {
-    let amount = Number(value) || 0;
-    for (const unit of UNITS) {
-      if (amount < 1000 || unit === UNITS[UNITS.length - 1]) {
-        return unit === "B" ? `${Math.trunc(amount)} B` : `${amount.toFixed(1)} ${unit}`;
-      }
+    let amount = Math.abs(Number(value) || 0);
+    let unit = 0;
+    while (unit < UNITS.length - 1 && (unit === 0 ? amount : Math.round(amount * 10) / 10) >= 1000) {
       amount /= 1000;
+      unit += 1;
     }
-    return `${amount} PB`;
+    if (unit === 0) return `${Math.round(amount)} B`;
+    return `${Number(amount.toFixed(1))} ${UNITS[unit]}`;
   };
   const number = (value) => Number(value).toLocaleString("en-US");
   const pad = (n) => String(n).padStart(2, "0");
 
   // The x axis shows ticks at round times only (every 10 minutes, every 6 hours, every day, ...):
-  // the smallest of these intervals that gives at most ~10 ticks over the range.
+  // the smallest of these intervals that gives at most `most` ticks over the range.
   const MINUTE = 60_000;
   const INTERVALS = {
     minute: [5, 10, 15, 30, 60, 120, 180, 360].map((m) => m * MINUTE),
     hour: [1, 2, 3, 6, 12, 24, 48, 72, 168].map((h) => h * 60 * MINUTE),
     day: [1, 2, 3, 7, 14, 28, 56, 91].map((d) => d * 1440 * MINUTE),
   };
-  const tickInterval = (labels, step) => {
+  const tickInterval = (labels, step, most) => {
     const span = labels.length > 1 ? Date.parse(labels[labels.length - 1]) - Date.parse(labels[0]) : 0;
     const choices = INTERVALS[step] || INTERVALS.hour;
-    return choices.find((interval) => span / interval <= 10) || choices[choices.length - 1];
+    return choices.find((interval) => span / interval <= most) || choices[choices.length - 1];
   };
+  // Ticks the chart has room for: one per ~70 px of its width ("24 Nov", "18:00" with room to
+  // breathe beside the y axis), at most 10, so a phone-wide chart gets every other day rather
+  // than labels running into each other.
+  const TICK_ROOM = 70;
+  const mostTicks = (width) => Math.max(2, Math.min(10, Math.floor(width / TICK_ROOM)));
   // A tick's label (UTC): the clock, with the day under it at midnight and on the first tick;
   // the day alone when ticks are a day or more apart; null (no tick) between round times.
   const tickLabel = (labels, index, interval, firstShown) => {
@@ -73,16 +80,28 @@
   const anyValue = (values) => values.some((value) => value > 0);
 
   const axisTitle = (text) => ({ display: true, text, color: "#6c6a80", font: { size: 11, weight: "600" } });
+  // The interval follows the chart's width, so it is worked out again when the chart is resized
+  // (a phone turned sideways), once per width.
   const xAxis = (data) => {
-    const interval = tickInterval(data.labels, data.step);
-    const firstShown = data.labels.findIndex((iso) => Date.parse(iso) % interval === 0);
+    let layout = { width: null, interval: 0, firstShown: 0 };
+    const layoutFor = (width) => {
+      if (layout.width !== width) {
+        const interval = tickInterval(data.labels, data.step, mostTicks(width));
+        const firstShown = data.labels.findIndex((iso) => Date.parse(iso) % interval === 0);
+        layout = { width, interval, firstShown };
+      }
+      return layout;
+    };
     return {
       grid: { display: false },
       title: axisTitle("Time (UTC)"),
       ticks: {
         maxRotation: 0,
         autoSkip: false,
-        callback: (value, index) => tickLabel(data.labels, index, interval, firstShown),
+        callback(value, index) {
+          const { interval, firstShown } = layoutFor(this.chart.width);
+          return tickLabel(data.labels, index, interval, firstShown);
+        },
       },
     };
   };
@@ -171,7 +190,12 @@
         },
         scales: {
           x: xAxis(data),
-          y: { beginAtZero: true, title: axisTitle(`Bytes per ${data.step}`), ticks: { callback: (value) => humanBytes(value) } },
+          y: {
+            beginAtZero: true,
+            title: axisTitle(`Bytes per ${data.step}`),
+            // Whole bytes only: a tiny chart would otherwise tick at 0.2 B, 0.4 B, ...
+            ticks: { precision: 0, callback: (value) => humanBytes(value) },
+          },
         },
       },
     });

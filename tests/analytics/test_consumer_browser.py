@@ -1,5 +1,6 @@
 """The consumer's usage dashboard in headless Chromium: the charts draw the page's numbers, the
-range presets change the range, tabs and errors show. Screenshots go to /tmp/dcons-*.png."""
+range presets change the range, tabs and errors show, the page fits a phone (390 px). Screenshots
+go to /tmp/polcons-*.png."""
 
 from __future__ import annotations
 
@@ -36,8 +37,16 @@ PRICES = "prices/{symbol}"
 ORDERS = "orders/{symbol}"
 
 
-def shoot(page: Page, name: str) -> None:
-    page.screenshot(path=f"/tmp/dcons-{name}.png", full_page=True)
+def shoot(page: Page, name: str, *, slices: bool = False) -> None:
+    """A full-page screenshot; with ``slices``, also one per window height (``name-1``, ...),
+    readable at full size where a phone's long page would be scaled down."""
+    page.screenshot(path=f"/tmp/polcons-{name}.png", full_page=True)
+    if slices:
+        width, height = page.viewport_size["width"], page.viewport_size["height"]
+        total = page.evaluate("() => document.documentElement.scrollHeight")
+        for index, top in enumerate(range(0, total, height), start=1):
+            clip = {"x": 0, "y": top, "width": width, "height": min(height, total - top)}
+            page.screenshot(path=f"/tmp/polcons-{name}-{index}.png", full_page=True, clip=clip)
 
 
 def _sign_in(page: Page, live_server, email: str) -> None:
@@ -94,7 +103,7 @@ def bob_traffic(transactional_db, bob, ticker_api):
                 opened_at=now - timedelta(hours=3 * index + 2),
                 closed_at=now - timedelta(hours=3 * index + 2) + timedelta(seconds=600 + 977 * index),
                 duration_seconds=600 + 977 * index,
-                close_code=(4429, 1000, None, 1001, 4408)[index],
+                close_code=(4429, 1000, None, 1012, 4408)[index],
                 events_out=4000 + 313 * index,
                 bytes_out=(4000 + 313 * index) * 180,
             )
@@ -227,3 +236,87 @@ def test_connections_tab_says_when_live_data_is_unavailable(
         shoot(page, "usage-live-unavailable")
     finally:
         settings.REDIS_URL, live._client = saved
+
+
+def _axis_labels(page: Page, subscription_id: int, chart: str) -> list[str]:
+    """The y axis tick labels Chart.js drew on a subscription's ``chart`` (events, bytes)."""
+    return page.evaluate(
+        """([id, chart]) => {
+          const canvas = document.querySelector(`[data-subscription="${id}"] [data-usage-chart="${chart}"]`);
+          return Chart.getChart(canvas).scales.y.ticks.map((tick) => String(tick.label));
+        }""",
+        [subscription_id, chart],
+    )
+
+
+def _x_labels_fit(page: Page, subscription_id: int, chart: str) -> bool:
+    """Whether the time axis's labels have room: at least ~60 px of chart width each."""
+    return page.evaluate(
+        """([id, chart]) => {
+          const canvas = document.querySelector(`[data-subscription="${id}"] [data-usage-chart="${chart}"]`);
+          const drawn = Chart.getChart(canvas);
+          const shown = drawn.scales.x.ticks.filter((tick) => tick.label != null);
+          return shown.length >= 2 && shown.length * 60 <= drawn.width;
+        }""",
+        [subscription_id, chart],
+    )
+
+
+def _sideways_overflow(page: Page) -> int:
+    """How many pixels the page is wider than the window (0: no sideways scroll)."""
+    return page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+
+
+def test_byte_axis_has_no_trailing_zero_and_the_page_fits_a_phone(page: Page, live_server, bob, bob_traffic):
+    card = f'[data-subscription="{bob_traffic.pk}"]'
+    _sign_in(page, live_server, bob.email)
+    page.goto(live_server.url + "/usage/?range=7d")
+    expect(page.locator(f"{card} [data-usage-chart=bytes][data-chart-ready]")).to_be_visible()
+    labels = _axis_labels(page, bob_traffic.pk, "bytes")
+    assert len(labels) >= 3 and labels[0] == "0 B"
+    assert all(re.fullmatch(r"\d+(\.\d)? [KMGTP]?B", label) for label in labels), labels
+    assert not any(".0 " in label for label in labels), labels  # "800 KB", never "800.0 KB"
+    expect(page.get_by_test_id("csv-connections")).to_have_text("CSV per connection")
+    assert _sideways_overflow(page) == 0
+    assert _x_labels_fit(page, bob_traffic.pk, "events") and _x_labels_fit(page, bob_traffic.pk, "bytes")
+    shoot(page, "usage-1280")
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    expect(page.locator(f"{card} [data-usage-chart=bytes][data-chart-ready]")).to_be_visible()
+    assert _sideways_overflow(page) == 0
+    assert not any(".0 " in label for label in _axis_labels(page, bob_traffic.pk, "bytes"))
+    assert _x_labels_fit(page, bob_traffic.pk, "events") and _x_labels_fit(page, bob_traffic.pk, "bytes")
+    shoot(page, "usage-390", slices=True)
+    page.locator(card).get_by_role("tab", name=re.compile("Connections")).click()
+    expect(page.locator(f"{card} [data-testid=connection-history]")).to_contain_text("gateway restarting")
+    page.wait_for_timeout(300)  # the tab's fade-in, for the screenshot
+    assert _sideways_overflow(page) == 0
+    shoot(page, "usage-390-connections", slices=True)
+
+
+def test_past_date_ranges_say_what_is_missing_and_how_to_find_more(page: Page, live_server, bob, ticker_api):
+    """Events twenty days ago without latency rows (their publisher stamped no publish time):
+    that day says no latency was recorded; the day before says to widen the dates."""
+    subscription = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob, name="Archive reader"),
+        plan=ticker_api.plans.get(name="Free"),
+    )
+    day = (timezone.now() - timedelta(days=20)).replace(hour=9, minute=0, second=0, microsecond=0)
+    usage_counts_batch(
+        rows=[
+            (subscription.pk, day + timedelta(hours=hour), PRICES, "out", 40, 40_000, 0, 0, 0, 0, 0)
+            for hour in range(8)
+        ]
+    )
+    _sign_in(page, live_server, bob.email)
+    page.goto(live_server.url + f"/usage/?from={day:%Y-%m-%d}&to={day:%Y-%m-%d}")
+    expect(page.get_by_test_id("latency-unrecorded")).to_contain_text("No latency recorded for these events")
+    expect(page.get_by_label("From")).to_have_value(f"{day:%Y-%m-%d}")
+    shoot(page, "usage-no-latency")
+
+    before = day - timedelta(days=1)
+    page.goto(live_server.url + f"/usage/?from={before:%Y-%m-%d}&to={before:%Y-%m-%d}")
+    expect(page.get_by_test_id("widen-dates")).to_contain_text("widen the From – To dates above")
+    expect(page.get_by_test_id("usage-none").get_by_role("link")).to_have_count(0)
+    shoot(page, "usage-widen")

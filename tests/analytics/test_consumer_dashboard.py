@@ -21,6 +21,7 @@ from analytics.services import (
     usage_counts_batch,
     usage_for_subscription,
 )
+from analytics.views import duration_words
 from portal.models import Subscription
 from portal.services.limits import period_bounds
 from tests.factories import ApplicationFactory, BusinessPlanFactory, SubscriptionFactory
@@ -252,8 +253,8 @@ def test_month_totals_equal_what_billing_reads(client, bob, bob_subscription):
     assert re.search(rf'data-testid="bytes-delivered" title="{billed.bytes:,} bytes"', page)
     assert _testid(page, "events-sent") == f"{sent.events:,}"
     (row,) = api["subscriptions"]
-    assert (row["delivered"]["events"], row["delivered"]["bytes"]) == (billed.events, billed.bytes)
-    assert (row["sent"]["events"], row["sent"]["bytes"]) == (sent.events, sent.bytes)
+    assert (row["totals"]["events_out"], row["totals"]["bytes_out"]) == (billed.events, billed.bytes)
+    assert (row["totals"]["events_in"], row["totals"]["bytes_in"]) == (sent.events, sent.bytes)
     assert api["range"]["start"] == start.isoformat().replace("+00:00", "Z")
     assert api["range"]["step"] == "day"
 
@@ -269,16 +270,23 @@ def test_csv_has_the_pages_series_and_channel_numbers(client, bob, bob_traffic):
 
     assert len(series) == 25  # the 24 hours and the hour the range starts in, as on the chart
     assert all(row["subscription_id"] == str(bob_traffic.pk) for row in series)
-    total = {
-        key: sum(int(row[key]) for row in series)
-        for key in series[0]
-        if key.endswith(("events", "bytes", "_sent", "_delivered"))
-    }
-    assert f"{total['events_delivered']:,}" == _testid(page, "events-delivered")
-    assert f"{total['events_sent']:,}" == _testid(page, "events-sent")
+    # The provider's and platform's CSV names (analytics.views_dashboards), in the same order.
+    assert list(series[0]) == [
+        "subscription_id", "application", "api", "start", "events_out", "bytes_out", "events_in", "bytes_in",
+        "throttled_events", "throttled_bytes", "dropped_events", "rejected_events", "failed_events", "errors",
+    ]  # fmt: skip
+    assert list(channels[0])[3:] == [
+        "channel", "direction", "events", "bytes", "throttled_events", "throttled_bytes", "dropped_events",
+        "rejected_events", "failed_events", "errors",
+    ]  # fmt: skip
+    total = {key: sum(int(row[key]) for row in series) for key in list(series[0])[4:]}
+    assert f"{total['events_out']:,}" == _testid(page, "events-delivered")
+    assert f"{total['events_in']:,}" == _testid(page, "events-sent")
     for name in ("throttled", "dropped", "rejected", "failed"):
         assert f"{total[f'{name}_events']:,}" == _testid(page, f"events-{name}")
-    assert total["bytes_delivered"] == 1_500_000
+    assert total["bytes_out"] == 1_500_000
+    assert total["errors"] == 30 + 4 + 2 + 1
+    assert [row["errors"] for row in channels] == ["35", "2"]
 
     table = re.findall(
         r'data-channel="([^"]+)" data-direction="(\w+)">.*?data-col="events">([\d,]+)<.*?'
@@ -346,6 +354,133 @@ def test_connection_history_in_words_and_connections_open_now(
     assert _testid(page, "open-count") == "1 open"
 
 
+def test_gateway_restart_and_lost_connections_are_named_in_words(client, bob, bob_subscription):
+    """The gateway records a 1012 close as "gateway restarting" and a 1006 as "connection lost (no
+    close frame)" (gateway.capture); the page and REST say what happened, not "closed"."""
+    now = timezone.now()
+    restarted = _connection(bob_subscription, opened=now - timedelta(hours=2), seconds=40, code=1012)
+    restarted.close_reason = "gateway restarting"
+    lost = _connection(bob_subscription, opened=now - timedelta(hours=1), seconds=20, code=1006)
+    lost.close_reason = "connection lost (no close frame)"
+    connection_record_batch(records=[restarted, lost])
+    client.force_login(bob)
+
+    page = client.get("/usage/").content.decode()
+    closes = [
+        re.sub(r"<[^>]+>", "", cell).strip()
+        for cell in re.findall(r'<td data-col="close">(.*?)</td>', page, re.S)
+    ]
+    assert closes == ["1006 connection lost", "1012 gateway restarting"]
+    history = client.get(f"/api/v1/usage/subscriptions/{bob_subscription.pk}/connections/").json()["history"]
+    assert [(row["close_code"], row["close_meaning"]) for row in history] == [
+        (1006, "connection lost"),
+        (1012, "gateway restarting"),
+    ]
+
+
+def _normal(value):
+    """A CSV cell or a REST value as one comparable value: datetimes parsed, numbers as floats
+    (a CSV cell is text), empty for None, a channel list space-separated."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, list):
+        return " ".join(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return float(value)
+
+
+def test_connection_history_csv_has_every_finished_connection_as_the_page_and_rest_show_it(
+    client, bob, carol, bob_subscription, carol_subscription
+):
+    """30 connections in the range (the page lists the newest 25), one before it, one of Carol's:
+    the CSV has the 30, newest first, with the values of REST's history and the page's rows."""
+    now = timezone.now()
+    codes = (1000, 4429, None, 1012, 1006, 4408)
+    records = [
+        _connection(
+            bob_subscription,
+            opened=now - timedelta(hours=1, minutes=40 * index),
+            seconds=7.5 + 61 * index,
+            code=codes[index % len(codes)],
+            ip=f"203.0.113.{index + 1}",
+            events=10 + index,
+        )
+        for index in range(30)
+    ]
+    records[3].events_in, records[3].bytes_in, records[3].throttled_events = 2, 150, 4
+    records[4].channels, records[4].protocol = f"{ORDERS},{PRICES}", ConnectionRecord.Protocol.SSE
+    records.append(
+        _connection(bob_subscription, opened=now - timedelta(days=3), seconds=60, code=1000, ip="192.0.2.1")
+    )
+    records.append(
+        _connection(
+            carol_subscription, opened=now - timedelta(hours=1), seconds=60, code=1000, ip="192.0.2.2"
+        )
+    )
+    connection_record_batch(records=records)
+    client.force_login(bob)
+
+    page = client.get("/usage/?range=24h").content.decode()
+    assert 'href="?range=24h&amp;format=csv&amp;table=connections"' in page
+    assert "download all 30 as CSV" in page
+    response = client.get("/usage/?range=24h&format=csv&table=connections")
+    assert response["Content-Disposition"].startswith('attachment; filename="usage-connections-')
+    rows = _csv(response)
+    history = client.get(
+        f"/api/v1/usage/subscriptions/{bob_subscription.pk}/connections/?range=24h&limit=1000"
+    ).json()["history"]
+
+    assert len(rows) == len(history) == 30
+    assert {row["client_ip"] for row in rows} == {f"203.0.113.{index + 1}" for index in range(30)}
+    assert all(row["subscription_id"] == str(bob_subscription.pk) for row in rows)
+    assert all((row["application"], row["api"]) == ("Bob's dashboard", "ticker") for row in rows)
+    for row, rest in zip(rows, history, strict=True):
+        assert int(row["connection_id"]) == rest["id"]
+        for name in (column for column in rows[0] if column in rest):
+            assert _normal(row[name]) == _normal(rest[name]), name
+    sse = next(row for row in rows if row["protocol"] == "sse")
+    assert sse["channels"] == f"{ORDERS} {PRICES}"
+    restarted = next(row for row in rows if row["close_code"] == "1012")
+    assert (restarted["close_meaning"], restarted["events_in"], restarted["throttled_events"]) == (
+        "gateway restarting",
+        "2",
+        "4",
+    )
+
+    # The page's rows are the CSV's first 25, in the same order, with the same values in words.
+    shown = re.findall(r'data-testid="connection-row">(.*?)</tr>', page, re.S)
+    assert len(shown) == 25
+    for html_row, row in zip(shown, rows, strict=False):
+        cells = [
+            re.sub(r"<[^>]+>", "", cell).strip()
+            for cell in re.findall(r"<td[^>]*>(.*?)</td>", html_row, re.S)
+        ]
+        opened = datetime.fromisoformat(row["opened_at"])
+        assert cells[0] == f"{opened.day} {opened:%b %H:%M:%S}"
+        assert cells[2] == duration_words(float(row["duration_seconds"]))
+        assert cells[5].endswith(row["close_meaning"]) and cells[5].startswith(row["close_code"])
+        assert cells[6].startswith(f"{int(row['events_out']):,}")
+        assert cells[8] == row["client_ip"]
+
+    # Carol's CSV has her connection only; Bob's subscription id is a field error.
+    client.force_login(carol)
+    assert [row["client_ip"] for row in _csv(client.get("/usage/?format=csv&table=connections"))] == [
+        "192.0.2.2"
+    ]
+    assert (
+        client.get(f"/usage/?subscription={bob_subscription.pk}&format=csv&table=connections").status_code
+        == 400
+    )
+
+
 def test_subscription_without_events_tells_how_to_get_some(client, bob, bob_subscription):
     client.force_login(bob)
     page = client.get("/usage/").content.decode()
@@ -354,10 +489,65 @@ def test_subscription_without_events_tells_how_to_get_some(client, bob, bob_subs
     assert "data-usage-chart" not in page
 
 
-def test_subscription_with_older_usage_suggests_a_longer_range(client, bob, bob_traffic):
+def _section(page: str, testid: str) -> str:
+    """The HTML of the element with ``data-testid=testid`` (up to its first closing div)."""
+    match = re.search(rf'data-testid="{testid}".*?</div>', page, re.S)
+    assert match, f"no {testid} on the page"
+    return match.group(0)
+
+
+def test_quiet_preset_range_suggests_longer_presets(client, bob, bob_subscription):
+    usage_counts_batch(rows=[_counts(bob_subscription, _recent(60 * 24 * 3), PRICES, "out", 8, 800)])
     client.force_login(bob)
-    page = client.get("/usage/?from=2020-01-01&to=2020-01-02").content.decode()
-    assert "No events in this range." in page and 'href="?range=30d"' in page
+    empty = _section(client.get("/usage/?range=1h").content.decode(), "usage-none")
+    assert "No events in this range." in empty
+    assert 'href="?range=7d"' in empty and 'href="?range=90d"' in empty
+
+
+def test_quiet_date_range_suggests_widening_the_dates_not_presets_counted_from_now(client, bob, bob_traffic):
+    client.force_login(bob)
+    empty = _section(client.get("/usage/?from=2020-01-01&to=2020-01-02").content.decode(), "usage-none")
+    assert "No events in this range." in empty
+    assert "widen the From – To dates above" in empty
+    assert "?range=" not in empty  # "7 days · 30 days" would count from now, not from 2020
+
+
+def test_events_without_latency_rows_say_no_latency_was_recorded(client, bob, bob_subscription):
+    """Delivered events whose publisher stamped no publish time have counts but no latency: the
+    card says so rather than "no delivered events"."""
+    day = (timezone.now() - timedelta(days=20)).replace(hour=12, minute=0, second=0, microsecond=0)
+    usage_counts_batch(rows=[_counts(bob_subscription, day, PRICES, "out", 42, 4200)])
+    client.force_login(bob)
+    page = client.get(f"/usage/?from={day:%Y-%m-%d}&to={day:%Y-%m-%d}").content.decode()
+    assert _testid(page, "events-delivered") == "42"
+    latency = _section(page, "latency")
+    assert "0 events measured" in latency
+    assert "No latency recorded for these events" in page
+    assert "No delivered events to measure" not in page
+
+    api = client.get(f"/api/v1/usage/subscriptions/{bob_subscription.pk}/?from={day:%Y-%m-%d}").json()
+    assert api["totals"]["events_out"] == 42
+    assert api["latency"] == {"p50": None, "p95": None, "p99": None, "events": 0}
+
+
+def test_only_sent_events_have_nothing_to_measure(client, bob, bob_subscription):
+    usage_counts_batch(rows=[_counts(bob_subscription, _recent(), ORDERS, "in", 3, 300)])
+    client.force_login(bob)
+    page = client.get("/usage/").content.decode()
+    assert "No delivered events to measure in this range." in page
+    assert "No latency recorded" not in page
+
+
+def test_iso_datetime_range_fills_the_date_pickers_with_the_days_it_covers(client, bob, bob_traffic):
+    """The invoice page links its period as ISO date-times (``to`` exclusive): the date inputs
+    show the first and the last day, so Apply keeps the same range."""
+    client.force_login(bob)
+    page = client.get("/usage/?from=2026-05-01T00:00:00Z&to=2026-06-01T00:00:00Z").content.decode()
+    assert 'id="range-from" name="from" value="2026-05-01"' in page
+    assert 'id="range-to" name="to" value="2026-05-31"' in page
+    assert "2026-05-01 00:00 – 2026-06-01 00:00 UTC" in page
+    again = client.get("/usage/?from=2026-05-01&to=2026-05-31").content.decode()
+    assert "2026-05-01 00:00 – 2026-06-01 00:00 UTC" in again
 
 
 def test_no_subscriptions_points_to_the_catalog_and_try_it(client, bob):
@@ -489,22 +679,33 @@ def test_rest_detail_has_totals_series_channels_latency_and_quota(client, bob, b
 
     assert data["application"] == {"id": bob_traffic.application_id, "name": "Bob's dashboard"}
     assert data["api"]["slug"] == "ticker"
-    assert data["delivered"] == {
-        "events": 1200,
-        "bytes": 1_500_000,
+    # Named as the provider's and platform's endpoints name them (events_out, events_in, errors).
+    assert data["totals"] == {
+        "events_out": 1200,
+        "bytes_out": 1_500_000,
+        "events_in": 5,
+        "bytes_in": 500,
         "throttled_events": 30,
         "throttled_bytes": 3000,
         "dropped_events": 4,
-        "rejected_events": 0,
+        "rejected_events": 2,
         "failed_events": 1,
+        "errors": 37,
+        "error_rate": 37 / (1205 + 37),
     }
-    assert data["sent"]["events"] == 5 and data["sent"]["rejected_events"] == 2
     assert len(data["series"]) == 25
-    assert sum(point["delivered"]["events"] for point in data["series"]) == 1200
-    assert [(row["channel"], row["direction"], row["events"]) for row in data["channels"]] == [
-        (PRICES, "out", 1200),
-        (ORDERS, "in", 5),
+    assert list(data["series"][0]) == [
+        "start", "events_out", "bytes_out", "events_in", "bytes_in", "throttled_events", "throttled_bytes",
+        "dropped_events", "rejected_events", "failed_events", "errors",
+    ]  # fmt: skip
+    assert sum(point["events_out"] for point in data["series"]) == 1200
+    assert sum(point["events_in"] for point in data["series"]) == 5
+    assert sum(point["errors"] for point in data["series"]) == 37
+    assert [(row["channel"], row["direction"], row["events"], row["errors"]) for row in data["channels"]] == [
+        (PRICES, "out", 1200, 35),
+        (ORDERS, "in", 5, 2),
     ]
+    assert data["channels"][1]["error_rate"] == 2 / 7
     assert data["latency"] == {"p50": 0.005, "p95": 0.02, "p99": 0.1, "events": 100}
     assert data["quota"]["quota_events"] == 10_000
     assert data["quota"]["events_remaining"] == 10_000 - data["quota"]["events"]
@@ -551,7 +752,7 @@ def test_rest_list_filters_by_application(client, bob, bob_traffic, ticker_api):
     everything = client.get("/api/v1/usage/").json()
     assert {row["id"] for row in everything["subscriptions"]} == {bob_traffic.pk, other.pk}
     only = client.get(f"/api/v1/usage/?application={other.application_id}").json()
-    assert [(row["id"], row["delivered"]["events"]) for row in only["subscriptions"]] == [(other.pk, 0)]
+    assert [(row["id"], row["totals"]["events_out"]) for row in only["subscriptions"]] == [(other.pk, 0)]
     assert everything["range"]["preset"] == "24h"
 
 
@@ -563,7 +764,7 @@ def test_rest_range_of_iso_datetimes(client, bob, bob_traffic):
     )
     assert response.status_code == 200
     (row,) = response.json()["subscriptions"]
-    assert row["delivered"]["events"] == 1000 and response.json()["range"]["step"] == "minute"
+    assert row["totals"]["events_out"] == 1000 and response.json()["range"]["step"] == "minute"
 
 
 def test_application_without_subscriptions_says_so(client, bob, bob_traffic):

@@ -136,13 +136,13 @@ def test_consumer_csv_unknown_table_is_a_400_naming_table(client, bob, surfaces_
     client.force_login(bob)
     response = client.get("/usage/?format=csv&table=nope")
     assert response.status_code == 400
-    assert response.content.decode() == "table: 'nope' is not one of series, channels, webhooks"
-    for table in ("series", "channels", "webhooks"):
+    assert response.content.decode() == "table: 'nope' is not one of series, channels, webhooks, connections"
+    for table in ("series", "channels", "webhooks", "connections"):
         assert client.get(f"/usage/?format=csv&table={table}").status_code == 200
     assert (
         client.get("/usage/?format=csv")
         .content.decode()
-        .startswith("subscription_id,application,api,step_start")
+        .startswith("subscription_id,application,api,start,events_out,bytes_out,events_in,bytes_in")
     )
 
 
@@ -216,8 +216,8 @@ def test_an_old_range_shows_its_events_not_zeros_after_retention(client, bob, su
     client.force_login(bob)
     data = client.get(f"/api/v1/usage/subscriptions/{subscription.pk}/?{_range(start, 3)}").json()
     assert data["range"]["step"] == "hour"
-    assert [point["delivered"]["events"] for point in data["series"]] == [7, 5, 0]
-    assert data["delivered"]["events"] == 12
+    assert [point["events_out"] for point in data["series"]] == [7, 5, 0]
+    assert data["totals"]["events_out"] == 12
     response = client.get(f"/usage/?{_range(start, 3)}&step=minute")
     assert response.status_code == 400
     assert "per-minute rows are kept 40 days" in html.unescape(response.content.decode())

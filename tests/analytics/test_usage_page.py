@@ -11,8 +11,10 @@ import pytest
 from django.utils import timezone
 
 from analytics.services import usage_record_batch
+from billing.services import invoice_period_close
 from portal.models import Subscription
-from tests.factories import ApplicationFactory, SubscriptionFactory
+from portal.services.limits import period_bounds
+from tests.factories import ApplicationFactory, BusinessPlanFactory, SubscriptionFactory
 
 
 @pytest.fixture
@@ -81,3 +83,51 @@ def test_usage_is_in_the_navigation(client, bob, bob_subscription):
     client.force_login(bob)
     page = client.get("/usage/").content.decode()
     assert re.search(r'class="nav-link\s+active"\s+href="/usage/"', page)
+
+
+def test_invoice_links_the_usage_page_of_its_period(client, bob, ticker_api):
+    """The invoice's "usage page" link opens /usage/ for the invoice's period, which shows the
+    events and bytes the invoice charges (not the last 24 hours)."""
+    plan = BusinessPlanFactory(
+        api=ticker_api, name="Metered", flat_fee_minor=900, price_per_1000_events_minor=150
+    )
+    this_month = period_bounds()[0]
+    start = (this_month - timedelta(days=1)).replace(day=1)
+    subscription = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob, name="Trading bot"), plan=plan, created=start
+    )
+    usage_record_batch(
+        rows=[
+            (subscription.pk, start - timedelta(minutes=1), "prices/{symbol}", "out", 5, 50),
+            (
+                subscription.pk,
+                start + timedelta(days=2, hours=3),
+                "prices/{symbol}",
+                "out",
+                12_345,
+                2_500_000,
+            ),
+            (subscription.pk, this_month, "prices/{symbol}", "out", 7, 70),
+        ]
+    )
+    [invoice] = invoice_period_close(period_start=start, period_end=this_month, allow_open=True)
+    client.force_login(bob)
+
+    page = client.get(f"/billing/invoices/{invoice.pk}/").content.decode()
+    link = re.search(r'<a href="([^"]+)" data-testid="invoice-usage-link">usage page</a>', page)
+    assert link, "no usage page link on the invoice"
+    href = link.group(1).replace("&amp;", "&")
+    assert href == f"/usage/?from={start:%Y-%m-%dT%H:%M:%S}Z&to={this_month:%Y-%m-%dT%H:%M:%S}Z"
+
+    usage = client.get(href)
+    assert usage.status_code == 200
+    text = usage.content.decode()
+    events = re.search(r'data-testid="events-delivered">([^<]+)<', text).group(1)
+    line_events = {line.events for line in invoice.lines.all()}
+    assert line_events == {12_345} and events == "12,345"
+    assert 'title="2,500,000 bytes"' in text
+    assert f"{start:%Y-%m-%d} 00:00 – {this_month:%Y-%m-%d} 00:00 UTC" in text
+    last_day = this_month - timedelta(days=1)
+    assert (
+        f'name="from" value="{start:%Y-%m-%d}"' in text and f'name="to" value="{last_day:%Y-%m-%d}"' in text
+    )
