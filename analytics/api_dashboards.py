@@ -2,7 +2,9 @@
 the same reports as the pages (``analytics.views_dashboards``), as JSON.
 
 Range parameters are the pages' (``analytics.dashboard``): ``range`` (preset), or ``from`` and
-``to``, and ``step``; a bad one answers 400 with the field's errors (``{"from": ["..."]}``).
+``to`` (which replace ``range`` when given), and ``step``; a bad one answers 400 with the
+field's errors (``{"from": ["..."]}``). The answer's ``range`` says which was used (``preset``
+is empty for from/to).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class RangeSerializer(serializers.Serializer):
     start = serializers.DateTimeField(help_text="Start (UTC), rounded down to the step.")
     end = serializers.DateTimeField(help_text="End (UTC), exclusive.")
     step = serializers.ChoiceField(choices=["minute", "hour", "day"], help_text="Bucket of `series`.")
+    preset = serializers.CharField(
+        help_text="The preset the range came from (`24h`, ...); empty for `from`/`to`, which replace it."
+    )
     label = serializers.CharField()
 
 
@@ -241,7 +246,12 @@ class ConnectionsSerializer(serializers.Serializer):
 # --- views --------------------------------------------------------------------------------------
 
 RANGE_PARAMETERS = [
-    OpenApiParameter("range", str, enum=list(PRESETS), description="Preset range ending now (default 24h)."),
+    OpenApiParameter(
+        "range",
+        str,
+        enum=list(PRESETS),
+        description="Preset range ending now (default 24h); ignored when `from` or `to` is given.",
+    ),
     OpenApiParameter(
         "from", str, description="Start: YYYY-MM-DD (UTC) or an ISO 8601 date-time; replaces `range`."
     ),

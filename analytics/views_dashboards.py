@@ -31,12 +31,14 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from analytics import live
-from analytics.dashboard import PRESETS, DateRange, DateRangeForm, csv_response, format_refusal
+from analytics.dashboard import DateRange, DateRangeForm, csv_response, format_refusal
 from analytics.models import Direction, HandshakeRecord
 from analytics.queries import (
+    STEP,
     Counts,
     floor,
     latency_histogram,
@@ -61,6 +63,16 @@ ERROR_KINDS = (
     ("failed_events", "Failed", "The gateway could not hand them on"),
 )
 DIRECTION_LABELS = dict(Direction.choices)
+# The preset buttons of the range picker, as the consumer's page words them (analytics.views);
+# providers and staff get 6 hours and 90 days too.
+PICKER_PRESETS = (
+    ("1h", "1 hour"),
+    ("6h", "6 hours"),
+    ("24h", "24 hours"),
+    ("7d", "7 days"),
+    ("30d", "30 days"),
+    ("90d", "90 days"),
+)
 
 
 # --- access -----------------------------------------------------------------------------------
@@ -117,8 +129,15 @@ def bounds(date_range: DateRange) -> tuple[datetime, datetime]:
 
 
 def range_dict(date_range: DateRange) -> dict[str, Any]:
+    """``start``/``end`` (``bounds``), ``step``, ``preset`` (``""`` for from/to) and ``label``."""
     start, end = bounds(date_range)
-    return {"start": start, "end": end, "step": date_range.step, "label": date_range.label}
+    return {
+        "start": start,
+        "end": end,
+        "step": date_range.step,
+        "preset": date_range.preset,
+        "label": date_range.label,
+    }
 
 
 def error_rate(events: int, errors: int) -> float | None:
@@ -676,11 +695,11 @@ def _bad_range_csv(form: DateRangeForm) -> HttpResponse:
 
 
 def _page_context(request: HttpRequest, form: DateRangeForm) -> dict[str, Any]:
-    """What every dashboard page's range picker needs."""
+    """What every dashboard page's range picker (``provider_range.html``) needs."""
     valid = form.is_valid()
     return {
         "form": form,
-        "presets": [(key, label) for key, (_, label) in PRESETS.items()],
+        "presets": PICKER_PRESETS,
         "current_preset": form.date_range.preset if valid else "",
         "query": form.date_range.query() if valid else "",
     }
@@ -741,7 +760,11 @@ def analytics_index(request: HttpRequest) -> HttpResponse:
         if not valid:
             return _bad_range_csv(form)
         return _csv(
-            request, index_report(request.user, form.date_range), INDEX_TABLES, name="apis", default="apis"
+            request,
+            index_report(request.user, form.date_range),
+            INDEX_TABLES,
+            name="analytics",
+            default="apis",
         )
     context = _page_context(request, form)
     context["report"] = for_page(index_report(request.user, form.date_range)) if valid else None
@@ -863,13 +886,33 @@ COLORS = {
     "p99": "#e8891a",
 }
 STEP_WORDS = {"minute": "minute", "hour": "hour", "day": "day (UTC)"}
+# Percentiles often coincide (a whole histogram bucket): the widest, lighter line is drawn first
+# and the narrowest, dashed one last (``order``: lower on top), each with its own point shape and
+# size, so all three stay visible when they lie on each other.
+LATENCY_STYLES: dict[str, dict[str, Any]] = {
+    "p50": {"width": 4, "fade": 0.6, "point": "circle", "radius": 3.5, "order": 3},
+    "p95": {"width": 2.5, "point": "rect", "radius": 3, "order": 2},
+    "p99": {"width": 2, "point": "triangle", "radius": 3.5, "order": 1, "dashed": True},
+}
 
 
 def _chart(
-    kind: str, labels: list[str], datasets: list[dict[str, Any]], *, y_title: str, x_title: str, unit: str
+    kind: str,
+    labels: list[str],
+    datasets: list[dict[str, Any]],
+    *,
+    y_title: str,
+    x_title: str,
+    unit: str,
+    step: str = "",
+    partial: str = "",
 ) -> dict[str, Any]:
     """A chart spec for dashboards.js: ``kind`` ``line``/``bar``/``hbar``, ``unit``
-    ``events``/``bytes``/``ms`` (tick and tooltip format)."""
+    ``events``/``bytes``/``ms`` (tick and tooltip format); over time, the ``step`` of each point
+    and ``partial`` (``partial_step``): when set, why the last point is drawn dashed and lighter.
+    A dataset has ``label``, ``data``, ``color`` and optionally ``fill``, ``dashed``, ``width``
+    and ``radius`` (pixels), ``fade`` (the line's opacity), ``point`` (Chart.js point style) and
+    ``order`` (lower is drawn on top)."""
     return {
         "kind": kind,
         "labels": labels,
@@ -877,7 +920,22 @@ def _chart(
         "y_title": y_title,
         "x_title": x_title,
         "unit": unit,
+        "step": step,
+        "partial": partial,
     }
+
+
+def partial_step(report: dict[str, Any], now: datetime | None = None) -> str:
+    """Why the series' last step holds less than a whole step, as the charts' note says it, or
+    ``""`` when it is whole: ``"still filling"`` while that step is not over yet (the range
+    ends now), ``"cut at 10:30 UTC"`` when the range ends inside it. The first step is always
+    whole: the report's start is rounded down to the step (``bounds``)."""
+    rows, step, end = report["series"], report["range"]["step"], report["range"]["end"]
+    if not rows or rows[-1]["start"] + STEP[step] <= end:
+        return ""
+    if rows[-1]["start"] + STEP[step] > (now or timezone.now()):
+        return "still filling"
+    return f"cut at {end:%H:%M} UTC" if step == "minute" or end.second == 0 else f"cut at {end:%H:%M:%S} UTC"
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -889,6 +947,7 @@ def usage_charts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     rows, step = report["series"], report["range"]["step"]
     labels = [row["label"] for row in rows]
     x_title = f"Time (UTC), per {STEP_WORDS[step]}"
+    partial = partial_step(report)
 
     def line(label: str, key: str, color: str, **extra: Any) -> dict[str, Any]:
         return {"label": label, "data": [row[key] for row in rows], "color": color, **extra}
@@ -905,6 +964,8 @@ def usage_charts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             y_title=f"Events per {step}",
             x_title=x_title,
             unit="events",
+            step=step,
+            partial=partial,
         ),
         "bytes": _chart(
             "line",
@@ -916,6 +977,8 @@ def usage_charts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             y_title=f"Bytes per {step}",
             x_title=x_title,
             unit="bytes",
+            step=step,
+            partial=partial,
         ),
     }
 
@@ -947,11 +1010,14 @@ def provider_charts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         [row["label"] for row in report["series"]],
         [
             {"label": name, "data": [_ms(row[name]) for row in latency_rows], "color": COLORS[name]}
+            | LATENCY_STYLES[name]
             for name in ("p50", "p95", "p99")
         ],
         y_title="Publish → deliver (ms, at most)",
         x_title=f"Time (UTC), per {STEP_WORDS[step]}",
         unit="ms",
+        step=step,
+        partial=partial_step(report),
     )
     return charts
 

@@ -40,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from analytics.models import HandshakeRecord
 from gateway import bridge as bridge_module
 from gateway import connections as connections_module
 from gateway.capture import STARTED_AT, handshake_outcomes
@@ -86,9 +87,13 @@ class GatewayCollector(Collector):
         yield from self._flushes()
 
     def _connections(self) -> Iterator[Metric]:
+        """Open connections per (API, protocol), with a 0 for every API this process has served
+        (``Meter.api_of``) on every protocol it has accepted a handshake on, so a series does not
+        vanish (and a dashboard show "no data") when its last connection closes."""
         gauge = GaugeMetricFamily(
             PREFIX + "connections",
-            "Open (accepted) WebSocket connections and SSE streams of this process, by API.",
+            "Open (accepted) WebSocket connections and SSE streams of this process, by API; 0 for "
+            "an API it has served since it started.",
             labels=["api", "protocol"],
         )
         counts: Counter[tuple[str, str]] = Counter()
@@ -97,6 +102,14 @@ class GatewayCollector(Collector):
             if grant is None:
                 continue
             counts[(grant.api_slug, connection.protocol)] += 1
+        served = set(_snapshot(get_meter().api_of.values()))
+        accepted = HandshakeRecord.ACCEPTED
+        protocols = {
+            protocol for (protocol, outcome), _ in _snapshot(handshake_outcomes) if outcome == accepted
+        }
+        for api in served:
+            for protocol in protocols:
+                counts.setdefault((api, protocol), 0)
         for (api, protocol), count in sorted(counts.items()):
             gauge.add_metric([api, protocol], count)
         yield gauge

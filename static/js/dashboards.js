@@ -1,6 +1,9 @@
 // Analytics dashboards (provider and platform pages): Chart.js charts from the JSON specs the
 // views put in the page (analytics.views_dashboards._chart), and live tables refreshed by
-// polling a JSON endpoint (data-live-url) every data-live-interval milliseconds.
+// polling a JSON endpoint (data-live-url) every data-live-interval milliseconds. Times are UTC,
+// as everywhere on the pages. A chart over time whose last step is not whole (spec.partial:
+// "still filling" while the range ends now) draws that step dashed and lighter and says why in
+// its tooltip and under the chart, so a step half counted does not read as an outage.
 (function () {
   "use strict";
 
@@ -19,6 +22,11 @@
     return `${amount}`;
   }
 
+  // Axis ticks are round numbers: "800 KB", not "800.0 KB" (tooltips and tables keep one decimal).
+  function tickBytes(value) {
+    return humanBytes(value).replace(/\.0 /, " ");
+  }
+
   function formatValue(value, unit) {
     if (value === null || value === undefined) return "—";
     if (unit === "bytes") return humanBytes(value);
@@ -31,33 +39,57 @@
     return `rgba(${(n >> 16) & 255}, ${(n >> 8) & 255}, ${n & 255}, ${alpha})`;
   }
 
+  // The last point of a line over time when that step is not whole: lighter, and the segment
+  // leading to it dashed.
+  function partialStyle(set, spec) {
+    const last = spec.labels.length - 1;
+    if (!spec.partial || spec.kind !== "line" || last < 1) return {};
+    const faded = withAlpha(set.color, 0.35);
+    const isLast = (context) => context.dataIndex === last;
+    return {
+      pointBackgroundColor: (context) => (isLast(context) ? "#fff" : withAlpha(set.color, set.fade || 1)),
+      pointBorderColor: (context) => (isLast(context) ? faded : set.color),
+      segment: {
+        borderColor: (context) => (context.p1DataIndex === last ? faded : undefined),
+        borderDash: (context) => (context.p1DataIndex === last ? [3, 3] : undefined),
+        backgroundColor: (context) =>
+          context.p1DataIndex === last && set.fill ? withAlpha(set.color, 0.06) : undefined,
+      },
+    };
+  }
+
   function drawChart(canvas) {
     const spec = JSON.parse(document.getElementById(canvas.dataset.chart).textContent);
     const horizontal = spec.kind === "hbar";
     const type = spec.kind === "line" ? "line" : "bar";
     const valueAxis = horizontal ? "x" : "y";
     const categoryAxis = horizontal ? "y" : "x";
-    const datasets = spec.datasets.map((set) => ({
+    const dense = spec.labels.length > 60;
+    const datasets = spec.datasets.map((set, index) => ({
       label: set.label,
       data: set.data,
-      borderColor: set.color,
+      borderColor: set.fade ? withAlpha(set.color, set.fade) : set.color,
       backgroundColor: type === "line" ? withAlpha(set.color, set.fill ? 0.15 : 0) : withAlpha(set.color, 0.8),
       fill: Boolean(set.fill),
       borderDash: set.dashed ? [6, 4] : [],
-      borderWidth: 2,
-      pointRadius: spec.labels.length > 60 ? 0 : 2,
-      pointHoverRadius: 4,
+      borderWidth: set.width || 2,
+      pointStyle: set.point || "circle",
+      pointBackgroundColor: set.fade ? withAlpha(set.color, set.fade) : set.color,
+      pointRadius: dense ? 0 : set.radius || 2,
+      pointHoverRadius: 5,
+      order: set.order === undefined ? index : set.order,
       tension: 0.25,
       spanGaps: false,
       borderRadius: type === "bar" ? 3 : 0,
       maxBarThickness: 28,
+      ...partialStyle(set, spec),
     }));
     const scales = {};
     scales[valueAxis] = {
       beginAtZero: true,
       stacked: type === "bar",
       title: { display: true, text: horizontal ? spec.x_title : spec.y_title, font: { weight: "600" } },
-      ticks: { precision: 0, callback: (value) => formatValue(value, spec.unit) },
+      ticks: { precision: 0, callback: (value) => (spec.unit === "bytes" ? tickBytes(value) : formatValue(value, spec.unit)) },
       grid: { color: "rgba(0, 0, 0, .06)" },
     };
     scales[categoryAxis] = {
@@ -76,9 +108,38 @@
         indexAxis: horizontal ? "y" : "x",
         interaction: { mode: "index", intersect: false },
         plugins: {
-          legend: { position: "bottom", labels: { boxWidth: 12, usePointStyle: true } },
+          // In the datasets' order, whatever order they are drawn in.
+          legend: {
+            position: "bottom",
+            labels: {
+              boxWidth: 12,
+              usePointStyle: true,
+              sort: (a, b) => a.datasetIndex - b.datasetIndex,
+              // A thick line's border would make its legend marker a blob.
+              generateLabels: (chart) =>
+                Chart.defaults.plugins.legend.labels
+                  .generateLabels(chart)
+                  .map((item) => ({ ...item, lineWidth: Math.min(item.lineWidth, 2) })),
+            },
+          },
+          subtitle: {
+            display: Boolean(spec.partial && type === "line"),
+            text: `Dashed, lighter last point: this ${spec.step} is ${spec.partial}`,
+            position: "bottom",
+            align: "end",
+            color: "#6c757d",
+            font: { size: 11, style: "italic" },
+            padding: { top: 2 },
+          },
           tooltip: {
+            itemSort: (a, b) => a.datasetIndex - b.datasetIndex,
             callbacks: {
+              title: (items) => {
+                if (!items.length) return "";
+                const label = spec.labels[items[0].dataIndex];
+                const partial = spec.partial && items[0].dataIndex === spec.labels.length - 1;
+                return partial ? `${label} (${spec.partial})` : label;
+              },
               label: (item) => `${item.dataset.label}: ${formatValue(item.raw, spec.unit)}`,
             },
           },
@@ -119,7 +180,7 @@
         cell(since(row.since), "text-nowrap"),
         cell(numberFormat.format(row.events), "text-end"),
         cell(humanBytes(row.bytes), "text-end text-nowrap"),
-        cell(row.client_ip || "—", "pe-3 font-monospace small"),
+        cell(row.client_ip || "—", "ps-3 pe-3 font-monospace small"),
       );
       tr.cells[3].title = row.since || "";
       tr.cells[4].title = `${numberFormat.format(row.events_out)} out, ${numberFormat.format(row.events_in)} in`;
@@ -136,7 +197,7 @@
         cell(numberFormat.format(row.connections), "text-end"),
         cell(numberFormat.format(row.events), "text-end"),
         cell(humanBytes(row.bytes), "text-end text-nowrap"),
-        cell(since(row.seen_at), "pe-3 text-nowrap small text-body-secondary"),
+        cell(since(row.seen_at), "ps-3 pe-3 text-nowrap small text-body-secondary"),
       );
       return { key: row.process, tr, signature: `${row.connections}/${row.events}` };
     },
@@ -196,7 +257,8 @@
         // Rows shown (data-live-count) and, on the platform page, connections across processes.
         setCounts(numberFormat.format(rows.length), numberFormat.format(data.connections));
         panel.classList.remove("eg-live-stale");
-        if (status) status.textContent = `Updated ${new Date().toLocaleTimeString()}, every ${interval / 1000} s`;
+        // UTC and 24-hour, as every other time on the page: "Updated 03:26:01 UTC".
+        if (status) status.textContent = `Updated ${new Date().toISOString().slice(11, 19)} UTC, every ${interval / 1000} s`;
       } catch (error) {
         panel.classList.add("eg-live-stale");
         if (status) status.textContent = `Live data unavailable (${error.message}); retrying`;

@@ -169,6 +169,30 @@ def test_provider_page_draws_charts_and_follows_live_connections(page: Page, liv
             chart,
         )
         assert points > 0, chart
+    # The last hour is still filling: the charts over time say so rather than show a plunge.
+    notes = page.evaluate(
+        """() => [...document.querySelectorAll("canvas[data-chart]")].map((canvas) => {
+            const subtitle = Chart.getChart(canvas).options.plugins.subtitle;
+            return subtitle.display ? subtitle.text : "";
+        })"""
+    )
+    filling = "Dashed, lighter last point: this hour is still filling"
+    assert notes == [filling, filling, "", filling]  # events, bytes, channels (no time), latency
+    # p50, p95 and p99 often coincide: each has its own point shape, p99 is dashed and drawn on
+    # top of p95, p95 on top of p50 (Chart.js draws a lower order later).
+    styles = page.evaluate(
+        """() => Chart.getChart(document.querySelector('canvas[data-chart="chart-latency"]')).data.datasets
+            .map((set) => [set.label, set.pointStyle, set.borderDash.length > 0, set.order])"""
+    )
+    assert styles == [["p50", "circle", False, 3], ["p95", "rect", False, 2], ["p99", "triangle", True, 1]]
+    page.evaluate(
+        """() => {
+            const chart = Chart.getChart(document.querySelector('canvas[data-chart="chart-latency"]'));
+            chart.data.datasets[2].data = [...chart.data.datasets[1].data];
+            chart.update();
+        }"""
+    )
+    page.locator('canvas[data-chart="chart-latency"]').screenshot(path="/tmp/polprov-latency-p99-is-p95.png")
     table = page.get_by_test_id("connections")
     expect(table.locator("tbody tr")).to_have_count(1)
     expect(table).to_contain_text("Trading dashboard")
@@ -195,22 +219,37 @@ def test_provider_page_draws_charts_and_follows_live_connections(page: Page, liv
     shoot(page, "provider-live-updated")
 
 
-def test_bad_range_shows_the_field_error(page: Page, live_server, alice, market):
+def test_bad_range_shows_the_field_error(page: Page, live_server, alice, admin_user, market):
     _sign_in(page, live_server, alice.email)
     page.goto(f"{live_server.url}/analytics/apis/ticker/")
-    page.get_by_label("From").fill("2026-13-01")
-    page.get_by_role("button", name="Show").click()
-    expect(page.get_by_test_id("error-from")).to_contain_text('"2026-13-01" is not a date')
+    # The consumer page's picker: date inputs, the preset kept for a change of step only.
+    expect(page.get_by_label("From")).to_have_attribute("type", "date")
+    page.get_by_label("From").fill("2026-03-10")
+    page.get_by_label("To (inclusive)").fill("2026-03-01")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_test_id("error-to")).to_contain_text("must be after the start (2026-03-10)")
     expect(page.get_by_test_id("connections")).to_be_visible()  # live data still shown
     shoot(page, "provider-bad-range")
-    page.get_by_role("link", name="7d").click()
+    page.get_by_role("link", name="7 days").click()
     expect(page.get_by_test_id("total-events")).not_to_have_text("0")
+    expect(page.get_by_test_id("range-label")).to_contain_text("Last 7 days")
+
+    # On the platform page the fields stay in one line, the error under its field.
+    _sign_in(page, live_server, admin_user.email)
+    page.goto(f"{live_server.url}/analytics/platform/?from=2026-03-10&to=2026-03-01")
+    tops = page.evaluate(
+        """() => ["range-from", "range-to", "range-step"].map(
+            (id) => Math.round(document.getElementById(id).getBoundingClientRect().top))"""
+    )
+    page.get_by_test_id("range-picker").screenshot(path="/tmp/polprov-platform-bad-range.png")
+    assert len(set(tops)) == 1, tops
+    expect(page.get_by_test_id("error-to")).to_be_visible()
 
 
 def test_platform_page_shows_processes_live(page: Page, live_server, admin_user, market):
     _sign_in(page, live_server, admin_user.email)
-    # In the account menu: the staff navigation bar is full at this width.
-    page.get_by_role("navigation").get_by_role("button", name=admin_user.email).click()
+    # The staff pages share one menu in the navigation bar.
+    page.get_by_role("navigation").get_by_role("button", name="Staff").click()
     page.get_by_role("link", name="Platform analytics").click()
     expect(page.get_by_role("heading", name="Platform analytics")).to_be_visible()
     expect(page.get_by_test_id("busiest-apis")).to_contain_text("Ticker")
@@ -278,3 +317,63 @@ def test_live_panels_say_when_redis_cannot_be_reached(
     finally:
         _redis_back(settings, saved)
     expect(page.get_by_test_id("processes")).to_contain_text(PROCESS, timeout=10_000)
+
+
+# Every element wider than the page or sticking out of the card it is in, as "tag.class: px".
+OVERFLOW = """(scrolling) => {
+    const found = [];
+    const root = document.documentElement;
+    if (root.scrollWidth > root.clientWidth) found.push(`page: ${root.scrollWidth}px`);
+    for (const card of document.querySelectorAll(".card")) {
+        const box = card.getBoundingClientRect();
+        for (const node of card.querySelectorAll("table, th, td, canvas, form, .btn-group")) {
+            // On a phone a wide table may scroll inside its card (.table-responsive); not on a laptop.
+            if (node.closest(".table-responsive") && (scrolling || node.tagName !== "TABLE")) continue;
+            const rect = node.getBoundingClientRect();
+            if (rect.width && (rect.right > box.right + 1 || rect.left < box.left - 1)) {
+                const name = `${node.tagName.toLowerCase()}.${node.className}`;
+                found.push(`${name}: ${Math.round(rect.right - box.right)}px`);
+            }
+        }
+    }
+    return found;
+}"""
+
+
+PAGES = (
+    ("index", "/analytics/"),
+    ("provider", "/analytics/apis/ticker/"),
+    ("platform", "/analytics/platform/"),
+)
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_pages_fit_their_width(page: Page, live_server, admin_user, market, width):
+    """At a laptop's and a phone's width nothing scrolls sideways and no table sticks out of its
+    card (a wide table scrolls inside it). Screenshots: /tmp/polprov-<page>-<width>.png."""
+    # The longest navigation bar: a platform admin who also publishes APIs.
+    admin_user.is_provider = True
+    admin_user.save(update_fields=["is_provider"])
+    page.set_viewport_size({"width": width, "height": 900})
+    _sign_in(page, live_server, admin_user.email)
+    problems = {}
+    for name, path in PAGES:
+        page.goto(f"{live_server.url}{path}")
+        expect(page.get_by_test_id("headline")).to_be_visible()
+        page.wait_for_timeout(300)
+        page.screenshot(path=f"/tmp/polprov-{name}-{width}.png", full_page=True)
+        # Also in parts (-1, -2, ...): a whole phone-width page is too tall to read as one picture.
+        height = page.evaluate("document.documentElement.scrollHeight")
+        for part, top in enumerate(range(0, height, 1_000) if width < 576 else (), start=1):
+            clip = {"x": 0, "y": top, "width": width, "height": min(1_000, height - top)}
+            page.screenshot(path=f"/tmp/polprov-{name}-{width}-{part}.png", full_page=True, clip=clip)
+        problems[name] = page.evaluate(OVERFLOW, width < 576)
+    assert problems == {name: [] for name, _ in PAGES}
+    if width >= 992:  # the bar is expanded: every link on one line, Analytics and Staff among them
+        links = page.locator("#eg-nav .nav-link")
+        tops = {round(box["y"]) for box in (links.nth(n).bounding_box() for n in range(links.count()))}
+        assert len(tops) == 1, tops
+        expect(
+            page.get_by_role("navigation").get_by_role("link", name="Analytics", exact=True)
+        ).to_be_visible()
+        expect(page.get_by_role("navigation").get_by_role("button", name="Staff")).to_be_visible()

@@ -107,5 +107,12 @@ def test_platform_is_for_staff_only(client, alice, bob):
 def test_staff_navigation_links_the_platform_page(client, admin_user):
     client.force_login(admin_user)
     page = client.get("/analytics/platform/").content.decode()
-    assert 'href="/analytics/platform/"' in page
-    assert '<a class="dropdown-item" href="/analytics/platform/">Platform analytics</a>' in page
+    # In the navigation bar's Staff menu, with the other staff pages; marked as the page shown.
+    menu = page[page.index(">Staff</a>") : page.index("</ul>", page.index(">Staff</a>"))]
+    for path, name in (
+        ("/staff/approvals/", "Approvals"),
+        ("/staff/apis/", "All APIs"),
+        ("/admin/portal/businessplan/", "Plans (admin)"),
+    ):
+        assert f'href="{path}"' in menu and f">{name}</a>" in menu
+    assert '<a class="dropdown-item active" href="/analytics/platform/">Platform analytics</a>' in menu

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import re
 from datetime import timedelta
 
 import pytest
@@ -202,6 +203,47 @@ def test_provider_page_charts_hold_the_series(client, alice, ticker_api, traffic
     assert charts["channels"]["labels"] == [PRICES, ORDERS]
 
 
+def test_charts_mark_a_last_step_that_is_not_whole(client, alice, ticker_api, traffic):
+    client.force_login(alice)
+    # Ending now: the last minute is still filling, on every chart over time.
+    charts = client.get("/analytics/apis/ticker/?range=1h").context["charts"]
+    assert [charts[name]["partial"] for name in ("events", "bytes", "latency", "channels")] == [
+        "still filling",
+        "still filling",
+        "still filling",
+        "",
+    ]
+    assert charts["events"]["step"] == "minute"
+    # Ending inside an hour of the past: that hour is cut, not filling.
+    charts = client.get("/analytics/apis/ticker/?from=2026-01-01&to=2026-01-02T10:30&step=hour").context[
+        "charts"
+    ]
+    assert charts["events"]["partial"] == "cut at 10:30 UTC"
+    assert charts["events"]["labels"][-1] == "02 Jan 10:00"
+    # Whole days: nothing to mark.
+    charts = client.get("/analytics/apis/ticker/?from=2026-01-01&to=2026-01-02").context["charts"]
+    assert charts["events"]["partial"] == "" and charts["latency"]["partial"] == ""
+
+
+def test_range_is_said_once_with_the_pickers_rules(client, alice, admin_user, ticker_api, traffic):
+    client.force_login(alice)
+    page = html.unescape(client.get("/analytics/apis/ticker/?from=2026-01-01&to=2026-01-02").content.decode())
+    label = page[page.index('data-testid="range-label"') :]
+    label = label[: label.index("</span>\n")]
+    assert "1 Jan 2026, 00:00 – 3 Jan 2026, 00:00 UTC · per hour" in label
+    assert "2026-01-01 00:00" not in page  # the form's own label, in another format
+    # A date picker like the usage page's, whose help says that dates replace the preset.
+    assert 'type="date"' in page and 'name="from" value="2026-01-01"' in page
+    assert "From and To replace the preset range" in page
+    page = html.unescape(client.get("/analytics/apis/ticker/?range=7d").content.decode())
+    assert "Last 7 days</span> · " in page
+    assert '<input type="hidden" name="range" value="7d">' in page  # kept when only the step changes
+    client.force_login(admin_user)
+    for url in ("/analytics/", "/analytics/platform/"):
+        page = client.get(url + "?range=7d").content.decode()
+        assert page.count('data-testid="range-label"') == 1 and "Last 7 days" in page, url
+
+
 def test_index_lists_the_providers_apis_with_headline_numbers(client, alice, dave, ticker_api, traffic):
     client.force_login(alice)
     page = client.get("/analytics/?range=1h").content.decode()
@@ -306,7 +348,14 @@ def test_csv_exports_hold_the_pages_numbers(client, alice, ticker_api, traffic):
 
 def test_index_csv_matches_the_page(client, alice, ticker_api, traffic):
     client.force_login(alice)
-    rows = _csv(client.get("/analytics/?range=1h&format=csv"))
+    response = client.get("/analytics/?range=1h&format=csv")
+    # Named after the page and its table, once each: analytics-apis-<start>-<end>.csv.
+    assert re.fullmatch(
+        r'attachment; filename="analytics-apis-\d{8}T\d{4}-\d{8}T\d{4}\.csv"', response["Content-Disposition"]
+    )
+    series = client.get("/analytics/apis/ticker/?range=1h&format=csv")["Content-Disposition"]
+    assert series.startswith('attachment; filename="ticker-series-')
+    rows = _csv(response)
     assert [
         (row["slug"], int(row["events"]), int(row["errors"]), int(row["connections"])) for row in rows
     ] == [("ticker", 173, 9, 1)]
@@ -330,6 +379,15 @@ def test_rest_gives_the_same_report(client, alice, ticker_api, traffic):
     assert body["handshakes"]["refused"] == 3
     assert [row["client_ip"] for row in body["connections"]] == ["10.0.0.1"]
     assert sum(point["events_out"] for point in body["series"]) == 170
+    # The range used, as the consumer's REST answer has it: the preset, empty for from/to.
+    assert (body["range"]["preset"], body["range"]["step"], body["range"]["label"]) == (
+        "1h",
+        "minute",
+        "Last hour",
+    )
+    # from/to replace range when both are given (the page's picker says so).
+    both = client.get("/api/v1/analytics/apis/ticker/?range=1h&from=2026-01-01&to=2026-01-02").json()
+    assert both["range"]["preset"] == "" and both["range"]["start"] == "2026-01-01T00:00:00Z"
 
 
 def test_live_connections_json_and_rest(client, alice, ticker_api, traffic):

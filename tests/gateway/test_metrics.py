@@ -130,12 +130,18 @@ def test_metrics_count_connections_handshakes_and_events_of_the_process(
         return (
             value(samples, "eventgate_gateway_events_total", api=slug, direction="out") == 10
             and value(samples, "eventgate_gateway_events_total", api=slug, direction="in") == 1
-            and not labelled(samples, "eventgate_gateway_connections")
+            and set(labelled(samples, "eventgate_gateway_connections").values()) == {0}
             and (value(samples, "eventgate_gateway_flushes_total", result="ok") or 0) >= 1
         )
 
     samples = scrape_until(gateway_server, flushed)
     assert flushed(samples), samples
+    # Every connection closed: the API's series stay, at 0, for each protocol it was served on
+    # (a vanished series reads as "no data" on a dashboard, not as "none open").
+    assert labelled(samples, "eventgate_gateway_connections") == {
+        (("api", slug), ("protocol", "sse")): 0,
+        (("api", slug), ("protocol", "websocket")): 0,
+    }
     assert labelled(samples, "eventgate_gateway_events_total") == {
         (("api", slug), ("direction", "in")): 1,
         (("api", slug), ("direction", "out")): 10,
