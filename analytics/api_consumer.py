@@ -18,7 +18,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from analytics.dashboard import PRESETS, DateRange
+from analytics.dashboard import PRESETS, DateRange, LatencySecondsField
 from analytics.live import LiveUnavailable
 from analytics.queries import RESOLUTIONS
 from analytics.views import (
@@ -147,9 +147,9 @@ class UsageLatencySerializer(serializers.Serializer[Any]):
     histogram bucket holding each percentile (the true value is at most this); null without
     measured events (``events`` 0: none delivered, or none carried its publish time)."""
 
-    p50 = serializers.FloatField(allow_null=True)
-    p95 = serializers.FloatField(allow_null=True)
-    p99 = serializers.FloatField(allow_null=True)
+    p50 = LatencySecondsField(allow_null=True)
+    p95 = LatencySecondsField(allow_null=True)
+    p99 = LatencySecondsField(allow_null=True)
     events = serializers.IntegerField(help_text="Events measured.")
 
 

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from analytics.api_consumer import WebhookMetricsSerializer
-from analytics.dashboard import PRESETS, DateRange, DateRangeForm
+from analytics.dashboard import PRESETS, DateRange, DateRangeForm, LatencySecondsField
 from analytics.live import LiveUnavailable
 from analytics.views_dashboards import (
     get_api_for_analytics,
@@ -95,9 +95,9 @@ class HandshakesSerializer(serializers.Serializer):
 
 
 class PercentilesSerializer(serializers.Serializer):
-    p50 = serializers.FloatField(allow_null=True, help_text="Seconds (upper bound of the histogram bucket).")
-    p95 = serializers.FloatField(allow_null=True, help_text="Seconds.")
-    p99 = serializers.FloatField(allow_null=True, help_text="Seconds.")
+    p50 = LatencySecondsField(allow_null=True, help_text="Seconds (upper bound of the histogram bucket).")
+    p95 = LatencySecondsField(allow_null=True, help_text="Seconds.")
+    p99 = LatencySecondsField(allow_null=True, help_text="Seconds.")
     events = serializers.IntegerField(help_text="Events measured.")
 
 

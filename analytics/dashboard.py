@@ -21,6 +21,7 @@ step rounding stays within what a ``datetime`` can hold.
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -30,7 +31,9 @@ from django import forms
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from rest_framework import serializers
 
+from analytics.models import LATENCY_BOUNDS_SECONDS
 from analytics.queries import EARLIEST, LATEST, RESOLUTIONS, STEP, ceil, floor
 from analytics.rollup import retention_days
 
@@ -244,13 +247,50 @@ class DateRangeForm(forms.Form):
         )
 
 
+# A cell starting with one of these is a formula to a spreadsheet (CSV injection, OWASP).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell: datetimes in ISO 8601 (UTC), dates as ``YYYY-MM-DD``, and text that a
+    spreadsheet would run as a formula (an application named ``=HYPERLINK(...)``) prefixed with
+    ``'`` so it stays text."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 def csv_response(filename: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> HttpResponse:
     """A ``text/csv`` download named ``filename`` (RFC 4180: CRLF line ends, quoted as needed)
-    with a header row; datetimes are written in ISO 8601 (UTC), dates as ``YYYY-MM-DD``."""
+    with a header row; cells as ``csv_cell`` writes them."""
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     writer = csv.writer(response)
     writer.writerow(header)
     for row in rows:
-        writer.writerow([value.isoformat() if isinstance(value, datetime | date) else value for value in row])
+        writer.writerow([csv_cell(value) for value in row])
     return response
+
+
+class LatencySecondsField(serializers.FloatField):
+    """A latency percentile in seconds for REST: null when nothing was measured or when the
+    percentile lies in the histogram's open bucket, above its last bound (60 s; JSON has no
+    infinity)."""
+
+    def to_representation(self, value: Any) -> Any:
+        return None if value is None or value == math.inf else super().to_representation(value)
+
+
+def latency_text(seconds: float | None) -> str:
+    """A latency percentile (a histogram bucket's upper bound, ``analytics.queries.percentiles``)
+    in words: ``0.005`` → ``"≤ 5 ms"``, ``1.5`` → ``"≤ 1.5 s"``, infinity → ``"> 60 s"`` (the open
+    bucket); None → ``"–"``."""
+    if seconds is None:
+        return "–"
+    if seconds == math.inf:
+        return f"> {LATENCY_BOUNDS_SECONDS[-1]:g} s"
+    if seconds < 1:
+        return f"≤ {seconds * 1000:g} ms"
+    return f"≤ {seconds:g} s"

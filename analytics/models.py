@@ -324,7 +324,7 @@ class ConnectionRecord(models.Model):
 
 class HandshakeRecord(models.Model):
     """One WebSocket or SSE handshake and its outcome: ``accepted`` or the refusal's reason
-    (``invalid_credential``, ``forbidden``, ``quota_exhausted``, ...). Refusals before the
+    (``invalid_token``, ``forbidden``, ``quota_exhausted``, ...). Refusals before the
     credential was known have no application or subscription."""
 
     ACCEPTED = "accepted"
@@ -345,7 +345,7 @@ class HandshakeRecord(models.Model):
     api = models.ForeignKey("portal.API", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
     version = models.CharField(max_length=64, blank=True)
     channel = models.CharField(
-        max_length=1000, blank=True, help_text="Channel template (or the raw path if unknown)."
+        max_length=1000, blank=True, help_text="Channel template; empty when no channel matched."
     )
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)

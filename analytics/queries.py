@@ -15,6 +15,7 @@ Who may see what is decided by the caller, which passes the subscriptions in sco
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -288,7 +289,8 @@ def percentiles(
     """Each quantile of a latency histogram (µs bound → events) as the upper bound, in seconds,
     of the bucket holding that rank (the Prometheus ``histogram_quantile`` convention without
     interpolation: the true value is at most this and above the previous bound). A rank in the
-    open +Inf bucket reports the largest finite bound. None when the histogram is empty."""
+    open +Inf bucket is ``math.inf`` (above the last bound, 60 s). None when the histogram is
+    empty."""
     total = sum(histogram.values())
     result: dict[float, float | None] = {}
     for quantile in quantiles:
@@ -300,8 +302,7 @@ def percentiles(
         for bound in LATENCY_BOUNDS_US:
             seen += histogram.get(bound, 0)
             if seen >= rank:
-                finite = bound if bound != LATENCY_INF_US else LATENCY_BOUNDS_US[-2]
-                result[quantile] = finite / 1_000_000
+                result[quantile] = math.inf if bound == LATENCY_INF_US else bound / 1_000_000
                 break
     return result
 

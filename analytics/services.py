@@ -79,7 +79,8 @@ def usage_counts_batch(*, rows: Iterable[CountRow]) -> int:
     rows = [row for row in rows if any(row[4:])]
     if not rows:
         return 0
-    rows = _live_rows(rows)
+    # In key order: two processes flushing the same keys lock them in the same order (no deadlock).
+    rows = sorted(_live_rows(rows), key=lambda row: row[:4])
     table = UsageRecord._meta.db_table
     fields = UsageCounts.COUNT_FIELDS
     sql = (
@@ -113,7 +114,7 @@ def latency_record_batch(*, rows: Iterable[LatencyRow]) -> int:
     rows = [row for row in rows if row[5]]
     if not rows:
         return 0
-    rows = _live_rows(rows)
+    rows = sorted(_live_rows(rows), key=lambda row: row[:5])  # key order: see usage_counts_batch
     table = LatencyRecord._meta.db_table
     sql = (
         f"INSERT INTO {table} (subscription_id, bucket_start, channel, direction, le_us, count) "

@@ -28,7 +28,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from analytics import live
-from analytics.dashboard import DateRange, DateRangeForm, csv_response, format_refusal
+from analytics.dashboard import DateRange, DateRangeForm, csv_response, format_refusal, latency_text
 from analytics.models import ConnectionRecord, Direction, WebhookRecord
 from analytics.queries import STEP, Counts, floor, latency_histogram, percentiles, usage_grouped
 from analytics.webhooks import webhook_series, webhook_summary
@@ -97,14 +97,8 @@ def duration_words(seconds: float) -> str:
 
 
 def latency_words(seconds: float | None) -> str:
-    """A latency percentile (a histogram bucket's upper bound) in words: ``0.005`` → ``"≤ 5 ms"``,
-    ``0.0005`` → ``"≤ 0.5 ms"``, ``1.5`` → ``"≤ 1.5 s"``; None → ``"–"``."""
-    if seconds is None:
-        return "–"
-    if seconds < 1:
-        milliseconds = seconds * 1000
-        return f"≤ {milliseconds:g} ms"
-    return f"≤ {seconds:g} s"
+    """A latency percentile in words (``analytics.dashboard.latency_text``)."""
+    return latency_text(seconds)
 
 
 def rate_words(rate: float | None) -> str:

@@ -20,6 +20,7 @@ are plain dicts, shared with the REST API (``analytics.api_dashboards``). Usage 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import wraps
@@ -35,7 +36,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from analytics import live
-from analytics.dashboard import DateRange, DateRangeForm, csv_response, format_refusal
+from analytics.dashboard import DateRange, DateRangeForm, csv_response, format_refusal, latency_text
 from analytics.models import Direction, HandshakeRecord
 from analytics.queries import (
     STEP,
@@ -247,13 +248,17 @@ def top_applications(
     )
     groups: dict[int, Counts] = {}
     for subscription_id, counts in per_subscription.items():
+        if subscription_id not in application_of:  # deleted since its usage was read
+            continue
         total = groups.setdefault(application_of[subscription_id], Counts())
         total.add(counts.as_dict())
     ranked = _summed(groups)[:limit]
     applications = Application.objects.select_related("owner").in_bulk([pk for pk, _ in ranked])
     rows = []
     for pk, counts in ranked:
-        application = applications[pk]
+        application = applications.get(pk)
+        if application is None:  # deleted meanwhile
+            continue
         row = {"application_id": pk, "application": application.name} | counts_dict(counts)
         if with_owner:
             row["owner"] = application.owner.email
@@ -468,7 +473,8 @@ def index_report(user: User, date_range: DateRange) -> dict[str, Any]:
     api_of = dict(scope.values_list("pk", "api_id"))
     per_api: dict[int, Counts] = {}
     for subscription_id, counts in per_subscription.items():
-        per_api.setdefault(api_of[subscription_id], Counts()).add(counts.as_dict())
+        if subscription_id in api_of:  # a subscription deleted since its usage was read is skipped
+            per_api.setdefault(api_of[subscription_id], Counts()).add(counts.as_dict())
     active = dict(
         scope.filter(status=Subscription.Status.ACTIVE)
         .values("api_id")
@@ -516,7 +522,8 @@ def platform_report(date_range: DateRange) -> dict[str, Any]:
     api_of = dict(Subscription.objects.filter(pk__in=per_subscription).values_list("pk", "api_id"))
     per_api: dict[int, Counts] = {}
     for subscription_id, counts in per_subscription.items():
-        per_api.setdefault(api_of[subscription_id], Counts()).add(counts.as_dict())
+        if subscription_id in api_of:  # a subscription deleted since its usage was read is skipped
+            per_api.setdefault(api_of[subscription_id], Counts()).add(counts.as_dict())
     ranked = _summed(per_api)[:TOP_ROWS]
     apis = API.objects.select_related("provider").in_bulk([pk for pk, _ in ranked])
     processes, live_available = _live_or_unknown(live_processes)
@@ -721,11 +728,7 @@ def error_kinds(totals: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _latency_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 1:
-        return f"≤ {seconds * 1000:g} ms"
-    return f"≤ {seconds:g} s"
+    return latency_text(seconds)
 
 
 def for_page(value: Any) -> Any:
@@ -939,7 +942,9 @@ def partial_step(report: dict[str, Any], now: datetime | None = None) -> str:
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
+    """Seconds as milliseconds for a chart; a percentile above the histogram (infinity) is a
+    gap: JSON has no infinity."""
+    return None if seconds is None or seconds == math.inf else round(seconds * 1000, 3)
 
 
 def usage_charts(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -49,7 +49,7 @@ def webhook_record_batch(*, rows: Iterable[WebhookRow]) -> int:
     rows = [row for row in rows if any(row[4:])]
     if not rows:
         return 0
-    rows = _live_rows(rows)
+    rows = sorted(_live_rows(rows), key=lambda row: row[:4])  # key order: no deadlock between flushes
     table = WebhookRecord._meta.db_table
     fields = WebhookRecord.COUNT_FIELDS
     sql = (

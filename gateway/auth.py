@@ -735,8 +735,9 @@ def quota_refusals(
     """Subscription id → 4429 refusal, for those of ``plans`` (subscription id → its plan) whose
     ``quota_events`` or ``quota_bytes`` this calendar month (UTC) is used up, counting the
     directions of the plan's ``counted_directions`` (``quota_usage``, or ``used`` when the
-    caller has it). Plans whose ``quota_action`` is "overage" are never refused. One query,
-    none if no plan has a quota that stops.
+    caller has it). Plans whose ``quota_action`` is "overage" are never refused. Up to four
+    queries (``analytics.queries``: the roll-up marks, then day, hour and minute rows), none if
+    no plan has a quota that stops.
     """
     limited = _quota_limited(plans)
     if not limited:

@@ -55,7 +55,7 @@ from aio_pika.abc import (
 )
 from django.conf import settings
 
-from gateway.metering import FAILED, get_meter, latency_bucket
+from gateway.metering import FAILED, REJECTED, get_meter, latency_bucket
 from gateway.publishing import amqp_connect, exchange_declare
 from gateway.wire import text_frame
 
@@ -535,15 +535,18 @@ class Bridge:
             )
         except EventTooLarge as too_large:
             self._drop(message, "oversize", str(too_large))
+            _rejected(route)
             return
         except ValueError as invalid:
             self._drop(message, "invalid", str(invalid))
+            _rejected(route)
             return
         size = len(frame) if frame.isascii() else len(frame.encode())
         if size > self.max_bytes:
             self._drop(
                 message, "oversize", f"frame of {size:,} bytes is over the {self.max_bytes:,}-byte limit"
             )
+            _rejected(route)
             return
         now = time.time()
         minute = int(now) // 60
@@ -614,6 +617,18 @@ class Bridge:
                 ", ".join(f"{n} {name}" for name, n in self.dropped.items()),
             )
             self._drop_logged_at = now
+
+
+def _rejected(route: Route) -> None:
+    """An event of ``route`` the gateway refused (too large, not valid JSON): one rejected
+    event for each subscriber's subscription and channel (``gateway.metering``), as analytics
+    shows them. Rare, so the loop over the route's subscribers is fine here."""
+    minute = int(time.time()) // 60
+    meter = get_meter()
+    for deliver in (*route.ws_calls, *route.ws_awaits, *route.sse_calls, *route.sse_awaits):
+        feed = getattr(deliver, "__self__", None)
+        if getattr(feed, "subscription_id", None) is not None:
+            meter.error((feed.subscription_id, feed.channel_template, "out", minute), REJECTED)
 
 
 _bridges: dict[asyncio.AbstractEventLoop, Bridge] = {}

@@ -4,7 +4,8 @@ each process's live snapshot (docs/analytics.md).
 - Every WebSocket or SSE handshake becomes one ``analytics.HandshakeRecord``: outcome
   ``accepted`` or the refusal's name (``REFUSALS``: ``invalid_token``, ``forbidden``,
   ``quota_exhausted``, ``connection_limit``, ...), application, subscription, API, version,
-  channel *template* (the raw path, cut to 200 characters, only when no channel matched), client
+  channel *template* (looked up from the URL for refusals; empty when no channel matched, never
+  the raw path), client
   IP and user agent. Counted per (protocol, outcome) in ``handshake_outcomes`` for ``/metrics``.
 - Every accepted connection becomes one ``analytics.ConnectionRecord`` when it ends: opened,
   closed, duration (seconds), close code and reason (the server's, or the client's close frame;
@@ -54,7 +55,11 @@ REFUSALS: dict[int, tuple[int, str]] = {
 }
 CLOSED_BY_CLIENT = "closed by the client"
 # Close codes that arrive as the client's but say something else happened (RFC 6455 §7.4.1).
-CLOSED_OTHERWISE = {1006: "connection lost (no close frame)", 1012: "gateway restarting"}
+CLOSED_OTHERWISE = {
+    1006: "connection lost (no close frame)",
+    1009: "message too big",  # the server refused a client frame over GATEWAY_MAX_MESSAGE_BYTES
+    1012: "gateway restarting",
+}
 # (protocol, outcome) → handshakes since the process started (gateway.prometheus).
 handshake_outcomes: Counter[tuple[str, str]] = Counter()
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"
@@ -247,6 +252,8 @@ def handshakes_resolve(records: list[HandshakeRecord]) -> None:
 
 _publishers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 _application_names: dict[int, str] = {}
+_names_cleared = [time.monotonic()]
+NAMES_TTL_SECONDS = 60.0
 _withdraw_registered = False
 
 
@@ -343,6 +350,7 @@ async def _publish_forever() -> None:
             await publish_now()
         except Exception as exc:  # noqa: BLE001 - Redis or the database down: try again next time
             log.warning("Live snapshot not published: %r", exc)
-        if len(_application_names) > 10_000:
-            _application_names.clear()
+        if len(_application_names) > 10_000 or time.monotonic() - _names_cleared[0] > NAMES_TTL_SECONDS:
+            _application_names.clear()  # renamed applications show their new name within a minute
+            _names_cleared[0] = time.monotonic()
         await asyncio.sleep(float(settings.GATEWAY_LIVE_INTERVAL))

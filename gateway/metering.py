@@ -259,26 +259,40 @@ class Meter:
         if not (rows or latency_rows or connections or handshakes):
             self.last_flush_ok_at = time.time()
             return 0
-        try:
-            written = await sync_to_async(_usage_write, thread_sensitive=False)(rows, latency_rows)
-        except Exception:
-            log.exception("Usage flush of %d rows failed; keeping them for the next flush", len(rows))
+        written, error, cancelled = await _to_the_end(_usage_write, rows, latency_rows)
+        if error is not None:
+            log.error(
+                "Usage flush of %d rows failed; keeping them for the next flush",
+                len(rows),
+                exc_info=error,
+            )
             self.restore(rows, latency_rows)
             self.restore_records(connections, handshakes)
             self.flushes_failed += 1
+            if cancelled:
+                raise asyncio.CancelledError
             return 0
         # Only now: a scrape of /metrics never sees a total go down (a failed write's rows
         # are counted by the flush that stores them).
         self._totals_add(rows)
-        try:
-            written += await sync_to_async(_records_write, thread_sensitive=False)(connections, handshakes)
-        except Exception:
-            log.exception("Connection/handshake log flush failed; keeping the rows for the next flush")
+        if cancelled:  # shutting down: the logs go with the final synchronous flush
+            self.restore_records(connections, handshakes)
+            raise asyncio.CancelledError
+        more, error, cancelled = await _to_the_end(_records_write, connections, handshakes)
+        if error is not None:
+            log.error(
+                "Connection/handshake log flush failed; keeping the rows for the next flush", exc_info=error
+            )
             self.restore_records(connections, handshakes)
             self.flushes_failed += 1
+            if cancelled:
+                raise asyncio.CancelledError
             return written
+        written += more
         self.flushes_ok += 1
         self.last_flush_ok_at = time.time()
+        if cancelled:
+            raise asyncio.CancelledError
         return written
 
     def flush_sync(self) -> None:
@@ -321,6 +335,25 @@ class Meter:
         while True:
             await asyncio.sleep(interval)
             await self.flush()
+
+
+async def _to_the_end(call: Any, *args: Any) -> tuple[Any, BaseException | None, bool]:
+    """``call(*args)`` in a worker thread, awaited to its end even when the awaiting task is
+    cancelled meanwhile (a shutdown cancels the periodic flush; the thread would finish the
+    write anyway, so giving up on it would lose its outcome: rows written twice or lost).
+    Returns (its result or None, the exception it raised or None, whether a cancellation
+    arrived: the caller re-raises it once it has dealt with the outcome)."""
+    future = asyncio.ensure_future(sync_to_async(call, thread_sensitive=False)(*args))
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(future), None, cancelled
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise
+            cancelled = True  # and wait again: the write finishes in its thread regardless
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, which keeps the rows
+            return None, exc, cancelled
 
 
 def _minute(minute: int) -> datetime:

@@ -48,7 +48,7 @@ class Migration(migrations.Migration):
                 ('detail', models.CharField(blank=True, max_length=300)),
                 ('protocol', models.CharField(choices=[('websocket', 'WebSocket'), ('sse', 'Server-Sent Events')], max_length=16)),
                 ('version', models.CharField(blank=True, max_length=64)),
-                ('channel', models.CharField(blank=True, help_text='Channel template (or the raw path if unknown).', max_length=1000)),
+                ('channel', models.CharField(blank=True, help_text='Channel template; empty when no channel matched.', max_length=1000)),
                 ('client_ip', models.GenericIPAddressField(blank=True, null=True)),
                 ('user_agent', models.CharField(blank=True, max_length=512)),
                 ('process', models.CharField(blank=True, max_length=128)),

@@ -221,3 +221,14 @@ def test_an_old_range_shows_its_events_not_zeros_after_retention(client, bob, su
     response = client.get(f"/usage/?{_range(start, 3)}&step=minute")
     assert response.status_code == 400
     assert "per-minute rows are kept 40 days" in html.unescape(response.content.decode())
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_stay_text():
+    """An application named like a formula is exported as text (CSV injection, OWASP)."""
+    from analytics.dashboard import csv_response
+
+    response = csv_response(
+        "x.csv", ["application", "events"], [['=HYPERLINK("http://evil/")', 3], ["-1+1", 4]]
+    )
+    lines = response.content.decode().splitlines()
+    assert lines[1] == '"\'=HYPERLINK(""http://evil/"")",3' and lines[2] == "'-1+1,4"

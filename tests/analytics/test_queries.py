@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from analytics.dashboard import latency_text
 from analytics.models import LATENCY_BOUNDS_US, LATENCY_INF_US
 from analytics.queries import EARLIEST, LATEST, Counts, latency_histogram, percentiles, plan, usage_series
 from analytics.services import latency_record_batch, usage_counts_batch
@@ -159,6 +160,7 @@ def test_percentiles_are_exact_to_within_one_histogram_bucket(db):
 def test_percentiles_of_known_histograms():
     histogram = {1000: 50, 5000: 45, 100_000: 5}  # ≤1 ms: 50 events, ≤5 ms: 45, ≤100 ms: 5
     assert percentiles(histogram) == {0.5: 0.001, 0.95: 0.005, 0.99: 0.1}
-    # Ranks in the open +Inf bucket report the largest finite bound (60 s).
-    assert percentiles({1000: 1, LATENCY_INF_US: 99}, (0.5,)) == {0.5: 60.0}
+    # Ranks in the open +Inf bucket are above the last bound: infinity ("> 60 s" on pages, null in REST).
+    assert percentiles({1000: 1, LATENCY_INF_US: 99}, (0.5,)) == {0.5: math.inf}
+    assert latency_text(math.inf) == "> 60 s" and latency_text(0.0075) == "≤ 7.5 ms"
     assert percentiles({}, (0.5, 0.99)) == {0.5: None, 0.99: None}
