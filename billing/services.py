@@ -19,6 +19,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -192,9 +193,12 @@ def parse_period_bound(value: str | date | datetime) -> datetime:
 # Closing periods -----------------------------------------------------------------------------------
 
 
-def billable_subscriptions(*, period_start: datetime, period_end: datetime) -> list[Subscription]:
+def billable_subscriptions(
+    *, period_start: datetime, period_end: datetime, owner: Any = None
+) -> list[Subscription]:
     """Subscriptions to bill for ``[period_start, period_end)``: on a paid plan, created before
-    the period ended, and active or cancelled (pending and rejected ones never went live).
+    the period ended, and active or cancelled (pending and rejected ones never went live); only
+    ``owner``'s applications' when given.
 
     Free plans are skipped: they never produce a charge, and billing them would create Stripe
     customers and zero invoices for consumers who never pay. A plan without flat fee and event
@@ -205,14 +209,46 @@ def billable_subscriptions(*, period_start: datetime, period_end: datetime) -> l
         Q(plan__quota_events__isnull=False, plan__overage_price_per_1000_events_minor__gt=0)
         | Q(plan__quota_bytes__isnull=False, plan__overage_price_per_gb_minor__gt=0)
     )
+    subscriptions = Subscription.objects.filter(
+        status__in=[Subscription.Status.ACTIVE, Subscription.Status.CANCELLED], created__lt=period_end
+    )
+    if owner is not None:
+        subscriptions = subscriptions.filter(application__owner=owner)
     return list(
-        Subscription.objects.filter(
-            status__in=[Subscription.Status.ACTIVE, Subscription.Status.CANCELLED], created__lt=period_end
-        )
-        .exclude(no_price & ~overage)
+        subscriptions.exclude(no_price & ~overage)
         .select_related("plan", "api", "application__owner")
         .order_by("application__owner_id", "pk")
     )
+
+
+@dataclass(frozen=True)
+class PeriodEstimate:
+    """What the current billing period would be invoiced if it ended now, for one consumer:
+    ``lines`` (unsaved ``InvoiceLine``s, as ``invoice_period_close`` would build them from the
+    usage recorded so far) and their totals per currency (minor units)."""
+
+    period_start: datetime
+    period_end: datetime
+    lines: list[InvoiceLine]
+    totals: dict[str, int]
+
+
+def period_estimate(*, user: Any, now: datetime) -> PeriodEstimate:
+    """The running estimate of the billing period holding ``now`` for ``user``'s subscriptions
+    on paid plans: the same lines and prices as the invoice (``_lines_for_subscription``), from
+    the usage analytics has so far (``usage_for_subscription`` up to ``now``), so it grows into
+    the invoice. Nothing is stored."""
+    period_start, period_end = billing_period_containing(now)
+    lines: list[InvoiceLine] = []
+    for subscription in billable_subscriptions(period_start=period_start, period_end=period_end, owner=user):
+        usage = usage_for_subscription(subscription=subscription, start=period_start, end=now)
+        counted = counted_usage(subscription=subscription, start=period_start, end=now)
+        lines.extend(_lines_for_subscription(subscription=subscription, usage=usage, counted=counted))
+    totals: dict[str, int] = {}
+    for line in lines:
+        currency = line.subscription.plan.currency
+        totals[currency] = totals.get(currency, 0) + line.amount_minor
+    return PeriodEstimate(period_start=period_start, period_end=period_end, lines=lines, totals=totals)
 
 
 def invoice_period_close(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
 
 from billing.models import Invoice, InvoiceLine
+from billing.services import period_estimate
 
 KIND_ORDER = {kind: rank for rank, kind in enumerate(InvoiceLine.Kind.values)}
 
@@ -19,9 +21,11 @@ def _get_invoice_for_user(request: HttpRequest, invoice_id: int) -> Invoice:
 
 @login_required
 def invoice_list(request: HttpRequest) -> HttpResponse:
-    """The signed-in user's invoices, newest period first."""
+    """The signed-in user's invoices, newest period first, and the running estimate of the
+    current period (``billing.services.period_estimate``)."""
     invoices = Invoice.objects.for_user(request.user).order_by("-period_start", "currency")
-    return render(request, "billing/invoice_list.html", {"invoices": invoices})
+    estimate = period_estimate(user=request.user, now=timezone.now())
+    return render(request, "billing/invoice_list.html", {"invoices": invoices, "estimate": estimate})
 
 
 @login_required

@@ -80,3 +80,23 @@ def test_invoice_pages_require_login(client, bobs_invoice):
 )
 def test_money_is_formatted_from_minor_units(amount, currency, text):
     assert format_money(amount, currency) == text
+
+
+def test_invoices_page_shows_this_month_so_far_as_the_invoice_would_bill_it(
+    client, bob, carol, bob_subscription, record_usage
+):
+    """The running estimate uses the invoice's own lines and prices on the usage recorded so
+    far: $49.00 base fee (10,000 events included) + 3 started thousands over at $1.50."""
+    from django.utils import timezone
+
+    minute = timezone.now().replace(second=0, microsecond=0)
+    record_usage(bob_subscription, minute, 12_345, 2_500_000)
+    client.force_login(bob)
+    page = client.get("/billing/invoices/").content.decode()
+    assert "This month so far" in page
+    assert 'data-testid="estimate-total">$53.50<' in page
+    assert "12,345 events, 10,000 included, 3 × 1,000 events over" in page
+    assert not Invoice.objects.exists(), "an estimate stores nothing"
+
+    client.force_login(carol)
+    assert "This month so far" not in client.get("/billing/invoices/").content.decode()
