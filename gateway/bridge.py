@@ -525,11 +525,13 @@ class Bridge:
         if route is None:
             return
         event_id = message.message_id or ""
+        # Parsed once: the frame's "published_at" and the latency histogram both use it.
+        published = published_seconds(message.headers.get("eg-published-at"))
         try:
             frame = frame_build(
                 event_id=event_id,
                 channel_fragment=route.channel_fragment,
-                published_at=message.headers.get("eg-published-at"),
+                published_at=published,
                 body=message.body,
                 max_bytes=self.max_bytes,
             )
@@ -552,7 +554,6 @@ class Bridge:
         minute = int(now) // 60
         # Publish → deliver latency (gateway.metering): the bucket of "now" for the fast path,
         # the timestamp for deliveries the outbox queues (measured when they are sent).
-        published = published_seconds(message.headers.get("eg-published-at"))
         latency = latency_bucket(published, now) if published is not None else -1
         if route.stale:
             route.refresh()
