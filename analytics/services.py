@@ -174,3 +174,42 @@ def usage_for_subscription(
 
     totals = usage_totals(subscriptions=[subscription.pk], start=start, end=end, direction=direction)
     return UsageTotals(events=totals.events, bytes=totals.bytes)
+
+
+# (subscription id, bucket start or None, direction) -> delivered (events, bytes)
+UsageByKey = dict[tuple[int, datetime | None, str], UsageTotals]
+
+
+def usage_by_subscription(
+    *,
+    start: datetime,
+    end: datetime,
+    subscriptions: Iterable[int] | None = None,
+    step: str | None = None,
+) -> UsageByKey:
+    """Usage in ``[start, end)`` of every subscription (or of ``subscriptions``, ids) that has
+    any, per direction and, with ``step="hour"``, per hour: ``{(subscription id, hour start or
+    None, "out"/"in"): UsageTotals}``. The same rows and roll-up plan as every other reader
+    (``analytics.queries.usage_grouped``), in one query per plan part; billing's ledger closes
+    and reconciles its usage windows with it."""
+    from analytics.queries import usage_grouped
+
+    grouped = usage_grouped(
+        subscriptions=None if subscriptions is None else list(subscriptions),
+        start=start,
+        end=end,
+        by=("subscription_id", "direction"),
+        step=step,
+    )
+    result: UsageByKey = {}
+    for key, counts in grouped.items():
+        if step is None:
+            subscription_id, direction = key
+            bucket = None
+        else:
+            bucket, subscription_id, direction = key
+        if counts.events or counts.bytes:
+            result[(subscription_id, bucket, direction)] = UsageTotals(
+                events=counts.events, bytes=counts.bytes
+            )
+    return result

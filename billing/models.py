@@ -24,10 +24,47 @@ class BillingAccount(models.Model):
     stripe_subscription_id = models.CharField(
         max_length=255, blank=True, help_text="A zero-amount Stripe subscription that invoices attach to."
     )
+    # The default payment method (a Stripe PaymentMethod), mirrored for pages: never card numbers.
+    payment_method_id = models.CharField(max_length=255, blank=True)
+    payment_method_brand = models.CharField(max_length=32, blank=True)
+    payment_method_last4 = models.CharField(max_length=4, blank=True)
+    payment_method_exp_month = models.PositiveSmallIntegerField(null=True, blank=True)
+    payment_method_exp_year = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Admin-approved invoicing: Stripe emails the invoice and the consumer pays it by transfer
+    # (collection_method "send_invoice") instead of a card being charged.
+    invoicing_approved_at = models.DateTimeField(null=True, blank=True)
+    invoicing_approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
         return f"Billing account of {self.owner}"
+
+    @property
+    def has_payment_method(self) -> bool:
+        """Whether a card (Stripe PaymentMethod) is on file."""
+        return bool(self.payment_method_id)
+
+    @property
+    def invoicing_approved(self) -> bool:
+        """Whether an admin approved paying by invoice (no card needed)."""
+        return self.invoicing_approved_at is not None
+
+    @property
+    def can_pay(self) -> bool:
+        """Whether this account may subscribe to paid plans: a payment method on file, or
+        admin-approved invoicing."""
+        return self.has_payment_method or self.invoicing_approved
+
+    @property
+    def collection_method(self) -> str:
+        """Stripe's ``collection_method`` for this account's invoices: ``send_invoice`` with
+        approved invoicing, else ``charge_automatically`` (Stripe API reference: Invoices ›
+        collection_method)."""
+        return "send_invoice" if self.invoicing_approved and not self.has_payment_method else (
+            "charge_automatically"
+        )
 
 
 class InvoiceQuerySet(models.QuerySet["Invoice"]):
@@ -60,8 +97,16 @@ class Invoice(models.Model):
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
     currency = models.CharField(max_length=3, default="usd")
+    subtotal_minor = models.BigIntegerField(default=0, help_text="Sum of the lines, before tax.")
+    tax_minor = models.BigIntegerField(default=0, help_text="Tax: always 0 (prices are tax-free).")
     total_minor = models.BigIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    issued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the ledger issued it; its lines never change after."
+    )
+    paid_at = models.DateTimeField(null=True, blank=True)
+    payment_failed_at = models.DateTimeField(null=True, blank=True, help_text="The last failed payment.")
+    hosted_invoice_url = models.URLField(max_length=500, blank=True, help_text="Stripe's page to pay it.")
     stripe_invoice_id = models.CharField(max_length=255, blank=True)
     stripe_synced_at = models.DateTimeField(null=True, blank=True)
     stripe_error = models.TextField(blank=True, help_text="The last Stripe error, if the sync failed.")
@@ -108,14 +153,25 @@ class InvoiceLine(models.Model):
     class Kind(models.TextChoices):
         BASE_FEE = "base_fee", "Base fee"
         EVENTS = "events", "Events"
+        BANDWIDTH = "bandwidth", "Bandwidth"
         EVENTS_OVERAGE = "events_overage", "Events overage"
         BYTES_OVERAGE = "bytes_overage", "Bytes overage"
+        ADJUSTMENT = "adjustment", "Late usage adjustment"
+        CREDIT = "credit", "Credit"
 
     OVERAGE_KINDS = frozenset({Kind.EVENTS_OVERAGE, Kind.BYTES_OVERAGE})
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     subscription = models.ForeignKey(
-        "portal.Subscription", on_delete=models.PROTECT, related_name="invoice_lines"
+        "portal.Subscription",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="invoice_lines",
+        help_text="None for a credit line (credits are per billing account).",
+    )
+    credit = models.OneToOneField(
+        "Credit", null=True, blank=True, on_delete=models.PROTECT, related_name="invoice_line"
     )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     description = models.CharField(max_length=300)
@@ -125,7 +181,7 @@ class InvoiceLine(models.Model):
         "bytes overage).",
     )
     unit_amount_minor = models.BigIntegerField(
-        default=0, help_text="Price per unit (per GB of 10^9 bytes for bytes overage)."
+        default=0, help_text="Price per unit (per GB of 10^9 bytes for bandwidth and bytes overage)."
     )
     amount_minor = models.BigIntegerField(default=0)
     events = models.PositiveBigIntegerField(
@@ -158,3 +214,180 @@ class InvoiceLine(models.Model):
     def detail(self) -> str:
         """The description without its "<API> — <plan> (<application>): " prefix."""
         return self.description.split(": ", 1)[-1]
+
+
+class UsageWindow(models.Model):
+    """A fixed usage window (``BILLING_WINDOW_SECONDS``, an hour by default, aligned to the Unix
+    epoch) that the ledger has closed: its ``LedgerEntry`` rows were written in the same
+    transaction that created this row, so a window row exists if and only if all its entries do.
+    The unique ``start`` is the claim: a second closer (run twice, two workers, a retry after a
+    crash) inserts nothing."""
+
+    start = models.DateTimeField(unique=True)
+    end = models.DateTimeField()
+    closed_at = models.DateTimeField(default=timezone.now)
+    subscriptions = models.PositiveIntegerField(default=0, help_text="Ledger entries written at close.")
+
+    class Meta:
+        ordering = ["-start"]
+
+    def __str__(self) -> str:
+        return f"Usage window {self.start:%Y-%m-%d %H:%M}–{self.end:%H:%M} UTC"
+
+
+class LedgerEntry(models.Model):
+    """What one subscription used in one closed usage window: the analytics numbers the consumer
+    sees (``analytics.services``), frozen.
+
+    ``revision`` 0 is the entry written when the window closed (exactly one per subscription and
+    window: unique constraint). Usage that reached analytics after that (a late gateway flush)
+    becomes an *adjustment*: revision 1, 2, … holding the difference, with who or what found it
+    (``reason``, ``created_by``). ``invoice`` is set when an invoice bills the entry, in the same
+    transaction that issues the invoice, so each entry is billed at most once.
+
+    ``events``/``bytes`` are delivered (direction ``out``); ``counted_events``/``counted_bytes``
+    are the directions the plan's quotas count (``BusinessPlan.counted_directions``). Adjustments
+    may be negative.
+    """
+
+    class Kind(models.TextChoices):
+        USAGE = "usage", "Usage"
+        ADJUSTMENT = "adjustment", "Adjustment"
+
+    subscription = models.ForeignKey(
+        "portal.Subscription", on_delete=models.PROTECT, related_name="ledger_entries"
+    )
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    revision = models.PositiveIntegerField(default=0)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.USAGE)
+    events = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    counted_events = models.BigIntegerField(default=0)
+    counted_bytes = models.BigIntegerField(default=0)
+    created = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    invoice = models.ForeignKey(
+        Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries"
+    )
+
+    class Meta:
+        ordering = ["window_start", "subscription", "revision"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "window_start", "revision"], name="unique_ledger_entry"
+            )
+        ]
+        indexes = [models.Index(fields=["subscription", "invoice", "window_start"])]
+        verbose_name_plural = "ledger entries"
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of subscription {self.subscription_id} {self.window_start:%Y-%m-%d %H:%M}"
+
+
+class Credit(models.Model):
+    """An amount an admin credits a billing account (``amount_minor`` > 0 is taken off); it
+    becomes a negative ``credit`` line on the account's next invoice in ``currency`` and is then
+    spent (``invoice`` set)."""
+
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="credits")
+    currency = models.CharField(max_length=3, default="usd")
+    amount_minor = models.PositiveBigIntegerField()
+    reason = models.CharField(max_length=300)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(default=timezone.now)
+    invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="credits")
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"Credit {self.pk} of {self.amount_minor} {self.currency} to {self.account}"
+
+
+class StripeRequest(models.Model):
+    """Write-ahead record of a Stripe create call: committed *before* the call with the
+    idempotency key, completed with the returned id *after* it. A key without an id after a
+    crash means Stripe may have created the object: the retry looks it up by its
+    ``eventgate_key`` metadata before creating (localstripe ignores idempotency keys; real Stripe
+    replays them for 24 hours)."""
+
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    object_type = models.CharField(max_length=32)
+    stripe_id = models.CharField(max_length=255, blank=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+    answered_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.idempotency_key
+
+
+class StripeEvent(models.Model):
+    """A Stripe webhook event as received (signature verified), processed at most once: the
+    unique ``event_id`` drops duplicates at receipt, and a worker claims it with a conditional
+    update of ``claimed_at`` before handling it (Stripe docs: Webhooks › Handle duplicate events)."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    stripe_created = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class DunningCase(models.Model):
+    """A failed payment being chased: reminders every ``BILLING_DUNNING_REMINDER_SECONDS``, then,
+    at ``suspend_at`` (``BILLING_DUNNING_GRACE_SECONDS`` after the first failure), the account's
+    active subscriptions are suspended (the gateway closes their connections); paying the invoice
+    resolves the case and reinstates exactly the subscriptions it suspended."""
+
+    class State(models.TextChoices):
+        OPEN = "open", "Reminding"
+        SUSPENDED = "suspended", "Suspended"
+        RESOLVED = "resolved", "Resolved"
+
+    invoice = models.OneToOneField(Invoice, on_delete=models.PROTECT, related_name="dunning")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
+    started_at = models.DateTimeField(default=timezone.now)
+    failures = models.PositiveIntegerField(default=1)
+    last_failure_message = models.CharField(max_length=500, blank=True)
+    reminders_sent = models.PositiveIntegerField(default=0)
+    next_reminder_at = models.DateTimeField(null=True, blank=True)
+    suspend_at = models.DateTimeField()
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"Dunning of invoice {self.invoice_id} ({self.get_state_display()})"
+
+
+class DunningSuspension(models.Model):
+    """A subscription a dunning case suspended, so paying reinstates it and only it (a
+    subscription an admin suspended for another reason stays suspended)."""
+
+    case = models.ForeignKey(DunningCase, on_delete=models.CASCADE, related_name="suspensions")
+    subscription = models.ForeignKey("portal.Subscription", on_delete=models.CASCADE, related_name="+")
+    suspended_at = models.DateTimeField(default=timezone.now)
+    reinstated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["case", "subscription"], name="unique_dunning_suspension")
+        ]

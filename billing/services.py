@@ -23,11 +23,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from analytics.services import UsageTotals, usage_for_subscription
-from billing.models import BillingAccount, Invoice, InvoiceLine
+from billing.models import BillingAccount, Credit, Invoice, InvoiceLine, LedgerEntry
 from portal.models import BusinessPlan, Subscription
 from portal.money import format_money
 from portal.templatetags.eventgate import human_bytes
@@ -42,25 +41,85 @@ _DESCRIPTION_MAX = InvoiceLine._meta.get_field("description").max_length or 300
 
 
 @dataclass(frozen=True)
+class TierCharge:
+    """One graduated tier's share of an events charge: ``events`` billable events in it,
+    ``blocks`` started blocks of 1,000, at ``price_minor`` per 1,000 → ``amount_minor``."""
+
+    up_to: int | None
+    events: int
+    blocks: int
+    price_minor: int
+    amount_minor: int
+
+
+@dataclass(frozen=True)
 class EventsCharge:
     """The usage charge of one subscription for one period.
 
     ``billable_events`` = events over the plan's included events; ``blocks`` = started blocks of
-    1,000 billable events; ``amount_minor`` = ``blocks * plan.price_per_1000_events_minor``.
+    1,000 billable events (per tier, when the plan has ``price_tiers``); ``amount_minor`` = the
+    sum over the tiers of ``blocks * price`` (one tier at ``price_per_1000_events_minor`` without
+    ``price_tiers``); ``tiers`` = the tiers' shares, for the invoice line's text.
     """
 
     billable_events: int
     blocks: int
     amount_minor: int
+    tiers: tuple[TierCharge, ...] = ()
 
 
 def events_charge(*, plan: BusinessPlan, events: int) -> EventsCharge:
     """Price ``events`` (a count) under ``plan``: every started block of 1,000 events over the
-    included amount costs ``plan.price_per_1000_events_minor``. Integer arithmetic only."""
+    included amount costs ``plan.price_per_1000_events_minor``, or, with ``plan.price_tiers``
+    (graduated, like Stripe's ``tiers_mode=graduated``: Prices › tiers), the price of the tier the
+    block falls in; tier bounds (``up_to``, billable events) are multiples of 1,000
+    (``portal.plans`` validates them), so only the last block of the last tier reached is
+    partial. Integer arithmetic only; raises nothing."""
     billable = max(0, events - plan.included_events)
-    blocks = -(-billable // EVENTS_PER_BLOCK)  # ceiling division without floats
+    tiers = plan.price_tiers or [
+        {"up_to": None, "price_per_1000_events_minor": plan.price_per_1000_events_minor}
+    ]
+    shares: list[TierCharge] = []
+    floor = 0
+    for tier in tiers:
+        up_to = tier.get("up_to")
+        price = int(tier.get("price_per_1000_events_minor") or 0)
+        ceiling = billable if up_to is None else min(billable, int(up_to))
+        in_tier = max(0, ceiling - floor)
+        blocks = -(-in_tier // EVENTS_PER_BLOCK)  # ceiling division without floats
+        if in_tier:
+            shares.append(TierCharge(up_to, in_tier, blocks, price, blocks * price))
+        if up_to is None or billable <= int(up_to):
+            break
+        floor = int(up_to)
     return EventsCharge(
-        billable_events=billable, blocks=blocks, amount_minor=blocks * plan.price_per_1000_events_minor
+        billable_events=billable,
+        blocks=sum(share.blocks for share in shares),
+        amount_minor=sum(share.amount_minor for share in shares),
+        tiers=tuple(shares),
+    )
+
+
+@dataclass(frozen=True)
+class BandwidthCharge:
+    """Bytes over the plan's ``included_bytes`` in one period at ``price_per_gb_minor`` per GB
+    (10^9 bytes), pro rata, rounded up to the next minor unit."""
+
+    bytes: int
+    over: int
+    unit_amount_minor: int
+    amount_minor: int
+
+
+def bandwidth_charge(*, plan: BusinessPlan, size: int) -> BandwidthCharge:
+    """Price ``size`` delivered bytes (direction ``out``) under ``plan``'s bandwidth price:
+    ``ceil(max(0, size - included_bytes) × price_per_gb_minor / 10^9)``. One byte over at any
+    price costs one minor unit. Integer arithmetic only; raises nothing. Rule: docs/billing.md ›
+    Pricing."""
+    over = max(0, size - plan.included_bytes)
+    price = plan.price_per_gb_minor
+    return BandwidthCharge(
+        bytes=size, over=over, unit_amount_minor=price, amount_minor=-(-(over * price) // BYTES_PER_GB)
     )
 
 
@@ -157,12 +216,25 @@ def counted_usage(*, subscription: Subscription, start: datetime, end: datetime)
 # Periods -------------------------------------------------------------------------------------------
 
 
-def billing_period_containing(moment: datetime) -> tuple[datetime, datetime]:
-    """The calendar month (UTC) containing ``moment``, as ``(start, end)``; ``end`` is exclusive."""
+def billing_period_containing(moment: datetime, kind: str = "month") -> tuple[datetime, datetime]:
+    """The billing period (``kind``: ``BusinessPlan.BillingPeriod``, "month" or "year"; calendar
+    periods in UTC) containing ``moment``, as ``(start, end)``; ``end`` is exclusive."""
     moment = moment.astimezone(UTC)
+    if kind == BusinessPlan.BillingPeriod.YEAR:
+        start = moment.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+        return start, start.replace(year=start.year + 1)
     start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     end = (start + timedelta(days=32)).replace(day=1)
     return start, end
+
+
+def period_kind(period_start: datetime, period_end: datetime) -> str:
+    """ "year" for a calendar year (UTC), else "month": the plans whose subscriptions a period
+    bills (``BusinessPlan.billing_period``). Operators' custom periods bill monthly plans."""
+    start, end = billing_period_containing(period_start, BusinessPlan.BillingPeriod.YEAR)
+    if (start, end) == (period_start.astimezone(UTC), period_end.astimezone(UTC)):
+        return BusinessPlan.BillingPeriod.YEAR
+    return BusinessPlan.BillingPeriod.MONTH
 
 
 def grace_period() -> timedelta:
@@ -170,14 +242,17 @@ def grace_period() -> timedelta:
     return timedelta(seconds=getattr(settings, "BILLING_GRACE_SECONDS", DEFAULT_GRACE_PERIOD.total_seconds()))
 
 
-def last_closed_period(*, now: datetime, grace: timedelta | None = None) -> tuple[datetime, datetime]:
-    """The most recent calendar month (UTC) that ended at least ``grace`` before ``now``.
+def last_closed_period(
+    *, now: datetime, grace: timedelta | None = None, kind: str = "month"
+) -> tuple[datetime, datetime]:
+    """The most recent calendar month (or year, ``kind``; UTC) that ended at least ``grace``
+    before ``now``.
 
     ``grace`` defaults to ``settings.BILLING_GRACE_SECONDS`` (seconds) or one hour, so usage that
     gateway processes flush late still lands on the invoice.
     """
-    current_start, _ = billing_period_containing(now - (grace if grace is not None else grace_period()))
-    return billing_period_containing(current_start - timedelta(days=1))
+    current_start, _ = billing_period_containing(now - (grace if grace is not None else grace_period()), kind)
+    return billing_period_containing(current_start - timedelta(days=1), kind)
 
 
 def parse_period_bound(value: str | date | datetime) -> datetime:
@@ -194,31 +269,32 @@ def parse_period_bound(value: str | date | datetime) -> datetime:
 
 
 def billable_subscriptions(
-    *, period_start: datetime, period_end: datetime, owner: Any = None
+    *, period_start: datetime, period_end: datetime, owner: Any = None, kind: str | None = None
 ) -> list[Subscription]:
-    """Subscriptions to bill for ``[period_start, period_end)``: on a paid plan, created before
-    the period ended, and active or cancelled (pending and rejected ones never went live); only
-    ``owner``'s applications' when given.
+    """Subscriptions to bill for ``[period_start, period_end)``: on a paid plan (of billing
+    period ``kind``, when given), created before the period ended, and active, suspended or
+    cancelled (pending and rejected ones never went live); only ``owner``'s applications' when
+    given.
 
     Free plans are skipped: they never produce a charge, and billing them would create Stripe
     customers and zero invoices for consumers who never pay. A plan without flat fee and event
     price that bills overage (``bills_overage``) is paid: it is billed when usage exceeds a quota.
     """
-    no_price = Q(plan__flat_fee_minor=0, plan__price_per_1000_events_minor=0)
-    overage = Q(plan__quota_action=BusinessPlan.QuotaAction.OVERAGE) & (
-        Q(plan__quota_events__isnull=False, plan__overage_price_per_1000_events_minor__gt=0)
-        | Q(plan__quota_bytes__isnull=False, plan__overage_price_per_gb_minor__gt=0)
-    )
     subscriptions = Subscription.objects.filter(
-        status__in=[Subscription.Status.ACTIVE, Subscription.Status.CANCELLED], created__lt=period_end
+        status__in=[Subscription.Status.ACTIVE, Subscription.Status.SUSPENDED, Subscription.Status.CANCELLED],
+        created__lt=period_end,
     )
     if owner is not None:
         subscriptions = subscriptions.filter(application__owner=owner)
-    return list(
-        subscriptions.exclude(no_price & ~overage)
-        .select_related("plan", "api", "application__owner")
-        .order_by("application__owner_id", "pk")
-    )
+    if kind is not None:
+        subscriptions = subscriptions.filter(plan__billing_period=kind)
+    return [
+        subscription
+        for subscription in subscriptions.select_related("plan", "api", "application__owner").order_by(
+            "application__owner_id", "pk"
+        )
+        if not subscription.plan.is_free
+    ]
 
 
 @dataclass(frozen=True)
@@ -236,13 +312,18 @@ class PeriodEstimate:
 def period_estimate(*, user: Any, now: datetime) -> PeriodEstimate:
     """The running estimate of the billing period holding ``now`` for ``user``'s subscriptions
     on paid plans: the same lines and prices as the invoice (``_lines_for_subscription``), from
-    the usage analytics has so far (``usage_for_subscription`` up to ``now``), so it grows into
-    the invoice. Nothing is stored."""
+    the usage analytics has so far (``usage_for_subscription`` up to ``now``; the ledger's
+    windows are made of the same numbers), so it grows into the invoice. Yearly plans count
+    from the start of the year. ``period_start``/``period_end`` are the calendar month's.
+    Nothing is stored."""
     period_start, period_end = billing_period_containing(now)
     lines: list[InvoiceLine] = []
     for subscription in billable_subscriptions(period_start=period_start, period_end=period_end, owner=user):
-        usage = usage_for_subscription(subscription=subscription, start=period_start, end=now)
-        counted = counted_usage(subscription=subscription, start=period_start, end=now)
+        if subscription.status != Subscription.Status.ACTIVE:
+            continue
+        start, _end = billing_period_containing(now, subscription.plan.billing_period)
+        usage = usage_for_subscription(subscription=subscription, start=start, end=now)
+        counted = counted_usage(subscription=subscription, start=start, end=now)
         lines.extend(_lines_for_subscription(subscription=subscription, usage=usage, counted=counted))
     totals: dict[str, int] = {}
     for line in lines:
@@ -254,31 +335,41 @@ def period_estimate(*, user: Any, now: datetime) -> PeriodEstimate:
 def invoice_period_close(
     *, period_start: datetime, period_end: datetime, allow_open: bool = False
 ) -> list[Invoice]:
-    """Create the invoices of the billing period ``[period_start, period_end)`` (aware datetimes).
+    """Issue the invoices of the billing period ``[period_start, period_end)`` (aware datetimes)
+    from the usage ledger (``billing.ledger``).
 
-    One invoice per (billing account, period, currency); a billing account is a consumer user who
-    owns applications with billable subscriptions (see ``billable_subscriptions``). Each
-    subscription gets a base-fee line (if its plan has a flat fee) and an events line (if its plan
-    prices events; quantity = started blocks of 1,000 events over the included amount), both
-    carrying the period's events and bytes from analytics (direction "out"). A plan whose
-    ``quota_action`` is "overage" adds an events-overage line and/or a bytes-overage line when
-    the counted directions' usage exceeds the quota and the overage price is not zero
-    (``events_overage_charge``, ``bytes_overage_charge``); those lines carry the counted usage.
+    The ledger's usage windows up to ``period_end`` are closed first (``ledger_close_windows``).
+    Then one invoice per (billing account, period, currency): a billing account is a consumer
+    user who owns applications with billable subscriptions (``billable_subscriptions``, on plans
+    whose ``billing_period`` is the period's kind, ``period_kind``). Lines, per subscription:
 
-    Safe to run twice or concurrently: invoices are created with ``get_or_create`` under the
-    ``unique_invoice_per_period`` constraint, each together with its lines in one transaction, and
-    an invoice that already exists is left untouched (issued invoices are immutable).
+    - base fee (plans with a flat fee; a cancelled or suspended subscription only if it has
+      usage in the period) — ``quantity`` 1;
+    - events over the included amount (plans that price events, ``events_charge``, tiers too);
+    - bandwidth over the included bytes (plans with a price per GB, ``bandwidth_charge``);
+    - events and bytes overage (plans whose ``quota_action`` is "overage");
+    - late usage: adjustment entries of windows in periods already invoiced, priced at what they
+      add to that period's charges (``_adjustment_line``).
+
+    and one negative ``credit`` line per unspent ``Credit`` of the account and currency, as far
+    as the invoice's total stays ≥ 0 (the rest of a credit carries over).
+
+    Each invoice, its lines, the ledger entries it bills and the credits it spends are one
+    transaction; entries are claimed with a conditional update (``invoice IS NULL``), and the
+    invoice by ``unique_invoice_per_period``, so a second run, a concurrent run or a retry after
+    a crash bills nothing twice. Issued invoices are immutable.
 
     A period that has not ended ``grace_period()`` ago is refused: its invoice would be issued
-    (and immutable) before all its usage is in. ``allow_open=True`` closes it anyway (operators'
-    tests and demos; later usage in that period is then never billed). A period that overlaps an
-    invoiced period of any account without being that same period is refused too: its flat fees
-    and the events in the overlap would be billed a second time.
+    before all its usage is in. ``allow_open=True`` closes it anyway (operators' tests and
+    demos; later usage in it becomes an adjustment on the next invoice). A period that overlaps
+    an invoiced period of any account without being that same period is refused too.
 
     Returns the invoices this call created (empty when the period was already closed).
     Raises ``ValueError`` if the bounds are naive or not increasing, the period is still open, or
     it overlaps an invoiced period.
     """
+    from billing.ledger import frontier, ledger_close_windows, window_ceil
+
     if period_start.tzinfo is None or period_end.tzinfo is None or period_start >= period_end:
         raise ValueError(f"Invalid billing period {period_start!r} – {period_end!r}.")
     closes_at = period_end + grace_period()
@@ -288,9 +379,14 @@ def invoice_period_close(
             f"from {closes_at:%Y-%m-%d %H:%M} UTC, after the grace period for late usage."
         )
     _check_no_overlap(period_start=period_start, period_end=period_end)
+    until = window_ceil(period_end)
+    while (frontier() or period_start) < until:
+        if not ledger_close_windows(until=until, begin=period_start):
+            break
 
+    kind = period_kind(period_start, period_end)
     by_owner: dict[int, list[Subscription]] = defaultdict(list)
-    for subscription in billable_subscriptions(period_start=period_start, period_end=period_end):
+    for subscription in billable_subscriptions(period_start=period_start, period_end=period_end, kind=kind):
         by_owner[subscription.application.owner_id].append(subscription)
 
     created: list[Invoice] = []
@@ -303,20 +399,24 @@ def invoice_period_close(
 
 
 def _check_no_overlap(*, period_start: datetime, period_end: datetime) -> None:
-    """Raise ``ValueError`` naming an invoiced period that overlaps ``[period_start, period_end)``
-    but is not exactly it (the same period again is fine: closing is idempotent)."""
-    overlapping = (
-        Invoice.objects.filter(period_start__lt=period_end, period_end__gt=period_start)
+    """Raise ``ValueError`` naming an invoiced period of the same kind (``period_kind``) that
+    overlaps ``[period_start, period_end)`` but is not exactly it (the same period again is
+    fine: closing is idempotent)."""
+    kind = period_kind(period_start, period_end)
+    overlapping = [
+        invoice
+        for invoice in Invoice.objects.filter(period_start__lt=period_end, period_end__gt=period_start)
         .exclude(period_start=period_start, period_end=period_end)
         .order_by("period_start", "pk")
-        .first()
-    )
-    if overlapping is not None:
+        if period_kind(invoice.period_start, invoice.period_end) == kind
+    ]
+    if overlapping:
+        overlapping_invoice = overlapping[0]
         raise ValueError(
             f"The billing period {_utc(period_start)} – {_utc(period_end)} UTC overlaps the period "
-            f"{_utc(overlapping.period_start)} – {_utc(overlapping.period_end)} UTC already invoiced "
-            f"(invoice {overlapping.pk}): closing it would bill flat fees and events a second time. "
-            "Close that same period, or one that starts where it ends."
+            f"{_utc(overlapping_invoice.period_start)} – {_utc(overlapping_invoice.period_end)} UTC "
+            f"already invoiced (invoice {overlapping_invoice.pk}): closing it would bill flat fees and "
+            "events a second time. Close that same period, or one that starts where it ends."
         )
 
 
@@ -325,65 +425,292 @@ def _utc(moment: datetime) -> str:
 
 
 def invoice_closed_periods(*, now: datetime, grace: timedelta | None = None) -> list[Invoice]:
-    """Close the most recent calendar month (UTC) that ended at least ``grace`` before ``now``.
+    """Close the most recent calendar month (UTC) that ended at least ``grace`` before ``now``,
+    and the most recent calendar year for yearly plans (``BusinessPlan.billing_period``).
 
-    Run hourly by Celery beat; every run after the first for a month creates nothing.
+    Run hourly by Celery beat; every run after the first for a period creates nothing.
     Returns the invoices created by this run.
     """
-    period_start, period_end = last_closed_period(now=now, grace=grace)
-    return invoice_period_close(period_start=period_start, period_end=period_end)
+    created = []
+    for kind in BusinessPlan.BillingPeriod.values:
+        period_start, period_end = last_closed_period(now=now, grace=grace, kind=kind)
+        try:
+            created.extend(invoice_period_close(period_start=period_start, period_end=period_end))
+        except ValueError as error:  # e.g. an operator invoiced an overlapping custom period
+            logger.warning("Billing period %s – %s not closed: %s", period_start, period_end, error)
+    return created
+
+
+@dataclass
+class _Usage:
+    """Ledger sums of one subscription: delivered and counted events and bytes."""
+
+    events: int = 0
+    bytes: int = 0
+    counted_events: int = 0
+    counted_bytes: int = 0
+
+    def add(self, entry: LedgerEntry) -> None:
+        self.events += entry.events
+        self.bytes += entry.bytes
+        self.counted_events += entry.counted_events
+        self.counted_bytes += entry.counted_bytes
+
+    @property
+    def delivered(self) -> UsageTotals:
+        return UsageTotals(events=max(0, self.events), bytes=max(0, self.bytes))
+
+    @property
+    def counted(self) -> UsageTotals:
+        return UsageTotals(events=max(0, self.counted_events), bytes=max(0, self.counted_bytes))
+
+    def __bool__(self) -> bool:
+        return any((self.events, self.bytes, self.counted_events, self.counted_bytes))
 
 
 def _invoice_account_period(
     *, subscriptions: list[Subscription], start: datetime, end: datetime
 ) -> list[Invoice]:
     """Create one account's invoices for one period (one per currency); returns the new ones."""
+    by_id = {subscription.pk: subscription for subscription in subscriptions}
+    entries = list(
+        LedgerEntry.objects.filter(subscription_id__in=by_id, invoice__isnull=True, window_start__lt=end)
+        .exclude(kind=LedgerEntry.Kind.USAGE, window_start__lt=start)  # an earlier, uninvoiced period's
+        .order_by("pk")
+    )
+    in_period: dict[int, _Usage] = defaultdict(_Usage)
+    late: dict[tuple[int, datetime, datetime], _Usage] = defaultdict(_Usage)
+    for entry in entries:
+        if entry.window_start >= start:
+            in_period[entry.subscription_id].add(entry)
+        else:
+            plan_period = billing_period_containing(
+                entry.window_start, by_id[entry.subscription_id].plan.billing_period
+            )
+            late[(entry.subscription_id, *plan_period)].add(entry)
+
     lines_by_currency: dict[str, list[InvoiceLine]] = defaultdict(list)
     for subscription in subscriptions:
-        usage = usage_for_subscription(subscription=subscription, start=start, end=end)
-        counted = (
-            counted_usage(subscription=subscription, start=start, end=end)
-            if bills_overage(subscription.plan)
-            else UsageTotals()
-        )
-        if subscription.status == Subscription.Status.CANCELLED and not (usage.events or counted.events):
-            # Without a cancellation time, usage in the period is the evidence it was live then.
-            continue
-        lines_by_currency[subscription.plan.currency.lower()].extend(
-            _lines_for_subscription(subscription=subscription, usage=usage, counted=counted)
-        )
+        usage = in_period.get(subscription.pk, _Usage())
+        live = subscription.status == Subscription.Status.ACTIVE or bool(usage)
+        if live:
+            counted = usage.counted if bills_overage(subscription.plan) else UsageTotals()
+            lines_by_currency[subscription.plan.currency.lower()].extend(
+                _lines_for_subscription(subscription=subscription, usage=usage.delivered, counted=counted)
+            )
+        late_usage = {key[1:]: u for key, u in late.items() if key[0] == subscription.pk}
+        if late_usage:
+            line = _adjustment_line(subscription=subscription, late=late_usage)
+            if line is not None:
+                lines_by_currency[subscription.plan.currency.lower()].append(line)
 
-    created: list[Invoice] = []
     owner = subscriptions[0].application.owner
+    created: list[Invoice] = []
+    entry_ids = {entry.pk: entry.subscription_id for entry in entries}
     for currency, lines in sorted(lines_by_currency.items()):
         if not lines:
             continue
+        billed = [pk for pk, sid in entry_ids.items() if by_id[sid].plan.currency.lower() == currency]
+        invoice = _issue_invoice(
+            owner=owner, start=start, end=end, currency=currency, lines=lines, entry_ids=billed
+        )
+        if invoice is not None:
+            created.append(invoice)
+    return created
+
+
+class _Claimed(Exception):
+    """Another run billed some of these ledger entries first: roll the invoice back."""
+
+
+def _issue_invoice(
+    *,
+    owner: Any,
+    start: datetime,
+    end: datetime,
+    currency: str,
+    lines: list[InvoiceLine],
+    entry_ids: list[int],
+) -> Invoice | None:
+    """One transaction: the invoice (unique per account, period, currency), its lines, the
+    ledger entries it bills and the credits it spends. None if the invoice already existed or a
+    concurrent run claimed its entries first."""
+    try:
         with transaction.atomic():
             account, _ = BillingAccount.objects.get_or_create(owner=owner)
+            subtotal = sum(line.amount_minor for line in lines)
+            now = timezone.now()
             invoice, was_created = Invoice.objects.get_or_create(
                 account=account,
                 period_start=start,
                 period_end=end,
                 currency=currency,
-                defaults={"total_minor": sum(line.amount_minor for line in lines)},
+                defaults={"issued_at": now},
             )
             if not was_created:
-                continue
+                return None
+            claimed = LedgerEntry.objects.filter(pk__in=entry_ids, invoice__isnull=True).update(
+                invoice=invoice
+            )
+            if claimed != len(entry_ids):
+                raise _Claimed
+            lines = lines + _credit_lines(account=account, currency=currency, invoice=invoice, room=subtotal)
             for line in lines:
                 line.invoice = invoice
             InvoiceLine.objects.bulk_create(lines)
-        created.append(invoice)
-    return created
+            invoice.subtotal_minor = sum(line.amount_minor for line in lines)
+            invoice.tax_minor = 0
+            invoice.total_minor = invoice.subtotal_minor
+            invoice.save(update_fields=["subtotal_minor", "tax_minor", "total_minor"])
+    except _Claimed:
+        logger.warning("Invoice of %s for %s – %s: ledger entries claimed by another run", owner, start, end)
+        return None
+    return invoice
+
+
+def _credit_lines(
+    *, account: BillingAccount, currency: str, invoice: Invoice, room: int
+) -> list[InvoiceLine]:
+    """Spend the account's unspent credits in ``currency`` (oldest first) on ``invoice``, up to
+    ``room`` (the subtotal, so the total stays ≥ 0); a credit that does not fit whole is split
+    and its remainder carries over as a new ``Credit``. Runs in the caller's transaction; the
+    credits are locked so two invoices never spend one."""
+    lines = []
+    for credit in (
+        Credit.objects.select_for_update()
+        .filter(account=account, currency__iexact=currency, invoice__isnull=True)
+        .order_by("created", "pk")
+    ):
+        if room <= 0:
+            break
+        amount = min(credit.amount_minor, room)
+        if amount < credit.amount_minor:
+            Credit.objects.create(
+                account=account,
+                currency=credit.currency,
+                amount_minor=credit.amount_minor - amount,
+                reason=_truncate(f"Rest of credit #{credit.pk}: {credit.reason}"),
+                created_by=credit.created_by,
+            )
+            credit.amount_minor = amount
+        credit.invoice = invoice
+        credit.save(update_fields=["invoice", "amount_minor"])
+        room -= amount
+        lines.append(
+            InvoiceLine(
+                kind=InvoiceLine.Kind.CREDIT,
+                credit=credit,
+                subscription=None,
+                description=_truncate(f"Credit: {credit.reason}"),
+                quantity=1,
+                unit_amount_minor=-amount,
+                amount_minor=-amount,
+            )
+        )
+    return lines
+
+
+def issue_credit(
+    *, account: BillingAccount, amount_minor: int, currency: str, reason: str, by: Any
+) -> Credit:
+    """Record a credit of ``amount_minor`` (> 0, minor units of ``currency``) for ``account``,
+    spent on its next invoice(s) in that currency. ``by`` must be a platform admin.
+
+    Raises ``PermissionDenied`` for anyone else, ``ValidationError`` (fields ``amount_minor``,
+    ``currency``, ``reason``) for a non-positive amount, an unknown currency or an empty reason.
+    """
+    from django.core.exceptions import PermissionDenied, ValidationError
+
+    if not (getattr(by, "is_active", False) and getattr(by, "is_staff", False)):
+        raise PermissionDenied("Only platform admins can issue credits.")
+    errors = {}
+    if not isinstance(amount_minor, int) or amount_minor <= 0:
+        errors["amount_minor"] = "A credit is a positive amount in minor units (cents), e.g. 500 for 5.00."
+    elif amount_minor > 10**12:
+        errors["amount_minor"] = "A credit is at most 10^12 minor units."
+    currency = (currency or "").strip().lower()
+    if len(currency) != 3 or not currency.isalpha():
+        errors["currency"] = "A currency is a three-letter ISO 4217 code, e.g. usd."
+    reason = (reason or "").strip()
+    if not reason:
+        errors["reason"] = "Say why the account is credited: the consumer sees it on the invoice."
+    if errors:
+        raise ValidationError(errors)
+    return Credit.objects.create(
+        account=account, amount_minor=amount_minor, currency=currency, reason=reason[:300], created_by=by
+    )
+
+
+def _adjustment_line(
+    *, subscription: Subscription, late: dict[tuple[datetime, datetime], _Usage]
+) -> InvoiceLine | None:
+    """One line for a subscription's late usage in periods already invoiced (``late``: the
+    adjustment sums per period), priced as what it adds to each period's charges: the charges of
+    (billed + late) minus the charges of what that period billed (``LedgerEntry`` rows with an
+    invoice). None when there is nothing to show."""
+    plan = subscription.plan
+    amount = 0
+    events = size = 0
+    parts = []
+    for (start, end), usage in sorted(late.items()):
+        billed = _Usage()
+        for entry in LedgerEntry.objects.filter(
+            subscription=subscription, window_start__gte=start, window_start__lt=end, invoice__isnull=False
+        ):
+            billed.add(entry)
+        after = _Usage(
+            billed.events + usage.events,
+            billed.bytes + usage.bytes,
+            billed.counted_events + usage.counted_events,
+            billed.counted_bytes + usage.counted_bytes,
+        )
+        amount += _usage_charges(plan, after) - _usage_charges(plan, billed)
+        events += usage.events
+        size += usage.bytes
+        label = f"{start:%B %Y}" if plan.billing_period == BusinessPlan.BillingPeriod.MONTH else f"{start:%Y}"
+        parts.append(f"{label}: {usage.events:+,} events, {usage.bytes:+,} bytes")
+    if not parts:
+        return None
+    return InvoiceLine(
+        subscription=subscription,
+        kind=InvoiceLine.Kind.ADJUSTMENT,
+        description=_truncate(f"{_label(subscription)}: late usage of earlier periods ({'; '.join(parts)})"),
+        quantity=1,
+        unit_amount_minor=amount,
+        amount_minor=amount,
+        events=max(0, events),
+        bytes=max(0, size),
+    )
+
+
+def _usage_charges(plan: BusinessPlan, usage: _Usage) -> int:
+    """What ``usage`` costs under ``plan`` in one period, base fee excluded (minor units)."""
+    amount = 0
+    if plan.prices_events:
+        amount += events_charge(plan=plan, events=max(0, usage.events)).amount_minor
+    if plan.price_per_gb_minor:
+        amount += bandwidth_charge(plan=plan, size=max(0, usage.bytes)).amount_minor
+    if bills_overage(plan):
+        for charge in (
+            events_overage_charge(plan=plan, events=max(0, usage.counted_events)),
+            bytes_overage_charge(plan=plan, size=max(0, usage.counted_bytes)),
+        ):
+            amount += charge.amount_minor if charge is not None else 0
+    return amount
+
+
+def _label(subscription: Subscription) -> str:
+    return f"{subscription.api.name} — {subscription.plan.name} ({subscription.application.name})"
 
 
 def _lines_for_subscription(
     *, subscription: Subscription, usage: UsageTotals, counted: UsageTotals
 ) -> list[InvoiceLine]:
-    """Unsaved invoice lines for one subscription's period: base fee and/or events (from
-    ``usage``, direction "out"), then events and/or bytes overage (from ``counted``, the plan's
-    counted directions) when they charge something."""
+    """Unsaved invoice lines for one subscription's period: base fee, events and bandwidth
+    (from ``usage``, direction "out") as the plan prices them, then events and/or bytes overage
+    (from ``counted``, the plan's counted directions) when they charge something."""
     plan = subscription.plan
-    label = f"{subscription.api.name} — {plan.name} ({subscription.application.name})"
+    label = _label(subscription)
     common = {"subscription": subscription, "events": usage.events, "bytes": usage.bytes}
     lines = []
     if plan.flat_fee_minor:
@@ -397,18 +724,51 @@ def _lines_for_subscription(
                 **common,
             )
         )
-    if plan.price_per_1000_events_minor:
+    if plan.prices_events:
         charge = events_charge(plan=plan, events=usage.events)
+        tiered = bool(plan.price_tiers)
+        tiers = ""
+        if tiered:
+            tiers = (
+                " ("
+                + ", ".join(
+                    f"{share.blocks:,} at {format_money(share.price_minor, plan.currency)}"
+                    for share in charge.tiers
+                )
+                + ")"
+                if charge.tiers
+                else ""
+            )
         lines.append(
             InvoiceLine(
                 kind=InvoiceLine.Kind.EVENTS,
                 description=_truncate(
                     f"{label}: {usage.events:,} events, {plan.included_events:,} included, "
-                    f"{charge.blocks:,} × 1,000 events over"
+                    f"{charge.blocks:,} × 1,000 events over{tiers}"
                 ),
                 quantity=charge.blocks,
-                unit_amount_minor=plan.price_per_1000_events_minor,
+                # Tiered: the average price per 1,000 (the tiers are in the description).
+                unit_amount_minor=(charge.amount_minor // charge.blocks if charge.blocks else 0)
+                if tiered
+                else plan.price_per_1000_events_minor,
                 amount_minor=charge.amount_minor,
+                **common,
+            )
+        )
+    if plan.price_per_gb_minor:
+        bandwidth = bandwidth_charge(plan=plan, size=usage.bytes)
+        price = format_money(plan.price_per_gb_minor, plan.currency)
+        lines.append(
+            InvoiceLine(
+                kind=InvoiceLine.Kind.BANDWIDTH,
+                description=_truncate(
+                    f"{label}: bandwidth, {human_bytes(usage.bytes)} delivered, "
+                    f"{human_bytes(plan.included_bytes)} included, {bandwidth.over:,} bytes over "
+                    f"at {price} per GB, pro rata"
+                ),
+                quantity=bandwidth.over,
+                unit_amount_minor=plan.price_per_gb_minor,
+                amount_minor=bandwidth.amount_minor,
                 **common,
             )
         )

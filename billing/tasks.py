@@ -13,6 +13,7 @@ from celery import Task, shared_task
 from django.db import transaction
 from django.utils import timezone
 
+from billing.ledger import ledger_close_windows, ledger_reconcile
 from billing.models import Invoice
 from billing.services import invoice_closed_periods, invoice_period_close, parse_period_bound
 from billing.stripe_sync import TRANSIENT_ERRORS, invoice_sync_stripe, stripe_enabled
@@ -21,6 +22,16 @@ logger = logging.getLogger(__name__)
 
 SYNC_MAX_RETRIES = 8
 SYNC_RETRY_MAX_DELAY = 3600  # seconds
+
+
+@shared_task
+def ledger_close_task() -> dict[str, int]:
+    """Close the usage windows past their grace period, then turn usage that reached analytics
+    after its window closed into adjustment entries (``billing.ledger``). Run by beat every
+    ``BILLING_LEDGER_SECONDS``; safe to run twice or concurrently. Returns the counts."""
+    closed = ledger_close_windows(now=timezone.now())
+    adjustments = ledger_reconcile(now=timezone.now())
+    return {"windows_closed": closed, "adjustments": len(adjustments)}
 
 
 @shared_task

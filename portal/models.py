@@ -412,8 +412,10 @@ class Operation(models.Model):
 class BusinessPlan(models.Model):
     """A business plan of an API: its limits, what a subscription costs, and whether it needs approval.
 
-    Prices are integer minor units (cents) of ``currency``. A billing period's charge is
-    ``flat_fee + ceil(max(0, events - included_events) / 1000) * price_per_1000_events``.
+    Prices are integer minor units (cents) of ``currency``. A billing period (``billing_period``:
+    calendar month or year, UTC) costs ``flat_fee`` plus, per started 1,000 events over
+    ``included_events``, ``price_per_1000_events`` (or the graduated ``price_tiers``), plus
+    bandwidth: bytes over ``included_bytes`` at ``price_per_gb`` pro rata (``billing.pricing``).
     The plan is also the subscription's throttling policy (None = unlimited), enforced by
     ``gateway.throttling`` per subscription across gateway processes (docs/throttling.md):
     ``rate_limit_events`` per ``rate_limit_unit`` with ``burst_events`` extra, ``quota_events``
@@ -465,6 +467,10 @@ class BusinessPlan(models.Model):
         "overage_price_per_1000_events_minor",
         "overage_price_per_gb_minor",
     )
+
+    class BillingPeriod(models.TextChoices):
+        MONTH = "month", "Monthly (calendar month, UTC)"
+        YEAR = "year", "Yearly (calendar year, UTC)"
 
     class ApprovalStatus(models.TextChoices):
         PENDING = "pending", "Awaiting approval"
@@ -551,6 +557,25 @@ class BusinessPlan(models.Model):
     price_per_1000_events_minor = models.PositiveIntegerField(
         default=0, help_text="Per 1,000 events over the included amount."
     )
+    price_tiers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Graduated prices per 1,000 events over the included amount, replacing the single "
+        'price when set: [{"up_to": 100000, "price_per_1000_events_minor": 150}, '
+        '{"up_to": null, "price_per_1000_events_minor": 100}] (up_to counts billable events).',
+    )
+    included_bytes = models.PositiveBigIntegerField(
+        default=0, help_text="Bytes per period included before the bandwidth price applies."
+    )
+    price_per_gb_minor = models.PositiveIntegerField(
+        default=0, help_text="Bandwidth: per GB (10^9 bytes) delivered over the included bytes, pro rata."
+    )
+    billing_period = models.CharField(
+        max_length=8,
+        choices=BillingPeriod.choices,
+        default=BillingPeriod.MONTH,
+        help_text="How often the flat fee is charged and included amounts and quotas reset (UTC).",
+    )
 
     class Meta:
         ordering = ["api", "flat_fee_minor", "name"]
@@ -572,12 +597,21 @@ class BusinessPlan(models.Model):
 
     @property
     def is_free(self) -> bool:
-        """No flat fee, no price per 1,000 events and no overage price that could apply."""
+        """No flat fee, no price per 1,000 events (single or tiered), no bandwidth price and no
+        overage price that could apply."""
         overage = self.quota_action == self.QuotaAction.OVERAGE and (
             (self.quota_events is not None and self.overage_price_per_1000_events_minor > 0)
             or (self.quota_bytes is not None and self.overage_price_per_gb_minor > 0)
         )
-        return self.flat_fee_minor == 0 and self.price_per_1000_events_minor == 0 and not overage
+        return not (self.flat_fee_minor or self.prices_events or self.price_per_gb_minor or overage)
+
+    @property
+    def prices_events(self) -> bool:
+        """Whether events over ``included_events`` cost something: a price per 1,000 events, or
+        ``price_tiers`` with a tier above 0."""
+        if self.price_tiers:
+            return any(int(tier.get("price_per_1000_events_minor") or 0) > 0 for tier in self.price_tiers)
+        return self.price_per_1000_events_minor > 0
 
     @property
     def approval_status(self) -> str:
@@ -594,7 +628,7 @@ class BusinessPlan(models.Model):
         included ones) or ``flat_and_per_event``."""
         if self.is_free:
             return "free"
-        if self.price_per_1000_events_minor == 0 and self.flat_fee_minor:
+        if not self.prices_events and self.flat_fee_minor:
             return "flat"
         # No per-1,000 price and no fee, yet not free: only the overage is charged, per event.
         return "per_event" if self.flat_fee_minor == 0 else "flat_and_per_event"

@@ -205,6 +205,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE = {
+    "ledger-close": {
+        "task": "billing.tasks.ledger_close_task",
+        "schedule": env.float("BILLING_LEDGER_SECONDS", default=300.0),
+    },
     "invoice-closed-periods": {
         "task": "billing.tasks.invoice_closed_periods_task",
         "schedule": env.float("BILLING_SCHEDULE_SECONDS", default=3600.0),
@@ -223,6 +227,8 @@ DEMO_CREDENTIALS_PATH = env.path("DEMO_CREDENTIALS_PATH", default=BASE_DIR / "va
 
 # Billing: how long after a period ends (seconds) before it is closed, for late gateway flushes.
 BILLING_GRACE_SECONDS = env.int("BILLING_GRACE_SECONDS", default=3600)
+# Late usage is looked for in the closed usage windows of the last N days (billing.ledger).
+BILLING_RECONCILE_DAYS = env.int("BILLING_RECONCILE_DAYS", default=35)
 
 # Stripe: off unless STRIPE_API_KEY is set; STRIPE_API_BASE points at a fake server (localstripe).
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")

@@ -1,0 +1,336 @@
+"""The usage ledger: fixed usage windows closed into one ``LedgerEntry`` per subscription.
+
+Usage windows are whole UTC hours (``WINDOW``). Celery beat (``ledger_close_task``) closes every
+window that ended at least ``grace_period()`` ago (``BILLING_GRACE_SECONDS``, time for gateway
+processes to flush), oldest first and contiguously: the *frontier* is the end of the newest
+closed window. Closing a window reads the analytics numbers the consumer sees
+(``analytics.services.usage_by_subscription``) and writes, in one transaction, the
+``UsageWindow`` row and one entry (revision 0) per subscription that used the window. The unique
+``UsageWindow.start`` is the claim: a second run, a concurrent worker or a retry after a crash at
+any point writes nothing twice (the crashed transaction rolled back whole).
+
+Usage that reaches analytics after its window closed is found by ``ledger_reconcile`` (cheaply:
+per-subscription totals first, per hour only for subscriptions that differ) and becomes an
+*adjustment* entry (revision 1, 2, …) with its reason: never lost, never silently rewritten. An
+admin can re-run one window (``window_rerun``) the same way.
+
+Subscriptions without usage in a window get no entry; the window row records that it is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max, Min, Sum
+from django.utils import timezone
+
+from analytics.services import usage_by_subscription
+from billing.models import Invoice, LedgerEntry, UsageWindow
+from portal.models import BusinessPlan, Subscription
+
+logger = logging.getLogger(__name__)
+
+WINDOW = timedelta(hours=1)
+# One run closes at most this many windows (a month of hours), so a long outage of beat catches
+# up over a few runs instead of one unbounded one.
+MAX_WINDOWS_PER_RUN = 24 * 31
+DEFAULT_RECONCILE_DAYS = 35
+LATE_USAGE_REASON = "Late usage: reached analytics after the window closed."
+
+
+@dataclass(frozen=True)
+class WindowUsage:
+    """A subscription's usage in one window: delivered (``out``) and counted (the plan's
+    ``counted_directions``) events and bytes."""
+
+    events: int = 0
+    bytes: int = 0
+    counted_events: int = 0
+    counted_bytes: int = 0
+
+    def __sub__(self, other: WindowUsage) -> WindowUsage:
+        return WindowUsage(
+            self.events - other.events,
+            self.bytes - other.bytes,
+            self.counted_events - other.counted_events,
+            self.counted_bytes - other.counted_bytes,
+        )
+
+    def __bool__(self) -> bool:
+        return any((self.events, self.bytes, self.counted_events, self.counted_bytes))
+
+
+def grace_period() -> timedelta:
+    """How long after a window (or billing period) ends it stays open for late gateway flushes
+    (``BILLING_GRACE_SECONDS``, seconds; default one hour)."""
+    return timedelta(seconds=getattr(settings, "BILLING_GRACE_SECONDS", 3600))
+
+
+def window_floor(moment: datetime) -> datetime:
+    """The start of the usage window (UTC hour) containing ``moment`` (aware)."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def window_ceil(moment: datetime) -> datetime:
+    """``moment`` if it starts a window, else the start of the next window."""
+    floor = window_floor(moment)
+    return floor if floor == moment.astimezone(UTC) else floor + WINDOW
+
+
+def frontier() -> datetime | None:
+    """The end of the newest closed window (everything before it is closed), or None when the
+    ledger is empty."""
+    return UsageWindow.objects.aggregate(end=Max("end"))["end"]
+
+
+def first_window_start() -> datetime | None:
+    """Where an empty ledger starts closing: after the newest period already invoiced without a
+    ledger (invoices predating it), else at the first subscription's window; None without
+    subscriptions."""
+    invoiced = Invoice.objects.aggregate(end=Max("period_end"))["end"]
+    if invoiced is not None:
+        return window_floor(invoiced)
+    created = Subscription.objects.aggregate(created=Min("created"))["created"]
+    return None if created is None else window_floor(created)
+
+
+def closable_until(now: datetime) -> datetime:
+    """The end of the newest window that may be closed at ``now``: windows end on the hour and
+    close ``grace_period()`` after they end."""
+    return window_floor(now - grace_period())
+
+
+def _usage_per_window(
+    *, start: datetime, end: datetime, subscription_ids: list[int] | None = None
+) -> dict[tuple[int, datetime], WindowUsage]:
+    """``{(subscription id, window start): WindowUsage}`` for ``[start, end)`` (whole windows),
+    for every subscription with usage (or the given ones)."""
+    raw = usage_by_subscription(start=start, end=end, subscriptions=subscription_ids, step="hour")
+    if not raw:
+        return {}
+    plans = dict(
+        Subscription.objects.filter(pk__in={key[0] for key in raw}).values_list(
+            "pk", "plan__counted_directions"
+        )
+    )
+    per_window: dict[tuple[int, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for (subscription_id, bucket, direction), totals in raw.items():
+        if subscription_id not in plans:  # deleted meanwhile
+            continue
+        counted = BusinessPlan(counted_directions=plans[subscription_id]).directions_counted
+        sums = per_window[(subscription_id, bucket)]
+        if direction == "out":
+            sums[0] += totals.events
+            sums[1] += totals.bytes
+        if direction in counted:
+            sums[2] += totals.events
+            sums[3] += totals.bytes
+    return {key: WindowUsage(*sums) for key, sums in per_window.items()}
+
+
+def ledger_close_windows(
+    *, now: datetime | None = None, until: datetime | None = None, begin: datetime | None = None
+) -> int:
+    """Close every usage window that ended ``grace_period()`` before ``now`` (default: the
+    time now), oldest first, at most ``MAX_WINDOWS_PER_RUN`` per call; ``until`` (an aware
+    datetime on a window boundary) closes up to it instead, grace or not (operators' re-runs,
+    tests and demos). An empty ledger starts at ``first_window_start()`` or at ``begin`` (the
+    start of a billing period being invoiced), whichever is earlier. Returns the number of
+    windows this call closed.
+
+    Exactly once: each window's row and entries are one transaction, and the unique window start
+    makes a concurrent or repeated close write nothing (``UsageWindow``).
+    """
+    now = now or timezone.now()
+    start = frontier()
+    if start is None:
+        candidates = [moment for moment in (first_window_start(), begin) if moment is not None]
+        if not candidates:
+            return 0
+        start = window_floor(min(candidates))
+    end = until if until is not None else closable_until(now)
+    end = min(end, start + MAX_WINDOWS_PER_RUN * WINDOW)
+    if start >= end:
+        return 0
+    usage = _usage_per_window(start=start, end=end)
+    by_window: dict[datetime, list[tuple[int, WindowUsage]]] = defaultdict(list)
+    for (subscription_id, window_start), window_usage in usage.items():
+        by_window[window_start].append((subscription_id, window_usage))
+
+    closed = 0
+    window_start = start
+    while window_start < end:
+        closed += _close_window(window_start, sorted(by_window.get(window_start, [])))
+        window_start += WINDOW
+    if closed:
+        logger.info("Ledger: closed %d usage windows %s – %s", closed, start, end)
+    return closed
+
+
+def _close_window(start: datetime, usage: list[tuple[int, WindowUsage]]) -> int:
+    """Write one window's row and entries in one transaction; 0 if another run already did."""
+    try:
+        with transaction.atomic():
+            _window, created = UsageWindow.objects.get_or_create(
+                start=start, defaults={"end": start + WINDOW, "subscriptions": len(usage)}
+            )
+            if not created:
+                return 0
+            LedgerEntry.objects.bulk_create(
+                [
+                    LedgerEntry(
+                        subscription_id=subscription_id,
+                        window_start=start,
+                        window_end=start + WINDOW,
+                        revision=0,
+                        kind=LedgerEntry.Kind.USAGE,
+                        events=u.events,
+                        bytes=u.bytes,
+                        counted_events=u.counted_events,
+                        counted_bytes=u.counted_bytes,
+                    )
+                    for subscription_id, u in usage
+                ]
+            )
+    except IntegrityError:
+        # A concurrent closer committed the same window between our read and our insert.
+        return 0
+    return 1
+
+
+def _ledger_sums(
+    *, start: datetime, end: datetime, subscription_ids: list[int] | None = None, per_window: bool
+) -> dict[Any, WindowUsage]:
+    """Entries (all revisions) in ``[start, end)`` summed per subscription (and window)."""
+    entries = LedgerEntry.objects.filter(window_start__gte=start, window_start__lt=end)
+    if subscription_ids is not None:
+        entries = entries.filter(subscription_id__in=subscription_ids)
+    columns = ["subscription_id", "window_start"] if per_window else ["subscription_id"]
+    rows = entries.values(*columns).annotate(
+        e=Sum("events"), b=Sum("bytes"), ce=Sum("counted_events"), cb=Sum("counted_bytes")
+    )
+    result = {}
+    for row in rows.order_by():
+        key = (row["subscription_id"], row["window_start"]) if per_window else row["subscription_id"]
+        result[key] = WindowUsage(row["e"] or 0, row["b"] or 0, row["ce"] or 0, row["cb"] or 0)
+    return result
+
+
+def ledger_reconcile(
+    *,
+    now: datetime | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    subscription_ids: list[int] | None = None,
+    by: Any = None,
+    reason: str = LATE_USAGE_REASON,
+) -> list[LedgerEntry]:
+    """Turn usage that reached analytics after its window closed into adjustment entries.
+
+    Compares analytics with the ledger over the closed windows in ``[start, end)`` (default: the
+    last ``BILLING_RECONCILE_DAYS`` days up to the frontier): per subscription first, then per
+    window only for the subscriptions that differ. Each difference becomes one entry with the
+    next revision of its (subscription, window), ``kind`` adjustment, ``reason`` and ``by`` (the
+    admin who asked, or None for the beat job). Safe to run twice or concurrently: a second run
+    finds no difference, and two runs racing for the same revision collide on
+    ``unique_ledger_entry`` (the loser's duplicate is dropped). Returns the entries written.
+    """
+    now = now or timezone.now()
+    closed_end = frontier()
+    if closed_end is None:
+        return []
+    end = min(end or closed_end, closed_end)
+    days = getattr(settings, "BILLING_RECONCILE_DAYS", DEFAULT_RECONCILE_DAYS)
+    start = window_floor(start or (end - timedelta(days=days)))
+    if start >= end:
+        return []
+    analytics_totals: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for (subscription_id, window_start), u in _usage_per_window(
+        start=start, end=end, subscription_ids=subscription_ids
+    ).items():
+        del window_start
+        sums = analytics_totals[subscription_id]
+        for i, value in enumerate((u.events, u.bytes, u.counted_events, u.counted_bytes)):
+            sums[i] += value
+    ledger_totals = _ledger_sums(start=start, end=end, subscription_ids=subscription_ids, per_window=False)
+    differing = sorted(
+        sid
+        for sid in set(analytics_totals) | set(ledger_totals)
+        if WindowUsage(*analytics_totals.get(sid, [0, 0, 0, 0])) - ledger_totals.get(sid, WindowUsage())
+    )
+    if not differing:
+        return []
+    analytics_windows = _usage_per_window(start=start, end=end, subscription_ids=differing)
+    ledger_windows = _ledger_sums(start=start, end=end, subscription_ids=differing, per_window=True)
+    revisions = {
+        (row["subscription_id"], row["window_start"]): row["top"]
+        for row in LedgerEntry.objects.filter(
+            subscription_id__in=differing, window_start__gte=start, window_start__lt=end
+        )
+        .values("subscription_id", "window_start")
+        .annotate(top=Max("revision"))
+        .order_by()
+    }
+    adjustments = []
+    for key in sorted(set(analytics_windows) | set(ledger_windows)):
+        difference = analytics_windows.get(key, WindowUsage()) - ledger_windows.get(key, WindowUsage())
+        if not difference:
+            continue
+        subscription_id, window_start = key
+        adjustments.append(
+            LedgerEntry(
+                subscription_id=subscription_id,
+                window_start=window_start,
+                window_end=window_start + WINDOW,
+                revision=revisions.get(key, 0) + 1,
+                kind=LedgerEntry.Kind.ADJUSTMENT,
+                events=difference.events,
+                bytes=difference.bytes,
+                counted_events=difference.counted_events,
+                counted_bytes=difference.counted_bytes,
+                reason=reason[:300],
+                created_by=by,
+                created=now,
+            )
+        )
+    written = LedgerEntry.objects.bulk_create(adjustments, ignore_conflicts=True)
+    if written:
+        logger.info("Ledger: %d adjustment entries for late usage", len(written))
+    return written
+
+
+def window_rerun(*, start: datetime, by: Any, reason: str = "") -> list[LedgerEntry]:
+    """Re-read one usage window (``start``: its first instant, aware) from analytics and record
+    any difference with the ledger as adjustment entries by ``by`` (an admin), with ``reason``.
+    A window not closed yet is closed first (if it ended ``grace_period()`` ago).
+
+    Raises ``ValueError`` naming the problem for a start that is not on a window boundary, in
+    the future, or whose window is still in its grace period.
+    """
+    start = start.astimezone(UTC)
+    if start != window_floor(start):
+        raise ValueError(f"A usage window starts on the hour (UTC); {start:%Y-%m-%d %H:%M:%S} does not.")
+    end = start + WINDOW
+    now = timezone.now()
+    if end > closable_until(now):
+        opens = end + grace_period()
+        raise ValueError(
+            f"The window {start:%Y-%m-%d %H:%M} UTC is still open for late usage until "
+            f"{opens:%Y-%m-%d %H:%M} UTC; it can be re-run after that."
+        )
+    first = UsageWindow.objects.aggregate(start=Min("start"))["start"]
+    if first is not None and start < first:
+        raise ValueError(
+            f"The window {start:%Y-%m-%d %H:%M} UTC is older than the ledger's first window "
+            f"({first:%Y-%m-%d %H:%M} UTC): its usage was invoiced before the ledger existed."
+        )
+    if not UsageWindow.objects.filter(start=start).exists():
+        ledger_close_windows(now=now, until=end)
+    text = f"Window re-run by {getattr(by, 'email', None) or 'an admin'}" + (f": {reason}" if reason else ".")
+    return ledger_reconcile(now=now, start=start, end=end, by=by, reason=text)
