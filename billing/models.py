@@ -62,8 +62,10 @@ class BillingAccount(models.Model):
         """Stripe's ``collection_method`` for this account's invoices: ``send_invoice`` with
         approved invoicing, else ``charge_automatically`` (Stripe API reference: Invoices ›
         collection_method)."""
-        return "send_invoice" if self.invoicing_approved and not self.has_payment_method else (
-            "charge_automatically"
+        return (
+            "send_invoice"
+            if self.invoicing_approved and not self.has_payment_method
+            else ("charge_automatically")
         )
 
 
@@ -285,7 +287,8 @@ class LedgerEntry(models.Model):
         verbose_name_plural = "ledger entries"
 
     def __str__(self) -> str:
-        return f"{self.get_kind_display()} of subscription {self.subscription_id} {self.window_start:%Y-%m-%d %H:%M}"
+        window = f"{self.window_start:%Y-%m-%d %H:%M}"
+        return f"{self.get_kind_display()} of subscription {self.subscription_id} {window}"
 
 
 class Credit(models.Model):
@@ -301,7 +304,9 @@ class Credit(models.Model):
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
     created = models.DateTimeField(default=timezone.now)
-    invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="credits")
+    invoice = models.ForeignKey(
+        Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="credits"
+    )
 
     class Meta:
         ordering = ["-created"]
@@ -391,3 +396,6 @@ class DunningSuspension(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["case", "subscription"], name="unique_dunning_suspension")
         ]
+
+    def __str__(self) -> str:
+        return f"Subscription {self.subscription_id} suspended by {self.case}"
