@@ -14,6 +14,8 @@ urlpatterns = [
     # Analytics (docs/analytics.md): the consumer's usage, the provider's and the platform's dashboards.
     path("usage/", include("analytics.api_urls_consumer")),
     path("analytics/", include("analytics.api_urls_provider")),
+    # Billing (docs/billing.md): invoices, estimate, payment method, revenue, admin.
+    path("billing/", include("billing.api_urls")),
     # Catalog (anyone) and the provider's own APIs.
     path("apis/", api.APIListView.as_view(), name="api_list"),
     path("apis/import", api.APIImportView.as_view(), name="api_import"),

@@ -209,6 +209,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.ledger_close_task",
         "schedule": env.float("BILLING_LEDGER_SECONDS", default=300.0),
     },
+    "billing-dunning": {
+        "task": "billing.tasks.dunning_advance_task",
+        "schedule": env.float("BILLING_DUNNING_SCHEDULE_SECONDS", default=300.0),
+    },
     "invoice-closed-periods": {
         "task": "billing.tasks.invoice_closed_periods_task",
         "schedule": env.float("BILLING_SCHEDULE_SECONDS", default=3600.0),
@@ -233,6 +237,19 @@ BILLING_RECONCILE_DAYS = env.int("BILLING_RECONCILE_DAYS", default=35)
 # Stripe: off unless STRIPE_API_KEY is set; STRIPE_API_BASE points at a fake server (localstripe).
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
+# The browser side (Stripe.js collects cards; they never reach Eventgate): the publishable key and
+# where Stripe.js loads from (localstripe serves a stand-in at <STRIPE_API_BASE>/js.stripe.com/v3/).
+STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="pk_test_eventgate")
+STRIPE_JS_URL = env("STRIPE_JS_URL", default="https://js.stripe.com/v3/")
+# Webhooks (docs/billing.md › Stripe webhooks): the endpoint's signing secret, and how old a
+# signed timestamp may be (seconds) before the event is refused as a replay.
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300)
+# Paid plans need a payment method on file or admin-approved invoicing (billing.payments).
+BILLING_REQUIRE_PAYMENT_METHOD = env.bool("BILLING_REQUIRE_PAYMENT_METHOD", default=True)
+# Dunning after a failed payment: a reminder every N seconds, suspension after the grace period.
+BILLING_DUNNING_REMINDER_SECONDS = env.int("BILLING_DUNNING_REMINDER_SECONDS", default=3 * 86400)
+BILLING_DUNNING_GRACE_SECONDS = env.int("BILLING_DUNNING_GRACE_SECONDS", default=14 * 86400)
 
 # Auth: django-allauth with email + password; verification optional in demo mode.
 AUTHENTICATION_BACKENDS = [
