@@ -7,7 +7,8 @@ closed window. Closing a window reads the analytics numbers the consumer sees
 (``analytics.services.usage_by_subscription``) and writes, in one transaction, the
 ``UsageWindow`` row and one entry (revision 0) per subscription that used the window. The unique
 ``UsageWindow.start`` is the claim: a second run, a concurrent worker or a retry after a crash at
-any point writes nothing twice (the crashed transaction rolled back whole).
+any point writes nothing twice (the crashed transaction rolled back whole). Runs of windows
+without usage are closed in one insert each.
 
 Usage that reaches analytics after its window closed is found by ``ledger_reconcile`` (cheaply:
 per-subscription totals first, per hour only for subscriptions that differ) and becomes an
@@ -26,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Min, Sum
 from django.utils import timezone
 
@@ -145,7 +146,8 @@ def ledger_close_windows(
     windows this call closed.
 
     Exactly once: each window's row and entries are one transaction, and the unique window start
-    makes a concurrent or repeated close write nothing (``UsageWindow``).
+    makes a concurrent or repeated close write nothing (``UsageWindow``). Windows close in time
+    order, so a crash leaves a contiguous closed prefix and the next run continues after it.
     """
     now = now or timezone.now()
     start = frontier()
@@ -164,13 +166,46 @@ def ledger_close_windows(
         by_window[window_start].append((subscription_id, window_usage))
 
     closed = 0
+    empty: list[datetime] = []  # a run of consecutive windows without usage, closed in one insert
     window_start = start
     while window_start < end:
-        closed += _close_window(window_start, sorted(by_window.get(window_start, [])))
+        usage_in_window = by_window.get(window_start)
+        if usage_in_window:
+            closed += _close_empty_windows(empty)
+            empty = []
+            closed += _close_window(window_start, sorted(usage_in_window))
+        else:
+            empty.append(window_start)
         window_start += WINDOW
+    closed += _close_empty_windows(empty)
     if closed:
         logger.info("Ledger: closed %d usage windows %s – %s", closed, start, end)
     return closed
+
+
+def _close_empty_windows(starts: list[datetime]) -> int:
+    """Close consecutive windows without usage in one insert (no entries to write, so a window a
+    concurrent run closed meanwhile is simply skipped: ``ON CONFLICT DO NOTHING``, PostgreSQL and
+    SQLite ≥ 3.35); returns how many this call inserted. Windows are closed in time order, so the
+    frontier never passes an unclosed window."""
+    if not starts:
+        return 0
+    table = connection.ops.quote_name(UsageWindow._meta.db_table)
+    columns = ", ".join(
+        connection.ops.quote_name(column) for column in ("start", "end", "closed_at", "subscriptions")
+    )
+    now = timezone.now()
+    values, params = [], []
+    for start in starts:
+        values.append("(%s, %s, %s, 0)")
+        params += [start, start + WINDOW, now]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) VALUES {', '.join(values)} "  # noqa: S608 - names from the model
+            f"ON CONFLICT ({connection.ops.quote_name('start')}) DO NOTHING RETURNING 1",
+            params,
+        )
+        return len(cursor.fetchall())
 
 
 def _close_window(start: datetime, usage: list[tuple[int, WindowUsage]]) -> int:
@@ -299,7 +334,13 @@ def ledger_reconcile(
                 created=now,
             )
         )
-    written = LedgerEntry.objects.bulk_create(adjustments, ignore_conflicts=True)
+    try:
+        with transaction.atomic():
+            written = LedgerEntry.objects.bulk_create(adjustments)
+    except IntegrityError:
+        # A concurrent reconcile wrote these revisions first; the next run sees what is left.
+        logger.info("Ledger: adjustments written by a concurrent run; nothing to add")
+        return []
     if written:
         logger.info("Ledger: %d adjustment entries for late usage", len(written))
     return written
