@@ -108,11 +108,12 @@ def closable_until(now: datetime) -> datetime:
 
 
 def _usage_per_window(
-    *, start: datetime, end: datetime, subscription_ids: list[int] | None = None
-) -> dict[tuple[int, datetime], WindowUsage]:
+    *, start: datetime, end: datetime, subscription_ids: list[int] | None = None, step: str | None = "hour"
+) -> dict[tuple[int, datetime | None], WindowUsage]:
     """``{(subscription id, window start): WindowUsage}`` for ``[start, end)`` (whole windows),
-    for every subscription with usage (or the given ones)."""
-    raw = usage_by_subscription(start=start, end=end, subscriptions=subscription_ids, step="hour")
+    for every subscription with usage (or the given ones); with ``step=None`` one total per
+    subscription (window start None), read from the coarsest rows analytics has."""
+    raw = usage_by_subscription(start=start, end=end, subscriptions=subscription_ids, step=step)
     if not raw:
         return {}
     plans = dict(
@@ -285,19 +286,17 @@ def ledger_reconcile(
     start = window_floor(start or (end - timedelta(days=days)))
     if start >= end:
         return []
-    analytics_totals: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for (subscription_id, window_start), u in _usage_per_window(
-        start=start, end=end, subscription_ids=subscription_ids
-    ).items():
-        del window_start
-        sums = analytics_totals[subscription_id]
-        for i, value in enumerate((u.events, u.bytes, u.counted_events, u.counted_bytes)):
-            sums[i] += value
+    analytics_totals = {
+        subscription_id: usage
+        for (subscription_id, _none), usage in _usage_per_window(
+            start=start, end=end, subscription_ids=subscription_ids, step=None
+        ).items()
+    }
     ledger_totals = _ledger_sums(start=start, end=end, subscription_ids=subscription_ids, per_window=False)
     differing = sorted(
         sid
         for sid in set(analytics_totals) | set(ledger_totals)
-        if WindowUsage(*analytics_totals.get(sid, [0, 0, 0, 0])) - ledger_totals.get(sid, WindowUsage())
+        if analytics_totals.get(sid, WindowUsage()) - ledger_totals.get(sid, WindowUsage())
     )
     if not differing:
         return []

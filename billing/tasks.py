@@ -16,7 +16,7 @@ from django.utils import timezone
 from billing.ledger import ledger_close_windows, ledger_reconcile
 from billing.models import Invoice
 from billing.services import invoice_closed_periods, invoice_period_close, parse_period_bound
-from billing.stripe_sync import TRANSIENT_ERRORS, invoice_sync_stripe, stripe_enabled
+from billing.stripe_sync import TRANSIENT_ERRORS, AccountSyncBusy, invoice_sync_stripe, stripe_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +57,18 @@ def invoice_period_task(period_start_iso: str, period_end_iso: str, allow_open: 
 
 @shared_task(bind=True, max_retries=SYNC_MAX_RETRIES, acks_late=True)
 def invoice_sync_task(self: Task, invoice_id: int) -> None:
-    """Push one invoice to Stripe; transient Stripe errors are retried with exponential backoff
-    (30 s, 60 s, … capped at an hour). A no-op without ``STRIPE_API_KEY``; an invoice already
-    in Stripe only has its status refreshed."""
+    """Push one invoice to Stripe exactly once (``billing.stripe_sync``: safe twice, concurrently
+    and after a crash, so ``acks_late`` redelivery is harmless). Transient Stripe errors, and
+    another worker holding the billing account's Stripe lock, are retried with exponential
+    backoff (30 s, 60 s, … capped at an hour). A declined card is no error: the invoice records
+    ``payment_failed_at`` and the webhook starts dunning. A no-op without ``STRIPE_API_KEY``; an
+    invoice already in Stripe only has its status refreshed."""
     invoice = Invoice.objects.filter(pk=invoice_id).first()
     if invoice is None or not stripe_enabled():
         return
     try:
         invoice_sync_stripe(invoice=invoice)
-    except TRANSIENT_ERRORS as exc:
+    except (*TRANSIENT_ERRORS, AccountSyncBusy) as exc:
         countdown = min(SYNC_RETRY_MAX_DELAY, 30 * 2**self.request.retries)
         raise self.retry(exc=exc, countdown=countdown) from exc
 
