@@ -1,14 +1,16 @@
-"""Billing services: closed usage periods become invoices in Eventgate's own ledger.
+"""Billing services: pricing, billing periods, and invoices issued from the usage ledger.
 
-Billing periods are calendar months in UTC. A period is closed (invoiced) once it has ended and a
-grace period for late gateway flushes has passed. Usage is read only through
-``analytics.services.usage_for_subscription``, so an invoice shows the numbers of the consumer's
-usage page. All amounts are integer minor units (cents) of the plan's currency; pricing follows
-``portal.models.BusinessPlan``: ``flat_fee + ceil(max(0, events - included_events) / 1000) *
-price_per_1000_events`` (events delivered, direction "out"), plus, for plans whose ``quota_action``
-is "overage", the events and bytes of the plan's ``counted_directions`` over ``quota_events`` /
+Usage reaches invoices through the ledger (``billing.ledger``): hourly usage windows closed into
+``LedgerEntry`` rows from ``analytics.services`` (the numbers of the consumer's usage page), with
+late usage as adjustment entries. Billing periods are calendar months (or years, for plans with
+``billing_period = "year"``) in UTC; a period is invoiced once it ended and a grace period for
+late gateway flushes passed. All amounts are integer minor units (cents) of the plan's currency;
+pricing follows ``portal.models.BusinessPlan``: ``flat_fee`` + per started 1,000 events over
+``included_events`` (single price or graduated ``price_tiers``, ``events_charge``) + bandwidth
+over ``included_bytes`` (``bandwidth_charge``), plus, for plans whose ``quota_action`` is
+"overage", the events and bytes of the plan's ``counted_directions`` over ``quota_events`` /
 ``quota_bytes`` (``events_overage_charge``, ``bytes_overage_charge``). Throttled events and bytes
-(the usage rows' ``throttled_*`` columns) are never read, so never billed.
+(the usage rows' ``throttled_*`` columns) are never read, so never billed. Rules: docs/billing.md.
 
 Pushing invoices to Stripe lives in ``billing.stripe_sync``; Celery tasks in ``billing.tasks``.
 """

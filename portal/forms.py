@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+import re
+from decimal import Decimal, InvalidOperation
 from pathlib import PurePath
 from typing import Any
 
@@ -11,7 +12,14 @@ from django.core.exceptions import PermissionDenied, ValidationError
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES
 from portal.models import API, Application, BusinessPlan, User
-from portal.plans import PlanTemplate, PriceModel, plan_fields_validate
+from portal.plans import (
+    MAX_PRICE_PER_1000_MINOR,
+    MAX_PRICE_TIERS,
+    PlanTemplate,
+    PriceModel,
+    plan_fields_validate,
+    price_tiers_errors,
+)
 
 NEW_APPLICATION = "new"
 DOCUMENT_EXTENSIONS = (".yaml", ".yml", ".json")
@@ -147,7 +155,9 @@ class ImportForm(forms.Form):
 
 
 class PlanForm(forms.Form):
-    """A business plan: price model and prices (entered in dollars, stored in cents), its
+    """A business plan: price model, billing period and prices (entered in dollars, stored in
+    cents; graduated tiers one per line, ``parse_price_tiers``; included bandwidth in MB or GB
+    and its price per GB), its
     throttling policy (empty = unlimited; bandwidth entered in MB or GB, stored in bytes,
     decimal units as everywhere in Eventgate; the connection duration in seconds, minutes or
     hours, stored in seconds; what counts, what happens at the quota, how a stopped client is
@@ -168,6 +178,8 @@ class PlanForm(forms.Form):
         "max_connection_seconds": "max_connection_duration",
         "overage_price_per_1000_events_minor": "overage_price_per_1000_events",
         "overage_price_per_gb_minor": "overage_price_per_gb",
+        "included_bytes": "included_bandwidth",
+        "price_per_gb_minor": "price_per_gb",
     }
 
     name = forms.CharField(max_length=100, widget=forms.TextInput(attrs={"placeholder": "e.g. Gold"}))
@@ -182,8 +194,17 @@ class PlanForm(forms.Form):
     )
     # Upper bounds keep minor units inside the model's integer columns (PositiveIntegerField:
     # 2,147,483,647 cents; PositiveBigIntegerField for events).
+    billing_period = forms.ChoiceField(
+        label="Billing period",
+        choices=BusinessPlan.BillingPeriod.choices,
+        initial=BusinessPlan.BillingPeriod.MONTH,
+        required=False,
+        widget=forms.RadioSelect,
+        help_text="How often the flat fee is charged and the included events, included bandwidth and "
+        "quotas start again.",
+    )
     flat_fee = forms.DecimalField(
-        label="Flat fee per month ($)",
+        label="Flat fee per billing period ($)",
         min_value=Decimal(0),
         max_value=Decimal("1000000.00"),
         max_digits=10,
@@ -191,7 +212,7 @@ class PlanForm(forms.Form):
         initial=Decimal(0),
     )
     included_events = forms.IntegerField(
-        label="Included events per month", min_value=0, max_value=10**15, initial=0
+        label="Included events per billing period", min_value=0, max_value=10**15, initial=0
     )
     price_per_1000_events = forms.DecimalField(
         label="Price per 1,000 further events ($)",
@@ -200,6 +221,48 @@ class PlanForm(forms.Form):
         max_digits=10,
         decimal_places=2,
         initial=Decimal(0),
+        help_text="Per started block of 1,000 events over the included ones. Leave at 0 when you enter "
+        "graduated prices below.",
+    )
+    price_tiers = forms.CharField(
+        label="…or graduated prices per 1,000 events ($)",
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(
+            attrs={
+                "rows": 3,
+                "spellcheck": "false",
+                "class": "font-monospace",
+                "placeholder": "100000 1.50\nabove 1.00",
+            }
+        ),
+        help_text="One tier per line: up to how many events over the included ones, then its price per "
+        "1,000; the last line starts with “above”. “100000 1.50” then “above 1.00” charges $1.50 per "
+        "1,000 for the first 100,000 events over the included ones and $1.00 per 1,000 beyond. "
+        f"At most {MAX_PRICE_TIERS} lines; empty for the single price above.",
+    )
+    included_bandwidth = forms.DecimalField(
+        label="Included bandwidth per billing period",
+        required=False,
+        min_value=Decimal(0),
+        max_value=Decimal(10**6),
+        max_digits=12,
+        decimal_places=3,
+        help_text="Delivered before the bandwidth price applies.",
+    )
+    included_bandwidth_unit = forms.ChoiceField(
+        label="unit", choices=[("MB", "MB"), ("GB", "GB")], initial="GB", required=False
+    )
+    price_per_gb = forms.DecimalField(
+        label="Bandwidth price per GB ($)",
+        required=False,
+        min_value=Decimal(0),
+        max_value=Decimal("100000.00"),
+        max_digits=10,
+        decimal_places=2,
+        initial=Decimal(0),
+        help_text="Per GB (10^9 bytes) delivered over the included bandwidth, pro rata, rounded up to the "
+        "cent. 0 for none.",
     )
     rate_limit_events = forms.IntegerField(
         label="Rate limit (events)",
@@ -222,14 +285,14 @@ class PlanForm(forms.Form):
         help_text="Empty for no burst.",
     )
     quota_events = forms.IntegerField(
-        label="Event quota per month",
+        label="Event quota per billing period",
         required=False,
         min_value=1,
         max_value=10**15,
         help_text="Empty for unlimited.",
     )
     bandwidth_quota = forms.DecimalField(
-        label="Bandwidth quota per month",
+        label="Bandwidth quota per billing period",
         required=False,
         min_value=Decimal("0.001"),
         max_value=Decimal(10**6),
@@ -354,12 +417,29 @@ class PlanForm(forms.Form):
         initial["flat_fee"] = Decimal(fields.get("flat_fee_minor", 0)) / 100
         initial["price_per_1000_events"] = Decimal(fields.get("price_per_1000_events_minor", 0)) / 100
         initial["included_events"] = fields.get("included_events", 0)
+        initial["billing_period"] = fields.get("billing_period", BusinessPlan.BillingPeriod.MONTH)
+        initial["price_tiers"] = price_tiers_text(fields.get("price_tiers") or [])
+        initial["price_per_gb"] = Decimal(fields.get("price_per_gb_minor", 0)) / 100
+        if fields.get("included_bytes"):
+            unit = "GB" if fields["included_bytes"] % cls.BYTES_PER_UNIT["GB"] == 0 else "MB"
+            initial["included_bandwidth"] = Decimal(fields["included_bytes"]) / cls.BYTES_PER_UNIT[unit]
+            initial["included_bandwidth_unit"] = unit
         initial["price_model"] = BusinessPlan(
             flat_fee_minor=fields.get("flat_fee_minor", 0),
             price_per_1000_events_minor=fields.get("price_per_1000_events_minor", 0),
+            price_tiers=fields.get("price_tiers") or [],
+            price_per_gb_minor=fields.get("price_per_gb_minor", 0),
         ).price_model
         initial["requires_approval"] = fields.get("requires_approval", False)
         return initial
+
+    def clean_price_tiers(self) -> list[dict[str, Any]]:
+        """The textarea's tiers as ``BusinessPlan.price_tiers`` (minor units); every fault is
+        an error naming its line (``parse_price_tiers``)."""
+        tiers, problems = parse_price_tiers(self.cleaned_data.get("price_tiers") or "")
+        if problems:
+            raise ValidationError(problems)
+        return tiers
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -376,6 +456,7 @@ class PlanForm(forms.Form):
         unlimited)."""
         data = self.cleaned_data
         bandwidth = data.get("bandwidth_quota")
+        included_bandwidth = data.get("included_bandwidth")
         duration = data.get("max_connection_duration")
         duration_unit = data.get("max_connection_duration_unit") or "hours"
         return {
@@ -384,6 +465,14 @@ class PlanForm(forms.Form):
             "flat_fee_minor": int(data["flat_fee"] * 100),
             "included_events": data["included_events"],
             "price_per_1000_events_minor": int(data["price_per_1000_events"] * 100),
+            "price_tiers": data.get("price_tiers") or [],
+            "included_bytes": int(
+                included_bandwidth * self.BYTES_PER_UNIT[data.get("included_bandwidth_unit") or "GB"]
+            )
+            if included_bandwidth
+            else 0,
+            "price_per_gb_minor": int((data.get("price_per_gb") or 0) * 100),
+            "billing_period": data.get("billing_period") or BusinessPlan.BillingPeriod.MONTH,
             "requires_approval": data["requires_approval"],
             "rate_limit_events": data.get("rate_limit_events"),
             "rate_limit_unit": data.get("rate_limit_unit") or BusinessPlan.RateUnit.MINUTE,
@@ -404,6 +493,114 @@ class PlanForm(forms.Form):
             ),
             "overage_price_per_gb_minor": int((data.get("overage_price_per_gb") or 0) * 100),
         }
+
+
+# Words that start the last line of the tiers textarea: the tier with no upper bound.
+OPEN_TIER_WORDS = ("above", "beyond", "rest", "*")
+_TIER_PRICE = re.compile(r"^\$?(\d+(\.\d*)?|\.\d+)$")
+
+
+def parse_price_tiers(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The plan form's graduated prices, one tier per line, as ``(tiers, problems)``.
+
+    A line is ``<events> <price>`` (``"100000 1.50"``: up to 100,000 events over the included
+    ones at $1.50 per 1,000; ``100,000``, ``100_000`` and ``$1.50`` are read too) or, for the
+    last tier, ``above <price>`` (``beyond``, ``rest`` or ``*`` also work). Blank lines are
+    skipped. ``tiers`` are ``BusinessPlan.price_tiers`` values (``up_to`` in events, price in
+    cents); ``problems`` name the line of each fault (``"Line 2: …"``), from reading the line
+    or from ``portal.plans.price_tiers_errors``. Empty text → ``([], [])``.
+    """
+    tiers: list[dict[str, Any]] = []
+    lines: list[int] = []  # the line number of each tier
+    problems: list[str] = []
+    stripped = text.strip()
+    if stripped.startswith(("[", "{")):
+        return [], [
+            "Write one tier per line (“100000 1.50”, the last one “above 1.00”), not JSON; the REST API "
+            "takes JSON tiers in cents."
+        ]
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        tier = _tier_line_parse(line, number, problems)
+        if tier is not None:
+            tiers.append(tier)
+            lines.append(number)
+    if problems:
+        return [], problems
+    for error in price_tiers_errors(tiers):
+        problems.append(_tier_problem(error, lines))
+    return ([], problems) if problems else (tiers, [])
+
+
+def _tier_line_parse(line: str, number: int, problems: list[str]) -> dict[str, Any] | None:
+    words = line.replace(":", " ").split()
+    if len(words) < 2:
+        problems.append(
+            f"Line {number}: write the events the tier runs up to and its price per 1,000 events, e.g. "
+            "“100000 1.50”, or “above 1.00” for the last tier."
+        )
+        return None
+    bound_words = words[:-1]
+    if [word.lower() for word in bound_words[:2]] == ["up", "to"]:  # "up to 100,000 1.50"
+        bound_words = bound_words[2:] or bound_words
+    bound_text, price_text = "".join(bound_words), words[-1]
+    if bound_text.lower() in OPEN_TIER_WORDS:
+        up_to = None
+    elif re.fullmatch(r"\d[\d,_]*", bound_text):
+        up_to = int(bound_text.replace(",", "").replace("_", ""))
+    else:
+        problems.append(
+            f"Line {number}: “{' '.join(words[:-1])[:40]}” is not a number of events; write it in "
+            "digits (e.g. 100000), or “above” on the last line."
+        )
+        return None
+    match = _TIER_PRICE.match(price_text)
+    try:
+        price = Decimal(match.group(1)) if match else None
+    except InvalidOperation:
+        price = None
+    if price is None:
+        problems.append(f"Line {number}: “{price_text[:20]}” is not a price in dollars, e.g. 1.50.")
+        return None
+    if price != price.quantize(Decimal("0.01")):
+        problems.append(f"Line {number}: prices are in whole cents (at most 2 decimals), not {price_text}.")
+        return None
+    if price * 100 > MAX_PRICE_PER_1000_MINOR:
+        problems.append(f"Line {number}: at most ${MAX_PRICE_PER_1000_MINOR // 100:,}.00 per 1,000 events.")
+        return None
+    return {"up_to": up_to, "price_per_1000_events_minor": int(price * 100)}
+
+
+def _tier_problem(error: Any, lines: list[int]) -> str:
+    """A ``portal.plans.TierError`` in the form's words, naming the line of the tier."""
+    if error.index is None:
+        if error.code == "too_many":
+            return f"Enter at most {MAX_PRICE_TIERS} lines (tiers); this has {len(lines)}."
+        return error.text
+    line = f"Line {lines[error.index]}"
+    if error.code == "last_not_null":
+        return (
+            f"{line}: the last line must start with “above” (e.g. “above 1.00”), so every event has a price."
+        )
+    if error.code == "null_not_last":
+        return f"{line}: only the last line may start with “above”; give this one a number of events."
+    if error.code == "not_increasing":
+        previous = lines[error.index - 1]
+        return f"{line}: the number of events must be greater than line {previous}'s."
+    subject = "the number of events" if error.key == "up_to" else "the price" if error.key else "the tier"
+    return f"{line}: {subject} {error.text}"
+
+
+def price_tiers_text(tiers: list[dict[str, Any]]) -> str:
+    """``BusinessPlan.price_tiers`` as the plan form's textarea shows them (prices in dollars):
+    ``"100000 1.50\nabove 1.00"``; ``parse_price_tiers`` reads it back."""
+    rows = []
+    for tier in tiers:
+        price = Decimal(int(tier.get("price_per_1000_events_minor") or 0)) / 100
+        bound = "above" if tier.get("up_to") is None else str(tier["up_to"])
+        rows.append(f"{bound} {price:.2f}")
+    return "\n".join(rows)
 
 
 class ReasonForm(forms.Form):
