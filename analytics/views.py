@@ -479,12 +479,16 @@ def _percent(used: int, allowed: int | None) -> float | None:
 def quota_period(plan: BusinessPlan, by_direction: dict[str, Counts], start: datetime, end: datetime) -> dict:
     """The billing period's usage against the plan's quotas, in the shape of
     ``portal.services.limits`` ``period`` (events and bytes of the plan's counted directions,
-    throttled events and bytes of all directions, used, left and percent of each quota)."""
+    throttled events and bytes of all directions, used, left and percent of each quota), plus
+    the delivered (``out``) events and bytes the plan's price includes (``included_events``,
+    ``included_bytes``), which is what the invoice compares with them."""
     directions = plan.directions_counted
+    delivered = by_direction.get("out", Counts())
     counted = _sum(by_direction.get(direction, Counts()) for direction in directions)
     both = _sum(by_direction.values())
     events, size = counted.events, counted.bytes
     return {
+        "kind": plan.billing_period,
         "start": start,
         "end": end,
         "directions": list(directions),
@@ -502,6 +506,17 @@ def quota_period(plan: BusinessPlan, by_direction: dict[str, Counts], start: dat
         "overage_bytes": max(0, size - plan.quota_bytes) if plan.quota_bytes is not None else 0,
         "quota_action": plan.quota_action,
         "counted_directions": plan.counted_directions,
+        "delivered_events": delivered.events,
+        "delivered_bytes": delivered.bytes,
+        "included_events": plan.included_events if plan.prices_events else None,
+        "events_over_included": max(0, delivered.events - plan.included_events) if plan.prices_events else 0,
+        "included_events_percent": _percent(delivered.events, plan.included_events)
+        if plan.prices_events
+        else None,
+        "included_bytes": plan.included_bytes if plan.price_per_gb_minor else None,
+        "included_bytes_percent": _percent(delivered.bytes, plan.included_bytes)
+        if plan.price_per_gb_minor
+        else None,
     }
 
 

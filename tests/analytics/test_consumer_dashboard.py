@@ -213,6 +213,28 @@ def test_quota_used_and_left_this_billing_period(client, bob, bob_traffic):
     assert "30 events stopped" in page
 
 
+def test_a_paid_plan_shows_the_included_events_used_this_month(client, bob, bob_subscription):
+    bob_subscription.plan.included_events = 1_000
+    bob_subscription.plan.price_per_1000_events_minor = 150
+    bob_subscription.plan.included_bytes = 10**9
+    bob_subscription.plan.price_per_gb_minor = 20
+    bob_subscription.plan.save()
+    usage_counts_batch(rows=[_counts(bob_subscription, _recent(), PRICES, "out", 1_234, 5_000)])
+    client.force_login(bob)
+
+    page = client.get("/usage/").content.decode()
+
+    events = re.sub(r"<[^>]+>|\s+", " ", page.split('data-testid="included-events"')[1].split("</div>")[0])
+    assert "1,234 of 1,000 included · 234 over, billed per 1,000" in " ".join(events.split())
+    assert "of 1.0 GB included" in page
+    assert 'href="/billing/invoices/">What this month costs so far' in page
+
+
+def test_a_free_plan_shows_nothing_included(client, bob, bob_subscription):
+    client.force_login(bob)
+    assert 'data-testid="included"' not in client.get("/usage/").content.decode()
+
+
 def test_quota_counts_only_the_plans_counted_direction(client, bob, bob_traffic):
     bob_traffic.plan.counted_directions = "in"
     bob_traffic.plan.save()
