@@ -40,6 +40,8 @@ BYTES_PER_GB = 10**9  # decimal gigabyte, as on the usage page and the plan's ov
 # Gateway processes flush usage every few seconds; an hour covers a slow or restarted flush.
 DEFAULT_GRACE_PERIOD = timedelta(hours=1)
 _DESCRIPTION_MAX = InvoiceLine._meta.get_field("description").max_length or 300
+# How far back invoice_closed_periods looks for periods a stopped beat never closed.
+CATCH_UP_PERIODS = {"month": timedelta(days=366), "year": timedelta(days=3 * 366)}
 
 
 @dataclass(frozen=True)
@@ -427,19 +429,40 @@ def _utc(moment: datetime) -> str:
 
 
 def invoice_closed_periods(*, now: datetime, grace: timedelta | None = None) -> list[Invoice]:
-    """Close the most recent calendar month (UTC) that ended at least ``grace`` before ``now``,
-    and the most recent calendar year for yearly plans (``BusinessPlan.billing_period``).
+    """Close every calendar month (UTC) that ended at least ``grace`` before ``now`` and is not
+    invoiced yet, and likewise calendar years for yearly plans (``BusinessPlan.billing_period``):
+    from the newest invoiced period of that kind (again, for the accounts a crashed run left
+    out; at most ``CATCH_UP_PERIODS`` back, so a beat stopped for months catches up) to the
+    latest closed one.
 
     Run hourly by Celery beat; every run after the first for a period creates nothing.
     Returns the invoices created by this run.
     """
     created = []
     for kind in BusinessPlan.BillingPeriod.values:
-        period_start, period_end = last_closed_period(now=now, grace=grace, kind=kind)
-        try:
-            created.extend(invoice_period_close(period_start=period_start, period_end=period_end))
-        except ValueError as error:  # e.g. an operator invoiced an overlapping custom period
-            logger.warning("Billing period %s – %s not closed: %s", period_start, period_end, error)
+        last_start, last_end = last_closed_period(now=now, grace=grace, kind=kind)
+        newest = (
+            Invoice.objects.filter(period_end__lte=last_end)
+            .order_by("-period_end")
+            .values_list("period_start", "period_end")
+        )
+        start = last_start
+        for invoiced_start, invoiced_end in newest[:50]:  # custom periods aside, the first matches
+            if period_kind(invoiced_start, invoiced_end) == kind:
+                # Again from the newest invoiced period: a run that crashed part way through it
+                # left some accounts without their invoice (closing is idempotent).
+                oldest = billing_period_containing(last_start - CATCH_UP_PERIODS[kind], kind)[0]
+                start = min(max(invoiced_start, oldest), last_start)
+                break
+        periods = []
+        while start <= last_start:
+            periods.append(billing_period_containing(start, kind))
+            start = periods[-1][1]
+        for period_start, period_end in periods:
+            try:
+                created.extend(invoice_period_close(period_start=period_start, period_end=period_end))
+            except ValueError as error:  # e.g. an operator invoiced an overlapping custom period
+                logger.warning("Billing period %s – %s not closed: %s", period_start, period_end, error)
     return created
 
 

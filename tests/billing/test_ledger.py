@@ -25,8 +25,8 @@ from billing.ledger import (
     window_floor,
     window_rerun,
 )
-from billing.models import InvoiceLine, LedgerEntry, UsageWindow
-from billing.services import bandwidth_charge, events_charge, invoice_period_close
+from billing.models import Invoice, InvoiceLine, LedgerEntry, UsageWindow
+from billing.services import bandwidth_charge, events_charge, invoice_closed_periods, invoice_period_close
 from portal.models import BusinessPlan
 from tests.billing.conftest import NOVEMBER, OCTOBER
 from tests.factories import ApplicationFactory, BusinessPlanFactory, SubscriptionFactory
@@ -393,3 +393,24 @@ def test_a_close_killed_mid_run_is_completed_by_the_next_run_without_duplicates(
     [invoice] = invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1])
     events = InvoiceLine.objects.filter(invoice=invoice, kind="events")
     assert sorted(line.events for line in events) == sorted(expected.values())
+
+
+def test_a_stopped_beat_catches_up_every_month_it_missed(bob, metered_plan, record_usage):
+    subscription = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob),
+        plan=metered_plan,
+        created=datetime(2026, 6, 20, tzinfo=UTC),
+    )
+    for month in (7, 8, 9, 10):
+        record_usage(subscription, datetime(2026, month, 10, tzinfo=UTC), 10_000 + month * 1_000)
+    [july] = invoice_period_close(
+        period_start=datetime(2026, 7, 1, tzinfo=UTC), period_end=datetime(2026, 8, 1, tzinfo=UTC)
+    )
+
+    # Beat was stopped from August to November 20: one run closes August, September and October.
+    created = invoice_closed_periods(now=datetime(2026, 11, 20, tzinfo=UTC))
+
+    assert [invoice.period_label for invoice in created] == ["August 2026", "September 2026", "October 2026"]
+    assert [invoice.lines.get(kind="events").events for invoice in created] == [18_000, 19_000, 20_000]
+    assert invoice_closed_periods(now=datetime(2026, 11, 20, tzinfo=UTC)) == []
+    assert Invoice.objects.count() == 4 and july.lines.get(kind="events").events == 17_000
