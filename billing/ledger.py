@@ -7,8 +7,8 @@ closed window. Closing a window reads the analytics numbers the consumer sees
 (``analytics.services.usage_by_subscription``) and writes, in one transaction, the
 ``UsageWindow`` row and one entry (revision 0) per subscription that used the window. The unique
 ``UsageWindow.start`` is the claim: a second run, a concurrent worker or a retry after a crash at
-any point writes nothing twice (the crashed transaction rolled back whole). Runs of windows
-without usage are closed in one insert each.
+any point writes nothing twice (the crashed transaction rolled back whole). Windows are closed a
+day per transaction.
 
 Usage that reaches analytics after its window closed is found by ``ledger_reconcile`` (cheaply:
 per-subscription totals first, per hour only for subscriptions that differ) and becomes an
@@ -41,6 +41,9 @@ WINDOW = timedelta(hours=1)
 # One run closes at most this many windows (a month of hours), so a long outage of beat catches
 # up over a few runs instead of one unbounded one.
 MAX_WINDOWS_PER_RUN = 24 * 31
+# Windows closed per transaction: a day, or fewer when they hold many entries.
+WINDOWS_PER_TRANSACTION = 24
+ENTRIES_PER_TRANSACTION = 10_000
 DEFAULT_RECONCILE_DAYS = 35
 LATE_USAGE_REASON = "Late usage: reached analytics after the window closed."
 
@@ -121,11 +124,14 @@ def _usage_per_window(
             "pk", "plan__counted_directions"
         )
     )
+    counted_by_choice = {
+        choice: BusinessPlan(counted_directions=choice).directions_counted for choice in set(plans.values())
+    }
     per_window: dict[tuple[int, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for (subscription_id, bucket, direction), totals in raw.items():
         if subscription_id not in plans:  # deleted meanwhile
             continue
-        counted = BusinessPlan(counted_directions=plans[subscription_id]).directions_counted
+        counted = counted_by_choice[plans[subscription_id]]
         sums = per_window[(subscription_id, bucket)]
         if direction == "out":
             sums[0] += totals.events
@@ -146,9 +152,10 @@ def ledger_close_windows(
     start of a billing period being invoiced), whichever is earlier. Returns the number of
     windows this call closed.
 
-    Exactly once: each window's row and entries are one transaction, and the unique window start
-    makes a concurrent or repeated close write nothing (``UsageWindow``). Windows close in time
-    order, so a crash leaves a contiguous closed prefix and the next run continues after it.
+    Exactly once: a window's row and its entries are written in one transaction (a day of
+    windows per transaction, ``_close_batch``), and the unique window start makes a concurrent or
+    repeated close write nothing (``UsageWindow``). Windows close in time order, so a crash
+    leaves a contiguous closed prefix and the next run continues after it.
     """
     now = now or timezone.now()
     start = frontier()
@@ -167,77 +174,66 @@ def ledger_close_windows(
         by_window[window_start].append((subscription_id, window_usage))
 
     closed = 0
-    empty: list[datetime] = []  # a run of consecutive windows without usage, closed in one insert
+    batch: list[datetime] = []
+    batch_entries = 0
     window_start = start
     while window_start < end:
-        usage_in_window = by_window.get(window_start)
-        if usage_in_window:
-            closed += _close_empty_windows(empty)
-            empty = []
-            closed += _close_window(window_start, sorted(usage_in_window))
-        else:
-            empty.append(window_start)
+        batch.append(window_start)
+        batch_entries += len(by_window.get(window_start, ()))
+        if len(batch) >= WINDOWS_PER_TRANSACTION or batch_entries >= ENTRIES_PER_TRANSACTION:
+            closed += _close_batch(batch, by_window)
+            batch, batch_entries = [], 0
         window_start += WINDOW
-    closed += _close_empty_windows(empty)
+    closed += _close_batch(batch, by_window)
     if closed:
         logger.info("Ledger: closed %d usage windows %s – %s", closed, start, end)
     return closed
 
 
-def _close_empty_windows(starts: list[datetime]) -> int:
-    """Close consecutive windows without usage in one insert (no entries to write, so a window a
-    concurrent run closed meanwhile is simply skipped: ``ON CONFLICT DO NOTHING``, PostgreSQL and
-    SQLite ≥ 3.35); returns how many this call inserted. Windows are closed in time order, so the
-    frontier never passes an unclosed window."""
+def _close_batch(starts: list[datetime], by_window: dict[datetime, list[tuple[int, WindowUsage]]]) -> int:
+    """Close consecutive windows (``starts``, in time order) in one transaction: insert their
+    ``UsageWindow`` rows with ``ON CONFLICT DO NOTHING`` (PostgreSQL; SQLite ≥ 3.35), then the
+    entries of exactly the windows this call inserted. A window a concurrent run closed first
+    waits for that run's commit and is skipped, entries and all. Returns how many windows this
+    call closed. Batches commit in time order, so the frontier never passes an unclosed window."""
     if not starts:
         return 0
     table = connection.ops.quote_name(UsageWindow._meta.db_table)
-    columns = ", ".join(
-        connection.ops.quote_name(column) for column in ("start", "end", "closed_at", "subscriptions")
-    )
+    names = ("start", "end", "closed_at", "subscriptions")
+    columns = ", ".join(connection.ops.quote_name(name) for name in names)
     now = timezone.now()
     values, params = [], []
     for start in starts:
-        values.append("(%s, %s, %s, 0)")
-        params += [start, start + WINDOW, now]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({columns}) VALUES {', '.join(values)} "  # noqa: S608 - names from the model
-            f"ON CONFLICT ({connection.ops.quote_name('start')}) DO NOTHING RETURNING 1",
-            params,
+        values.append("(%s, %s, %s, %s)")
+        params += [start, start + WINDOW, now, len(by_window.get(start, ()))]
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join(values)} "  # noqa: S608 - model names
+                f"ON CONFLICT ({connection.ops.quote_name('start')}) DO NOTHING RETURNING id",
+                params,
+            )
+            inserted_ids = [row[0] for row in cursor.fetchall()]
+        inserted = UsageWindow.objects.filter(pk__in=inserted_ids).values_list("start", flat=True)
+        LedgerEntry.objects.bulk_create(
+            [
+                LedgerEntry(
+                    subscription_id=subscription_id,
+                    window_start=start,
+                    window_end=start + WINDOW,
+                    revision=0,
+                    kind=LedgerEntry.Kind.USAGE,
+                    events=u.events,
+                    bytes=u.bytes,
+                    counted_events=u.counted_events,
+                    counted_bytes=u.counted_bytes,
+                )
+                for start in sorted(inserted)
+                for subscription_id, u in sorted(by_window.get(start, ()))
+            ],
+            batch_size=2_000,
         )
-        return len(cursor.fetchall())
-
-
-def _close_window(start: datetime, usage: list[tuple[int, WindowUsage]]) -> int:
-    """Write one window's row and entries in one transaction; 0 if another run already did."""
-    try:
-        with transaction.atomic():
-            _window, created = UsageWindow.objects.get_or_create(
-                start=start, defaults={"end": start + WINDOW, "subscriptions": len(usage)}
-            )
-            if not created:
-                return 0
-            LedgerEntry.objects.bulk_create(
-                [
-                    LedgerEntry(
-                        subscription_id=subscription_id,
-                        window_start=start,
-                        window_end=start + WINDOW,
-                        revision=0,
-                        kind=LedgerEntry.Kind.USAGE,
-                        events=u.events,
-                        bytes=u.bytes,
-                        counted_events=u.counted_events,
-                        counted_bytes=u.counted_bytes,
-                    )
-                    for subscription_id, u in usage
-                ]
-            )
-    except IntegrityError:
-        # A concurrent closer committed the same window between our read and our insert.
-        return 0
-    return 1
+    return len(inserted_ids)
 
 
 def _ledger_sums(

@@ -25,6 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from analytics.services import UsageTotals, usage_for_subscription
@@ -475,12 +476,6 @@ class _Usage:
     counted_events: int = 0
     counted_bytes: int = 0
 
-    def add(self, entry: LedgerEntry) -> None:
-        self.events += entry.events
-        self.bytes += entry.bytes
-        self.counted_events += entry.counted_events
-        self.counted_bytes += entry.counted_bytes
-
     @property
     def delivered(self) -> UsageTotals:
         return UsageTotals(events=max(0, self.events), bytes=max(0, self.bytes))
@@ -497,89 +492,54 @@ def _invoice_account_period(
     *, subscriptions: list[Subscription], start: datetime, end: datetime
 ) -> list[Invoice]:
     """Create one account's invoices for one period (one per currency); returns the new ones."""
-    by_id = {subscription.pk: subscription for subscription in subscriptions}
-    entries = list(
-        LedgerEntry.objects.filter(subscription_id__in=by_id, invoice__isnull=True, window_start__lt=end)
-        .exclude(kind=LedgerEntry.Kind.USAGE, window_start__lt=start)  # an earlier, uninvoiced period's
-        .order_by("pk")
-    )
-    in_period: dict[int, _Usage] = defaultdict(_Usage)
-    late: dict[tuple[int, datetime, datetime], _Usage] = defaultdict(_Usage)
-    for entry in entries:
-        if entry.window_start >= start:
-            in_period[entry.subscription_id].add(entry)
-        else:
-            plan_period = billing_period_containing(
-                entry.window_start, by_id[entry.subscription_id].plan.billing_period
-            )
-            late[(entry.subscription_id, *plan_period)].add(entry)
-
-    lines_by_currency: dict[str, list[InvoiceLine]] = defaultdict(list)
+    by_currency: dict[str, list[Subscription]] = defaultdict(list)
     for subscription in subscriptions:
-        usage = in_period.get(subscription.pk, _Usage())
-        live = subscription.status == Subscription.Status.ACTIVE or bool(usage)
-        if live:
-            counted = usage.counted if bills_overage(subscription.plan) else UsageTotals()
-            lines_by_currency[subscription.plan.currency.lower()].extend(
-                _lines_for_subscription(subscription=subscription, usage=usage.delivered, counted=counted)
-            )
-        late_usage = {key[1:]: u for key, u in late.items() if key[0] == subscription.pk}
-        if late_usage:
-            line = _adjustment_line(subscription=subscription, late=late_usage)
-            if line is not None:
-                lines_by_currency[subscription.plan.currency.lower()].append(line)
-
+        by_currency[subscription.plan.currency.lower()].append(subscription)
     owner = subscriptions[0].application.owner
-    created: list[Invoice] = []
-    entry_ids = {entry.pk: entry.subscription_id for entry in entries}
-    for currency, lines in sorted(lines_by_currency.items()):
-        if not lines:
-            continue
-        billed = [pk for pk, sid in entry_ids.items() if by_id[sid].plan.currency.lower() == currency]
-        invoice = _issue_invoice(
-            owner=owner, start=start, end=end, currency=currency, lines=lines, entry_ids=billed
-        )
+    created = []
+    for currency, group in sorted(by_currency.items()):
+        invoice = _issue_invoice(owner=owner, start=start, end=end, currency=currency, subscriptions=group)
         if invoice is not None:
             created.append(invoice)
     return created
 
 
-class _Claimed(Exception):
-    """Another run billed some of these ledger entries first: roll the invoice back."""
+class _NothingToBill(Exception):
+    """The invoice would have no lines: roll it back."""
 
 
 def _issue_invoice(
-    *,
-    owner: Any,
-    start: datetime,
-    end: datetime,
-    currency: str,
-    lines: list[InvoiceLine],
-    entry_ids: list[int],
+    *, owner: Any, start: datetime, end: datetime, currency: str, subscriptions: list[Subscription]
 ) -> Invoice | None:
-    """One transaction: the invoice (unique per account, period, currency), its lines, the
-    ledger entries it bills and the credits it spends. None if the invoice already existed or a
-    concurrent run claimed its entries first."""
+    """One transaction: the invoice (unique per account, period, currency), the ledger entries
+    it bills — claimed first, with ``UPDATE … SET invoice WHERE invoice IS NULL``, so an entry a
+    concurrent run claimed is never billed twice — the lines built from exactly the claimed
+    entries, and the credits it spends. None if the invoice already existed or has no lines."""
+    by_id = {subscription.pk: subscription for subscription in subscriptions}
     try:
         with transaction.atomic():
             account, _ = BillingAccount.objects.get_or_create(owner=owner)
-            subtotal = sum(line.amount_minor for line in lines)
-            now = timezone.now()
             invoice, was_created = Invoice.objects.get_or_create(
                 account=account,
                 period_start=start,
                 period_end=end,
                 currency=currency,
-                defaults={"issued_at": now},
+                defaults={"issued_at": timezone.now()},
             )
             if not was_created:
                 return None
-            claimed = LedgerEntry.objects.filter(pk__in=entry_ids, invoice__isnull=True).update(
-                invoice=invoice
+            (
+                LedgerEntry.objects.filter(
+                    subscription_id__in=by_id, invoice__isnull=True, window_start__lt=end
+                )
+                .exclude(kind=LedgerEntry.Kind.USAGE, window_start__lt=start)  # an earlier period's own
+                .update(invoice=invoice)
             )
-            if claimed != len(entry_ids):
-                raise _Claimed
-            lines = lines + _credit_lines(account=account, currency=currency, invoice=invoice, room=subtotal)
+            lines = _lines_for_invoice(invoice=invoice, by_id=by_id)
+            if not lines:
+                raise _NothingToBill
+            subtotal = sum(line.amount_minor for line in lines)
+            lines += _credit_lines(account=account, currency=currency, invoice=invoice, room=subtotal)
             for line in lines:
                 line.invoice = invoice
             InvoiceLine.objects.bulk_create(lines)
@@ -587,10 +547,54 @@ def _issue_invoice(
             invoice.tax_minor = 0
             invoice.total_minor = invoice.subtotal_minor
             invoice.save(update_fields=["subtotal_minor", "tax_minor", "total_minor"])
-    except _Claimed:
-        logger.warning("Invoice of %s for %s – %s: ledger entries claimed by another run", owner, start, end)
+    except _NothingToBill:
         return None
     return invoice
+
+
+_SUMS = {"e": Sum("events"), "b": Sum("bytes"), "ce": Sum("counted_events"), "cb": Sum("counted_bytes")}
+
+
+def _lines_for_invoice(*, invoice: Invoice, by_id: dict[int, Subscription]) -> list[InvoiceLine]:
+    """The lines of ``invoice`` from the ledger entries it claimed: per subscription, the
+    period's charges (a subscription not active counts only with usage) and one adjustment line
+    for late usage of earlier periods."""
+    claimed = LedgerEntry.objects.filter(invoice=invoice)
+    in_period = {
+        row["subscription_id"]: _Usage(row["e"], row["b"], row["ce"], row["cb"])
+        for row in claimed.filter(window_start__gte=invoice.period_start)
+        .values("subscription_id")
+        .annotate(**_SUMS)
+        .order_by()
+    }
+    late: dict[int, dict[tuple[datetime, datetime], _Usage]] = defaultdict(lambda: defaultdict(_Usage))
+    for row in (
+        claimed.filter(window_start__lt=invoice.period_start)
+        .values("subscription_id", "window_start")
+        .annotate(**_SUMS)
+        .order_by()
+    ):
+        subscription = by_id[row["subscription_id"]]
+        period = billing_period_containing(row["window_start"], subscription.plan.billing_period)
+        usage = late[subscription.pk][period]
+        usage.events += row["e"]
+        usage.bytes += row["b"]
+        usage.counted_events += row["ce"]
+        usage.counted_bytes += row["cb"]
+
+    lines: list[InvoiceLine] = []
+    for subscription in by_id.values():
+        usage = in_period.get(subscription.pk, _Usage())
+        if subscription.status == Subscription.Status.ACTIVE or usage:
+            counted = usage.counted if bills_overage(subscription.plan) else UsageTotals()
+            lines.extend(
+                _lines_for_subscription(subscription=subscription, usage=usage.delivered, counted=counted)
+            )
+        if subscription.pk in late:
+            line = _adjustment_line(subscription=subscription, late=late[subscription.pk], invoice=invoice)
+            if line is not None:
+                lines.append(line)
+    return lines
 
 
 def _credit_lines(
@@ -667,22 +671,28 @@ def issue_credit(
 
 
 def _adjustment_line(
-    *, subscription: Subscription, late: dict[tuple[datetime, datetime], _Usage]
+    *, subscription: Subscription, late: dict[tuple[datetime, datetime], _Usage], invoice: Invoice
 ) -> InvoiceLine | None:
     """One line for a subscription's late usage in periods already invoiced (``late``: the
     adjustment sums per period), priced as what it adds to each period's charges: the charges of
-    (billed + late) minus the charges of what that period billed (``LedgerEntry`` rows with an
-    invoice). None when there is nothing to show."""
+    (billed + late) minus the charges of what that period billed (``LedgerEntry`` rows billed by
+    other invoices than ``invoice``). None when there is nothing to show."""
     plan = subscription.plan
     amount = 0
     events = size = 0
     parts = []
     for (start, end), usage in sorted(late.items()):
-        billed = _Usage()
-        for entry in LedgerEntry.objects.filter(
-            subscription=subscription, window_start__gte=start, window_start__lt=end, invoice__isnull=False
-        ):
-            billed.add(entry)
+        sums = (
+            LedgerEntry.objects.filter(
+                subscription=subscription,
+                window_start__gte=start,
+                window_start__lt=end,
+                invoice__isnull=False,
+            )
+            .exclude(invoice=invoice)
+            .aggregate(**_SUMS)
+        )
+        billed = _Usage(sums["e"] or 0, sums["b"] or 0, sums["ce"] or 0, sums["cb"] or 0)
         after = _Usage(
             billed.events + usage.events,
             billed.bytes + usage.bytes,
