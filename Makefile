@@ -40,6 +40,9 @@ run: export EVENTGATE_PUBLIC_URL := http://127.0.0.1:$(PORT)
 ifeq ($(STRIPE_API_KEY),)
 run: export STRIPE_API_KEY := sk_test_localstripe
 run: export STRIPE_API_BASE := http://127.0.0.1:8420
+# localstripe serves a stand-in Stripe.js (its card field talks to localstripe, not to Stripe).
+run: export STRIPE_JS_URL := http://127.0.0.1:8420/js.stripe.com/v3/
+run: export STRIPE_WEBHOOK_SECRET := $(or $(STRIPE_WEBHOOK_SECRET),whsec_eventgate_dev)
 RUN_PROCESSES :=
 else
 RUN_PROCESSES := web worker beat webhooks demo banner

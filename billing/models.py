@@ -345,10 +345,16 @@ class StripeEvent(models.Model):
     claimed_at = models.DateTimeField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="The last processing failure, if any.")
+    note = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Why a processed event changed nothing (ignored type, unknown invoice).",
+    )
 
     class Meta:
         ordering = ["-received_at"]
+        indexes = [models.Index(fields=["processed_at", "received_at"])]
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
@@ -378,6 +384,10 @@ class DunningCase(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["state", "next_reminder_at"]),
+            models.Index(fields=["state", "suspend_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"Dunning of invoice {self.invoice_id} ({self.get_state_display()})"

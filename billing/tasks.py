@@ -84,3 +84,48 @@ def enqueue_stripe_sync(*, invoice_ids: list[int] | None = None) -> list[int]:
     for invoice_id in invoice_ids:
         transaction.on_commit(lambda invoice_id=invoice_id: invoice_sync_task.delay(invoice_id))
     return invoice_ids
+
+
+# --- Stripe webhooks and dunning (billing.webhooks, billing.dunning) ---------------------------
+
+EVENT_MAX_RETRIES = 8
+EVENT_RETRY_MAX_DELAY = 3600  # seconds
+
+
+@shared_task(bind=True, max_retries=EVENT_MAX_RETRIES, acks_late=True)
+def stripe_event_process_task(self: Task, event_pk: int) -> str:
+    """Process one stored Stripe event (``billing.webhooks.stripe_event_process``); returns
+    ``processed``, ``ignored`` or ``skipped``. A failure (its error is on the event) is retried
+    with exponential backoff: 15 s, 30 s, … capped at an hour, 8 retries; after that the sweep
+    (``stripe_events_process_pending_task``) tries again until ``MAX_ATTEMPTS``."""
+    from billing.webhooks import StripeEventFailed, stripe_event_process
+
+    try:
+        return stripe_event_process(event_pk=event_pk).result
+    except StripeEventFailed as exc:
+        countdown = min(EVENT_RETRY_MAX_DELAY, 15 * 2**self.request.retries)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+@shared_task
+def stripe_events_process_pending_task() -> list[int]:
+    """Enqueue ``stripe_event_process_task`` for stored events whose task was lost (broker down
+    at receipt, worker killed): unprocessed, received over a minute ago, unclaimed or with an
+    expired claim (``billing.webhooks.stripe_events_pending``). Returns their ids; safe to run
+    any time, since processing claims each event."""
+    from billing.webhooks import stripe_events_pending
+
+    event_pks = stripe_events_pending()
+    for event_pk in event_pks:
+        stripe_event_process_task.delay(event_pk)
+    return event_pks
+
+
+@shared_task
+def dunning_advance_task() -> dict[str, int]:
+    """Suspend dunning cases past their grace period and send due reminders
+    (``billing.dunning.dunning_advance``). Run by beat every ``BILLING_DUNNING_SCHEDULE_SECONDS``;
+    safe to run twice or concurrently."""
+    from billing.dunning import dunning_advance
+
+    return dunning_advance(now=timezone.now())

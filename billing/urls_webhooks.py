@@ -1,5 +1,11 @@
-"""URL stub, filled in by issue 8's work."""
+"""Stripe's webhook endpoint, mounted at /billing/ (``billing.urls``)."""
 
 from __future__ import annotations
 
-urlpatterns: list = []
+from django.urls import path
+
+from billing import webhooks
+
+urlpatterns = [
+    path("stripe/webhook/", webhooks.stripe_webhook, name="stripe_webhook"),
+]

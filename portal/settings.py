@@ -213,6 +213,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.dunning_advance_task",
         "schedule": env.float("BILLING_DUNNING_SCHEDULE_SECONDS", default=300.0),
     },
+    "stripe-events-pending": {
+        "task": "billing.tasks.stripe_events_process_pending_task",
+        "schedule": env.float("STRIPE_EVENTS_SWEEP_SECONDS", default=300.0),
+    },
     "invoice-closed-periods": {
         "task": "billing.tasks.invoice_closed_periods_task",
         "schedule": env.float("BILLING_SCHEDULE_SECONDS", default=3600.0),
