@@ -632,10 +632,16 @@ def consumer_usage(
     per_channel = usage_grouped(
         subscriptions=ids, start=start, end=end, by=("subscription_id", "channel", "direction")
     )
-    period_start, period_end = period_bounds()
-    period = usage_grouped(
-        subscriptions=ids, start=period_start, end=period_end, by=("subscription_id", "direction")
-    )
+    # The billing period of each plan (calendar month or year): one grouped read per kind in use.
+    kinds = {subscription.plan.billing_period for subscription in subscriptions}
+    bounds = {kind: period_bounds(kind=kind) for kind in kinds}
+    period: dict[tuple, Counts] = {}
+    for kind, (kind_start, kind_end) in bounds.items():
+        kind_ids = [s.pk for s in subscriptions if s.plan.billing_period == kind]
+        grouped_period = usage_grouped(
+            subscriptions=kind_ids, start=kind_start, end=kind_end, by=("subscription_id", "direction")
+        )
+        period.update(grouped_period)
     steps = [start + STEP[step] * index for index in range(int((end - start) / STEP[step]) + 1)]
     steps = [moment for moment in steps if moment < end]
     counts = connection_counts(ids, start, end) if with_connections else {}
@@ -678,7 +684,7 @@ def consumer_usage(
             channels=channels,
             latency={"p50": quantiles[0.5], "p95": quantiles[0.95], "p99": quantiles[0.99]},
             latency_events=sum(histogram.values()),
-            quota=quota_period(subscription.plan, by_direction, period_start, period_end),
+            quota=quota_period(subscription.plan, by_direction, *bounds[subscription.plan.billing_period]),
             connections_total=counts.get(pk, 0),
             open_now=open_now.get(pk, []),
             live_available=live_available,

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import regex
@@ -208,7 +208,8 @@ def handshake_authorize(
     version exists and is not a draft [4404], nor retired [4410]; with ``address``, the
     channel (``channel_authorize``: address length [4400], template [4404], parameters [4400],
     operations and scope [4405]); with ``quota``, the plan's events and bytes quotas for this
-    calendar month (UTC) are not used up [4429].
+    billing period (the plan's ``billing_period``: calendar month or year, UTC) are not used up
+    [4429].
 
     The credential comes first, so unauthenticated clients learn nothing about which APIs
     and channels exist. Sync: resolving the credential is usually a cache hit; then 2 queries
@@ -592,7 +593,7 @@ def grants_refusals(
     Checked (those of ``checks``, default all): the credential is still usable
     (``credentials_usable``) [4401]; the subscription is still active [4403, the reason names
     suspended/cancelled] and on the same business plan [4409]; the API and version are still
-    served [4410]; with ``quota``, the plan's quotas for this calendar month are not used up
+    served [4410]; with ``quota``, the plan's quotas for this billing period are not used up
     [4429] (plans whose ``limit_notice`` is "close" only: under "notify" a stopped connection
     stays open and is told, ``gateway.throttling``). At most 6 queries for any number of
     grants, one per check (the gateway's periodic audit; the handshake's second look runs it
@@ -693,9 +694,17 @@ def subscription_ended_reason(status: str | None) -> str:
 
 
 def month_start(now: datetime | None = None) -> datetime:
-    """Start (UTC) of the calendar month of ``now``: the billing period quotas count in."""
+    """Start (UTC) of the calendar month of ``now``: the billing period of monthly plans' quotas."""
     now = (now or timezone.now()).astimezone(UTC)
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def period_start(kind: str, now: datetime | None = None) -> datetime:
+    """Start (UTC) of the billing period of ``kind`` (``BusinessPlan.billing_period``: "month"
+    or "year", calendar) holding ``now`` (default: now): where a plan's quotas start counting."""
+    if kind == BusinessPlan.BillingPeriod.YEAR:
+        return month_start(now).replace(month=1)
+    return month_start(now)
 
 
 def _quota_limited(plans: Mapping[int, BusinessPlan]) -> dict[int, BusinessPlan]:
@@ -707,35 +716,53 @@ def _quota_limited(plans: Mapping[int, BusinessPlan]) -> dict[int, BusinessPlan]
     }
 
 
-def quota_usage(plans: Mapping[int, BusinessPlan]) -> dict[int, tuple[int, int]]:
-    """Subscription id → (events, bytes) this calendar month (UTC) of the directions its plan's
-    policy counts (``counted_directions``), for those of ``plans`` (subscription id → plan) whose
-    quotas stop events. From ``analytics.queries.usage_grouped`` (the numbers billing and the
-    dashboards read, from minute, hour and day rows alike): what the gateway counted and
-    flushed, at most ``GATEWAY_FLUSH_INTERVAL`` seconds behind. Up to four queries (roll-up
-    marks, then day, hour and minute rows), none if no plan has a quota that stops."""
+def quota_usage(
+    plans: Mapping[int, BusinessPlan], *, now: datetime | None = None
+) -> dict[int, tuple[int, int]]:
+    """Subscription id → (events, bytes) in the billing period holding ``now`` (default: now) of
+    the directions its plan's policy counts (``counted_directions``), for those of ``plans``
+    (subscription id → plan) whose quotas stop events. The period is the plan's
+    ``billing_period``: the calendar month, or the calendar year (UTC), so a yearly plan's
+    usage of earlier months counts. From ``analytics.queries.usage_grouped`` (the numbers
+    billing and the dashboards read, from minute, hour and day rows alike): what the gateway
+    counted and flushed, at most ``GATEWAY_FLUSH_INTERVAL`` seconds behind. Up to four queries
+    per kind of period among the plans (roll-up marks, then day, hour and minute rows), none
+    if no plan has a quota that stops."""
     limited = _quota_limited(plans)
-    if not limited:
-        return {}
-    grouped = usage_grouped(
-        subscriptions=list(limited), start=month_start(), by=("subscription_id", "direction")
-    )
+    by_kind: dict[str, list[int]] = {}
+    for subscription_id, plan in limited.items():
+        kind = plan.billing_period if plan.billing_period == BusinessPlan.BillingPeriod.YEAR else "month"
+        by_kind.setdefault(kind, []).append(subscription_id)
     used: dict[int, tuple[int, int]] = {}
-    for (subscription_id, direction), counts in grouped.items():
-        if direction not in limited[subscription_id].directions_counted:
-            continue
-        events, size = used.get(subscription_id, (0, 0))
-        used[subscription_id] = (events + counts.events, size + counts.bytes)
+    for kind, subscription_ids in by_kind.items():
+        start = period_start(kind, now)
+        end = None if now is None else _period_after(kind, start)
+        grouped = usage_grouped(
+            subscriptions=subscription_ids, start=start, end=end, by=("subscription_id", "direction")
+        )
+        for (subscription_id, direction), counts in grouped.items():
+            if direction not in limited[subscription_id].directions_counted:
+                continue
+            events, size = used.get(subscription_id, (0, 0))
+            used[subscription_id] = (events + counts.events, size + counts.bytes)
     return used
+
+
+def _period_after(kind: str, start: datetime) -> datetime:
+    """The start of the billing period of ``kind`` after the one starting at ``start``."""
+    if kind == BusinessPlan.BillingPeriod.YEAR:
+        return start.replace(year=start.year + 1)
+    return (start + timedelta(days=32)).replace(day=1)
 
 
 def quota_refusals(
     plans: Mapping[int, BusinessPlan], *, used: Mapping[int, tuple[int, int]] | None = None
 ) -> dict[int, HandshakeRefused]:
     """Subscription id → 4429 refusal, for those of ``plans`` (subscription id → its plan) whose
-    ``quota_events`` or ``quota_bytes`` this calendar month (UTC) is used up, counting the
-    directions of the plan's ``counted_directions`` (``quota_usage``, or ``used`` when the
-    caller has it). Plans whose ``quota_action`` is "overage" are never refused. Up to four
+    ``quota_events`` or ``quota_bytes`` this billing period (the plan's ``billing_period``:
+    calendar month or year, UTC; the reason says "this month" or "this year") is used up,
+    counting the directions of the plan's ``counted_directions`` (``quota_usage``, or ``used``
+    when the caller has it). Plans whose ``quota_action`` is "overage" are never refused. Up to four
     queries (``analytics.queries``: the roll-up marks, then day, hour and minute rows), none if
     no plan has a quota that stops.
     """
@@ -748,14 +775,15 @@ def quota_refusals(
     for sub, plan in limited.items():
         events, size = used.get(sub, (0, 0))
         row = {"events": events, "bytes": size}
+        this = "this year" if plan.billing_period == BusinessPlan.BillingPeriod.YEAR else "this month"
         if plan.quota_events is not None and row["events"] >= plan.quota_events:
             refusals[sub] = HandshakeRefused(
                 CLOSE_QUOTA_EXHAUSTED,
-                f"events quota of plan {plan.name!r} used up this month ({plan.quota_events:,} events)",
+                f"events quota of plan {plan.name!r} used up {this} ({plan.quota_events:,} events)",
             )
         elif plan.quota_bytes is not None and row["bytes"] >= plan.quota_bytes:
             refusals[sub] = HandshakeRefused(
                 CLOSE_QUOTA_EXHAUSTED,
-                f"bytes quota of plan {plan.name!r} used up this month ({plan.quota_bytes:,} bytes)",
+                f"bytes quota of plan {plan.name!r} used up {this} ({plan.quota_bytes:,} bytes)",
             )
     return refusals

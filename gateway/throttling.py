@@ -13,9 +13,11 @@ Limits, all counted in Redis with the ``limits`` library (fixed windows,
   event and lasts one unit. With a **burst** allowance B the item is N + B per unit, and a second
   item caps N × ``BURST_WINDOWS`` per ``BURST_WINDOWS`` units, so a burst is paid back by the
   following windows (the sustained rate stays N);
-- **quota**: ``quota_events`` events and ``quota_bytes`` bytes per billing period (the calendar
-  month, UTC; the period is part of the key). With ``quota_action`` "overage" the quotas are
-  not enforced: events keep flowing and billing charges the excess;
+- **quota**: ``quota_events`` events and ``quota_bytes`` bytes per billing period (the plan's
+  ``billing_period``: the calendar month or year, UTC; the period, ``"2026-11"`` or ``"2026"``,
+  is part of the key, so a new period starts new counters without any per-event work). With
+  ``quota_action`` "overage" the quotas are not enforced: events keep flowing and billing
+  charges the excess;
 - what counts: the events of ``counted_directions`` ("out" server → client deliveries, "in"
   client → server events, or both), one per event delivered to a connection.
 
@@ -103,8 +105,9 @@ _UNIT_ITEMS: dict[str, type[RateLimitItem]] = {
     BusinessPlan.RateUnit.DAY: RateLimitItemPerDay,
     BusinessPlan.RateUnit.MONTH: RateLimitItemPerMonth,
 }
-# Quota keys name their billing period; the item's expiry only has to outlast the longest month.
-_QUOTA_EXPIRY_DAYS = 32
+# Quota keys name their billing period; the item's expiry only has to outlast the longest period
+# of its kind (a month, a leap year), so a counter never resets inside its period.
+_QUOTA_EXPIRY_DAYS = {BusinessPlan.BillingPeriod.MONTH: 32, BusinessPlan.BillingPeriod.YEAR: 367}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,9 +128,12 @@ class Policy:
     max_connection_seconds: int | None = None
     quota_action: str = BusinessPlan.QuotaAction.STOP
     limit_notice: str = BusinessPlan.LimitNotice.NOTIFY
+    # The quotas' period (``BusinessPlan.billing_period``): "month" or "year", calendar, UTC.
+    billing_period: str = BusinessPlan.BillingPeriod.MONTH
 
     # The BusinessPlan fields from_plan reads (for ``values()`` / ``only()`` queries).
-    # The policy fields the gateway does not enforce (webhooks and billing do) are left out.
+    # The policy fields the gateway does not enforce (webhooks and billing do) are left out;
+    # ``billing_period`` is the quotas' period (changing it starts new counters: 4409).
     PLAN_FIELDS = (
         "pk",
         "name",
@@ -141,6 +147,7 @@ class Policy:
                 "overage_price_per_gb_minor",
             )
         ),
+        "billing_period",
     )
 
     @classmethod
@@ -160,6 +167,7 @@ class Policy:
             max_connection_seconds=plan.max_connection_seconds,
             quota_action=plan.quota_action,
             limit_notice=plan.limit_notice,
+            billing_period=plan.billing_period,
         )
 
     @property
@@ -194,25 +202,46 @@ class Limit:
         return self.item.amount
 
 
-def billing_period(now: float | None = None) -> str:
-    """The billing period (calendar month, UTC) containing Unix time ``now``, as ``"2026-11"``:
-    part of every quota key, so a new period starts a new counter."""
+def billing_period(now: float | None = None, kind: str = BusinessPlan.BillingPeriod.MONTH) -> str:
+    """The billing period of ``kind`` (``BusinessPlan.billing_period``: "month" or "year";
+    calendar periods in UTC, as ``billing.services.billing_period_containing``) containing Unix
+    time ``now`` (default: now), as ``"2026-11"`` (a month) or ``"2026"`` (a year): part of
+    every quota key, so a new period starts a new counter."""
     moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    if kind == BusinessPlan.BillingPeriod.YEAR:
+        return f"{moment.year:04d}"
     return f"{moment.year:04d}-{moment.month:02d}"
 
 
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    """``(start, end)`` of billing period ``period`` (``"2026-11"`` or ``"2026"``, from
+    ``billing_period``) as aware UTC datetimes, ``end`` exclusive. Raises ``ValueError`` for
+    anything else."""
+    year, _, month = period.partition("-")
+    if not month:
+        return datetime(int(year), 1, 1, tzinfo=UTC), datetime(int(year) + 1, 1, 1, tzinfo=UTC)
+    start = datetime(int(year), int(month), 1, tzinfo=UTC)
+    end = (
+        datetime(start.year + 1, 1, 1, tzinfo=UTC)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return start, end
+
+
 def period_end(period: str) -> float:
-    """Unix time at which billing period ``period`` (``"2026-11"``) ends."""
-    year, month = (int(part) for part in period.split("-"))
-    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return datetime(year, month, 1, tzinfo=UTC).timestamp()
+    """Unix time at which billing period ``period`` (``"2026-11"`` or ``"2026"``) ends."""
+    return period_bounds(period)[1].timestamp()
 
 
 def policy_limits(policy: Policy, subscription_id: int, period: str | None = None) -> list[Limit]:
-    """The counters ``policy`` keeps for ``subscription_id`` in billing ``period`` (default: now),
-    events first (``kind`` != "bytes"). The same keys are used by the gateway (async), webhook
-    deliveries and the portal (sync)."""
-    period = period or billing_period()
+    """The counters ``policy`` keeps for ``subscription_id`` in billing ``period`` (default: the
+    period of ``policy.billing_period`` holding now), events first (``kind`` != "bytes"). The
+    same keys are used by the gateway (async), webhook deliveries and the portal (sync)."""
+    period = period or billing_period(kind=policy.billing_period)
+    expiry = _QUOTA_EXPIRY_DAYS.get(
+        policy.billing_period, _QUOTA_EXPIRY_DAYS[BusinessPlan.BillingPeriod.YEAR]
+    )
     sub = str(subscription_id)
     limits: list[Limit] = []
     if policy.rate_events is not None:
@@ -228,10 +257,10 @@ def policy_limits(policy: Policy, subscription_id: int, period: str | None = Non
             sustained = unit(policy.rate_events * BURST_WINDOWS, BURST_WINDOWS, namespace=NAMESPACE)
             limits.append(Limit("burst", sustained, ("sub", sub, "burst")))
     if policy.enforces_quotas and policy.quota_events is not None:
-        item = RateLimitItemPerDay(policy.quota_events, _QUOTA_EXPIRY_DAYS, namespace=NAMESPACE)
+        item = RateLimitItemPerDay(policy.quota_events, expiry, namespace=NAMESPACE)
         limits.append(Limit("quota", item, ("sub", sub, "quota", period)))
     if policy.enforces_quotas and policy.quota_bytes is not None:
-        item = RateLimitItemPerDay(policy.quota_bytes, _QUOTA_EXPIRY_DAYS, namespace=NAMESPACE)
+        item = RateLimitItemPerDay(policy.quota_bytes, expiry, namespace=NAMESPACE)
         limits.append(Limit("bytes", item, ("sub", sub, "bytes", period)))
     return limits
 
@@ -274,10 +303,14 @@ def limit_reason(policy: Policy, kind: str) -> str:
     if kind == "quota":
         events = "event" if policy.quota_events == 1 else "events"
         return (
-            f"events quota of plan {policy.plan_name!r} used up this month ({policy.quota_events:,} {events})"
+            f"events quota of plan {policy.plan_name!r} used up this {policy.billing_period} "
+            f"({policy.quota_events:,} {events})"
         )
     if kind == "bytes":
-        return f"bytes quota of plan {policy.plan_name!r} used up this month ({policy.quota_bytes:,} bytes)"
+        return (
+            f"bytes quota of plan {policy.plan_name!r} used up this {policy.billing_period} "
+            f"({policy.quota_bytes:,} bytes)"
+        )
     return "throttling unavailable (Redis unreachable); events stopped until it is back"
 
 
@@ -388,7 +421,7 @@ class SubscriptionThrottle:
     def __init__(self, policy: Policy, subscription_id: int) -> None:
         self.policy = policy
         self.subscription_id = subscription_id
-        self.period = billing_period()
+        self.period = billing_period(kind=policy.billing_period)
         self.limits = policy_limits(policy, subscription_id, self.period)
         self.event_limits = [limit for limit in self.limits if limit.kind != "bytes"]
         self.byte_limits = [limit for limit in self.limits if limit.kind == "bytes"]
@@ -486,8 +519,9 @@ class SubscriptionThrottle:
 
     async def _refill_once(self) -> None:
         limiter = aio_limiter()
-        if self.period != billing_period():  # a new billing period: new quota counters
-            self.period = billing_period()
+        period = billing_period(kind=self.policy.billing_period)
+        if self.period != period:  # a new billing period: new quota counters (per refill, not per event)
+            self.period = period
             self.limits = policy_limits(self.policy, self.subscription_id, self.period)
             self.event_limits = [limit for limit in self.limits if limit.kind != "bytes"]
             self.byte_limits = [limit for limit in self.limits if limit.kind == "bytes"]
@@ -733,6 +767,7 @@ class SubscriptionThrottle:
             quota_bytes=policy.quota_bytes,
             quota_action=policy.quota_action,
             counted_directions="both" if len(policy.directions) == 2 else next(iter(policy.directions)),
+            billing_period=policy.billing_period,
         )
         used = await db_call(quota_usage, {self.subscription_id: plan})
         await self._seed_counters(*used.get(self.subscription_id, (0, 0)))
@@ -1045,7 +1080,7 @@ def subscription_limits_usage(policy: Policy, subscription_id: int) -> list[Limi
             started = used > 0
             if limit.kind in ("quota", "bytes"):
                 resets_at: datetime | None = datetime.fromtimestamp(period_end(limit.identifiers[-1]), UTC)
-                unit = "month"
+                unit = policy.billing_period
             else:
                 resets_at = datetime.fromtimestamp(stats.reset_time, UTC) if started else None
                 multiples = limit.item.multiples

@@ -125,14 +125,30 @@ class APILifecycleEventAdmin(admin.ModelAdmin):
 
 # The plan fields portal.plans.plan_fields_validate judges.
 PLAN_VALIDATED_FIELDS = frozenset(
-    {"flat_fee_minor", "included_events", "price_per_1000_events_minor", *BusinessPlan.POLICY_FIELDS}
+    {
+        "flat_fee_minor",
+        "included_events",
+        "price_per_1000_events_minor",
+        "price_tiers",
+        "included_bytes",
+        "price_per_gb_minor",
+        "billing_period",
+        *BusinessPlan.POLICY_FIELDS,
+    }
 )
 
 
 class BusinessPlanAdminForm(forms.ModelForm):
     """Refuses, as field errors, what ``portal.plans.plan_fields_validate`` refuses for the
     portal's plan form and the REST API (a burst without a rate, overage billing without a
-    quota or its price, an overage price on a plan that stops at its quotas)."""
+    quota or its price, an overage price on a plan that stops at its quotas, malformed
+    ``price_tiers`` — each fault named by its JSON pointer — or tiers beside a single price
+    per 1,000 events). ``price_tiers`` is JSON; text that is not JSON is Django's field error."""
+
+    def clean_price_tiers(self) -> Any:
+        # An emptied box means no tiers (the column holds [], never NULL).
+        tiers = self.cleaned_data.get("price_tiers")
+        return [] if tiers is None else tiers
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -177,8 +193,9 @@ class BusinessPlanAdmin(admin.ModelAdmin):
         "rate_limit_unit",
         "quota_events",
         "quota_action",
+        "billing_period",
     ]
-    list_filter = ["is_approved", "quota_action", "limit_notice", "counted_directions"]
+    list_filter = ["is_approved", "billing_period", "quota_action", "limit_notice", "counted_directions"]
     search_fields = ["name", "api__name", "api__slug"]
     list_select_related = ["api"]
     actions = [plans_approve]
@@ -191,7 +208,22 @@ class BusinessPlanAdmin(admin.ModelAdmin):
         ),
         (
             "Price",
-            {"fields": ("currency", "flat_fee_minor", "included_events", "price_per_1000_events_minor")},
+            {
+                "fields": (
+                    ("currency", "billing_period"),
+                    "flat_fee_minor",
+                    "included_events",
+                    "price_per_1000_events_minor",
+                    "price_tiers",
+                ),
+                "description": "Amounts in minor units (cents) of the currency, per billing period. "
+                "Graduated tiers replace the single price per 1,000 events: leave that at 0 when "
+                "setting them.",
+            },
+        ),
+        (
+            "Bandwidth",
+            {"fields": ("included_bytes", "price_per_gb_minor")},
         ),
         (
             "Rate limit and quotas",

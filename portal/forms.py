@@ -17,6 +17,7 @@ from portal.plans import (
     MAX_PRICE_TIERS,
     PlanTemplate,
     PriceModel,
+    TierError,
     plan_fields_validate,
     price_tiers_errors,
 )
@@ -169,6 +170,13 @@ class PlanForm(forms.Form):
     """
 
     BYTES_PER_UNIT = {"MB": 10**6, "GB": 10**9}
+    # The model's defaults of the pricing's optional fields (``plan_fields`` leaves them out).
+    PRICING_DEFAULTS: dict[str, Any] = {
+        "price_tiers": [],
+        "included_bytes": 0,
+        "price_per_gb_minor": 0,
+        "billing_period": BusinessPlan.BillingPeriod.MONTH,
+    }
     SECONDS_PER_UNIT = {"seconds": 1, "minutes": 60, "hours": 3600}
     # Service field → form field, for errors.
     FIELD_MAP = {
@@ -453,26 +461,27 @@ class PlanForm(forms.Form):
 
     def plan_fields(self) -> dict[str, Any]:
         """The cleaned data as ``BusinessPlan`` field values (minor units, bytes, seconds, None =
-        unlimited)."""
+        unlimited). The pricing's optional fields (``PRICING_DEFAULTS``) are left out at their
+        defaults, which ``plan_create`` gives them anyway."""
         data = self.cleaned_data
         bandwidth = data.get("bandwidth_quota")
         included_bandwidth = data.get("included_bandwidth")
         duration = data.get("max_connection_duration")
         duration_unit = data.get("max_connection_duration_unit") or "hours"
+        included_unit = self.BYTES_PER_UNIT[data.get("included_bandwidth_unit") or "GB"]
+        pricing = {
+            "price_tiers": data.get("price_tiers") or [],
+            "included_bytes": int(included_bandwidth * included_unit) if included_bandwidth else 0,
+            "price_per_gb_minor": int((data.get("price_per_gb") or 0) * 100),
+            "billing_period": data.get("billing_period") or BusinessPlan.BillingPeriod.MONTH,
+        }
         return {
+            **{name: value for name, value in pricing.items() if value != self.PRICING_DEFAULTS[name]},
             "name": data["name"],
             "description": data["description"],
             "flat_fee_minor": int(data["flat_fee"] * 100),
             "included_events": data["included_events"],
             "price_per_1000_events_minor": int(data["price_per_1000_events"] * 100),
-            "price_tiers": data.get("price_tiers") or [],
-            "included_bytes": int(
-                included_bandwidth * self.BYTES_PER_UNIT[data.get("included_bandwidth_unit") or "GB"]
-            )
-            if included_bandwidth
-            else 0,
-            "price_per_gb_minor": int((data.get("price_per_gb") or 0) * 100),
-            "billing_period": data.get("billing_period") or BusinessPlan.BillingPeriod.MONTH,
             "requires_approval": data["requires_approval"],
             "rate_limit_events": data.get("rate_limit_events"),
             "rate_limit_unit": data.get("rate_limit_unit") or BusinessPlan.RateUnit.MINUTE,
@@ -572,7 +581,7 @@ def _tier_line_parse(line: str, number: int, problems: list[str]) -> dict[str, A
     return {"up_to": up_to, "price_per_1000_events_minor": int(price * 100)}
 
 
-def _tier_problem(error: Any, lines: list[int]) -> str:
+def _tier_problem(error: TierError, lines: list[int]) -> str:
     """A ``portal.plans.TierError`` in the form's words, naming the line of the tier."""
     if error.index is None:
         if error.code == "too_many":
@@ -587,14 +596,17 @@ def _tier_problem(error: Any, lines: list[int]) -> str:
         return f"{line}: only the last line may start with “above”; give this one a number of events."
     if error.code == "not_increasing":
         previous = lines[error.index - 1]
-        return f"{line}: the number of events must be greater than line {previous}'s."
+        return (
+            f"{line}: the number of events must be greater than line {previous}'s: each line gives the "
+            "events (over the included ones) its price runs up to, counted from the first."
+        )
     subject = "the number of events" if error.key == "up_to" else "the price" if error.key else "the tier"
     return f"{line}: {subject} {error.text}"
 
 
 def price_tiers_text(tiers: list[dict[str, Any]]) -> str:
-    """``BusinessPlan.price_tiers`` as the plan form's textarea shows them (prices in dollars):
-    ``"100000 1.50\nabove 1.00"``; ``parse_price_tiers`` reads it back."""
+    """``BusinessPlan.price_tiers`` as the plan form's textarea shows them, one line per tier,
+    prices in dollars (``100000 1.50``, then ``above 1.00``); ``parse_price_tiers`` reads it back."""
     rows = []
     for tier in tiers:
         price = Decimal(int(tier.get("price_per_1000_events_minor") or 0)) / 100

@@ -14,7 +14,7 @@ catalog, the provider's and the approvals pages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
@@ -427,22 +427,48 @@ def _price_errors(
 
 
 @dataclass(frozen=True)
+class TierWords:
+    """One graduated tier in words: ``price`` per 1,000 events (``"$1.50"`` or ``"free"``) and
+    the events it covers, counted after the included ones (``"first 50,000 per month"``,
+    ``"next 100,000"``, ``"beyond"``)."""
+
+    price: str
+    span: str
+
+
+@dataclass(frozen=True)
 class PriceSummary:
     """What a business plan costs, in words (``plan_price_summary``).
 
     ``free``: the plan charges nothing (``BusinessPlan.is_free``); ``period``: "month" or
-    "year"; ``fee``: the flat fee per period (``"$49.00"``) or None; ``terms``: the usage
-    charges in words, e.g. ``("10,000 events included", "then $1.50 per 1,000 events for the
-    next 100,000, $1.00 per 1,000 beyond", "bandwidth $0.20 per GB over 5 GB")``; ``short``: a
-    few words for a list (``"$49.00/month + usage"``). ``str()`` is the one-line summary:
-    ``"$49.00/month · 10,000 events included · then …"``.
+    "year"; ``fee``: the flat fee per period (``"$49.00"``) or None; ``included``: ``"10,000
+    events included"`` or None; ``events``: the price of events over them (``"$1.50 per 1,000
+    events beyond that"``, or the tiers in one sentence: ``"then $1.50 per 1,000 events for the
+    next 100,000, $1.00 per 1,000 beyond"``) or None; ``tiers``: the same tiers one by one
+    (``TierWords``; empty without tiers), for a table; ``bandwidth``: ``"bandwidth $0.20 per GB
+    over 5 GB"`` or None; ``short``: a few words for a list (``"$49.00/month + usage"``).
+    ``terms`` are the usage charges in order; ``str()`` is the one-line summary: ``"$49.00/month
+    · 10,000 events included · then …"``. Periods are named where no fee names them (``"10,000
+    events included per month"``).
     """
 
     free: bool
     period: str
     fee: str | None
-    terms: tuple[str, ...]
     short: str
+    included: str | None = None
+    events: str | None = None
+    tiers: tuple[TierWords, ...] = ()
+    bandwidth: str | None = None
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return tuple(term for term in (self.included, self.events, self.bandwidth) if term)
+
+    @property
+    def tiers_lead(self) -> str:
+        """What the tiers table's rows price: ``"Then, per 1,000 events"`` after included events."""
+        return "Then, per 1,000 events" if self.included else "Per 1,000 events"
 
     def __str__(self) -> str:
         if self.free:
@@ -463,49 +489,63 @@ def plan_price_summary(plan: BusinessPlan) -> PriceSummary:
     currency = plan.currency
     fee = format_money(plan.flat_fee_minor, currency) if plan.flat_fee_minor else None
     if plan.is_free:
-        return PriceSummary(free=True, period=period, fee=None, terms=(), short="Free")
+        return PriceSummary(free=True, period=period, fee=None, short="Free")
     per_period = "" if fee else f" per {period}"
-    terms: list[str] = []
+    included = events = bandwidth = None
+    tiers: tuple[TierWords, ...] = ()
     if plan.prices_events:
         if plan.included_events:
-            terms.append(f"{plan.included_events:,} events included{per_period}")
-            terms.append(_events_price_words(plan, lead="then ", per_period=""))
-        else:
-            terms.append(_events_price_words(plan, lead="", per_period=per_period))
+            included = f"{plan.included_events:,} events included{per_period}"
+        if len(plan.price_tiers) > 1:
+            tiers, sentence = _tier_words(plan, per_period="" if included else per_period)
+            events = ("then " if included else "") + sentence
+        else:  # one price, or one tier for every event
+            single = plan.price_tiers[0]["price_per_1000_events_minor"] if plan.price_tiers else None
+            price = format_money(plan.price_per_1000_events_minor if single is None else single, currency)
+            events = f"{price} per 1,000 events" + (" beyond that" if included else "")
     if plan.price_per_gb_minor:
         over = f" over {_size_words(plan.included_bytes)}{per_period}" if plan.included_bytes else ""
-        terms.append(f"bandwidth {format_money(plan.price_per_gb_minor, currency)} per GB{over}")
+        bandwidth = f"bandwidth {format_money(plan.price_per_gb_minor, currency)} per GB{over}"
     return PriceSummary(
-        free=False, period=period, fee=fee, terms=tuple(terms), short=_short_price(plan, fee, period)
+        free=False,
+        period=period,
+        fee=fee,
+        short=_short_price(plan, fee, period),
+        included=included,
+        events=events,
+        tiers=tiers,
+        bandwidth=bandwidth,
     )
 
 
-def _events_price_words(plan: BusinessPlan, *, lead: str, per_period: str) -> str:
-    """``"$1.50 per 1,000 events"``, or the tiers: ``"$1.50 per 1,000 events for the first
-    100,000 per month, $1.00 per 1,000 beyond"`` (``per_period`` after the first tier's span);
-    a tier at 0 reads ``"free for the next 100,000"``."""
-    tiers: Sequence[Mapping[str, Any]] = plan.price_tiers or [
-        {"up_to": None, "price_per_1000_events_minor": plan.price_per_1000_events_minor}
-    ]
-    segments: list[str] = []
+def _tier_words(plan: BusinessPlan, *, per_period: str) -> tuple[tuple[TierWords, ...], str]:
+    """``plan.price_tiers`` as ``TierWords`` (``("$1.50", "next 100,000")``, ``("$1.00",
+    "beyond")``) and as one sentence (``"$1.50 per 1,000 events for the next 100,000, $1.00 per
+    1,000 beyond"``; a tier at 0: ``"free for the first 50,000 events"``). The first tier's span
+    is "first N" without included events, followed by ``per_period`` (``" per month"``) when
+    nothing else names the period."""
+    rows: list[TierWords] = []
+    parts: list[str] = []
     floor = 0
-    for index, tier in enumerate(tiers):
+    for index, tier in enumerate(plan.price_tiers or ()):
         first = index == 0
         up_to = tier.get("up_to")
         price = int(tier.get("price_per_1000_events_minor") or 0)
+        money = format_money(price, plan.currency) if price else "free"
         if up_to is None:
-            span = "beyond" if len(tiers) > 1 else ""
+            span = "beyond"
+            sentence_span = "beyond"
         else:
             which = "first" if first and not plan.included_events else "next"
-            span = f"for the {which} {int(up_to) - floor:,}" + (" events" if first and not price else "")
-            span += per_period if first else ""
+            count = f"{which} {int(up_to) - floor:,}"
+            span = count + (per_period if first else "")
+            noun = " events" if first and not price else ""  # "$1.50 per 1,000 events" names them
+            sentence_span = f"for the {count}{noun}{per_period if first else ''}"
             floor = int(up_to)
-        if price:
-            words = f"{format_money(price, plan.currency)} per 1,000" + (" events" if first else "")
-        else:
-            words = "free"
-        segments.append(f"{words} {span}".strip())
-    return lead + ", ".join(segments)
+        rows.append(TierWords(money, span))
+        unit = (" per 1,000 events" if first else " per 1,000") if price else ""
+        parts.append(f"{money}{unit} {sentence_span}")
+    return tuple(rows), ", ".join(parts)
 
 
 def _short_price(plan: BusinessPlan, fee: str | None, period: str) -> str:

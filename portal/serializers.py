@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from portal.asyncapi import MAX_DOCUMENT_BYTES
@@ -18,26 +21,61 @@ from portal.models import (
     Operation,
     Subscription,
 )
-from portal.plans import PLAN_TEMPLATES, PlanTemplate, PriceModel, plan_template
+from portal.plans import (
+    MAX_BYTES,
+    MAX_EVENTS,
+    MAX_FLAT_FEE_MINOR,
+    MAX_PRICE_PER_1000_MINOR,
+    MAX_PRICE_PER_GB_MINOR,
+    MAX_PRICE_TIERS,
+    PLAN_TEMPLATES,
+    PlanTemplate,
+    PriceModel,
+    plan_fields_validate,
+    plan_price_summary,
+    plan_template,
+)
 
 PRICE_MODELS = PriceModel.CHOICES
 # Bounds of numbers a client may send, so none reaches PostgreSQL out of its column's range
 # (a 500): integer columns hold 2**31 - 1, bigint columns 2**63 - 1. Prices are bounded like the
-# portal's plan form ($1,000,000.00 flat, $100,000.00 per 1,000 events), events to 10**15.
+# portal's plan form ($1,000,000.00 flat, $100,000.00 per 1,000 events or per GB), events to
+# 10**15, bytes to 10**18 (portal.plans).
 MAX_INT32 = 2**31 - 1
 MAX_INT64 = 2**63 - 1
-MAX_EVENTS = 10**15
-MAX_FLAT_FEE_MINOR = 100_000_000
-MAX_PRICE_PER_1000_MINOR = 10_000_000
 
 # --- catalog ---------------------------------------------------------------------------------
 
 
+class PriceTierSerializer(serializers.Serializer[Any]):
+    """One graduated tier of a business plan's price per 1,000 events (``price_tiers``)."""
+
+    up_to = serializers.IntegerField(
+        allow_null=True,
+        help_text="Billable events (events over `included_events`) at which this tier ends: a multiple "
+        "of 1,000, greater than the previous tier's; null for the last tier (no upper bound).",
+    )
+    price_per_1000_events_minor = serializers.IntegerField(
+        help_text="Per started block of 1,000 events in this tier, in minor units (cents)."
+    )
+
+
+@extend_schema_field(PriceTierSerializer(many=True))
+class PriceTiersField(serializers.JSONField):
+    """``BusinessPlan.price_tiers`` as JSON (``[]``: the single ``price_per_1000_events_minor``);
+    documented in the schema as a list of ``PriceTierSerializer``. Input is checked by
+    ``portal.plans.price_tiers_errors`` (400 naming ``price_tiers/<index>/<key>``)."""
+
+
 class BusinessPlanSerializer(serializers.ModelSerializer[BusinessPlan]):
-    """A business plan as consumers see it: prices in minor units (cents) of ``currency``, and
-    its throttling policy (docs/throttling.md), null meaning unlimited: ``rate_limit_events``
+    """A business plan as consumers see it: prices in minor units (cents) of ``currency`` per
+    ``billing_period`` ("month" or "year", calendar, UTC): ``flat_fee_minor``, then per started
+    1,000 events over ``included_events`` ``price_per_1000_events_minor`` or the graduated
+    ``price_tiers``, and bandwidth over ``included_bytes`` at ``price_per_gb_minor`` per GB
+    (10^9 bytes) pro rata (docs/billing.md › Pricing); ``price_summary`` says it in words. Its
+    throttling policy (docs/throttling.md), null meaning unlimited: ``rate_limit_events``
     per ``rate_limit_unit`` with ``burst_events`` above it; ``quota_events`` and ``quota_bytes``
-    per billing period (calendar month, UTC), counting the events of ``counted_directions``;
+    per billing period, counting the events of ``counted_directions``;
     ``max_connections`` per subscription, ``max_connections_per_application``,
     ``max_webhook_subscriptions`` per subscription, ``max_connection_seconds``; at the quota
     ``quota_action`` stops or bills the overage at ``overage_price_per_1000_events_minor`` /
@@ -45,6 +83,11 @@ class BusinessPlanSerializer(serializers.ModelSerializer[BusinessPlan]):
 
     is_free = serializers.BooleanField(read_only=True)
     price_model = serializers.ChoiceField(choices=PRICE_MODELS, read_only=True)
+    price_tiers = PriceTiersField(read_only=True)
+    price_summary = serializers.SerializerMethodField(
+        help_text="The price in words, e.g. “$49.00/month · 10,000 events included · then $1.50 per "
+        "1,000 events”."
+    )
 
     class Meta:
         model = BusinessPlan
@@ -54,14 +97,22 @@ class BusinessPlanSerializer(serializers.ModelSerializer[BusinessPlan]):
             "description",
             "requires_approval",
             "currency",
+            "billing_period",
             "flat_fee_minor",
             "included_events",
             "price_per_1000_events_minor",
+            "price_tiers",
+            "included_bytes",
+            "price_per_gb_minor",
             "is_free",
             "price_model",
+            "price_summary",
             *BusinessPlan.POLICY_FIELDS,
         ]
         read_only_fields = fields
+
+    def get_price_summary(self, plan: BusinessPlan) -> str:
+        return str(plan_price_summary(plan))
 
 
 class BusinessPlanOwnerSerializer(BusinessPlanSerializer):
@@ -103,10 +154,41 @@ class PlanCreateSerializer(serializers.Serializer[Any]):
         required=False,
         help_text="When given, the amounts must fit it (`flat`: a flat fee, no per-event price).",
     )
-    flat_fee_minor = serializers.IntegerField(required=False, min_value=0, max_value=MAX_FLAT_FEE_MINOR)
+    billing_period = serializers.ChoiceField(
+        choices=BusinessPlan.BillingPeriod.choices,
+        required=False,
+        help_text="`month` (default) or `year` (calendar, UTC): how often the flat fee is charged and the "
+        "included events, included bytes and quotas start again.",
+    )
+    flat_fee_minor = serializers.IntegerField(
+        required=False, min_value=0, max_value=MAX_FLAT_FEE_MINOR, help_text="Per billing period."
+    )
     included_events = serializers.IntegerField(required=False, min_value=0, max_value=MAX_EVENTS)
     price_per_1000_events_minor = serializers.IntegerField(
-        required=False, min_value=0, max_value=MAX_PRICE_PER_1000_MINOR
+        required=False,
+        min_value=0,
+        max_value=MAX_PRICE_PER_1000_MINOR,
+        help_text="Per started block of 1,000 events over `included_events`; 0 when `price_tiers` is set.",
+    )
+    price_tiers = PriceTiersField(
+        required=False,
+        allow_null=True,
+        help_text=f"Graduated prices replacing `price_per_1000_events_minor`: 1 to {MAX_PRICE_TIERS} "
+        '`{"up_to": <billable events, multiple of 1,000, increasing>, "price_per_1000_events_minor": '
+        "<cents>}`, the last with `up_to` null. `[]` or null: none. A fault answers 400 naming its JSON "
+        "pointer, e.g. `price_tiers/1/up_to`.",
+    )
+    included_bytes = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_BYTES,
+        help_text="Bytes per billing period delivered before `price_per_gb_minor` applies.",
+    )
+    price_per_gb_minor = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_PRICE_PER_GB_MINOR,
+        help_text="Bandwidth: per GB (10^9 bytes) delivered over `included_bytes`, pro rata, rounded up.",
     )
     rate_limit_events = serializers.IntegerField(
         required=False, allow_null=True, min_value=1, max_value=MAX_INT32
@@ -175,14 +257,29 @@ class PlanCreateSerializer(serializers.Serializer[Any]):
             raise serializers.ValidationError(f"There is no plan template “{key}”; choose one of: {keys}.")
         return template
 
+    def validate_price_tiers(self, tiers: Any) -> Any:
+        # null reads as "no tiers"; the tiers' rules are portal.plans' (plan_create applies them).
+        return [] if tiers is None else tiers
+
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         if not data.get("name") and "template" not in data:
             raise serializers.ValidationError({"name": "Give the plan a name, or start from a template."})
+        # The plan's coherence, as the portal's form checks it before ``plan_create`` (which
+        # checks it again): 400 naming each field at fault, ``price_tiers/<i>/<key>`` included.
+        fields = self._merged(data)
+        try:
+            plan_fields_validate(fields, price_model=fields.pop("price_model", None))
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.message_dict) from None
         return data
 
     def plan_fields(self) -> dict[str, Any]:
         """``BusinessPlan`` field values (with ``name``), the template's first, then the body's."""
-        data = dict(self.validated_data)
+        return self._merged(self.validated_data)
+
+    @staticmethod
+    def _merged(data: Mapping[str, Any]) -> dict[str, Any]:
+        data = dict(data)
         template: PlanTemplate | None = data.pop("template", None)
         fields: dict[str, Any] = {}
         if template is not None:
@@ -464,7 +561,8 @@ class SubscriptionSerializer(serializers.ModelSerializer[Subscription]):
 
 
 class PlanPolicySerializer(serializers.ModelSerializer[BusinessPlan]):
-    """A plan's throttling policy (``BusinessPlanSerializer``'s limit fields), null = unlimited."""
+    """A plan's throttling policy (``BusinessPlanSerializer``'s limit fields), null = unlimited;
+    the quotas count per billing period (``LimitPeriodSerializer.billing_period``)."""
 
     class Meta:
         model = BusinessPlan
@@ -482,11 +580,14 @@ class LimitWindowSerializer(serializers.Serializer[Any]):
     limit = serializers.ChoiceField(
         choices=["rate", "burst", "quota", "bytes"],
         help_text="`rate` (rate + burst per unit), `burst` (the sustained rate over 10 units), "
-        "`quota` (events this month), `bytes` (bytes this month).",
+        "`quota` (events this billing period), `bytes` (bytes this billing period).",
     )
     label = serializers.CharField(help_text="The counter in words.")
     measure = serializers.ChoiceField(choices=["events", "bytes"])
-    unit = serializers.CharField(help_text="The window: `minute`, `10 minutes`, `month`, ….")
+    unit = serializers.CharField(
+        help_text="The window: `minute`, `10 minutes`, …; `month` or `year` for the quotas (the plan's "
+        "billing period)."
+    )
     allowed = serializers.IntegerField(help_text="Events (or bytes) the window allows.")
     used = serializers.IntegerField()
     remaining = serializers.IntegerField()
@@ -497,10 +598,17 @@ class LimitWindowSerializer(serializers.Serializer[Any]):
 
 
 class LimitPeriodSerializer(serializers.Serializer[Any]):
-    """The billing period (calendar month, UTC) so far, from analytics: ``events``/``bytes``
-    delivered in the counted directions (what billing charges), ``throttled_*`` stopped by the
-    policy (never billed); quotas and what remains of them (null = no quota)."""
+    """The billing period (the plan's ``billing_period``: calendar month or year, UTC) so far, from
+    analytics: ``events``/``bytes`` delivered in the counted directions (what billing charges),
+    ``throttled_*`` stopped by the policy (never billed); quotas and what remains of them (null
+    = no quota)."""
 
+    billing_period = serializers.ChoiceField(
+        choices=BusinessPlan.BillingPeriod.choices,
+        required=False,
+        help_text="`month` or `year`: the plan's billing period (absent where the period is always the "
+        "calendar month).",
+    )
     start = serializers.DateTimeField()
     end = serializers.DateTimeField(help_text="Exclusive: the next period's start.")
     directions = serializers.ListField(child=serializers.ChoiceField(choices=["out", "in"]))

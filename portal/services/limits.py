@@ -8,7 +8,8 @@ Two sources, as the gateway itself uses them (docs/throttling.md):
   of a burst allowance, and, when the plan stops at its quotas, the period's events and bytes
   counters. They count what gateway processes have *taken*, leases included, so they may run
   a little ahead of what was delivered;
-- the **billing period** (calendar month, UTC): what analytics recorded as delivered
+- the **billing period** (the plan's ``billing_period``: the calendar month or year, UTC):
+  what analytics recorded as delivered
   (``analytics.queries`` ``events``/``bytes`` of the plan's ``counted_directions``, the
   figures billing charges), and the events the policy stopped (``throttled_events``, never
   billed), which the gateway flushes every ``GATEWAY_FLUSH_INTERVAL`` seconds.
@@ -16,11 +17,12 @@ Two sources, as the gateway itself uses them (docs/throttling.md):
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from analytics.queries import usage_grouped
-from gateway.throttling import Policy, billing_period, period_end, subscription_limits_usage
+from gateway.throttling import Policy, billing_period, subscription_limits_usage
+from gateway.throttling import period_bounds as throttling_period_bounds
 from portal.models import BusinessPlan, Subscription
 
 # The plan fields a consumer sees as its policy (the REST plan serializer's names).
@@ -34,13 +36,13 @@ WINDOW_LABELS = {
 }
 
 
-def period_bounds(now: datetime | None = None) -> tuple[datetime, datetime]:
-    """The billing period (calendar month, UTC) holding ``now`` (default: now) as aware UTC
-    datetimes ``(start, end)``, ``end`` exclusive: the period of ``gateway.throttling``'s
-    quota keys."""
-    period = billing_period(None if now is None else now.timestamp())
-    year, month = (int(part) for part in period.split("-"))
-    return datetime(year, month, 1, tzinfo=UTC), datetime.fromtimestamp(period_end(period), UTC)
+def period_bounds(
+    now: datetime | None = None, kind: str = BusinessPlan.BillingPeriod.MONTH
+) -> tuple[datetime, datetime]:
+    """The billing period of ``kind`` (``BusinessPlan.billing_period``: "month" or "year",
+    calendar, UTC) holding ``now`` (default: now) as aware UTC datetimes ``(start, end)``,
+    ``end`` exclusive: the period of ``gateway.throttling``'s quota keys."""
+    return throttling_period_bounds(billing_period(None if now is None else now.timestamp(), kind))
 
 
 def _percent(used: int, allowed: int | None) -> float | None:
@@ -62,10 +64,11 @@ def subscription_limits(subscription: Subscription, *, now: datetime | None = No
         {"subscription": id, "plan": plan name,
          "policy": {<POLICY_KEYS>: value},            # null = unlimited
          "windows": [{"limit": "rate"|"burst"|"quota"|"bytes", "label": words,
-                      "measure": "events"|"bytes", "unit": "minute"|"10 minutes"|"month"|…,
+                      "measure": "events"|"bytes", "unit": "minute"|"10 minutes"|"month"|"year"|…,
                       "allowed": n, "used": n, "remaining": n, "percent_used": 0–100,
                       "resets_at": aware UTC datetime, or None while the window has not started}],
-         "period": {"start", "end" (aware UTC datetimes, end exclusive), "directions": [...],
+         "period": {"billing_period": "month"|"year",
+                    "start", "end" (aware UTC datetimes, end exclusive), "directions": [...],
                     "events": n, "bytes": n,          # delivered, counted directions (billed)
                     "throttled_events": n, "throttled_bytes": n,   # stopped, all directions
                     "quota_events": n|None, "events_remaining": n|None, "events_percent": …,
@@ -77,7 +80,8 @@ def subscription_limits(subscription: Subscription, *, now: datetime | None = No
     ``windows`` come from Redis (``subscription_limits_usage``: events or bytes *taken* by
     gateway processes, leases included); empty with ``redis_available`` false when Redis
     cannot be reached. ``period`` comes from ``analytics.queries`` (the usage rows billing
-    reads) for the calendar month (UTC) holding ``now`` (default: now).
+    reads) for the plan's billing period (calendar month or year, UTC) holding ``now``
+    (default: now): a yearly plan's quota counts every month of the year so far.
     """
     plan = subscription.plan
     policy = Policy.from_plan(plan)
@@ -107,7 +111,7 @@ def subscription_limits(subscription: Subscription, *, now: datetime | None = No
 
 
 def _period_usage(subscription: Subscription, plan: BusinessPlan, now: datetime | None) -> dict[str, Any]:
-    start, end = period_bounds(now)
+    start, end = period_bounds(now, plan.billing_period)
     directions = plan.directions_counted
     # Through analytics.queries, which reads minute, hour or day rows, whichever are complete:
     # the figures billing charges for the same period.
@@ -121,6 +125,7 @@ def _period_usage(subscription: Subscription, plan: BusinessPlan, now: datetime 
     }
     events, size = totals["events"] or 0, totals["bytes"] or 0
     return {
+        "billing_period": plan.billing_period,
         "start": start,
         "end": end,
         "directions": list(directions),

@@ -230,6 +230,31 @@ def test_a_paid_plan_shows_the_included_events_used_this_month(client, bob, bob_
     assert 'href="/billing/invoices/">What this month costs so far' in page
 
 
+def test_a_yearly_plan_counts_its_quota_from_the_first_of_january(client, bob, bob_subscription):
+    year_start, _ = period_bounds(kind="year")
+    month_start, _ = period_bounds()
+    if month_start == year_start:
+        pytest.skip("in January the month and the year start together")
+    bob_subscription.plan.billing_period = "year"
+    bob_subscription.plan.save()
+    usage_counts_batch(
+        rows=[
+            _counts(
+                bob_subscription, year_start - timedelta(minutes=1), PRICES, "out", 1_000, 1
+            ),  # last year
+            _counts(bob_subscription, year_start, PRICES, "out", 300, 1),  # the year's first minute
+            _counts(bob_subscription, _recent(), PRICES, "out", 20, 1),
+        ]
+    )
+    client.force_login(bob)
+
+    page = client.get("/usage/").content.decode()
+
+    assert _testid(page, "quota-events-used") == "320"
+    assert _testid(page, "quota-events-left") == "9,680 left"
+    assert f"{year_start:%Y} (UTC)" in page and "this year" in page
+
+
 def test_a_free_plan_shows_nothing_included(client, bob, bob_subscription):
     client.force_login(bob)
     assert 'data-testid="included"' not in client.get("/usage/").content.decode()

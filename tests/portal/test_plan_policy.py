@@ -286,6 +286,9 @@ def admin_form(plan: BusinessPlan, **changes) -> dict[str, str]:
         "flat_fee_minor",
         "included_events",
         "price_per_1000_events_minor",
+        "billing_period",
+        "included_bytes",
+        "price_per_gb_minor",
         "rate_limit_events",
         "rate_limit_unit",
         "burst_events",
@@ -307,6 +310,7 @@ def admin_form(plan: BusinessPlan, **changes) -> dict[str, str]:
         else str(getattr(plan, name if name != "api" else "api_id"))
         for name in fields
     }
+    data["price_tiers"] = json.dumps(plan.price_tiers)
     if plan.is_approved:
         data["is_approved"] = "on"
     data.update({name: str(value) for name, value in changes.items()})
