@@ -164,15 +164,15 @@ def invoice_item_key(invoice: Invoice, line: InvoiceLine) -> str:
 
 
 @contextmanager
-def account_stripe_lock(account_id: int, *, wait: float = ACCOUNT_LOCK_WAIT_SECONDS) -> Iterator[None]:
+def account_stripe_lock(account_id: int, *, wait: float | None = None) -> Iterator[None]:
     """Hold the billing account's Stripe lock (see the module docstring for why this kind):
-    waits up to ``wait`` seconds for another holder, then raises ``AccountSyncBusy``. Not
-    re-entrant across lock kinds: take it once per operation."""
+    waits up to ``wait`` seconds (default ``ACCOUNT_LOCK_WAIT_SECONDS``) for another holder,
+    then raises ``AccountSyncBusy``. Take it once per operation: it is not re-entrant."""
     if connection.vendor == "postgresql":
         acquire, release, abandon = _advisory_lock(account_id)
     else:
         acquire, release, abandon = _file_lock(account_id)
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + (ACCOUNT_LOCK_WAIT_SECONDS if wait is None else wait)
     while not acquire():
         if time.monotonic() >= deadline:
             abandon()
@@ -298,7 +298,8 @@ def invoice_sync_stripe(*, invoice: Invoice, client: stripe.StripeClient | None 
 
     Safe to run again at any time, twice at once, or after a crash at any point: each Stripe
     object is created once (module docstring). An invoice already pushed only has its status,
-    ``paid_at`` and ``hosted_invoice_url`` refreshed from Stripe. Must be called outside any
+    ``paid_at`` and ``hosted_invoice_url`` refreshed from Stripe; one marked synced without a
+    Stripe invoice (settled outside Stripe) is left alone. Must be called outside any
     transaction (``RuntimeError`` otherwise).
 
     On a Stripe error the error message is committed to ``Invoice.stripe_error`` and the
@@ -320,6 +321,8 @@ def invoice_sync_stripe(*, invoice: Invoice, client: stripe.StripeClient | None 
 
 
 def _push_invoice(*, client: stripe.StripeClient, invoice: Invoice, push_earlier: bool) -> None:
+    if invoice.stripe_synced_at is not None and not invoice.stripe_invoice_id:
+        return  # settled outside Stripe (e.g. demo history): nothing to push or refresh
     account = invoice.account
     customer_id = _customer_ensure(client=client, account=account)
     _subscription_ensure(client=client, account=account, currency=invoice.currency)

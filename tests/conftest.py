@@ -74,6 +74,15 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def _payment_method_not_required(settings, monkeypatch):
+    # Many tests subscribe to paid plans without a card on file; the payment-method tests turn
+    # BILLING_REQUIRE_PAYMENT_METHOD back on (tests/billing/test_payment_method*.py). The
+    # environment variable reaches server processes started with server_env().
+    settings.BILLING_REQUIRE_PAYMENT_METHOD = False
+    monkeypatch.setenv("BILLING_REQUIRE_PAYMENT_METHOD", "false")
+
+
+@pytest.fixture(autouse=True)
 def _empty_cache(settings):
     # Rate-limit counters (allauth) live in the cache: one test's failed sign-ins must not lock
     # out the next test's user. A fresh in-process cache per test, so clearing it never flushes

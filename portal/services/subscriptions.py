@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -21,6 +22,10 @@ PLAN_FIELDS = frozenset(
         "flat_fee_minor",
         "included_events",
         "price_per_1000_events_minor",
+        "price_tiers",
+        "included_bytes",
+        "price_per_gb_minor",
+        "billing_period",
         *BusinessPlan.POLICY_FIELDS,  # the throttling policy (docs/throttling.md)
     }
 )
@@ -49,6 +54,12 @@ def application_create(*, owner: User, name: str, description: str = "") -> Appl
         raise
 
 
+# Checks other apps add to subscribing (billing: a payment method for paid plans, registered in
+# billing.apps). Each is called as ``check(application=..., plan=...)`` before the new subscription
+# commits and raises ``ValidationError`` to refuse it; portal imports none of them (DESIGN.md).
+subscription_checks: list[Callable[..., None]] = []
+
+
 def subscription_create(*, application: Application, plan: BusinessPlan) -> Subscription:
     """Subscribe ``application`` to ``plan.api`` under ``plan``.
 
@@ -56,7 +67,8 @@ def subscription_create(*, application: Application, plan: BusinessPlan) -> Subs
     until an admin calls ``subscription_approve``.
 
     Raises ``ValidationError`` (field ``plan``) if the API is not published, the plan is not
-    approved, or the application already has a pending or active subscription to the API. An
+    approved, a ``subscription_checks`` entry refuses (e.g. a paid plan without a payment method),
+    or the application already has a pending or active subscription to the API. An
     unlisted API (draft, retired) or unapproved plan reads "This plan is not available.": a plan
     id must not reveal the name of an API or plan that its provider has not released. A listed
     API that is deprecated or blocked says so by name.
@@ -70,7 +82,14 @@ def subscription_create(*, application: Application, plan: BusinessPlan) -> Subs
     status = Subscription.Status.PENDING if plan.requires_approval else Subscription.Status.ACTIVE
     try:
         with transaction.atomic():
-            return Subscription.objects.create(application=application, api=api, plan=plan, status=status)
+            subscription = Subscription.objects.create(
+                application=application, api=api, plan=plan, status=status
+            )
+            # After the insert, so "already has a subscription" is what a duplicate hears; a refusal
+            # rolls the insert back.
+            for check in subscription_checks:
+                check(application=application, plan=plan)
+            return subscription
     except IntegrityError:
         raise ValidationError(
             {"plan": f"{application.name} already has a subscription to {api.name}."}
@@ -361,8 +380,9 @@ def subscription_plan_change(*, subscription: Subscription, plan: BusinessPlan, 
     pick (approved); a plan that requires approval can only be given by an admin (the owner
     asks one). Raises ``PermissionDenied`` for anyone else; ``ValidationError`` (field
     ``plan``) for a plan of another API, one not offered, the current plan, or an approval plan
-    chosen by a non-admin; ``ValidationError`` if the subscription is pending or ended, or its
-    API is not published or deprecated.
+    chosen by a non-admin, or a ``subscription_checks`` refusal of a non-admin's move (a paid
+    plan without a payment method); ``ValidationError`` if the subscription is pending or
+    ended, or its API is not published or deprecated.
     """
     if not (by.is_active and (by.is_staff or subscription.application.owner_id == by.pk)):
         raise PermissionDenied("Only the application's owner or an admin can change its plan.")
@@ -385,6 +405,11 @@ def subscription_plan_change(*, subscription: Subscription, plan: BusinessPlan, 
         if locked.api.status not in (API.Status.PUBLISHED, API.Status.DEPRECATED):
             state = locked.api.get_status_display().lower()
             raise ValidationError(f"{locked.api.name} is {state}: its subscriptions' plans cannot change.")
+        if not by.is_staff:
+            # The consumer's own move (to a paid plan, say) passes the same checks as subscribing;
+            # an admin's move is the admin's decision.
+            for check in subscription_checks:
+                check(application=locked.application, plan=plan)
         locked.plan = plan
         locked.save(update_fields=["plan"])
     subscription.refresh_from_db()

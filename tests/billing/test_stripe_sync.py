@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 import stripe
 
-from billing.models import BillingAccount, Invoice
+from billing.models import BillingAccount, Invoice, StripeRequest
 from billing.services import invoice_period_close
 from billing.stripe_sync import invoice_sync_stripe
 from tests.billing.conftest import NOVEMBER, OCTOBER
@@ -105,3 +105,23 @@ def test_unreachable_stripe_keeps_the_ledger_and_records_the_error(
     invoice = invoice_sync_stripe(invoice=invoice)
     assert invoice.stripe_error == "" and invoice.stripe_synced_at is not None
     assert stripe_client.v1.invoices.retrieve(invoice.stripe_invoice_id).subtotal == 5350
+
+
+def test_idempotency_keys_come_from_ledger_rows_and_travel_as_metadata(
+    stripe_settings, stripe_client, bob_subscription, october_invoice
+):
+    invoice = invoice_sync_stripe(invoice=october_invoice)
+
+    account, sub = invoice.account_id, bob_subscription.pk
+    period = "2026100100-2026110100"
+    assert set(StripeRequest.objects.values_list("idempotency_key", "object_type")) == {
+        (f"eg-customer-{account}", "customer"),
+        (f"eg-subscription-{account}", "subscription"),
+        (f"eg-ii-{sub}-{period}-base_fee", "invoiceitem"),
+        (f"eg-ii-{sub}-{period}-events", "invoiceitem"),
+        (f"eg-invoice-{account}-{period}-usd", "invoice"),
+    }
+    assert not StripeRequest.objects.filter(stripe_id="").exists()
+    for line in invoice.lines.all():
+        item = stripe_client.v1.invoice_items.retrieve(line.stripe_invoice_item_id)
+        assert item.metadata["eventgate_key"] == f"eg-ii-{sub}-{period}-{line.kind}"

@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from billing.models import Invoice
 from billing.services import invoice_period_close, parse_period_bound
-from billing.stripe_sync import invoice_sync_stripe, stripe_client, stripe_enabled
+from billing.stripe_sync import AccountSyncBusy, invoice_sync_stripe, stripe_client, stripe_enabled
 from portal.money import format_money
 
 
@@ -71,7 +71,7 @@ class Command(BaseCommand):
         for invoice in invoices.order_by("pk"):
             try:
                 invoice = invoice_sync_stripe(invoice=invoice, client=client)
-            except stripe.StripeError as exc:
+            except (stripe.StripeError, AccountSyncBusy) as exc:
                 failures += 1
                 self.stderr.write(f"Invoice {invoice.pk}: Stripe sync failed: {exc}")
                 continue
