@@ -1,4 +1,9 @@
-"""Billing admin: the ledger read-only (issued invoices are immutable), plus a re-send to Stripe."""
+"""Billing admin: the ledger read-only (issued invoices are immutable), plus a re-send to Stripe.
+
+Usage windows, ledger entries, credits, Stripe events and dunning cases are read-only here: they
+are written by the ledger, the billing desk (/billing/admin/: re-run a window, issue a credit), the
+Stripe webhook and dunning, each with its checks and audit trail.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,17 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from billing.models import BillingAccount, Invoice, InvoiceLine
+from billing.models import (
+    BillingAccount,
+    Credit,
+    DunningCase,
+    DunningSuspension,
+    Invoice,
+    InvoiceLine,
+    LedgerEntry,
+    StripeEvent,
+    UsageWindow,
+)
 from billing.stripe_sync import stripe_enabled
 from billing.tasks import enqueue_stripe_sync
 
@@ -60,8 +75,14 @@ class InvoiceAdmin(admin.ModelAdmin):
         "period_start",
         "period_end",
         "currency",
+        "subtotal_minor",
+        "tax_minor",
         "total_minor",
         "status",
+        "issued_at",
+        "paid_at",
+        "payment_failed_at",
+        "hosted_invoice_url",
         "stripe_invoice_id",
         "stripe_synced_at",
         "stripe_error",
@@ -81,3 +102,106 @@ class InvoiceAdmin(admin.ModelAdmin):
             return
         ids = enqueue_stripe_sync(invoice_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Queued {len(ids)} invoice(s) for Stripe sync.")
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Shows rows and their fields; adds, changes and deletes nothing (the ledger's rows are
+    written by services with their checks, never by hand)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(UsageWindow)
+class UsageWindowAdmin(ReadOnlyAdmin):
+    list_display = ["start", "end", "closed_at", "subscriptions"]
+    date_hierarchy = "start"
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = [
+        "window_start",
+        "subscription",
+        "revision",
+        "kind",
+        "events",
+        "bytes",
+        "counted_events",
+        "counted_bytes",
+        "invoice",
+        "created_by",
+        "reason",
+    ]
+    list_filter = ["kind", ("invoice", admin.EmptyFieldListFilter), "window_start"]
+    list_select_related = [
+        "subscription__api",
+        "subscription__plan",
+        "subscription__application",
+        "created_by",
+    ]
+    search_fields = ["subscription__application__owner__email", "subscription__api__slug", "reason"]
+    date_hierarchy = "window_start"
+    raw_id_fields = ["subscription", "invoice", "created_by"]
+
+
+@admin.register(Credit)
+class CreditAdmin(ReadOnlyAdmin):
+    list_display = ["pk", "account", "amount_minor", "currency", "reason", "created_by", "created", "invoice"]
+    list_filter = ["currency", ("invoice", admin.EmptyFieldListFilter)]
+    list_select_related = ["account__owner", "created_by", "invoice"]
+    search_fields = ["account__owner__email", "reason"]
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ["event_id", "type", "received_at", "processed_at", "attempts", "has_error"]
+    list_filter = ["type", ("processed_at", admin.EmptyFieldListFilter)]
+    search_fields = ["event_id", "type"]
+    date_hierarchy = "received_at"
+
+    @admin.display(boolean=True, description="Error")
+    def has_error(self, obj: StripeEvent) -> bool:
+        return bool(obj.error)
+
+
+class DunningSuspensionInline(admin.TabularInline):
+    model = DunningSuspension
+    extra = 0
+    fields = ["subscription", "suspended_at", "reinstated_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: DunningCase | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: DunningCase | None = None) -> bool:
+        return False
+
+
+@admin.register(DunningCase)
+class DunningCaseAdmin(ReadOnlyAdmin):
+    list_display = [
+        "invoice",
+        "account_email",
+        "state",
+        "started_at",
+        "failures",
+        "reminders_sent",
+        "suspend_at",
+        "suspended_at",
+        "resolved_at",
+    ]
+    list_filter = ["state"]
+    list_select_related = ["invoice__account__owner"]
+    search_fields = ["invoice__account__owner__email"]
+    inlines = [DunningSuspensionInline]
+
+    @admin.display(description="Account", ordering="invoice__account__owner__email")
+    def account_email(self, obj: DunningCase) -> str:
+        return obj.invoice.account.owner.email

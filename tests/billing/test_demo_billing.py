@@ -1,3 +1,6 @@
+"""``load_demo_billing``: two months of the demo consumer's billing history whose invoices bill
+exactly what analytics shows, written once however often the command runs."""
+
 from __future__ import annotations
 
 import io
@@ -5,19 +8,42 @@ import io
 from django.core.management import call_command
 
 from analytics.services import usage_for_subscription
-from billing.models import Invoice
+from billing.models import Credit, Invoice, LedgerEntry
 
 
-def test_demo_billing_gives_the_demo_consumer_one_invoice_for_last_month(db, tmp_path):
+def test_demo_billing_gives_the_demo_consumer_two_months_of_history(db, tmp_path):
     call_command("load_demo", credentials=tmp_path / "demo.json", stdout=io.StringIO())
     call_command("load_demo_billing", stdout=io.StringIO())
     call_command("load_demo_billing", stdout=io.StringIO())
 
-    [invoice] = Invoice.objects.filter(account__owner__email="consumer@eventgate.local")
-    [events_line] = invoice.lines.filter(kind="events")
-    usage = usage_for_subscription(
-        subscription=events_line.subscription, start=invoice.period_start, end=invoice.period_end
+    before, last = Invoice.objects.filter(account__owner__email="consumer@eventgate.local").order_by(
+        "period_start"
     )
+    assert (before.status, before.paid_at) == (Invoice.Status.OPEN, None)
+    assert last.status == Invoice.Status.PAID and last.paid_at is not None
+    assert before.period_end == last.period_start
+
+    # Each month's events line is what analytics counted for it at close: last month's equals
+    # analytics; the month before last plus its late adjustment equals analytics now.
+    [events_line] = last.lines.filter(kind="events")
+    subscription = events_line.subscription
+    usage = usage_for_subscription(subscription=subscription, start=last.period_start, end=last.period_end)
     assert events_line.events == usage.events > 500_000, "more than the Business plan includes"
+    [adjustment] = LedgerEntry.objects.filter(subscription=subscription, kind="adjustment")
+    assert adjustment.invoice == last and adjustment.created_by.email == "admin@eventgate.local"
+    assert "restarted before its flush" in adjustment.reason
+    [earlier_events] = before.lines.filter(kind="events")
+    earlier = usage_for_subscription(
+        subscription=subscription, start=before.period_start, end=before.period_end
+    )
+    assert earlier_events.events + adjustment.events == earlier.events
+
+    # Last month: base fee, events, the late usage of the month before, and the credit.
+    [late_line] = last.lines.filter(kind="adjustment")
+    [credit_line] = last.lines.filter(kind="credit")
+    [credit] = Credit.objects.filter(account=last.account)
+    assert credit.invoice == last and credit_line.amount_minor == -credit.amount_minor < 0
     blocks = -(-(usage.events - 500_000) // 1000)
-    assert invoice.total_minor == 1900 + 3 * blocks
+    assert late_line.amount_minor > 0
+    assert last.total_minor == 1900 + 3 * blocks + late_line.amount_minor - credit.amount_minor
+    assert sum(line.amount_minor for line in last.lines.all()) == last.total_minor

@@ -1,15 +1,22 @@
-"""Invoice pages: a consumer sees their own invoices with lines, usage and status, and nobody else's."""
+"""Invoice pages: a consumer sees their own invoices with lines, the ledger entries behind them,
+status, payment failures and credits, and nobody else's."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import csv
+import io
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.utils import timezone
 
-from billing.models import Invoice
-from billing.services import invoice_period_close
+from billing.ledger import window_rerun
+from billing.models import BillingAccount, DunningCase, Invoice
+from billing.services import invoice_period_close, issue_credit
 from portal.money import format_money
-from tests.billing.conftest import OCTOBER
+from tests.billing.conftest import NOVEMBER, OCTOBER
+
+OCTOBER_3_9H = datetime(2026, 10, 3, 9, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -17,6 +24,22 @@ def bobs_invoice(bob_subscription, record_usage) -> Invoice:
     record_usage(bob_subscription, datetime(2026, 10, 3, tzinfo=UTC), 12_345, 2_500_000)
     [invoice] = invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1])
     return invoice
+
+
+@pytest.fixture
+def late_history(bob_subscription, record_usage, admin_user) -> tuple[Invoice, Invoice]:
+    """October invoiced; 1,200 events of an October window arrive late and an admin re-runs the
+    window; a $5.00 credit; November invoiced with the late usage and the credit."""
+    record_usage(bob_subscription, OCTOBER_3_9H + timedelta(minutes=15), 10_500, 1_000)
+    [october] = invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1])
+    record_usage(bob_subscription, OCTOBER_3_9H + timedelta(minutes=20), 1_200, 300)
+    window_rerun(start=OCTOBER_3_9H, by=admin_user, reason="ticket 42: delayed flush")
+    record_usage(bob_subscription, datetime(2026, 11, 4, 8, 5, tzinfo=UTC), 3_000, 30_000)
+    record_usage(bob_subscription, datetime(2026, 11, 6, 17, 30, tzinfo=UTC), 2_000, 20_000)
+    account = BillingAccount.objects.get(owner=bob_subscription.application.owner)
+    issue_credit(account=account, amount_minor=500, currency="usd", reason="Outage on Nov 2", by=admin_user)
+    [november] = invoice_period_close(period_start=NOVEMBER[0], period_end=NOVEMBER[1], allow_open=True)
+    return october, november
 
 
 def test_bob_sees_his_invoices_with_period_total_and_status(client, bob, bobs_invoice):
@@ -48,12 +71,122 @@ def test_invoice_page_shows_lines_usage_totals_and_stripe_status(client, bob, bo
     assert "$53.50" in page
     assert "in_test123" in page and "Open" in page
     assert "Ticker" in page and "Metered" in page and "Trading bot" in page
+    # Subtotal, tax (none: prices are tax-free) and total.
+    assert 'data-testid="subtotal">$53.50<' in page
+    assert 'data-testid="tax">$0.00<' in page and "prices are tax-free" in page
 
 
-def test_carol_gets_404_for_bobs_invoice_and_sees_none_in_her_list(client, carol, bobs_invoice):
+def test_the_ledger_behind_each_line_is_on_the_invoice(client, bob, bob_subscription, record_usage):
+    """Usage in three hours of October: three usage windows, first and last named."""
+    record_usage(bob_subscription, datetime(2026, 10, 3, 9, 15, tzinfo=UTC), 5_000, 100)
+    record_usage(bob_subscription, datetime(2026, 10, 3, 9, 45, tzinfo=UTC), 1_000, 100)
+    record_usage(bob_subscription, datetime(2026, 10, 17, 13, 2, tzinfo=UTC), 2_000, 100)
+    record_usage(bob_subscription, datetime(2026, 10, 31, 23, 59, tzinfo=UTC), 4_345, 100)
+    [invoice] = invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1])
+    client.force_login(bob)
+
+    page = client.get(f"/billing/invoices/{invoice.pk}/").content.decode()
+
+    assert 'data-testid="usage-windows">3 usage windows<' in page
+    assert "2026-10-03 09:00 – 2026-11-01 00:00 UTC" in page
+    assert "12,345 events" in page
+    assert f"subscription={bob_subscription.pk}" in page  # the usage page for this subscription
+
+
+def test_late_usage_and_credit_show_with_reason_author_and_negative_line(
+    client, bob, admin_user, late_history
+):
+    october, november = late_history
+    client.force_login(bob)
+
+    page = client.get(f"/billing/invoices/{november.pk}/").content.decode()
+
+    assert "Late usage adjustment" in page
+    assert "Adjustment</span> of the 2026-10-03 09:00 UTC window (October 2026, an earlier period)" in page
+    assert "+1,200 events, +300 B" in page
+    assert f"Window re-run by {admin_user.email}: ticket 42: delayed flush" in page
+    assert f"by {admin_user.email}" in page
+    # The credit: its own group, no subscription, a negative amount with the admin's reason.
+    assert 'data-testid="credit-lines"' in page and "Outage on Nov 2" in page
+    assert "-$5.00" in page
+    # Base fee $49.00 + 0 blocks (5,000 ≤ 10,000) + late +1 block $1.50 − $5.00.
+    assert november.total_minor == 4900 + 150 - 500
+    assert f'data-testid="invoice-total">{format_money(november.total_minor)}<' in page
+    # October, issued before the late usage arrived, shows none of it.
+    october_page = client.get(f"/billing/invoices/{october.pk}/").content.decode()
+    assert "Late usage adjustment" not in october_page and "ticket 42" not in october_page
+
+
+def test_ledger_csv_lists_the_entries_the_invoice_billed(client, bob, carol, admin_user, late_history):
+    _, november = late_history
+    november.account.owner.applications.update(name='=HYPERLINK("http://evil.example")')
+    client.force_login(bob)
+
+    response = client.get(f"/billing/invoices/{november.pk}/?format=csv")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert sorted((row["window_start"], row["kind"], row["events"]) for row in rows) == [
+        ("2026-10-03T09:00:00+00:00", "adjustment", "1200"),
+        ("2026-11-04T08:00:00+00:00", "usage", "3000"),
+        ("2026-11-06T17:00:00+00:00", "usage", "2000"),
+    ]
+    late = next(row for row in rows if row["kind"] == "adjustment")
+    assert late["created_by"] == admin_user.email and "ticket 42" in late["reason"]
+    assert {row["application"] for row in rows} == {'\'=HYPERLINK("http://evil.example")'}  # stays text
+
     client.force_login(carol)
+    assert client.get(f"/billing/invoices/{november.pk}/?format=csv").status_code == 404
+
+
+def test_failed_payment_shows_with_the_suspension_date_and_the_stripe_page(client, bob, bobs_invoice):
+    failed_at = timezone.now() - timedelta(days=1)
+    Invoice.objects.filter(pk=bobs_invoice.pk).update(
+        status=Invoice.Status.OPEN,
+        payment_failed_at=failed_at,
+        hosted_invoice_url="https://invoice.stripe.com/i/acct_1/test_42",
+    )
+    DunningCase.objects.create(
+        invoice=bobs_invoice,
+        suspend_at=datetime(2026, 12, 7, 10, 30, tzinfo=UTC),
+        reminders_sent=1,
+    )
+    client.force_login(bob)
+
+    listing = client.get("/billing/invoices/").content.decode()
+    assert 'data-testid="payment-failed">Payment failed<' in listing
+    assert "Subscriptions suspended on 2026-12-07 10:30 UTC unless paid" in listing
+    assert 'href="https://invoice.stripe.com/i/acct_1/test_42"' in listing  # "Pay"
+
+    page = client.get(f"/billing/invoices/{bobs_invoice.pk}/").content.decode()
+    assert "Pay / view in Stripe" in page
+    assert 'href="https://invoice.stripe.com/i/acct_1/test_42"' in page
+    assert "Your subscriptions will be suspended on <strong>2026-12-07 10:30 UTC</strong>" in page
+    assert "1 reminder sent" in page
+
+    # Paid: the failure is history, no more warning.
+    Invoice.objects.filter(pk=bobs_invoice.pk).update(status=Invoice.Status.PAID, paid_at=timezone.now())
+    page = client.get(f"/billing/invoices/{bobs_invoice.pk}/").content.decode()
+    assert "Payment failed" not in page and "suspended on" not in page
+    assert 'data-testid="paid-at"' in page
+
+
+def test_a_hosted_url_that_is_not_http_is_never_a_link(client, bob, bobs_invoice):
+    Invoice.objects.filter(pk=bobs_invoice.pk).update(hosted_invoice_url="javascript:alert(1)")
+    client.force_login(bob)
+    page = client.get(f"/billing/invoices/{bobs_invoice.pk}/").content.decode()
+    assert "javascript:" not in page and "Pay / view in Stripe" not in page
+
+
+@pytest.mark.parametrize("who", ["carol", "admin_user", "alice"])
+def test_others_get_404_for_bobs_invoice_and_see_none_in_their_list(client, request, who, bobs_invoice):
+    """carol (another consumer), the platform admin and alice (the API's provider) alike: the
+    consumer pages show one's own invoices only."""
+    client.force_login(request.getfixturevalue(who))
 
     assert client.get(f"/billing/invoices/{bobs_invoice.pk}/").status_code == 404
+    assert client.get(f"/billing/invoices/{bobs_invoice.pk}/?format=csv").status_code == 404
     response = client.get("/billing/invoices/")
     assert response.status_code == 200
     assert "$53.50" not in response.content.decode()
@@ -87,8 +220,6 @@ def test_invoices_page_shows_this_month_so_far_as_the_invoice_would_bill_it(
 ):
     """The running estimate uses the invoice's own lines and prices on the usage recorded so
     far: $49.00 base fee (10,000 events included) + 3 started thousands over at $1.50."""
-    from django.utils import timezone
-
     minute = timezone.now().replace(second=0, microsecond=0)
     record_usage(bob_subscription, minute, 12_345, 2_500_000)
     client.force_login(bob)
