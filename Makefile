@@ -7,7 +7,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/eventgate
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test demo-data clean bench
+.PHONY: setup run test demo-data clean bench bench-billing
 
 setup: $(VENV)/.installed node_modules/.installed var/.dir
 
@@ -73,6 +73,14 @@ bench: setup /usr/bin/pushpin
 	  || createdb -h 127.0.0.1 -U postgres eventgate_bench
 	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) manage.py migrate --noinput -v 0
 	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) manage.py bench_gateway $(BENCH_ARGS)
+
+# The billing benchmark (docs/performance.md › Billing): closing a month through the usage ledger
+# against direct analytics reads, in the bench database (everything it writes is rolled back).
+bench-billing: setup
+	psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'eventgate_bench'" | grep -q 1 \
+	  || createdb -h 127.0.0.1 -U postgres eventgate_bench
+	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) manage.py migrate --noinput -v 0
+	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) $(PY) manage.py bench_billing $(BENCH_ARGS)
 
 /usr/bin/pushpin:
 	(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pushpin >/dev/null
