@@ -376,6 +376,7 @@ def test_api_root_links_every_resource_and_the_schema(client):
     assert response.status_code == 200
     links = response.json()
     assert links["apis"] == "http://testserver/api/v1/apis/"
+    assert links["invoices"] == "http://testserver/api/v1/billing/invoices/"
     assert links["schema"] == "http://testserver/api/schema/"
     assert client.get("/api/schema/").status_code == 200
 
