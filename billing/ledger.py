@@ -50,24 +50,32 @@ LATE_USAGE_REASON = "Late usage: reached analytics after the window closed."
 
 @dataclass(frozen=True)
 class WindowUsage:
-    """A subscription's usage in one window: delivered (``out``) and counted (the plan's
-    ``counted_directions``) events and bytes."""
+    """A subscription's usage in one window: events and bytes delivered (direction ``out``) and
+    sent by the client (direction ``in``)."""
 
     events: int = 0
     bytes: int = 0
-    counted_events: int = 0
-    counted_bytes: int = 0
+    in_events: int = 0
+    in_bytes: int = 0
 
     def __sub__(self, other: WindowUsage) -> WindowUsage:
         return WindowUsage(
             self.events - other.events,
             self.bytes - other.bytes,
-            self.counted_events - other.counted_events,
-            self.counted_bytes - other.counted_bytes,
+            self.in_events - other.in_events,
+            self.in_bytes - other.in_bytes,
         )
 
     def __bool__(self) -> bool:
-        return any((self.events, self.bytes, self.counted_events, self.counted_bytes))
+        return any((self.events, self.bytes, self.in_events, self.in_bytes))
+
+    def counted(self, counted_directions: str) -> tuple[int, int]:
+        """``(events, bytes)`` of the directions a plan's quotas count
+        (``BusinessPlan.counted_directions``: "both", "out" or "in")."""
+        directions = BusinessPlan(counted_directions=counted_directions).directions_counted
+        events = (self.events if "out" in directions else 0) + (self.in_events if "in" in directions else 0)
+        size = (self.bytes if "out" in directions else 0) + (self.in_bytes if "in" in directions else 0)
+        return events, size
 
 
 def grace_period() -> timedelta:
@@ -117,29 +125,41 @@ def _usage_per_window(
     for every subscription with usage (or the given ones); with ``step=None`` one total per
     subscription (window start None), read from the coarsest rows analytics has."""
     raw = usage_by_subscription(start=start, end=end, subscriptions=subscription_ids, step=step)
-    if not raw:
-        return {}
-    plans = dict(
-        Subscription.objects.filter(pk__in={key[0] for key in raw}).values_list(
-            "pk", "plan__counted_directions"
-        )
-    )
-    counted_by_choice = {
-        choice: BusinessPlan(counted_directions=choice).directions_counted for choice in set(plans.values())
-    }
-    per_window: dict[tuple[int, datetime], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    per_window: dict[tuple[int, datetime | None], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for (subscription_id, bucket, direction), totals in raw.items():
-        if subscription_id not in plans:  # deleted meanwhile
-            continue
-        counted = counted_by_choice[plans[subscription_id]]
         sums = per_window[(subscription_id, bucket)]
-        if direction == "out":
-            sums[0] += totals.events
-            sums[1] += totals.bytes
-        if direction in counted:
-            sums[2] += totals.events
-            sums[3] += totals.bytes
+        offset = 0 if direction == "out" else 2
+        sums[offset] += totals.events
+        sums[offset + 1] += totals.bytes
     return {key: WindowUsage(*sums) for key, sums in per_window.items()}
+
+
+def _plans_now(subscription_ids: set[int]) -> dict[int, tuple[int, str]]:
+    """``{subscription id: (plan id, counted_directions)}`` of the subscriptions that still exist."""
+    rows = Subscription.objects.filter(pk__in=subscription_ids).values_list(
+        "pk", "plan_id", "plan__counted_directions"
+    )
+    return {pk: (plan_id, counted) for pk, plan_id, counted in rows}
+
+
+def _entry(
+    subscription_id: int, start: datetime, usage: WindowUsage, plan: tuple[int, str], **fields: Any
+) -> LedgerEntry:
+    """An unsaved entry of ``usage`` in the window at ``start``, at ``plan`` (id, counted directions)."""
+    counted_events, counted_bytes = usage.counted(plan[1])
+    return LedgerEntry(
+        subscription_id=subscription_id,
+        window_start=start,
+        window_end=start + WINDOW,
+        plan_id=plan[0],
+        events=usage.events,
+        bytes=usage.bytes,
+        in_events=usage.in_events,
+        in_bytes=usage.in_bytes,
+        counted_events=counted_events,
+        counted_bytes=counted_bytes,
+        **fields,
+    )
 
 
 def ledger_close_windows(
@@ -169,9 +189,11 @@ def ledger_close_windows(
     if start >= end:
         return 0
     usage = _usage_per_window(start=start, end=end)
-    by_window: dict[datetime, list[tuple[int, WindowUsage]]] = defaultdict(list)
+    plans = _plans_now({subscription_id for subscription_id, _ in usage})
+    by_window: dict[datetime, list[tuple[int, WindowUsage, tuple[int, str]]]] = defaultdict(list)
     for (subscription_id, window_start), window_usage in usage.items():
-        by_window[window_start].append((subscription_id, window_usage))
+        if subscription_id in plans:  # not deleted meanwhile
+            by_window[window_start].append((subscription_id, window_usage, plans[subscription_id]))
 
     closed = 0
     batch: list[datetime] = []
@@ -190,7 +212,9 @@ def ledger_close_windows(
     return closed
 
 
-def _close_batch(starts: list[datetime], by_window: dict[datetime, list[tuple[int, WindowUsage]]]) -> int:
+def _close_batch(
+    starts: list[datetime], by_window: dict[datetime, list[tuple[int, WindowUsage, tuple[int, str]]]]
+) -> int:
     """Close consecutive windows (``starts``, in time order) in one transaction: insert their
     ``UsageWindow`` rows with ``ON CONFLICT DO NOTHING`` (PostgreSQL; SQLite ≥ 3.35), then the
     entries of exactly the windows this call inserted. A window a concurrent run closed first
@@ -217,19 +241,9 @@ def _close_batch(starts: list[datetime], by_window: dict[datetime, list[tuple[in
         inserted = UsageWindow.objects.filter(pk__in=inserted_ids).values_list("start", flat=True)
         LedgerEntry.objects.bulk_create(
             [
-                LedgerEntry(
-                    subscription_id=subscription_id,
-                    window_start=start,
-                    window_end=start + WINDOW,
-                    revision=0,
-                    kind=LedgerEntry.Kind.USAGE,
-                    events=u.events,
-                    bytes=u.bytes,
-                    counted_events=u.counted_events,
-                    counted_bytes=u.counted_bytes,
-                )
+                _entry(subscription_id, start, usage, plan, revision=0, kind=LedgerEntry.Kind.USAGE)
                 for start in sorted(inserted)
-                for subscription_id, u in sorted(by_window.get(start, ()))
+                for subscription_id, usage, plan in sorted(by_window.get(start, ()), key=lambda row: row[0])
             ],
             batch_size=2_000,
         )
@@ -245,12 +259,12 @@ def _ledger_sums(
         entries = entries.filter(subscription_id__in=subscription_ids)
     columns = ["subscription_id", "window_start"] if per_window else ["subscription_id"]
     rows = entries.values(*columns).annotate(
-        e=Sum("events"), b=Sum("bytes"), ce=Sum("counted_events"), cb=Sum("counted_bytes")
+        e=Sum("events"), b=Sum("bytes"), ie=Sum("in_events"), ib=Sum("in_bytes")
     )
     result = {}
     for row in rows.order_by():
         key = (row["subscription_id"], row["window_start"]) if per_window else row["subscription_id"]
-        result[key] = WindowUsage(row["e"] or 0, row["b"] or 0, row["ce"] or 0, row["cb"] or 0)
+        result[key] = WindowUsage(row["e"] or 0, row["b"] or 0, row["ie"] or 0, row["ib"] or 0)
     return result
 
 
@@ -298,32 +312,39 @@ def ledger_reconcile(
         return []
     analytics_windows = _usage_per_window(start=start, end=end, subscription_ids=differing)
     ledger_windows = _ledger_sums(start=start, end=end, subscription_ids=differing, per_window=True)
-    revisions = {
-        (row["subscription_id"], row["window_start"]): row["top"]
-        for row in LedgerEntry.objects.filter(
-            subscription_id__in=differing, window_start__gte=start, window_start__lt=end
+    # Per (subscription, window): the top revision so far and the plan its usage was billed at
+    # (the window's entries' plan; the subscription's plan now for a window it had no entry in).
+    revisions: dict[tuple[int, datetime], int] = {}
+    entry_plans: dict[tuple[int, datetime], tuple[int, str]] = {}
+    for row in (
+        LedgerEntry.objects.filter(
+            subscription_id__in=differing, window_start__gte=start, window_start__lt=end, plan__isnull=False
         )
-        .values("subscription_id", "window_start")
-        .annotate(top=Max("revision"))
-        .order_by()
-    }
+        .values_list("subscription_id", "window_start", "revision", "plan_id", "plan__counted_directions")
+        .order_by("revision")
+    ):
+        revisions[row[:2]] = row[2]
+        entry_plans[row[:2]] = (row[3], row[4])
+    for row in LedgerEntry.objects.filter(
+        subscription_id__in=differing, window_start__gte=start, window_start__lt=end
+    ).values_list("subscription_id", "window_start", "revision"):
+        revisions[row[:2]] = max(revisions.get(row[:2], 0), row[2])
+    plans = _plans_now(set(differing))
     adjustments = []
     for key in sorted(set(analytics_windows) | set(ledger_windows)):
         difference = analytics_windows.get(key, WindowUsage()) - ledger_windows.get(key, WindowUsage())
-        if not difference:
+        plan = entry_plans.get(key) or plans.get(key[0])
+        if not difference or plan is None:
             continue
         subscription_id, window_start = key
         adjustments.append(
-            LedgerEntry(
-                subscription_id=subscription_id,
-                window_start=window_start,
-                window_end=window_start + WINDOW,
+            _entry(
+                subscription_id,
+                window_start,
+                difference,
+                plan,
                 revision=revisions.get(key, 0) + 1,
                 kind=LedgerEntry.Kind.ADJUSTMENT,
-                events=difference.events,
-                bytes=difference.bytes,
-                counted_events=difference.counted_events,
-                counted_bytes=difference.counted_bytes,
                 reason=reason[:300],
                 created_by=by,
                 created=now,

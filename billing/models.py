@@ -175,6 +175,15 @@ class InvoiceLine(models.Model):
     credit = models.OneToOneField(
         "Credit", null=True, blank=True, on_delete=models.PROTECT, related_name="invoice_line"
     )
+    plan = models.ForeignKey(
+        "portal.BusinessPlan",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="invoice_lines",
+        help_text="The business plan whose prices this line applies (a subscription that changed plan "
+        "in the period has lines of each).",
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     description = models.CharField(max_length=300)
     quantity = models.PositiveBigIntegerField(
@@ -201,7 +210,9 @@ class InvoiceLine(models.Model):
     class Meta:
         ordering = ["invoice", "subscription", "kind"]
         constraints = [
-            models.UniqueConstraint(fields=["invoice", "subscription", "kind"], name="unique_invoice_line")
+            models.UniqueConstraint(
+                fields=["invoice", "subscription", "plan", "kind"], name="unique_invoice_line"
+            )
         ]
 
     def __str__(self) -> str:
@@ -219,9 +230,9 @@ class InvoiceLine(models.Model):
 
 
 class UsageWindow(models.Model):
-    """A fixed usage window (``BILLING_WINDOW_SECONDS``, an hour by default, aligned to the Unix
-    epoch) that the ledger has closed: its ``LedgerEntry`` rows were written in the same
-    transaction that created this row, so a window row exists if and only if all its entries do.
+    """A fixed usage window (a whole UTC hour, ``billing.ledger.WINDOW``) that the ledger has
+    closed: its ``LedgerEntry`` rows were written in the same transaction that created this row,
+    so a window row exists if and only if all its entries do.
     The unique ``start`` is the claim: a second closer (run twice, two workers, a retry after a
     crash) inserts nothing."""
 
@@ -247,9 +258,11 @@ class LedgerEntry(models.Model):
     (``reason``, ``created_by``). ``invoice`` is set when an invoice bills the entry, in the same
     transaction that issues the invoice, so each entry is billed at most once.
 
-    ``events``/``bytes`` are delivered (direction ``out``); ``counted_events``/``counted_bytes``
-    are the directions the plan's quotas count (``BusinessPlan.counted_directions``). Adjustments
-    may be negative.
+    ``events``/``bytes`` are delivered (direction ``out``), ``in_events``/``in_bytes`` sent by the
+    client (direction ``in``); ``counted_events``/``counted_bytes`` are the directions the
+    entry's ``plan``'s quotas count (``BusinessPlan.counted_directions``). ``plan`` is the
+    subscription's plan when the window closed, so a plan change never re-prices usage already
+    in the ledger. Adjustments may be negative.
     """
 
     class Kind(models.TextChoices):
@@ -263,8 +276,17 @@ class LedgerEntry(models.Model):
     window_end = models.DateTimeField()
     revision = models.PositiveIntegerField(default=0)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.USAGE)
+    plan = models.ForeignKey(
+        "portal.BusinessPlan",
+        null=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The subscription's business plan when the window closed: the prices of this usage.",
+    )
     events = models.BigIntegerField(default=0)
     bytes = models.BigIntegerField(default=0)
+    in_events = models.BigIntegerField(default=0, help_text="Events the client sent (direction in).")
+    in_bytes = models.BigIntegerField(default=0, help_text="Bytes the client sent (direction in).")
     counted_events = models.BigIntegerField(default=0)
     counted_bytes = models.BigIntegerField(default=0)
     created = models.DateTimeField(default=timezone.now)

@@ -25,10 +25,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
-from analytics.services import UsageTotals, usage_for_subscription
+from analytics.services import UsageTotals, usage_by_subscription
 from billing.models import BillingAccount, Credit, Invoice, InvoiceLine, LedgerEntry
 from portal.models import BusinessPlan, Subscription
 from portal.money import format_money
@@ -204,20 +204,6 @@ def bytes_overage_charge(*, plan: BusinessPlan, size: int) -> OverageCharge | No
     )
 
 
-def counted_usage(*, subscription: Subscription, start: datetime, end: datetime) -> UsageTotals:
-    """Events and bytes of ``subscription`` in ``[start, end)`` in the directions its plan's
-    quotas count (``counted_directions``: "both", "out" or "in"), from
-    ``analytics.services.usage_for_subscription`` — delivered usage only, never throttled counts.
-    The same rule the gateway applies when it seeds its quota counters (``gateway.auth.quota_usage``).
-    """
-    directions = subscription.plan.directions_counted
-    totals = [
-        usage_for_subscription(subscription=subscription, start=start, end=end, direction=direction)
-        for direction in directions
-    ]
-    return UsageTotals(events=sum(t.events for t in totals), bytes=sum(t.bytes for t in totals))
-
-
 # Periods -------------------------------------------------------------------------------------------
 
 
@@ -276,18 +262,19 @@ def parse_period_bound(value: str | date | datetime) -> datetime:
 def billable_subscriptions(
     *, period_start: datetime, period_end: datetime, owner: Any = None, kind: str | None = None
 ) -> list[Subscription]:
-    """Subscriptions to bill for ``[period_start, period_end)``: on a paid plan (of billing
-    period ``kind``, when given), created before the period ended, and active, suspended or
-    cancelled (pending and rejected ones never went live); only ``owner``'s applications' when
-    given.
+    """Subscriptions whose plan's flat fee ``[period_start, period_end)`` charges: live at some
+    moment of the period (``Subscription.live_between``: activated before it ended, not ended
+    before it began; suspended counts as live) and now on a paid plan (of billing period
+    ``kind``, when given); only ``owner``'s applications' when given.
 
     Free plans are skipped: they never produce a charge, and billing them would create Stripe
     customers and zero invoices for consumers who never pay. A plan without flat fee and event
     price that bills overage (``bills_overage``) is paid: it is billed when usage exceeds a quota.
+    Usage is billed from the ledger whatever the subscription's plan or status is now
+    (``invoice_period_close``).
     """
-    subscriptions = Subscription.objects.filter(
-        status__in=[Subscription.Status.ACTIVE, Subscription.Status.SUSPENDED, Subscription.Status.CANCELLED],
-        created__lt=period_end,
+    subscriptions = Subscription.objects.filter(activated_at__lt=period_end).filter(
+        Q(ended_at__isnull=True) | Q(ended_at__gt=period_start)
     )
     if owner is not None:
         subscriptions = subscriptions.filter(application__owner=owner)
@@ -315,24 +302,44 @@ class PeriodEstimate:
 
 
 def period_estimate(*, user: Any, now: datetime) -> PeriodEstimate:
-    """The running estimate of the billing period holding ``now`` for ``user``'s subscriptions
-    on paid plans: the same lines and prices as the invoice (``_lines_for_subscription``), from
-    the usage analytics has so far (``usage_for_subscription`` up to ``now``; the ledger's
-    windows are made of the same numbers), so it grows into the invoice. Yearly plans count
-    from the start of the year. ``period_start``/``period_end`` are the calendar month's.
-    Nothing is stored."""
+    """The running estimate of the billing period holding ``now`` for ``user``'s active
+    subscriptions on paid plans: the same lines and prices as the invoice
+    (``_lines_for_subscription``), from the usage analytics has so far (the numbers the ledger's
+    windows are made of), so it grows into the invoice. Yearly plans count from the start of the
+    year. ``period_start``/``period_end`` are the calendar month's. One usage read per period
+    kind in use; nothing is stored."""
     period_start, period_end = billing_period_containing(now)
+    subscriptions = [
+        subscription
+        for subscription in billable_subscriptions(
+            period_start=period_start, period_end=period_end, owner=user
+        )
+        if subscription.status == Subscription.Status.ACTIVE
+    ]
+    usage: dict[tuple[int, Any, str], UsageTotals] = {}
+    for kind in {subscription.plan.billing_period for subscription in subscriptions}:
+        start, _end = billing_period_containing(now, kind)
+        ids = [s.pk for s in subscriptions if s.plan.billing_period == kind]
+        usage.update(usage_by_subscription(start=start, end=now, subscriptions=ids))
     lines: list[InvoiceLine] = []
-    for subscription in billable_subscriptions(period_start=period_start, period_end=period_end, owner=user):
-        if subscription.status != Subscription.Status.ACTIVE:
-            continue
-        start, _end = billing_period_containing(now, subscription.plan.billing_period)
-        usage = usage_for_subscription(subscription=subscription, start=start, end=now)
-        counted = counted_usage(subscription=subscription, start=start, end=now)
-        lines.extend(_lines_for_subscription(subscription=subscription, usage=usage, counted=counted))
+    for subscription in subscriptions:
+        by_direction = {
+            direction: usage.get((subscription.pk, None, direction), UsageTotals())
+            for direction in ("out", "in")
+        }
+        counted = [by_direction[direction] for direction in subscription.plan.directions_counted]
+        lines.extend(
+            _lines_for_subscription(
+                subscription=subscription,
+                usage=by_direction["out"],
+                counted=UsageTotals(
+                    events=sum(c.events for c in counted), bytes=sum(c.bytes for c in counted)
+                ),
+            )
+        )
     totals: dict[str, int] = {}
     for line in lines:
-        currency = line.subscription.plan.currency
+        currency = line.plan.currency
         totals[currency] = totals.get(currency, 0) + line.amount_minor
     return PeriodEstimate(period_start=period_start, period_end=period_end, lines=lines, totals=totals)
 
@@ -390,14 +397,25 @@ def invoice_period_close(
             break
 
     kind = period_kind(period_start, period_end)
-    by_owner: dict[int, list[Subscription]] = defaultdict(list)
-    for subscription in billable_subscriptions(period_start=period_start, period_end=period_end, kind=kind):
-        by_owner[subscription.application.owner_id].append(subscription)
+    with_fee = billable_subscriptions(period_start=period_start, period_end=period_end, kind=kind)
+    with_usage = Subscription.objects.filter(
+        pk__in=_unbilled_entries(start=period_start, end=period_end, kind=kind).values("subscription_id")
+    ).select_related("plan", "api", "application__owner")
+    by_owner: dict[int, dict[int, Subscription]] = defaultdict(dict)
+    for subscription in [*with_fee, *with_usage]:
+        by_owner[subscription.application.owner_id][subscription.pk] = subscription
 
     created: list[Invoice] = []
+    fee_ids = {subscription.pk for subscription in with_fee}
     for subscriptions in by_owner.values():
         created.extend(
-            _invoice_account_period(subscriptions=subscriptions, start=period_start, end=period_end)
+            _invoice_account_period(
+                subscriptions=list(subscriptions.values()),
+                fee_ids=fee_ids,
+                start=period_start,
+                end=period_end,
+                kind=kind,
+            )
         )
     logger.info("Closed billing period %s – %s: %d new invoices", period_start, period_end, len(created))
     return created
@@ -488,33 +506,71 @@ class _Usage:
         return any((self.events, self.bytes, self.counted_events, self.counted_bytes))
 
 
+def _unbilled_entries(*, start: datetime, end: datetime, kind: str) -> Any:
+    """Ledger entries an invoice of ``[start, end)`` bills: not billed yet, at a plan of billing
+    period ``kind``, of a subscription that went live, of windows in the period, or adjustments
+    of windows before it (late usage of periods already invoiced)."""
+    entries = LedgerEntry.objects.filter(
+        invoice__isnull=True,
+        window_start__lt=end,
+        plan__billing_period=kind,
+        subscription__activated_at__isnull=False,  # usage of a subscription never live is void
+    )
+    return entries.exclude(kind=LedgerEntry.Kind.USAGE, window_start__lt=start)  # an earlier period's own
+
+
 def _invoice_account_period(
-    *, subscriptions: list[Subscription], start: datetime, end: datetime
+    *, subscriptions: list[Subscription], fee_ids: set[int], start: datetime, end: datetime, kind: str
 ) -> list[Invoice]:
-    """Create one account's invoices for one period (one per currency); returns the new ones."""
-    by_currency: dict[str, list[Subscription]] = defaultdict(list)
-    for subscription in subscriptions:
-        by_currency[subscription.plan.currency.lower()].append(subscription)
+    """Create one account's invoices for one period, one per currency of the plans involved (the
+    fee-paying subscriptions' plans now, and the plans their unbilled usage was recorded at);
+    returns the new ones."""
+    ids = [subscription.pk for subscription in subscriptions]
+    currencies = {s.plan.currency.lower() for s in subscriptions if s.pk in fee_ids}
+    currencies |= {
+        currency.lower()
+        for currency in _unbilled_entries(start=start, end=end, kind=kind)
+        .filter(subscription_id__in=ids)
+        .values_list("plan__currency", flat=True)
+        .distinct()
+    }
     owner = subscriptions[0].application.owner
     created = []
-    for currency, group in sorted(by_currency.items()):
-        invoice = _issue_invoice(owner=owner, start=start, end=end, currency=currency, subscriptions=group)
+    for currency in sorted(currencies):
+        invoice = _issue_invoice(
+            owner=owner,
+            start=start,
+            end=end,
+            kind=kind,
+            currency=currency,
+            subscriptions=subscriptions,
+            fee_ids={s.pk for s in subscriptions if s.pk in fee_ids and s.plan.currency.lower() == currency},
+        )
         if invoice is not None:
             created.append(invoice)
     return created
 
 
 class _NothingToBill(Exception):
-    """The invoice would have no lines: roll it back."""
+    """The invoice would charge nothing: roll it back."""
 
 
 def _issue_invoice(
-    *, owner: Any, start: datetime, end: datetime, currency: str, subscriptions: list[Subscription]
+    *,
+    owner: Any,
+    start: datetime,
+    end: datetime,
+    kind: str,
+    currency: str,
+    subscriptions: list[Subscription],
+    fee_ids: set[int],
 ) -> Invoice | None:
     """One transaction: the invoice (unique per account, period, currency), the ledger entries
     it bills — claimed first, with ``UPDATE … SET invoice WHERE invoice IS NULL``, so an entry a
     concurrent run claimed is never billed twice — the lines built from exactly the claimed
-    entries, and the credits it spends. None if the invoice already existed or has no lines."""
+    entries (at the plans they were recorded at) and the flat fees of ``fee_ids``, and the
+    credits it spends. None if the invoice already existed or would charge nothing (a usage-only
+    plan without usage: no $0 invoices)."""
     by_id = {subscription.pk: subscription for subscription in subscriptions}
     try:
         with transaction.atomic():
@@ -528,15 +584,11 @@ def _issue_invoice(
             )
             if not was_created:
                 return None
-            (
-                LedgerEntry.objects.filter(
-                    subscription_id__in=by_id, invoice__isnull=True, window_start__lt=end
-                )
-                .exclude(kind=LedgerEntry.Kind.USAGE, window_start__lt=start)  # an earlier period's own
-                .update(invoice=invoice)
-            )
-            lines = _lines_for_invoice(invoice=invoice, by_id=by_id)
-            if not lines:
+            _unbilled_entries(start=start, end=end, kind=kind).filter(
+                subscription_id__in=by_id, plan__currency__iexact=currency
+            ).update(invoice=invoice)
+            lines = _lines_for_invoice(invoice=invoice, by_id=by_id, fee_ids=fee_ids)
+            if not any(line.amount_minor for line in lines):
                 raise _NothingToBill
             subtotal = sum(line.amount_minor for line in lines)
             lines += _credit_lines(account=account, currency=currency, invoice=invoice, room=subtotal)
@@ -555,45 +607,63 @@ def _issue_invoice(
 _SUMS = {"e": Sum("events"), "b": Sum("bytes"), "ce": Sum("counted_events"), "cb": Sum("counted_bytes")}
 
 
-def _lines_for_invoice(*, invoice: Invoice, by_id: dict[int, Subscription]) -> list[InvoiceLine]:
-    """The lines of ``invoice`` from the ledger entries it claimed: per subscription, the
-    period's charges (a subscription not active counts only with usage) and one adjustment line
-    for late usage of earlier periods."""
+def _lines_for_invoice(
+    *, invoice: Invoice, by_id: dict[int, Subscription], fee_ids: set[int]
+) -> list[InvoiceLine]:
+    """The lines of ``invoice``: per subscription and plan, the period's charges from the ledger
+    entries it claimed, at the plan each entry was recorded at (a plan's flat fee when the
+    subscription used the plan in the period, or is in ``fee_ids`` and on it now: no
+    proration), and one adjustment line per plan for late usage of earlier periods."""
     claimed = LedgerEntry.objects.filter(invoice=invoice)
     in_period = {
-        row["subscription_id"]: _Usage(row["e"], row["b"], row["ce"], row["cb"])
+        (row["subscription_id"], row["plan_id"]): _Usage(row["e"], row["b"], row["ce"], row["cb"])
         for row in claimed.filter(window_start__gte=invoice.period_start)
-        .values("subscription_id")
+        .values("subscription_id", "plan_id")
         .annotate(**_SUMS)
         .order_by()
     }
-    late: dict[int, dict[tuple[datetime, datetime], _Usage]] = defaultdict(lambda: defaultdict(_Usage))
-    for row in (
+    late_rows = list(
         claimed.filter(window_start__lt=invoice.period_start)
-        .values("subscription_id", "window_start")
+        .values("subscription_id", "plan_id", "window_start")
         .annotate(**_SUMS)
         .order_by()
-    ):
-        subscription = by_id[row["subscription_id"]]
-        period = billing_period_containing(row["window_start"], subscription.plan.billing_period)
-        usage = late[subscription.pk][period]
+    )
+    groups = set(in_period) | {(pk, by_id[pk].plan_id) for pk in fee_ids}
+    plans = BusinessPlan.objects.in_bulk(
+        {plan_id for _, plan_id in groups} | {r["plan_id"] for r in late_rows}
+    )
+    late: dict[tuple[int, int], dict[tuple[datetime, datetime], _Usage]] = defaultdict(
+        lambda: defaultdict(_Usage)
+    )
+    for row in late_rows:
+        plan = plans[row["plan_id"]]
+        usage = late[(row["subscription_id"], plan.pk)][
+            billing_period_containing(row["window_start"], plan.billing_period)
+        ]
         usage.events += row["e"]
         usage.bytes += row["b"]
         usage.counted_events += row["ce"]
         usage.counted_bytes += row["cb"]
 
     lines: list[InvoiceLine] = []
-    for subscription in by_id.values():
-        usage = in_period.get(subscription.pk, _Usage())
-        if subscription.status == Subscription.Status.ACTIVE or usage:
-            counted = usage.counted if bills_overage(subscription.plan) else UsageTotals()
-            lines.extend(
-                _lines_for_subscription(subscription=subscription, usage=usage.delivered, counted=counted)
+    for subscription_id, plan_id in sorted(groups):
+        subscription, plan = by_id[subscription_id], plans[plan_id]
+        usage = in_period.get((subscription_id, plan_id), _Usage())
+        counted = usage.counted if bills_overage(plan) else UsageTotals()
+        fee = (subscription_id, plan_id) in in_period or (
+            subscription_id in fee_ids and plan_id == subscription.plan_id
+        )
+        lines.extend(
+            _lines_for_subscription(
+                subscription=subscription, plan=plan, usage=usage.delivered, counted=counted, fee=fee
             )
-        if subscription.pk in late:
-            line = _adjustment_line(subscription=subscription, late=late[subscription.pk], invoice=invoice)
-            if line is not None:
-                lines.append(line)
+        )
+    for (subscription_id, plan_id), periods in sorted(late.items()):
+        line = _adjustment_line(
+            subscription=by_id[subscription_id], plan=plans[plan_id], late=periods, invoice=invoice
+        )
+        if line is not None:
+            lines.append(line)
     return lines
 
 
@@ -671,13 +741,17 @@ def issue_credit(
 
 
 def _adjustment_line(
-    *, subscription: Subscription, late: dict[tuple[datetime, datetime], _Usage], invoice: Invoice
+    *,
+    subscription: Subscription,
+    plan: BusinessPlan,
+    late: dict[tuple[datetime, datetime], _Usage],
+    invoice: Invoice,
 ) -> InvoiceLine | None:
-    """One line for a subscription's late usage in periods already invoiced (``late``: the
-    adjustment sums per period), priced as what it adds to each period's charges: the charges of
-    (billed + late) minus the charges of what that period billed (``LedgerEntry`` rows billed by
-    other invoices than ``invoice``). None when there is nothing to show."""
-    plan = subscription.plan
+    """One line for a subscription's late usage at ``plan`` in periods already invoiced
+    (``late``: the adjustment sums per period), priced as what it adds to each period's charges:
+    the charges of (billed + late) minus the charges of what that period billed at that plan
+    (``LedgerEntry`` rows billed by other invoices than ``invoice``). None when there is nothing
+    to show."""
     amount = 0
     events = size = 0
     parts = []
@@ -685,6 +759,7 @@ def _adjustment_line(
         sums = (
             LedgerEntry.objects.filter(
                 subscription=subscription,
+                plan=plan,
                 window_start__gte=start,
                 window_start__lt=end,
                 invoice__isnull=False,
@@ -708,8 +783,11 @@ def _adjustment_line(
         return None
     return InvoiceLine(
         subscription=subscription,
+        plan=plan,
         kind=InvoiceLine.Kind.ADJUSTMENT,
-        description=_truncate(f"{_label(subscription)}: late usage of earlier periods ({'; '.join(parts)})"),
+        description=_truncate(
+            f"{_label(subscription, plan)}: late usage of earlier periods ({'; '.join(parts)})"
+        ),
         quantity=1,
         unit_amount_minor=amount,
         amount_minor=amount,
@@ -734,21 +812,28 @@ def _usage_charges(plan: BusinessPlan, usage: _Usage) -> int:
     return amount
 
 
-def _label(subscription: Subscription) -> str:
-    return f"{subscription.api.name} — {subscription.plan.name} ({subscription.application.name})"
+def _label(subscription: Subscription, plan: BusinessPlan | None = None) -> str:
+    plan = plan or subscription.plan
+    return f"{subscription.api.name} — {plan.name} ({subscription.application.name})"
 
 
 def _lines_for_subscription(
-    *, subscription: Subscription, usage: UsageTotals, counted: UsageTotals
+    *,
+    subscription: Subscription,
+    usage: UsageTotals,
+    counted: UsageTotals,
+    plan: BusinessPlan | None = None,
+    fee: bool = True,
 ) -> list[InvoiceLine]:
     """Unsaved invoice lines for one subscription's period: base fee, events and bandwidth
-    (from ``usage``, direction "out") as the plan prices them, then events and/or bytes overage
-    (from ``counted``, the plan's counted directions) when they charge something."""
-    plan = subscription.plan
-    label = _label(subscription)
-    common = {"subscription": subscription, "events": usage.events, "bytes": usage.bytes}
+    (from ``usage``, direction "out") as ``plan`` (default: the subscription's) prices them,
+    then events and/or bytes overage (from ``counted``, the plan's counted directions) when they
+    charge something. ``fee=False`` leaves the base fee out."""
+    plan = plan or subscription.plan
+    label = _label(subscription, plan)
+    common = {"subscription": subscription, "plan": plan, "events": usage.events, "bytes": usage.bytes}
     lines = []
-    if plan.flat_fee_minor:
+    if fee and plan.flat_fee_minor:
         lines.append(
             InvoiceLine(
                 kind=InvoiceLine.Kind.BASE_FEE,
@@ -807,18 +892,19 @@ def _lines_for_subscription(
                 **common,
             )
         )
-    lines.extend(_overage_lines(subscription=subscription, label=label, counted=counted))
+    lines.extend(_overage_lines(subscription=subscription, plan=plan, label=label, counted=counted))
     return lines
 
 
-def _overage_lines(*, subscription: Subscription, label: str, counted: UsageTotals) -> list[InvoiceLine]:
+def _overage_lines(
+    *, subscription: Subscription, plan: BusinessPlan, label: str, counted: UsageTotals
+) -> list[InvoiceLine]:
     """Unsaved events- and bytes-overage lines of one subscription's period; a line only when it
     charges something (usage over the quota and a non-zero overage price)."""
-    plan = subscription.plan
     directions = str(
         dict(BusinessPlan.CountedDirections.choices).get(plan.counted_directions, plan.counted_directions)
     ).lower()
-    common = {"subscription": subscription, "events": counted.events, "bytes": counted.bytes}
+    common = {"subscription": subscription, "plan": plan, "events": counted.events, "bytes": counted.bytes}
     lines = []
     events = events_overage_charge(plan=plan, events=counted.events)
     if events is not None and events.amount_minor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from datetime import datetime
 from typing import Any
 
 import regex
@@ -695,6 +696,10 @@ class Subscription(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     decision_reason = models.TextField(blank=True, help_text="The admin's reason, shown to the consumer.")
+    # When it went live and when it ended (cancelled or rejected), kept by ``save()`` whatever
+    # changes the status: billing charges a period's flat fee only if it was live in the period.
+    activated_at = models.DateTimeField(null=True, blank=True, help_text="When it first became active.")
+    ended_at = models.DateTimeField(null=True, blank=True, help_text="When it was cancelled or rejected.")
 
     objects = SubscriptionQuerySet.as_manager()
 
@@ -710,6 +715,35 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.application} → {self.api} ({self.plan.name})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save, stamping ``activated_at`` the first time the status is active and ``ended_at``
+        when it becomes cancelled or rejected (now; or ``created`` for a subscription created in
+        that state, e.g. imported history, so backdated rows stay consistent); with
+        ``update_fields``, the stamped field is saved too."""
+        stamped = []
+        moment = self.created if self._state.adding else timezone.now()
+        was_live = (self.Status.ACTIVE, self.Status.SUSPENDED, self.Status.CANCELLED)
+        if self.activated_at is None and (
+            self.status == self.Status.ACTIVE or (self._state.adding and self.status in was_live)
+        ):
+            self.activated_at = moment
+            stamped.append("activated_at")
+        if self.status in (self.Status.CANCELLED, self.Status.REJECTED) and self.ended_at is None:
+            self.ended_at = moment
+            stamped.append("ended_at")
+        if stamped and kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], *stamped}
+        super().save(*args, **kwargs)
+
+    def live_between(self, start: datetime, end: datetime) -> bool:
+        """Whether it was active (or suspended) at some moment of ``[start, end)``: activated
+        before ``end`` and not ended by ``start``. Billing charges a period's flat fee on this."""
+        return (
+            self.activated_at is not None
+            and self.activated_at < end
+            and (self.ended_at is None or self.ended_at > start)
+        )
 
 
 class APIKeyQuerySet(models.QuerySet["APIKey"]):

@@ -28,6 +28,7 @@ from billing.ledger import (
 from billing.models import Invoice, InvoiceLine, LedgerEntry, UsageWindow
 from billing.services import bandwidth_charge, events_charge, invoice_closed_periods, invoice_period_close
 from portal.models import BusinessPlan
+from portal.services.subscriptions import subscription_approve, subscription_cancel, subscription_plan_change
 from tests.billing.conftest import NOVEMBER, OCTOBER
 from tests.factories import ApplicationFactory, BusinessPlanFactory, SubscriptionFactory
 from tests.fixtures.servers import celery_worker_start, server_env
@@ -414,3 +415,100 @@ def test_a_stopped_beat_catches_up_every_month_it_missed(bob, metered_plan, reco
     assert [invoice.lines.get(kind="events").events for invoice in created] == [18_000, 19_000, 20_000]
     assert invoice_closed_periods(now=datetime(2026, 11, 20, tzinfo=UTC)) == []
     assert Invoice.objects.count() == 4 and july.lines.get(kind="events").events == 17_000
+
+
+# --- Plan and status changes: usage is billed at the plan it was recorded at -----------------------
+
+
+def test_a_move_to_a_free_plan_before_the_close_still_bills_the_months_usage(
+    bob, bob_subscription, record_usage
+):
+    record_usage(bob_subscription, datetime(2026, 10, 3, tzinfo=UTC), 50_000)
+    ledger_close_windows(until=datetime(2026, 10, 31, tzinfo=UTC))  # beat closed the windows hourly
+    free = bob_subscription.api.plans.get(name="Free")
+    subscription_plan_change(subscription=bob_subscription, plan=free, by=bob)
+
+    [invoice] = invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1])
+
+    # $49.00 fee of the plan used in October + 40,000 events over 10,000 included at $1.50.
+    assert [(line.kind, line.plan.name, line.amount_minor) for line in invoice.lines.order_by("kind")] == [
+        ("base_fee", "Metered", 4900),
+        ("events", "Metered", 40 * 150),
+    ]
+    assert not LedgerEntry.objects.filter(subscription=bob_subscription, invoice__isnull=True).exists()
+
+
+def test_a_move_to_a_paid_plan_bills_its_fee_and_only_the_usage_after_the_move_at_its_prices(
+    bob, ticker_api, record_usage
+):
+    free = ticker_api.plans.get(name="Free")
+    metered = BusinessPlanFactory(
+        api=ticker_api,
+        name="Paid",
+        flat_fee_minor=4900,
+        included_events=10_000,
+        price_per_1000_events_minor=150,
+    )
+    subscription = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob), plan=free, created=SEPTEMBER_15
+    )
+    record_usage(subscription, datetime(2026, 10, 3, tzinfo=UTC), 50_000)  # on the free plan
+    ledger_close_windows(until=datetime(2026, 10, 31, tzinfo=UTC))
+    subscription_plan_change(subscription=subscription, plan=metered, by=bob)
+    record_usage(subscription, datetime(2026, 10, 31, 12, tzinfo=UTC), 11_000)
+
+    [invoice] = invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1])
+
+    assert [
+        (line.kind, line.plan.name, line.events, line.amount_minor) for line in invoice.lines.order_by("kind")
+    ] == [
+        ("base_fee", "Paid", 11_000, 4900),
+        ("events", "Paid", 11_000, 150),
+    ]
+
+
+def test_the_fee_follows_when_the_subscription_was_live_not_its_status_at_the_close(
+    bob, admin_user, metered_plan
+):
+    cancelled_after = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob), plan=metered_plan, created=SEPTEMBER_15
+    )
+    subscription_cancel(subscription=cancelled_after, actor=bob)  # after October: it was live all month
+    approved_after = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob),
+        plan=metered_plan,
+        status="pending",
+        created=datetime(2026, 10, 30, tzinfo=UTC),
+    )
+    subscription_approve(subscription=approved_after, approver=admin_user)  # live only after October
+
+    [invoice] = invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1])
+
+    assert list(invoice.lines.values_list("subscription_id", "kind")) == [
+        (cancelled_after.pk, "base_fee"),
+        (cancelled_after.pk, "events"),
+    ]
+
+
+def test_a_plan_change_is_not_mistaken_for_late_usage(bob, ticker_api, record_usage):
+    both = BusinessPlanFactory(api=ticker_api, name="Both", counted_directions="both", flat_fee_minor=100)
+    out = BusinessPlanFactory(api=ticker_api, name="Out", counted_directions="out", flat_fee_minor=100)
+    subscription = SubscriptionFactory(
+        application=ApplicationFactory(owner=bob), plan=both, created=SEPTEMBER_15
+    )
+    record_usage(subscription, datetime(2026, 10, 3, tzinfo=UTC), 100, 1_000)
+    record_usage(subscription, datetime(2026, 10, 3, tzinfo=UTC), 500, 5_000, direction="in")
+    ledger_close_windows(until=OCTOBER[1])
+    subscription_plan_change(subscription=subscription, plan=out, by=bob)
+
+    assert ledger_reconcile(start=OCTOBER[0], end=OCTOBER[1]) == []
+    entry = LedgerEntry.objects.get(subscription=subscription)
+    assert (entry.plan, entry.counted_events, entry.in_events) == (both, 600, 500)
+
+
+def test_a_usage_priced_plan_without_usage_issues_no_zero_invoice(bob, ticker_api):
+    per_event = BusinessPlanFactory(api=ticker_api, name="Per event", price_per_1000_events_minor=150)
+    SubscriptionFactory(application=ApplicationFactory(owner=bob), plan=per_event, created=SEPTEMBER_15)
+
+    assert invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1]) == []
+    assert Invoice.objects.count() == 0

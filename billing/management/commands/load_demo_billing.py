@@ -129,7 +129,9 @@ def _demo_subscription(*, consumer: User, admin: User, plan: BusinessPlan, since
     if subscription.status == Subscription.Status.PENDING:
         subscription = subscription_approve(subscription=subscription, approver=admin)
     # Demo history: the subscription has been live since the start of the month before last.
-    Subscription.objects.filter(pk=subscription.pk, created__gt=since).update(created=since)
+    Subscription.objects.filter(pk=subscription.pk, created__gt=since).update(
+        created=since, activated_at=since
+    )
     return subscription
 
 
