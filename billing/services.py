@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -299,6 +299,17 @@ class PeriodEstimate:
     period_end: datetime
     lines: list[InvoiceLine]
     totals: dict[str, int]
+    # Unspent credits per currency (minor units, > 0): the next invoices take them off.
+    credits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def due(self) -> dict[str, int]:
+        """Per currency, the total less the unspent credits, never below 0: what the invoice
+        would ask for."""
+        return {
+            currency: max(0, total - self.credits.get(currency.lower(), 0))
+            for currency, total in self.totals.items()
+        }
 
 
 def period_estimate(*, user: Any, now: datetime) -> PeriodEstimate:
@@ -341,7 +352,14 @@ def period_estimate(*, user: Any, now: datetime) -> PeriodEstimate:
     for line in lines:
         currency = line.plan.currency
         totals[currency] = totals.get(currency, 0) + line.amount_minor
-    return PeriodEstimate(period_start=period_start, period_end=period_end, lines=lines, totals=totals)
+    credits: dict[str, int] = {}
+    for currency, amount in Credit.objects.filter(account__owner=user, invoice__isnull=True).values_list(
+        "currency", "amount_minor"
+    ):
+        credits[currency.lower()] = credits.get(currency.lower(), 0) + amount
+    return PeriodEstimate(
+        period_start=period_start, period_end=period_end, lines=lines, totals=totals, credits=credits
+    )
 
 
 def invoice_period_close(
@@ -716,7 +734,8 @@ def issue_credit(
     spent on its next invoice(s) in that currency. ``by`` must be a platform admin.
 
     Raises ``PermissionDenied`` for anyone else, ``ValidationError`` (fields ``amount_minor``,
-    ``currency``, ``reason``) for a non-positive amount, an unknown currency or an empty reason.
+    ``currency``, ``reason``) for a non-positive amount, a currency no business plan is priced in
+    (it could never be spent) or an empty reason.
     """
     from django.core.exceptions import PermissionDenied, ValidationError
 
@@ -728,8 +747,14 @@ def issue_credit(
     elif amount_minor > 10**12:
         errors["amount_minor"] = "A credit is at most 10^12 minor units."
     currency = (currency or "").strip().lower()
-    if len(currency) != 3 or not currency.isalpha():
+    in_use = sorted({code.lower() for code in BusinessPlan.objects.values_list("currency", flat=True)})
+    if len(currency) != 3 or not currency.isascii() or not currency.isalpha():
         errors["currency"] = "A currency is a three-letter ISO 4217 code, e.g. usd."
+    elif currency not in in_use:
+        errors["currency"] = (
+            f"No business plan is priced in {currency.upper()}, so a credit in it could never be spent. "
+            f"Currencies in use: {', '.join(code.upper() for code in in_use) or 'none'}."
+        )
     reason = (reason or "").strip()
     if not reason:
         errors["reason"] = "Say why the account is credited: the consumer sees it on the invoice."

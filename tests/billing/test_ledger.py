@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Sum
 
 from analytics.queries import floor
@@ -25,8 +26,15 @@ from billing.ledger import (
     window_floor,
     window_rerun,
 )
-from billing.models import Invoice, InvoiceLine, LedgerEntry, UsageWindow
-from billing.services import bandwidth_charge, events_charge, invoice_closed_periods, invoice_period_close
+from billing.models import BillingAccount, Invoice, InvoiceLine, LedgerEntry, UsageWindow
+from billing.services import (
+    bandwidth_charge,
+    events_charge,
+    invoice_closed_periods,
+    invoice_period_close,
+    issue_credit,
+    period_estimate,
+)
 from portal.models import BusinessPlan
 from portal.services.subscriptions import subscription_approve, subscription_cancel, subscription_plan_change
 from tests.billing.conftest import NOVEMBER, OCTOBER
@@ -512,3 +520,35 @@ def test_a_usage_priced_plan_without_usage_issues_no_zero_invoice(bob, ticker_ap
 
     assert invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1]) == []
     assert Invoice.objects.count() == 0
+
+
+def test_a_credit_in_a_currency_no_plan_uses_is_refused(bob, admin_user, metered_plan):
+
+    from billing.models import BillingAccount
+    from billing.services import issue_credit
+
+    account = BillingAccount.objects.create(owner=bob)
+    with pytest.raises(ValidationError) as refused:
+        issue_credit(account=account, amount_minor=500, currency="xyz", reason="goodwill", by=admin_user)
+    assert refused.value.message_dict["currency"] == [
+        "No business plan is priced in XYZ, so a credit in it could never be spent. Currencies in use: USD."
+    ]
+    assert (
+        issue_credit(
+            account=account, amount_minor=500, currency="USD", reason="goodwill", by=admin_user
+        ).currency
+        == "usd"
+    )
+
+
+def test_the_running_estimate_takes_unspent_credits_off(bob, admin_user, bob_subscription):
+    issue_credit(
+        account=BillingAccount.objects.create(owner=bob),
+        amount_minor=1_000,
+        currency="usd",
+        reason="sorry",
+        by=admin_user,
+    )
+    estimate = period_estimate(user=bob, now=datetime.now(UTC))
+    assert estimate.totals == {"usd": 4900} and estimate.credits == {"usd": 1_000}
+    assert estimate.due == {"usd": 3900}
