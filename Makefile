@@ -36,6 +36,9 @@ run: export REDIS_URL := $(or $(REDIS_URL),$(shell (exec 3<>/dev/tcp/127.0.0.1/6
 # honcho sets PORT for each process (5000, 5100, ...), so the portal's port travels as EVENTGATE_PORT.
 run: export EVENTGATE_PORT := $(PORT)
 run: export EVENTGATE_PUBLIC_URL := http://127.0.0.1:$(PORT)
+# Its own Celery queue, so another checkout's worker on this machine's RabbitMQ never takes its
+# tasks (an invoice sync by id would push the wrong database's invoice).
+run: export CELERY_TASK_DEFAULT_QUEUE := $(or $(CELERY_TASK_DEFAULT_QUEUE),eventgate-run-$(PORT))
 # Without STRIPE_API_KEY, a local fake Stripe (localstripe) runs as one of the processes.
 ifeq ($(STRIPE_API_KEY),)
 run: export STRIPE_API_KEY := sk_test_localstripe
