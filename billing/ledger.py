@@ -46,6 +46,8 @@ WINDOWS_PER_TRANSACTION = 24
 ENTRIES_PER_TRANSACTION = 10_000
 DEFAULT_RECONCILE_DAYS = 35
 LATE_USAGE_REASON = "Late usage: reached analytics after the window closed."
+# pg_advisory_xact_lock key serializing ledger_reconcile runs ("eg-recon" in ASCII).
+RECONCILE_LOCK_KEY = int.from_bytes(b"eg-recon", "big") & 0x7FFFFFFFFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -283,17 +285,49 @@ def ledger_reconcile(
     last ``BILLING_RECONCILE_DAYS`` days up to the frontier): per subscription first, then per
     window only for the subscriptions that differ. Each difference becomes one entry with the
     next revision of its (subscription, window), ``kind`` adjustment, ``reason`` and ``by`` (the
-    admin who asked, or None for the beat job). Safe to run twice or concurrently: a second run
-    finds no difference, and two runs racing for the same revision collide on
-    ``unique_ledger_entry`` (the loser's duplicate is dropped). Returns the entries written.
+    admin who asked, or None for the beat job). Windows before the ledger's first one (usage
+    invoiced before the ledger existed) are never compared. Safe to run twice or concurrently:
+    runs are serialized (``_reconcile_lock``), so the second finds no difference left. Returns
+    the entries written.
     """
     now = now or timezone.now()
+    with transaction.atomic():
+        _reconcile_lock()
+        return _reconcile(
+            now=now, start=start, end=end, subscription_ids=subscription_ids, by=by, reason=reason
+        )
+
+
+def _reconcile_lock() -> None:
+    """Inside a transaction, wait until no other reconcile is running and hold that until
+    commit: a transaction-level advisory lock on PostgreSQL, the database's write lock on SQLite
+    (a write statement that changes nothing). Without it, two runs could both read the ledger
+    before either wrote, and both add the same difference (at different revisions)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RECONCILE_LOCK_KEY])
+        else:
+            table = connection.ops.quote_name(UsageWindow._meta.db_table)
+            cursor.execute(f"UPDATE {table} SET subscriptions = subscriptions WHERE id < 0")  # noqa: S608
+
+
+def _reconcile(
+    *,
+    now: datetime,
+    start: datetime | None,
+    end: datetime | None,
+    subscription_ids: list[int] | None,
+    by: Any,
+    reason: str,
+) -> list[LedgerEntry]:
     closed_end = frontier()
-    if closed_end is None:
+    first = UsageWindow.objects.aggregate(start=Min("start"))["start"]
+    if closed_end is None or first is None:
         return []
     end = min(end or closed_end, closed_end)
     days = getattr(settings, "BILLING_RECONCILE_DAYS", DEFAULT_RECONCILE_DAYS)
-    start = window_floor(start or (end - timedelta(days=days)))
+    # Looked back from now, not from the frontier (which closing a period early moves ahead).
+    start = max(window_floor(start or (min(now, end) - timedelta(days=days))), first)
     if start >= end:
         return []
     analytics_totals = {

@@ -6,6 +6,8 @@ for a SetupIntent, confirms it with the card element, and posts the PaymentMetho
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -13,6 +15,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from billing.models import BillingAccount
@@ -26,6 +29,26 @@ from billing.payments import (
 )
 from billing.stripe_sync import stripe_enabled
 from portal.forms import add_service_errors
+
+# Stripe.js proper: Stripe requires loading it from this host as an ordinary script (Stripe docs:
+# Stripe.js reference › Including Stripe.js). Any other ``STRIPE_JS_URL`` is a stand-in (localstripe's
+# under ``make run`` and the tests), which the page's script evaluates in a function scope: its
+# top-level ``class Element`` would otherwise shadow the DOM's ``Element`` for every script on the
+# page (Bootstrap's collapse, hence the navbar toggler, breaks).
+STRIPE_JS_HOST = "js.stripe.com"
+SAVED_FOR_NEXT = "Card saved — you can subscribe now"
+
+
+def next_path(request: HttpRequest) -> str:
+    """The ``next`` query parameter of ``request`` when it is a path on this site (e.g.
+    ``/apis/ticker/#subscribe``), else "". Other hosts, schemes and scheme-relative URLs
+    (``//evil.example``) are refused by ``url_has_allowed_host_and_scheme`` with no allowed
+    host but the request's own; only values starting with one "/" pass."""
+    target = request.GET.get("next") or ""
+    allowed = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return target if allowed and target.startswith("/") else ""
 
 
 class PaymentMethodForm(forms.Form):
@@ -43,7 +66,12 @@ def _account_for(request: HttpRequest) -> BillingAccount:
 @login_required
 def payment_method(request: HttpRequest) -> HttpResponse:
     """Show the card on file (brand, last four digits, expiry) or "No payment method", approved
-    invoicing, and the Stripe.js form to add or replace the card; POST saves the confirmed card."""
+    invoicing, and the Stripe.js form to add or replace the card; POST saves the confirmed card.
+
+    ``?next=<path on this site>`` (``next_path``; e.g. the subscribe form that refused a paid plan):
+    after the card is saved the consumer goes back there with "Card saved — you can subscribe now
+    (Visa •••• 4242)"
+    instead of staying here. Other values are ignored."""
     account = _account_for(request)
     form = PaymentMethodForm(request.POST if request.method == "POST" else None)
     status = 200
@@ -59,11 +87,15 @@ def payment_method(request: HttpRequest) -> HttpResponse:
         except PaymentsUnavailable as exc:
             form.add_error(None, str(exc))
         else:
+            if target := next_path(request):
+                messages.success(request, f"{SAVED_FOR_NEXT} ({card_label(account)})")
+                return redirect(target)
             messages.success(request, f"{card_label(account)} is your payment method now.")
             return redirect("billing:payment_method")
     if form.errors:
         status = 400
-    return render(request, "billing/payment_method.html", _context(account, form), status=status)
+    context = {**_context(account, form), "next_path": next_path(request)}
+    return render(request, "billing/payment_method.html", context, status=status)
 
 
 @login_required
@@ -93,6 +125,7 @@ def _context(account: BillingAccount, form: PaymentMethodForm) -> dict[str, obje
         "card_expiry": card_expiry(account),
         "configured": stripe_enabled(),
         "stripe_js_url": settings.STRIPE_JS_URL,
+        "stripe_js_isolated": urlsplit(settings.STRIPE_JS_URL).hostname != STRIPE_JS_HOST,
         "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
         "setup_intent_url": "/api/v1/billing/payment-method/",
         "paid_subscriptions": billed_subscriptions(account) if account.pk else [],

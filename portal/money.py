@@ -5,6 +5,8 @@ from __future__ import annotations
 # Currencies whose minor unit is the major unit (Stripe docs: "Zero-decimal currencies").
 ZERO_DECIMAL_CURRENCIES = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
 SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "cad": "CA$", "aud": "A$", "inr": "₹"}
+# The ISO 4217 codes business plans may be priced in: common currencies Stripe settles in.
+CURRENCIES = tuple("usd eur gbp jpy cad aud inr chf sek nok dkk nzd sgd hkd pln czk brl mxn zar".split())
 
 
 def format_money(amount_minor: int, currency: str = "usd") -> str:

@@ -371,13 +371,13 @@ def _price_errors(
     errors: dict[str, str] = {}
     if tiers and per_1000:
         errors["price_per_1000_events_minor"] = (
-            "Graduated price tiers (price_tiers) replace the single price per 1,000 events: set this "
-            "to 0, or clear the tiers."
+            "Graduated prices replace the single price per 1,000 events: set this to 0, or clear the "
+            "graduated prices."
         )
     if included_bytes and not per_gb:
         errors["included_bytes"] = (
-            "Included bytes only matter when bandwidth is charged: set a price per GB "
-            "(price_per_gb_minor) or 0 included bytes; to cap bandwidth, set a bytes quota."
+            "Included bytes only matter when bandwidth is charged: set a price per GB above 0 or "
+            "0 included bytes; to cap bandwidth, set a bytes quota."
         )
     if price_model is None:  # nothing chosen (an API client): any combination of amounts is coherent
         return errors
@@ -409,7 +409,7 @@ def _price_errors(
         )
     if not wants_usage and tiers_priced:
         errors["price_tiers"] = (
-            f"“{label}” does not charge per event: clear the price tiers (or set their prices to 0), "
+            f"“{label}” does not charge per event: clear the graduated prices (or set them to 0), "
             "or pick a per-event price model."
         )
     if price_model == PriceModel.FREE and per_gb:

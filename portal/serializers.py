@@ -21,6 +21,7 @@ from portal.models import (
     Operation,
     Subscription,
 )
+from portal.money import CURRENCIES
 from portal.plans import (
     MAX_BYTES,
     MAX_EVENTS,
@@ -153,6 +154,11 @@ class PlanCreateSerializer(serializers.Serializer[Any]):
         choices=PRICE_MODELS,
         required=False,
         help_text="When given, the amounts must fit it (`flat`: a flat fee, no per-event price).",
+    )
+    currency = serializers.ChoiceField(
+        choices=CURRENCIES,
+        required=False,
+        help_text="ISO 4217 code, lower case (default `usd`): the plan's prices are minor units of it.",
     )
     billing_period = serializers.ChoiceField(
         choices=BusinessPlan.BillingPeriod.choices,

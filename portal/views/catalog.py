@@ -223,6 +223,8 @@ def api_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "preview": manages
         and (api.status not in API.LISTED_STATUSES or version.status == APIVersion.Status.DRAFT),
         "documentation": _documentation(version),
+        # Paid plan cards say up front that subscribing needs a payment method (billing's check).
+        "require_payment_method": settings.BILLING_REQUIRE_PAYMENT_METHOD,
     }
     return render(request, "portal/api_detail.html", context)
 

@@ -552,3 +552,53 @@ def test_the_running_estimate_takes_unspent_credits_off(bob, admin_user, bob_sub
     estimate = period_estimate(user=bob, now=datetime.now(UTC))
     assert estimate.totals == {"usd": 4900} and estimate.credits == {"usd": 1_000}
     assert estimate.due == {"usd": 3900}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reconciles_record_late_usage_once(bob, metered_plan, record_usage):
+    import threading
+
+    from django.db import connection
+
+    subscriptions = [
+        SubscriptionFactory(application=ApplicationFactory(owner=bob), plan=metered_plan, created=OCTOBER[0])
+        for _ in range(3)
+    ]
+    ledger_close_windows(until=datetime(2026, 10, 2, tzinfo=UTC))
+    for hour in range(24):  # late usage in every window of the day, for every subscription
+        for subscription in subscriptions:
+            record_usage(subscription, OCTOBER[0] + timedelta(hours=hour, minutes=5), 100, 10)
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            for hour in range(24):  # many short runs, as beat's and admins' re-runs of one window
+                window = OCTOBER[0] + timedelta(hours=hour)
+                ledger_reconcile(start=window, end=window + WINDOW)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    adjustments = LedgerEntry.objects.filter(kind="adjustment")
+    assert adjustments.count() == 24 * 3
+    assert set(adjustments.values_list("revision", flat=True)) == {1}
+    assert adjustments.aggregate(e=Sum("events"))["e"] == 24 * 3 * 100
+
+
+def test_usage_invoiced_before_the_ledger_existed_is_never_reconciled(bob_subscription, record_usage):
+    record_usage(bob_subscription, datetime(2026, 10, 28, tzinfo=UTC), 50_000)  # invoiced without a ledger
+    ledger_close_windows(until=datetime(2026, 11, 2, tzinfo=UTC), begin=NOVEMBER[0])
+    UsageWindow.objects.filter(start__lt=NOVEMBER[0]).delete()  # a ledger that began on November 1
+    LedgerEntry.objects.filter(window_start__lt=NOVEMBER[0]).delete()
+
+    assert ledger_reconcile(start=OCTOBER[0], end=NOVEMBER[1]) == []

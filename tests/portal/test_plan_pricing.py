@@ -106,11 +106,12 @@ def test_the_plan_form_explains_tiers_and_bandwidth(client, alice, ticker_api):
         ({"price_tiers": json.dumps(TIERS)}, "not JSON; the REST API takes JSON tiers in cents."),
         (
             {"price_per_1000_events": "0.50", "price_tiers": "100000 1.50\nabove 1.00"},
-            "Graduated price tiers (price_tiers) replace the single price per 1,000 events: set this to 0",
+            "Graduated prices replace the single price per 1,000 events: set this to 0, or clear the "
+            "graduated prices.",
         ),
         (
             {"price_tiers": "100000 1.50\nabove 1.00"},
-            "“Free” does not charge per event: clear the price tiers",
+            "“Free” does not charge per event: clear the graduated prices",
         ),
         ({"price_per_gb": "0.20"}, "“Free” charges nothing: set the bandwidth price per GB to 0"),
         (
@@ -119,7 +120,8 @@ def test_the_plan_form_explains_tiers_and_bandwidth(client, alice, ticker_api):
         ),
         (
             {"price_model": "per_event", "included_bandwidth": "1"},
-            "Included bytes only matter when bandwidth",
+            "Included bytes only matter when bandwidth is charged: set a price per GB above 0 or "
+            "0 included bytes",
         ),
         ({"price_per_gb": "-1"}, "Ensure this value is greater than or equal to 0."),
         ({"billing_period": "decade"}, "Select a valid choice."),
@@ -132,6 +134,7 @@ def test_incoherent_prices_are_field_errors_naming_the_line(client, alice, ticke
     page = response.content.decode()
     assert message in page
     assert "invalid-feedback" in page  # on the field, not only at the top
+    assert "(price_tiers)" not in page and "(price_per_gb_minor)" not in page  # no internal names
     assert not BusinessPlan.objects.filter(name="Platinum").exists()
 
 
@@ -231,7 +234,7 @@ def test_rest_creates_a_tiered_plan_and_shows_its_price(client, alice, ticker_ap
         (
             {"price_tiers": TIERS, "price_per_1000_events_minor": 50},
             "price_per_1000_events_minor",
-            "replace the single price per 1,000 events: set this to 0, or clear the tiers.",
+            "replace the single price per 1,000 events: set this to 0, or clear the graduated prices.",
         ),
         ({"price_model": "free", "price_tiers": TIERS}, "price_tiers", "“Free” does not charge per event"),
         ({"price_model": "free", "price_per_gb_minor": 20}, "price_per_gb_minor", "“Free” charges nothing"),
@@ -262,6 +265,18 @@ def test_rest_reads_null_tiers_as_none(client, alice, ticker_api):
     )
     assert response.status_code == 201, response.json()
     assert BusinessPlan.objects.get(name="Single").price_tiers == []
+
+
+def test_rest_prices_a_plan_in_the_currency_given_and_refuses_unknown_ones(client, alice, ticker_api):
+    euro = post_plan(client, alice, {"name": "Euro", "flat_fee_minor": 900, "currency": "eur"})
+    assert euro.status_code == 201, euro.json()
+    assert BusinessPlan.objects.get(name="Euro").currency == "eur"
+    assert euro.json()["price_summary"].startswith("€9.00")
+
+    refused = post_plan(client, alice, {"name": "Made up", "flat_fee_minor": 900, "currency": "xyz"})
+    assert refused.status_code == 400
+    assert refused.json()["currency"] == ['"xyz" is not a valid choice.']
+    assert not BusinessPlan.objects.filter(name="Made up").exists()
 
 
 # --- Django admin ------------------------------------------------------------------------------
