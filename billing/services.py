@@ -733,14 +733,17 @@ def issue_credit(
     """Record a credit of ``amount_minor`` (> 0, minor units of ``currency``) for ``account``,
     spent on its next invoice(s) in that currency. ``by`` must be a platform admin.
 
-    Raises ``PermissionDenied`` for anyone else, ``ValidationError`` (fields ``amount_minor``,
-    ``currency``, ``reason``) for a non-positive amount, a currency no business plan is priced in
-    (it could never be spent) or an empty reason.
+    Raises ``PermissionDenied`` for anyone else or for an admin's own account;
+    ``ValidationError`` (fields ``amount_minor``, ``currency``, ``reason``) for a non-positive
+    amount, a currency no business plan is priced in (it could never be spent) or an empty
+    reason.
     """
     from django.core.exceptions import PermissionDenied, ValidationError
 
     if not (getattr(by, "is_active", False) and getattr(by, "is_staff", False)):
         raise PermissionDenied("Only platform admins can issue credits.")
+    if account.owner_id == by.pk:
+        raise PermissionDenied("Admins cannot credit their own billing account: ask another admin.")
     errors = {}
     if not isinstance(amount_minor, int) or amount_minor <= 0:
         errors["amount_minor"] = "A credit is a positive amount in minor units (cents), e.g. 500 for 5.00."

@@ -602,3 +602,11 @@ def test_usage_invoiced_before_the_ledger_existed_is_never_reconciled(bob_subscr
     LedgerEntry.objects.filter(window_start__lt=NOVEMBER[0]).delete()
 
     assert ledger_reconcile(start=OCTOBER[0], end=NOVEMBER[1]) == []
+
+
+def test_an_admin_cannot_credit_their_own_account(admin_user, metered_plan):
+    from django.core.exceptions import PermissionDenied
+
+    account = BillingAccount.objects.create(owner=admin_user)
+    with pytest.raises(PermissionDenied, match="cannot credit their own billing account"):
+        issue_credit(account=account, amount_minor=500, currency="usd", reason="mine", by=admin_user)
