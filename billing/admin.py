@@ -1,13 +1,19 @@
-"""Billing admin: the ledger read-only (issued invoices are immutable), plus a re-send to Stripe.
+"""Billing admin: the ledger read-only (issued invoices are immutable), plus a re-send to Stripe
+and approving paying by invoice.
 
-Usage windows, ledger entries, credits, Stripe events and dunning cases are read-only here: they
-are written by the ledger, the billing desk (/billing/admin/: re-run a window, issue a credit), the
-Stripe webhook and dunning, each with its checks and audit trail.
+Nothing billing holds is added or deleted here. Billing accounts are created by the system
+(``billing.payments.billing_account_get``); their Stripe ids and card are Stripe's mirror and
+read-only; invoicing is approved with the action (``billing.payments.invoicing_approve``, which
+records who and when). Invoices, invoice lines, usage windows, ledger entries, credits, Stripe
+events and dunning cases are written by the ledger, the billing desk (/billing/admin/: re-run a
+window, issue a credit, approve invoicing), the Stripe webhook and dunning, each with its checks
+and audit trail.
 """
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -22,21 +28,74 @@ from billing.models import (
     StripeEvent,
     UsageWindow,
 )
+from billing.payments import invoicing_approve
 from billing.stripe_sync import stripe_enabled
 from billing.tasks import enqueue_stripe_sync
 
 
+class NoAddDeleteAdmin(admin.ModelAdmin):
+    """Rows are written by the billing services, never added or deleted by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(BillingAccount)
 class BillingAccountAdmin(admin.ModelAdmin):
-    list_display = ["owner", "stripe_customer_id", "stripe_subscription_id", "created"]
+    """Billing accounts: created by the system, so no add form (the owner cannot be chosen); the
+    Stripe ids, card mirror and invoicing approval are read-only (the approval goes through the
+    "Approve paying by invoice" action and ``billing.payments.invoicing_approve``)."""
+
+    list_display = [
+        "owner",
+        "stripe_customer_id",
+        "payment_method_last4",
+        "invoicing_approved_at",
+        "invoicing_approved_by",
+        "created",
+    ]
+    list_select_related = ["owner", "invoicing_approved_by"]
     search_fields = ["owner__email", "stripe_customer_id"]
-    readonly_fields = ["owner", "created"]
+    readonly_fields = [
+        "owner",
+        "stripe_customer_id",
+        "stripe_subscription_id",
+        "payment_method_id",
+        "payment_method_brand",
+        "payment_method_last4",
+        "payment_method_exp_month",
+        "payment_method_exp_year",
+        "invoicing_approved_at",
+        "invoicing_approved_by",
+        "created",
+    ]
+    actions = ["approve_invoicing"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Approve paying by invoice")
+    def approve_invoicing(self, request: HttpRequest, queryset: QuerySet[BillingAccount]) -> None:
+        """``billing.payments.invoicing_approve`` for each selected account, by the signed-in admin."""
+        approved = 0
+        for account in queryset:
+            try:
+                invoicing_approve(account=account, by=request.user)
+            except PermissionDenied as error:
+                self.message_user(request, str(error), messages.ERROR)
+                return
+            approved += 1
+        self.message_user(request, f"Paying by invoice approved for {approved} billing account(s).")
 
 
 class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
     can_delete = False
+    max_num = 0
     fields = [
         "subscription",
         "kind",
@@ -53,9 +112,32 @@ class InvoiceLineInline(admin.TabularInline):
     def has_add_permission(self, request: HttpRequest, obj: Invoice | None = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Invoice | None = None) -> bool:
+        return False
+
+
+@admin.register(InvoiceLine)
+class InvoiceLineAdmin(admin.ModelAdmin):
+    """Invoice lines, read-only: they are part of an issued invoice."""
+
+    list_display = ["pk", "invoice", "kind", "subscription", "amount_minor"]
+    list_filter = ["kind"]
+    list_select_related = ["invoice__account__owner", "subscription__api"]
+    search_fields = ["invoice__account__owner__email", "description"]
+    raw_id_fields = ["invoice", "subscription", "credit"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
 
 @admin.register(Invoice)
-class InvoiceAdmin(admin.ModelAdmin):
+class InvoiceAdmin(NoAddDeleteAdmin):
     list_display = [
         "pk",
         "account",

@@ -1,6 +1,6 @@
 """Forms of the billing pages (``billing.views``) and the checks the REST API shares with them
 (``billing.api``): billing periods in query strings, the admin's invoice filters, re-running a
-usage window and issuing a credit.
+usage window, issuing a credit and approving paying by invoice.
 
 Amounts typed by people are major units ("12.50"); they become integer minor units with
 ``Decimal`` only, never ``float`` (``amount_to_minor``). Times are UTC.
@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.db.models import Q
 from django.utils import timezone
 
 from billing.ledger import WINDOW
 from billing.models import Invoice
 from billing.services import billing_period_containing
 from portal.models import API, User
-from portal.money import ZERO_DECIMAL_CURRENCIES
+from portal.money import ZERO_DECIMAL_CURRENCIES, format_money
 
 # Usage windows and billing periods before this are refused: the platform holds nothing older,
 # and arithmetic on a window near year 1 would overflow a datetime.
@@ -28,7 +29,8 @@ EARLIEST_WINDOW = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_CREDIT_MINOR = 10**12  # billing.services.issue_credit's upper bound
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _YEAR = re.compile(r"^(\d{4})$")
-_AMOUNT = re.compile(r"^\d{1,13}(\.\d+)?$")
+# ASCII digits (\d would admit other scripts' digits), one optional dot and decimals.
+_AMOUNT = re.compile(r"^([0-9]+)(?:\.([0-9]+))?$")
 
 
 # --- periods ---------------------------------------------------------------------------------
@@ -68,6 +70,13 @@ def period_value(start: datetime, end: datetime) -> str:
     if billing_period_containing(start, "year") == (start, end.astimezone(UTC)):
         return f"{start:%Y}"
     return ""
+
+
+def period_starts_within(start: datetime, end: datetime, *, prefix: str = "") -> Q:
+    """Invoices (``prefix="invoice__"``: invoice lines) whose billing period starts in
+    ``[start, end)``: for ``parse_period("2026")`` every monthly and the yearly invoice of 2026,
+    for ``"2026-10"`` those of October 2026 (UTC; ``end`` exclusive)."""
+    return Q(**{f"{prefix}period_start__gte": start, f"{prefix}period_start__lt": end})
 
 
 class PeriodField(forms.CharField):
@@ -110,13 +119,13 @@ class InvoiceFilterForm(forms.Form):
         super().__init__(*args, **kwargs)
 
     def filter(self, invoices: Any) -> Any:
-        """``invoices`` narrowed to the valid filters (call after ``is_valid()``)."""
+        """``invoices`` narrowed to the valid filters (call after ``is_valid()``); a period is
+        ``period_starts_within``: a year finds its monthly invoices too."""
         data = self.cleaned_data
         if data.get("status"):
             invoices = invoices.filter(status=data["status"])
         if data.get("period"):
-            start, end = data["period"]
-            invoices = invoices.filter(period_start=start, period_end=end)
+            invoices = invoices.filter(period_starts_within(*data["period"]))
         if data.get("email"):
             invoices = invoices.filter(account__owner__email__icontains=data["email"])
         return invoices
@@ -219,29 +228,36 @@ def minor_unit_exponent(currency: str) -> int:
 
 def amount_to_minor(text: str, currency: str) -> int:
     """``"12.50"``, ``"usd"`` → ``1250``; ``"500"``, ``"jpy"`` → ``500``. Exact: ``Decimal``, no
-    float. Raises ``ValueError`` with a message for people for text that is not a positive
-    amount, for more decimals than the currency has (``"1.005"`` in USD), or for more than
-    ``MAX_CREDIT_MINOR`` minor units."""
-    text = (text or "").strip().replace(",", "")
+    float. Accepts ASCII digits with an optional single dot and at most the currency's minor
+    digits (``minor_unit_exponent``). Raises ``ValueError`` with a message for people: a comma
+    (``"1,50"``: "Use a dot for the decimal part"; never read as 150), anything else that is not
+    a positive amount, more decimals than the currency has (``"1.005"`` in USD), or more than
+    ``MAX_CREDIT_MINOR`` minor units ("too large")."""
+    text = (text or "").strip()
     code = (currency or "usd").upper()
     digits = minor_unit_exponent(currency)
     example = "500" if digits == 0 else "12.50"
-    if text.startswith("-") or text in {"0", "0.0", "0.00"}:
+    if "," in text:
+        if digits == 0:
+            raise ValueError(f"{code} amounts are whole numbers without separators, e.g. {example}.")
+        raise ValueError("Use a dot for the decimal part, e.g. 1.50")
+    if text.startswith("-"):
         raise ValueError(f"A credit is a positive amount in {code}, e.g. {example}.")
-    if not _AMOUNT.match(text):
+    match = _AMOUNT.fullmatch(text)
+    if not match:
         raise ValueError(f"Enter an amount in {code} with digits and a decimal point, e.g. {example}.")
-    try:
-        amount = Decimal(text)
-    except InvalidOperation:  # pragma: no cover - the pattern above admits only valid decimals
-        raise ValueError(f"Enter an amount in {code}, e.g. {example}.") from None
-    minor = amount.scaleb(digits)
-    if minor != minor.to_integral_value():
+    fraction = match[2] or ""
+    if len(fraction) > digits:
         places = "no decimals" if digits == 0 else f"at most {digits} decimals"
         raise ValueError(f"{code} amounts have {places}: {text} is not a whole number of minor units.")
+    minor = Decimal(f"{match[1]}.{fraction or '0'}").scaleb(digits)
     if minor <= 0:
         raise ValueError(f"A credit is a positive amount in {code}, e.g. {example}.")
     if minor > MAX_CREDIT_MINOR:
-        raise ValueError(f"A credit is at most {MAX_CREDIT_MINOR:,} minor units.")
+        raise ValueError(
+            f"{text} {code} is too large: a credit is at most {format_money(MAX_CREDIT_MINOR, currency)} "
+            f"({MAX_CREDIT_MINOR:,} minor units)."
+        )
     return int(minor)
 
 
@@ -312,6 +328,41 @@ class CreditForm(forms.Form):
             except ValueError as error:
                 self.add_error("amount", str(error))
         return cleaned
+
+
+# --- paying by invoice ----------------------------------------------------------------------------
+
+
+class InvoicingForm(forms.Form):
+    """Approve or withdraw paying by invoice (``billing.payments.invoicing_approve`` /
+    ``invoicing_revoke``) for the consumer with this email (case-insensitive), who may have no
+    billing account yet. ``cleaned_data`` gets ``user``."""
+
+    APPROVE, WITHDRAW = "approve", "withdraw"
+
+    email = forms.CharField(
+        max_length=254, label="Consumer email", widget=forms.TextInput(attrs={"autocomplete": "off"})
+    )
+    action = forms.ChoiceField(
+        choices=[(APPROVE, "Approve paying by invoice"), (WITHDRAW, "Withdraw the approval")],
+        initial=APPROVE,
+        widget=forms.RadioSelect,
+        label="",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "invoicing_%s")
+        super().__init__(*args, **kwargs)
+
+    def clean_email(self) -> str:
+        text = self.cleaned_data["email"].strip()
+        if "\x00" in text:
+            raise forms.ValidationError("An email address has no NUL characters.")
+        user = User.objects.filter(email__iexact=text).first()
+        if user is None:
+            raise forms.ValidationError(f"No user has the email address “{text[:254]}”.")
+        self.cleaned_data["user"] = user
+        return text
 
 
 def twelve_months_before(moment: datetime) -> datetime:

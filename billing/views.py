@@ -8,7 +8,8 @@
 - ``/billing/revenue/``: providers: revenue of their APIs per API, business plan, period and
   currency, from the lines of issued invoices (platform admins: every API);
 - ``/billing/admin/``: platform admins: every invoice (filters, pages), failed payments and their
-  dunning, re-running a usage window, issuing a credit.
+  dunning, re-running a usage window, issuing a credit, approving paying by invoice; each form
+  redirects back with a message when it succeeds (Post/Redirect/Get).
 
 The reports (``invoice_ledger``, ``revenue_report``) are shared with the REST API
 (``billing.api``). Amounts are integer minor units; times UTC.
@@ -33,20 +34,29 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from analytics.dashboard import csv_response
 from billing.forms import (
     CreditForm,
     InvoiceFilterForm,
+    InvoicingForm,
     RevenueFilterForm,
     WindowRerunForm,
     minor_unit_exponent,
+    period_starts_within,
     period_value,
     twelve_months_before,
 )
 from billing.ledger import WINDOW, window_rerun
 from billing.models import BillingAccount, Credit, DunningCase, Invoice, InvoiceLine, LedgerEntry
+from billing.payments import (
+    PAYMENT_METHOD_PATH,
+    billing_account_get,
+    card_label,
+    invoicing_approve,
+    invoicing_revoke,
+)
 from billing.services import billing_period_containing, issue_credit, period_estimate
 from billing.templatetags.billing_tags import STATUS_BADGES
 from portal.models import API, Subscription
@@ -321,6 +331,31 @@ def invoice_list(request: HttpRequest) -> HttpResponse:
     return render(request, "billing/invoice_list.html", {"invoices": invoices, "estimate": estimate})
 
 
+@dataclass(frozen=True)
+class PaymentHint:
+    """How an unpaid invoice without Stripe's hosted page gets paid, for the consumer: ``text``,
+    and ``link`` (the payment method page) when they still have to add a card."""
+
+    text: str
+    link: str = ""
+
+
+def payment_hint(invoice: Invoice) -> PaymentHint | None:
+    """For a draft or open invoice without an http(s) hosted invoice URL: paid by invoice (Stripe
+    emails it to the owner) with approved invoicing and no card (``BillingAccount.collection_method``
+    ``send_invoice``), charged to the card on file, or "Add a payment method". None otherwise
+    (paid, void, or Stripe's page is linked)."""
+    if invoice.status not in (Invoice.Status.DRAFT, Invoice.Status.OPEN) or hosted_url(invoice):
+        return None
+    account = invoice.account
+    if account.collection_method == "send_invoice":
+        return PaymentHint(f"Paid by invoice: Stripe emails it to {account.owner.email}.")
+    if account.has_payment_method:
+        card = card_label(account)
+        return PaymentHint(f"It will be charged to your card on file{f' ({card})' if card else ''}.")
+    return PaymentHint("Add a payment method: the invoice is charged to it.", link=PAYMENT_METHOD_PATH)
+
+
 @login_required
 @require_GET
 def invoice_detail(request: HttpRequest, invoice_id: int) -> HttpResponse:
@@ -336,6 +371,7 @@ def invoice_detail(request: HttpRequest, invoice_id: int) -> HttpResponse:
         "invoice": invoice,
         "state": invoice_state(invoice),
         "hosted_url": hosted_url(invoice),
+        "payment_hint": payment_hint(invoice),
         "groups": groups,
         "lines": lines,
         "has_overage": any(line.is_overage for line in lines),
@@ -360,7 +396,8 @@ def revenue_lines(
 ) -> QuerySet[InvoiceLine]:
     """Lines of issued, not void invoices billing subscriptions to the APIs ``user`` manages
     (``API.objects.managed_by``: a provider's own, every API for staff): in ``period`` when
-    given, else of the periods that ended in the last 12 months (after
+    given (invoices whose period starts in it: ``billing.forms.period_starts_within``; a year
+    holds its months), else of the periods that ended in the last 12 months (after
     ``twelve_months_before(now)``, up to ``now``); only ``api``'s when given. Credit lines bill no
     subscription, so they are never a provider's."""
     lines = InvoiceLine.objects.filter(
@@ -369,7 +406,7 @@ def revenue_lines(
     if api is not None:
         lines = lines.filter(subscription__api=api)
     if period is not None:
-        return lines.filter(invoice__period_start=period[0], invoice__period_end=period[1])
+        return lines.filter(period_starts_within(*period, prefix="invoice__"))
     return lines.filter(invoice__period_end__gt=twelve_months_before(now), invoice__period_end__lte=now)
 
 
@@ -471,7 +508,7 @@ def revenue_report(
 
 def revenue_periods(user: Any) -> list[tuple[str, str]]:
     """``(value, label)`` of every calendar month and year with revenue for ``user``'s APIs,
-    newest first: the period picker's choices."""
+    newest first, each year before its months: the period picker's choices."""
     periods = (
         InvoiceLine.objects.filter(
             subscription__api__in=API.objects.managed_by(user), invoice__issued_at__isnull=False
@@ -482,28 +519,29 @@ def revenue_periods(user: Any) -> list[tuple[str, str]]:
     )
     choices = []
     for start, end in periods:
-        value = period_value(start, end)
-        if value and (value, period_label(start, end)) not in choices:
-            choices.append((value, period_label(start, end)))
+        # The year first (it holds its months: ``billing.forms.period_starts_within``), then the month.
+        year = billing_period_containing(start, "year")
+        for value, label in ((period_value(*year), period_label(*year)), (period_value(start, end), "")):
+            if value and value not in (known for known, _ in choices):
+                choices.append((value, label or period_label(start, end)))
     return choices
 
 
 def revenue_charts(report: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
     """One stacked bar chart per currency (drawn by the revenue page's script): invoiced per
-    period, one dataset per API; the x axis holds the last 12 months (or the one period asked
-    for) plus any yearly or custom period with revenue. Amounts stay minor units; ``exponent``
+    period, one dataset per API; the x axis holds the last 12 months (or the months of the period
+    asked for) plus any yearly or custom period with revenue. Amounts stay minor units; ``exponent``
     says how to show them."""
-    if report["range"]["period"]:
-        periods = [(report["range"]["start"], report["range"]["end"])]
-    else:
-        periods = []
-        month = report["range"]["start"]
-        while True:
-            _, following = billing_period_containing(month, "month")
-            if following > now:
-                break
-            periods.append((month, following))
-            month = following
+    # The months of the period asked for (a year: its twelve months), else of the last 12 months.
+    last = report["range"]["end"] if report["range"]["period"] else now
+    periods = []
+    month = report["range"]["start"]
+    while True:
+        _, following = billing_period_containing(month, "month")
+        if following > last:
+            break
+        periods.append((month, following))
+        month = following
     charts = []
     by_currency: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in report["rows"]:
@@ -624,12 +662,34 @@ def failed_payments() -> QuerySet[Invoice]:
     )
 
 
+RERUN_SESSION_KEY = "billing_rerun_result"
+RECENT_INVOICING = 20
+
+
+def _rerun_result(request: HttpRequest) -> dict[str, Any] | None:
+    """The last re-run's result, kept in the session across its redirect (shown once)."""
+    kept = request.session.pop(RERUN_SESSION_KEY, None)
+    if not isinstance(kept, dict):
+        return None
+    try:
+        start = datetime.fromisoformat(kept["start"])
+        ids = [int(pk) for pk in kept["entries"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    written = (
+        LedgerEntry.objects.filter(pk__in=ids)
+        .select_related("subscription__api", "subscription__application__owner", "created_by")
+        .order_by("subscription_id", "revision")
+    )
+    return {"start": start, "end": start + WINDOW, "entries": list(written)}
+
+
 def _admin_page(
     request: HttpRequest,
     *,
     rerun_form: WindowRerunForm | None = None,
     credit_form: CreditForm | None = None,
-    rerun_result: dict[str, Any] | None = None,
+    invoicing_form: InvoicingForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
     filters = InvoiceFilterForm(request.GET or None)
@@ -652,11 +712,15 @@ def _admin_page(
         "query": query,
         "failed": failed,
         "rerun_form": rerun_form or WindowRerunForm(),
-        "rerun_result": rerun_result,
+        "rerun_result": _rerun_result(request) if request.method == "GET" else None,
         "credit_form": credit_form or CreditForm(initial={"currency": "usd"}),
         "credits": Credit.objects.select_related("account__owner", "created_by", "invoice").order_by(
             "-created", "-pk"
         )[:RECENT_CREDITS],
+        "invoicing_form": invoicing_form or InvoicingForm(),
+        "invoicing_accounts": BillingAccount.objects.filter(invoicing_approved_at__isnull=False)
+        .select_related("owner", "invoicing_approved_by")
+        .order_by("-invoicing_approved_at", "-pk")[:RECENT_INVOICING],
     }
     if not filters_valid and status == 200:
         status = 400
@@ -664,19 +728,57 @@ def _admin_page(
 
 
 @staff_only
-@require_GET
+@require_http_methods(["GET", "HEAD", "POST"])
 def billing_admin(request: HttpRequest) -> HttpResponse:
     """Every invoice (filters ``status``, ``period``, ``email``; pages of 25), failed payments
-    with their dunning case, and the forms to re-run a usage window and to issue a credit."""
+    with their dunning case, and the forms to re-run a usage window, to issue a credit and to
+    approve paying by invoice. A POST here is the invoicing form (``admin_invoicing``)."""
+    if request.method == "POST":
+        return admin_invoicing(request)
     return _admin_page(request)
+
+
+def admin_invoicing(request: HttpRequest) -> HttpResponse:
+    """Approve or withdraw paying by invoice for the consumer with the posted email
+    (``InvoicingForm``; ``billing.payments.invoicing_approve`` / ``invoicing_revoke``, recording
+    the signed-in admin), creating their billing account if they have none
+    (``billing.payments.billing_account_get``); then back to the desk with a message. An unknown
+    email, or withdrawing an approval that does not exist: 400 with the error under the field."""
+    form = InvoicingForm(request.POST)
+    if not form.is_valid():
+        return _admin_page(request, invoicing_form=form, status=400)
+    user = form.cleaned_data["user"]
+    try:
+        if form.cleaned_data["action"] == InvoicingForm.APPROVE:
+            account = invoicing_approve(account=billing_account_get(user=user), by=request.user)
+            text = (
+                f"{user.email} may pay by invoice (approved by {request.user.email} on "
+                f"{account.invoicing_approved_at:%Y-%m-%d %H:%M} UTC): Stripe emails their invoices."
+            )
+        else:
+            account = BillingAccount.objects.filter(owner=user).first()
+            if account is None or not account.invoicing_approved:
+                form.add_error("email", f"{user.email} is not approved to pay by invoice.")
+                return _admin_page(request, invoicing_form=form, status=400)
+            invoicing_revoke(account=account, by=request.user)
+            text = (
+                f"Paying by invoice withdrawn for {user.email}: "
+                "their next invoices are charged to their card."
+            )
+    except PermissionDenied as error:
+        form.add_error(None, str(error))
+        return _admin_page(request, invoicing_form=form, status=403)
+    messages.success(request, text)
+    return redirect(reverse("billing:admin") + "#invoicing")
 
 
 @staff_only
 @require_POST
 def admin_window_rerun(request: HttpRequest) -> HttpResponse:
-    """Re-run one usage window (``billing.ledger.window_rerun``) and show the adjustment entries
-    it wrote, or that analytics and the ledger agree. A bad day or hour, a window not over or
-    still in its grace period, or older than the ledger: 400 with the error under the field."""
+    """Re-run one usage window (``billing.ledger.window_rerun``), then back to the desk, which
+    shows the adjustment entries it wrote, or that analytics and the ledger agree (kept in the
+    session for that one page). A bad day or hour, a window not over or still in its grace
+    period, or older than the ledger: 400 with the error under the field."""
     form = WindowRerunForm(request.POST)
     if not form.is_valid():
         return _admin_page(request, rerun_form=form, status=400)
@@ -686,28 +788,34 @@ def admin_window_rerun(request: HttpRequest) -> HttpResponse:
     except ValueError as error:
         form.add_error("date", str(error))
         return _admin_page(request, rerun_form=form, status=400)
-    written = (
-        LedgerEntry.objects.filter(pk__in=[entry.pk for entry in entries if entry.pk])
-        .select_related("subscription__api", "subscription__application__owner", "created_by")
-        .order_by("subscription_id", "revision")
-    )
-    result = {"start": start, "end": start + WINDOW, "entries": list(written)}
-    return _admin_page(request, rerun_result=result)
+    written = [entry.pk for entry in entries if entry.pk]
+    request.session[RERUN_SESSION_KEY] = {"start": start.isoformat(), "entries": written}
+    window = f"{start:%Y-%m-%d %H:%M}–{start + WINDOW:%H:%M} UTC"
+    if written:
+        messages.success(
+            request,
+            f"The window {window} was re-run: {len(written)} adjustment "
+            f"entr{'y' if len(written) == 1 else 'ies'} written.",
+        )
+    else:
+        messages.success(request, f"The window {window} was re-run: no difference.")
+    return redirect(reverse("billing:admin") + "#rerun")
 
 
 @staff_only
 @require_POST
 def admin_credit(request: HttpRequest) -> HttpResponse:
     """Issue a credit (``billing.services.issue_credit``) to the billing account of the consumer
-    with the given email (created if they have none yet); it becomes a negative line on their
-    next invoice in that currency. Errors: 400 with the error under the field."""
+    with the given email (created if they have none yet: ``billing.payments.billing_account_get``);
+    it becomes a negative line on their next invoice in that currency. Errors: 400 with the error
+    under the field."""
     form = CreditForm(request.POST)
     if not form.is_valid():
         return _admin_page(request, credit_form=form, status=400)
     data = form.cleaned_data
     try:
         with transaction.atomic():
-            account, _ = BillingAccount.objects.get_or_create(owner=data["user"])
+            account = billing_account_get(user=data["user"])
             credit = issue_credit(
                 account=account,
                 amount_minor=data["amount_minor"],

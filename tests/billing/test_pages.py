@@ -231,3 +231,40 @@ def test_invoices_page_shows_this_month_so_far_as_the_invoice_would_bill_it(
 
     client.force_login(carol)
     assert "This month so far" not in client.get("/billing/invoices/").content.decode()
+
+
+def test_an_open_invoice_without_a_stripe_page_says_how_it_is_paid(client, bob, admin_user, bobs_invoice):
+    """Not a bare "none": approved invoicing, a card on file, or a link to add a payment method."""
+    Invoice.objects.filter(pk=bobs_invoice.pk).update(
+        status=Invoice.Status.OPEN, stripe_synced_at=timezone.now()
+    )
+    account = bobs_invoice.account
+    client.force_login(bob)
+    url = f"/billing/invoices/{bobs_invoice.pk}/"
+
+    def how_to_pay() -> str:
+        page = client.get(url).content.decode()
+        assert "settled outside Stripe" not in page
+        return page.split('data-testid="how-to-pay">')[1].split("</dd>")[0]
+
+    assert (
+        how_to_pay()
+        == '<a href="/billing/payment-method/">Add a payment method: the invoice is charged to it.</a>'
+    )
+    BillingAccount.objects.filter(pk=account.pk).update(
+        payment_method_id="pm_1", payment_method_brand="visa", payment_method_last4="4242"
+    )
+    assert how_to_pay() == "It will be charged to your card on file (Visa •••• 4242)."
+    BillingAccount.objects.filter(pk=account.pk).update(
+        payment_method_id="", invoicing_approved_at=timezone.now(), invoicing_approved_by=admin_user
+    )
+    assert how_to_pay() == "Paid by invoice: Stripe emails it to bob@example.com."
+
+    # Paid, or with Stripe's page to pay on: no hint.
+    Invoice.objects.filter(pk=bobs_invoice.pk).update(hosted_invoice_url="https://invoice.stripe.com/i/x")
+    assert 'data-testid="how-to-pay"' not in client.get(url).content.decode()
+    Invoice.objects.filter(pk=bobs_invoice.pk).update(
+        hosted_invoice_url="", status=Invoice.Status.PAID, paid_at=timezone.now()
+    )
+    page = client.get(url).content.decode()
+    assert 'data-testid="how-to-pay"' not in page and "settled outside Stripe" in page

@@ -170,6 +170,8 @@ def test_admin_lists_every_invoice_with_filters(client, admin_user, market):
     assert 'data-testid="invoice-count">1<' in page and f'data-invoice="{market["bob"].pk}"' in page
     page = client.get("/billing/admin/?period=2026-09").content.decode()
     assert 'data-testid="invoices-empty"' in page
+    page = client.get("/billing/admin/?period=2026-10").content.decode()
+    assert 'data-testid="invoice-count">2<' in page
 
     response = client.get("/billing/admin/?period=October&status=nope")
     assert response.status_code == 400
@@ -221,9 +223,13 @@ def test_rerun_writes_an_adjustment_when_analytics_changed_after_the_close(
         "/billing/admin/windows/rerun/", {"date": "2026-10-03", "hour": "9", "reason": "ticket 7"}
     )
 
-    assert response.status_code == 200
-    page = response.content.decode()
+    # Post/Redirect/Get: reloading the page after a re-run does not post it again.
+    assert response.status_code == 302 and response["Location"] == "/billing/admin/#rerun"
+    page = client.get(response["Location"]).content.decode()
+    assert 'role="alert"' in page and "was re-run: 1 adjustment entry written" in page
     assert "1 adjustment entry written" in page and "+55" in page
+    # The result is shown once: the next visit is the plain desk.
+    assert 'data-testid="rerun-result"' not in client.get("/billing/admin/").content.decode()
     [entry] = LedgerEntry.objects.filter(kind="adjustment")
     assert (entry.subscription, entry.events, entry.bytes, entry.created_by) == (
         bob_subscription,
@@ -234,7 +240,7 @@ def test_rerun_writes_an_adjustment_when_analytics_changed_after_the_close(
     assert entry.reason == "Window re-run by admin@example.com: ticket 7"
 
     again = client.post(
-        "/billing/admin/windows/rerun/", {"date": "2026-10-03", "hour": "9", "reason": "again"}
+        "/billing/admin/windows/rerun/", {"date": "2026-10-03", "hour": "9", "reason": "again"}, follow=True
     )
     assert "no difference" in again.content.decode()
     assert LedgerEntry.objects.filter(kind="adjustment").count() == 1
@@ -316,8 +322,17 @@ def test_credit_in_major_units_becomes_a_negative_line_on_the_next_invoice(
         ({"amount": "1e3"}, "amount", "Enter an amount in USD"),
         ({"amount": "NaN"}, "amount", "Enter an amount in USD"),
         ({"amount": "12.5", "currency": "jpy"}, "amount", "JPY amounts have no decimals"),
-        ({"amount": "99999999999999"}, "amount", "Enter an amount"),
-        ({"amount": "20000000000"}, "amount", "at most 1,000,000,000,000 minor units"),
+        ({"amount": "99999999999999"}, "amount", "99999999999999 USD is too large"),
+        ({"amount": "20000000000"}, "amount", "is too large: a credit is at most $10,000,000,000.00"),
+        # A comma is never a thousands separator nor dropped: "1,50" was once $150.00.
+        ({"amount": "1,50"}, "amount", "Use a dot for the decimal part, e.g. 1.50"),
+        ({"amount": "1,000.00"}, "amount", "Use a dot for the decimal part, e.g. 1.50"),
+        ({"amount": "1.500"}, "amount", "USD amounts have at most 2 decimals"),
+        ({"amount": "1.2.3"}, "amount", "Enter an amount in USD"),
+        ({"amount": "1 000"}, "amount", "Enter an amount in USD"),
+        ({"amount": "\u0661\u0662"}, "amount", "Enter an amount in USD"),  # Arabic-Indic digits
+        ({"amount": "12.50\n1"}, "amount", "Enter an amount in USD"),
+        ({"amount": "500,5", "currency": "jpy"}, "amount", "JPY amounts are whole numbers"),
         ({"account": "nobody@example.com"}, "account", "No user has the email address"),
         ({"account": "999999"}, "account", "No billing account has the id 999999"),
         ({"currency": "dollars"}, "currency", "Ensure this value has at most 3 characters"),
@@ -337,7 +352,18 @@ def test_credit_form_names_the_bad_field(client, admin_user, bob, posted, field,
     assert not Credit.objects.exists()
 
 
-def test_a_credit_in_yen_needs_no_decimals(client, admin_user, bob):
+@pytest.mark.parametrize(("amount", "minor"), [("1.5", 150), ("1.50", 150), ("0.01", 1), ("7", 700)])
+def test_a_credit_amount_is_read_exactly(client, admin_user, bob, bob_subscription, amount, minor):
+    client.force_login(admin_user)
+    data = {"account": "bob@example.com", "amount": amount, "currency": "usd", "reason": "Goodwill"}
+    response = client.post("/billing/admin/credit/", data, follow=True)
+    assert response.redirect_chain == [("/billing/admin/#credits", 302)]
+    assert Credit.objects.get().amount_minor == minor
+    assert "issued to bob@example.com" in response.content.decode()
+
+
+def test_a_credit_in_yen_needs_no_decimals(client, admin_user, bob, ticker_api):
+    BusinessPlanFactory(api=ticker_api, name="Yen", flat_fee_minor=500, currency="jpy")  # a credit in use
     client.force_login(admin_user)
     data = {"account": "bob@example.com", "amount": "500", "currency": "jpy", "reason": "Goodwill"}
     assert client.post("/billing/admin/credit/", data).status_code == 302
@@ -368,9 +394,11 @@ def test_yesterday_is_a_window_the_admin_can_rerun(
     record_usage(bob_subscription, yesterday + timedelta(minutes=3), 10)
     client.force_login(admin_user)
     response = client.post(
-        "/billing/admin/windows/rerun/", {"date": f"{yesterday:%Y-%m-%d}", "hour": "5", "reason": "check"}
+        "/billing/admin/windows/rerun/",
+        {"date": f"{yesterday:%Y-%m-%d}", "hour": "5", "reason": "check"},
+        follow=True,
     )
-    assert response.status_code == 200
+    assert response.status_code == 200 and response.redirect_chain == [("/billing/admin/#rerun", 302)]
     assert 'data-testid="rerun-result"' in response.content.decode()
 
 
@@ -390,3 +418,157 @@ def late_history_for_admin(admin_user, bob_subscription, record_usage, market):
     record_usage(bob_subscription, datetime(2026, 10, 3, 9, 50, tzinfo=UTC), 5)
     window_rerun(start=datetime(2026, 10, 3, 9, tzinfo=UTC), by=admin_user, reason="admin view")
     DunningCase.objects.create(invoice=market["carol"], suspend_at=timezone.now() + timedelta(days=3))
+
+
+# --- a year as the period ------------------------------------------------------------------------------
+
+
+def test_a_year_finds_the_monthly_invoices_that_start_in_it(client, admin_user, alice, market, bob):
+    """``period=2026`` means every invoice whose period starts in 2026 (UTC), monthly ones too."""
+    yearly = BillingAccount.objects.create(owner=UserFactory(email="yearly@example.com"))
+    Invoice.objects.create(
+        account=yearly,
+        period_start=datetime(2026, 1, 1, tzinfo=UTC),
+        period_end=datetime(2027, 1, 1, tzinfo=UTC),
+        total_minor=100,
+    )
+    december_2025 = Invoice.objects.create(
+        account=BillingAccount.objects.get(owner=bob),
+        period_start=datetime(2025, 12, 1, tzinfo=UTC),
+        period_end=datetime(2026, 1, 1, tzinfo=UTC),
+        total_minor=100,
+    )
+    client.force_login(admin_user)
+    page = client.get("/billing/admin/?period=2026").content.decode()
+    assert 'data-testid="invoice-count">3<' in page, "October's two and the yearly one"
+    assert f'data-invoice="{market["bob"].pk}"' in page and f'data-invoice="{december_2025.pk}"' not in page
+    page = client.get("/billing/admin/?period=2025").content.decode()
+    assert 'data-testid="invoice-count">1<' in page and f'data-invoice="{december_2025.pk}"' in page
+    page = client.get("/billing/admin/?period=2026-01").content.decode()
+    assert 'data-testid="invoice-count">1<' in page and "yearly@example.com" in page
+
+    client.force_login(alice)
+    response = client.get("/billing/revenue/?period=2026")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'data-testid="invoiced-usd">$53.50<' in page and 'data-testid="invoiced-eur">€9.00<' in page
+    assert "Year 2026" in page
+    assert '<option value="2026" selected>Year 2026</option>' in page  # the picker offers the year
+    rows = list(
+        csv.DictReader(io.StringIO(client.get("/billing/revenue/?period=2026&format=csv").content.decode()))
+    )
+    assert {row["period_start"][:7] for row in rows} == {"2026-10"} and len(rows) == 2  # Metered, Euro
+    empty = client.get("/billing/revenue/?period=2025").content.decode()
+    assert 'data-testid="revenue-empty"' in empty
+
+
+# --- paying by invoice -------------------------------------------------------------------------------------
+
+
+def test_the_desk_approves_paying_by_invoice_for_a_consumer_without_a_billing_account(
+    client, admin_user, carol
+):
+    assert not BillingAccount.objects.filter(owner=carol).exists()
+    client.force_login(admin_user)
+
+    response = client.post("/billing/admin/", {"email": "CAROL@example.com", "action": "approve"})
+
+    assert response.status_code == 302 and response["Location"] == "/billing/admin/#invoicing"
+    account = BillingAccount.objects.get(owner=carol)
+    assert account.invoicing_approved and account.invoicing_approved_by == admin_user
+    page = client.get(response["Location"]).content.decode()
+    assert "carol@example.com may pay by invoice (approved by admin@example.com" in page
+    table = page.split('data-testid="invoicing-accounts"')[1].split("</table>")[0]
+    assert "carol@example.com" in table and "admin@example.com" in table
+    assert f"{account.invoicing_approved_at:%Y-%m-%d %H:%M} UTC" in table
+
+    response = client.post(
+        "/billing/admin/", {"email": "carol@example.com", "action": "withdraw"}, follow=True
+    )
+    assert response.redirect_chain == [("/billing/admin/#invoicing", 302)]
+    assert "Paying by invoice withdrawn for carol@example.com" in response.content.decode()
+    account.refresh_from_db()
+    assert (account.invoicing_approved_at, account.invoicing_approved_by) == (None, None)
+    assert 'data-testid="invoicing-accounts"' not in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("posted", "field", "text"),
+    [
+        ({"email": "nobody@example.com", "action": "approve"}, "email", "No user has the email address"),
+        ({"email": "", "action": "approve"}, "email", "This field is required"),
+        ({"email": "carol@example.com", "action": "withdraw"}, "email", "is not approved to pay by invoice"),
+        ({"email": "carol@example.com", "action": "both"}, "action_0", "Select a valid choice"),
+    ],
+)
+def test_the_invoicing_form_names_the_bad_field(client, admin_user, carol, posted, field, text):
+    client.force_login(admin_user)
+    response = client.post("/billing/admin/", posted)
+    assert response.status_code == 400
+    page = html.unescape(response.content.decode())
+    assert "is-invalid" in page.split(f'id="invoicing_{field}"')[0].rsplit("<", 1)[1], field
+    assert text in page
+    assert not BillingAccount.objects.filter(invoicing_approved_at__isnull=False).exists()
+
+
+def test_non_staff_cannot_approve_paying_by_invoice(client, bob):
+    client.force_login(bob)
+    assert (
+        client.post("/billing/admin/", {"email": "bob@example.com", "action": "approve"}).status_code == 403
+    )
+    assert not BillingAccount.objects.filter(invoicing_approved_at__isnull=False).exists()
+
+
+# --- the Django admin -----------------------------------------------------------------------------------
+
+
+def test_django_admin_adds_and_deletes_nothing_of_the_ledger(
+    client, admin_user, late_history_for_admin, market, bob
+):
+    client.force_login(admin_user)
+    # The add form of a billing account had a read-only owner: saving it was a 500.
+    for model in (
+        "billingaccount",
+        "invoice",
+        "invoiceline",
+        "usagewindow",
+        "ledgerentry",
+        "credit",
+        "stripeevent",
+        "dunningcase",
+    ):
+        assert client.get(f"/admin/billing/{model}/add/").status_code == 403, model
+    invoice = market["carol"]
+    assert client.get(f"/admin/billing/invoice/{invoice.pk}/delete/").status_code == 403
+    assert client.post(f"/admin/billing/invoice/{invoice.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Invoice.objects.filter(pk=invoice.pk).exists()
+    line = invoice.lines.first()
+    assert client.get(f"/admin/billing/invoiceline/{line.pk}/delete/").status_code == 403
+    changelist = client.get("/admin/billing/invoice/").content.decode()
+    assert 'value="delete_selected"' not in changelist and 'value="send_to_stripe"' in changelist
+
+    account = BillingAccount.objects.get(owner=bob)
+    BillingAccount.objects.filter(pk=account.pk).update(
+        stripe_customer_id="cus_keep", payment_method_id="pm_keep", payment_method_last4="4242"
+    )
+    page = client.get(f"/admin/billing/billingaccount/{account.pk}/change/").content.decode()
+    for name in ("stripe_customer_id", "stripe_subscription_id", "payment_method_id", "payment_method_last4"):
+        assert f'name="{name}"' not in page, name
+    assert "cus_keep" in page
+    client.post(f"/admin/billing/billingaccount/{account.pk}/change/", {"stripe_customer_id": "cus_evil"})
+    account.refresh_from_db()
+    assert (account.stripe_customer_id, account.payment_method_id) == ("cus_keep", "pm_keep")
+
+
+def test_django_admin_action_approves_paying_by_invoice(client, admin_user, bob, carol, market):
+    client.force_login(admin_user)
+    accounts = BillingAccount.objects.filter(owner__in=[bob, carol])
+    response = client.post(
+        "/admin/billing/billingaccount/",
+        {"action": "approve_invoicing", "_selected_action": [account.pk for account in accounts]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "Paying by invoice approved for 2 billing account(s)." in response.content.decode()
+    for account in BillingAccount.objects.filter(owner__in=[bob, carol]):
+        assert account.invoicing_approved and account.invoicing_approved_by == admin_user

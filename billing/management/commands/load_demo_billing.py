@@ -6,7 +6,8 @@ second application, "Demo backtesting", subscribed (approved) to the train-depar
 plan since the start of the month before last, with demo usage for every day of both months.
 Then, as it would have happened:
 
-1. the month before last is invoiced; the consumer has not paid it yet (status ``open``);
+1. the month before last is invoiced; the consumer paid it by transfer a few days later
+   (status ``paid``, ``paid_at``);
 2. some of its usage reached analytics late (a gateway process restarted before its flush) and
    the admin re-ran that usage window: an adjustment ledger entry with the admin's reason;
 3. the admin credited the consumer for an outage;
@@ -14,11 +15,15 @@ Then, as it would have happened:
    the consumer paid it (status ``paid``, ``paid_at``).
 
 These two invoices are made-up history, settled outside Stripe: they are marked synced without a
-Stripe invoice, so the Stripe sync leaves their statuses alone. Any other unsynced invoice is
-queued for the worker to push to Stripe when Stripe is configured (`make run` starts localstripe).
+Stripe invoice, so the Stripe sync leaves their statuses alone; both are paid, so no open invoice
+without a way to pay it is shown. Their ledger entries are dated as beat would have written them
+(just after each usage window closed), never after the invoice that billed them was issued.
+Any other unsynced invoice is queued for the worker to push to Stripe when Stripe is configured
+(`make run` starts localstripe).
 
 Idempotent: a second run adds no usage, entry, credit or invoice. A database whose last month is
-already invoiced keeps its history as it is. Demo only: the usage is made up.
+already invoiced keeps its history, except that an open demo invoice settled outside Stripe (from
+an earlier version of this command) is marked paid. Demo only: the usage is made up.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import random
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Sum
 from django.utils import timezone
@@ -51,6 +57,8 @@ BYTES_PER_EVENT = 310
 # the window closed, and why the admin re-ran it.
 LATE_DAY, LATE_HOUR, LATE_EVENTS = 10, 12, 4_200
 RERUN_REASON = "Gateway process restarted before its flush; usage recovered from its log (demo)."
+# Beat closes a usage window a grace period after it ends, at its next run a few minutes later.
+LEDGER_CLOSE_DELAY_MINUTES = 2
 CREDIT_MINOR = 500
 CREDIT_REASON = "Apology for the 40-minute delivery outage on the 18th (demo)."
 
@@ -69,6 +77,7 @@ class Command(BaseCommand):
         before = billing_period_containing(last[0] - timedelta(days=1))
         invoices = Invoice.objects.filter(account__owner=consumer)
         if invoices.filter(period_start=last[0], period_end=last[1]).exists():
+            _settle_history(invoices=invoices)
             self.stdout.write(f"Demo billing: {last[0]:%B %Y} is already invoiced; nothing to do.")
             return
 
@@ -102,6 +111,7 @@ class Command(BaseCommand):
             )
         created += invoice_period_close(period_start=last[0], period_end=last[1])
         _history_statuses(invoices=invoices, before=before, last=last)
+        _history_ledger_dates(invoices=invoices.filter(period_start__in=[before[0], last[0]]))
 
         queued = enqueue_stripe_sync()
         self.stdout.write(
@@ -168,18 +178,44 @@ def _late_usage(*, subscription: Subscription, admin: User, window: datetime, at
 def _history_statuses(
     *, invoices: Any, before: tuple[datetime, datetime], last: tuple[datetime, datetime]
 ) -> None:
-    """The month before last waits for payment; last month was paid two days after it was
-    issued. Both were issued an hour after their month ended, as beat would have, and are
-    settled outside Stripe (synced, no Stripe invoice)."""
+    """Both months were issued an hour after they ended, as beat would have, and paid by transfer
+    two days later: settled outside Stripe (synced, no Stripe invoice)."""
     now = timezone.now()
     history = invoices.filter(stripe_synced_at__isnull=True, stripe_invoice_id="")
-    for (start, end), status in ((before, Invoice.Status.OPEN), (last, Invoice.Status.PAID)):
+    for start, end in (before, last):
         issued = min(now, end + timedelta(hours=1, minutes=5))
-        paid = (
-            min(now, issued + timedelta(days=2, hours=3, minutes=12))
-            if status == Invoice.Status.PAID
-            else None
-        )
+        paid = min(now, issued + timedelta(days=2, hours=3, minutes=12))
         history.filter(period_start=start, period_end=end).update(
-            status=status, issued_at=issued, paid_at=paid, stripe_synced_at=issued
+            status=Invoice.Status.PAID, issued_at=issued, paid_at=paid, stripe_synced_at=issued
         )
+
+
+def _settle_history(*, invoices: Any) -> None:
+    """An open demo invoice settled outside Stripe (synced, no Stripe invoice, nothing to pay
+    it with) becomes paid two days after it was issued, as ``_history_statuses`` writes it now."""
+    now = timezone.now()
+    open_history = invoices.filter(
+        status=Invoice.Status.OPEN,
+        stripe_synced_at__isnull=False,
+        stripe_invoice_id="",
+        hosted_invoice_url="",
+    )
+    for invoice in open_history:
+        paid = min(now, (invoice.issued_at or now) + timedelta(days=2, hours=3, minutes=12))
+        Invoice.objects.filter(pk=invoice.pk, status=Invoice.Status.OPEN).update(
+            status=Invoice.Status.PAID, paid_at=paid
+        )
+
+
+def _history_ledger_dates(*, invoices: Any) -> None:
+    """Usage entries (revision 0) of the demo invoices dated as beat writes them: just after their
+    window closed (``BILLING_GRACE_SECONDS`` after it ended), never after the invoice's made-up
+    ``issued_at``, not when this command ran. Adjustments keep the re-run's date, which is before
+    the invoice billing them."""
+    now = timezone.now()
+    grace = timedelta(seconds=settings.BILLING_GRACE_SECONDS, minutes=LEDGER_CLOSE_DELAY_MINUTES)
+    for invoice in invoices.exclude(issued_at=None):
+        entries = LedgerEntry.objects.filter(invoice=invoice, revision=0).only("pk", "window_end")
+        for entry in entries:
+            closed = min(now, invoice.issued_at, entry.window_end + grace)
+            LedgerEntry.objects.filter(pk=entry.pk).exclude(created=closed).update(created=closed)
