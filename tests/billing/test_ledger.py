@@ -328,8 +328,10 @@ def test_two_celery_workers_closing_at_once_write_every_window_once(bob, ticker_
     ]
     expected = _usage_history(subscriptions, record_usage, hours=24 * 20)
     queue = f"ledger-{os.getpid()}"
-    workers = [celery_worker_start(tmp_path / f"worker-{i}.log", queue=queue, node=str(i)) for i in range(2)]
+    workers = []
     try:
+        for i in range(2):  # started inside try: a second worker that fails to start stops the first
+            workers.append(celery_worker_start(tmp_path / f"worker-{i}.log", queue=queue, node=str(i)))
         from billing.tasks import ledger_close_task
 
         for _ in range(6):
