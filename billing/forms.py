@@ -171,7 +171,7 @@ def check_window_start(start: datetime, *, now: datetime | None = None) -> datet
     if start != start.replace(minute=0, second=0, microsecond=0):
         raise ValueError(f"A usage window starts on the hour (UTC); {start:%Y-%m-%d %H:%M:%S} does not.")
     now = now or timezone.now()
-    if start + WINDOW > now:
+    if start > now - WINDOW:  # (not start + WINDOW: 9999-12-31 23:00 would overflow)
         raise ValueError(
             f"The window {start:%Y-%m-%d %H:%M} UTC has not ended yet: only past windows can be re-run."
         )

@@ -405,6 +405,10 @@ def window_rerun(*, start: datetime, by: Any, reason: str = "") -> list[LedgerEn
     the future, or whose window is still in its grace period.
     """
     start = start.astimezone(UTC)
+    if start > timezone.now():
+        raise ValueError(
+            f"The window {start:%Y-%m-%d %H:%M} UTC is in the future: only past windows can be re-run."
+        )
     if start != window_floor(start):
         raise ValueError(f"A usage window starts on the hour (UTC); {start:%Y-%m-%d %H:%M:%S} does not.")
     end = start + WINDOW

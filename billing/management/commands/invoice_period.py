@@ -30,7 +30,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--allow-open",
             action="store_true",
-            help="Close a period that has not ended yet (demos; later usage in it is never billed).",
+            help="Close a period that has not ended yet (demos; later usage in it becomes an adjustment "
+            "on the next invoice).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
