@@ -6,7 +6,7 @@ data as the pages (``billing.views``).
 - ``estimate/``: the running estimate of this month (``billing.services.period_estimate``);
 - ``revenue/``: providers (admins: every API): revenue per API, plan, period, currency; 403 for
   others;
-- ``admin/invoices/``, ``admin/failed-payments/``, ``admin/windows/rerun``, ``admin/credits/``:
+- ``admin/invoices/``, ``admin/failed-payments/``, ``admin/windows/rerun/``, ``admin/credits/``:
   platform admins; 403 for others.
 
 Amounts are integer minor units of ``currency``; times ISO 8601 UTC. Bad input is a 400 naming

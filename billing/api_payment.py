@@ -5,7 +5,7 @@
 - ``POST {"setup_intent": true}``: a SetupIntent's ``client_secret`` for Stripe.js.
 - ``POST {"payment_method": "pm_…"}``: make that Stripe PaymentMethod the card on file.
 - ``DELETE``: remove the card (400 while subscriptions on paid plans rely on it).
-- ``POST accounts/<id>/invoicing {"approved": true|false}``: platform admins approve or withdraw
+- ``POST accounts/<id>/invoicing/ {"approved": true|false}``: platform admins approve or withdraw
   paying by invoice for a billing account.
 
 Refusals are 400 with field errors (``{"payment_method": ["Your card was declined."]}``); Stripe

@@ -16,7 +16,7 @@ urlpatterns = [
     path(
         "admin/failed-payments/", api.AdminFailedPaymentsView.as_view(), name="billing_admin_failed_payments"
     ),
-    path("admin/windows/rerun", api.AdminWindowRerunView.as_view(), name="billing_admin_window_rerun"),
+    path("admin/windows/rerun/", api.AdminWindowRerunView.as_view(), name="billing_admin_window_rerun"),
     path("admin/credits/", api.AdminCreditListView.as_view(), name="billing_admin_credits"),
     # The consumer's payment method (billing.api_payment).
     path("payment-method/", include("billing.api_urls_payment")),

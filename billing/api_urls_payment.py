@@ -1,6 +1,6 @@
 """REST routes of the payment method, mounted at /api/v1/billing/payment-method/ (``billing.api_payment``).
 
-Admin approval of invoicing lives here too, as ``payment-method/accounts/<id>/invoicing``.
+Admin approval of invoicing lives here too, as ``payment-method/accounts/<id>/invoicing/``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from billing import api_payment
 urlpatterns = [
     path("", api_payment.PaymentMethodView.as_view(), name="billing_payment_method"),
     path(
-        "accounts/<int:pk>/invoicing",
+        "accounts/<int:pk>/invoicing/",
         api_payment.AccountInvoicingView.as_view(),
         name="billing_account_invoicing",
     ),

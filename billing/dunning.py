@@ -3,13 +3,17 @@ reinstating when the invoice is paid.
 
 A ``DunningCase`` opens at an invoice's first failed payment (``invoice.payment_failed``,
 ``billing.webhooks``): ``started_at`` is the failure's time, ``suspend_at`` is
-``BILLING_DUNNING_GRACE_SECONDS`` later. The consumer is emailed at once, then every
-``BILLING_DUNNING_REMINDER_SECONDS`` while the case is open and before ``suspend_at``
-(``dunning_remind``). At ``suspend_at`` every active subscription of the billing account's owner
-on a paid business plan is suspended (``dunning_suspend``: ``subscription_suspend(by=None)``; the
-gateway closes their live connections with 4403) and recorded as a ``DunningSuspension``. When the
-invoice is paid (or voided), ``dunning_resolve`` reinstates exactly the subscriptions the case
-suspended that are still suspended by it — a subscription an admin suspended stays suspended.
+``BILLING_DUNNING_GRACE_SECONDS`` later. Invoices no payment is ever attempted for — approved
+invoicing (``send_invoice``), or no card on file — never fail: ``dunning_advance`` opens their case
+the same way ("Payment overdue") once they are open in Stripe and unpaid ``BILLING_INVOICE_DUE_DAYS``
+(default 30, Stripe's ``days_until_due`` for sent invoices) after they were issued. The consumer
+is emailed at once, then every ``BILLING_DUNNING_REMINDER_SECONDS`` while the case is open and
+before ``suspend_at`` (``dunning_remind``). At ``suspend_at`` every active subscription of the
+billing account's owner on a paid business plan is suspended (``dunning_suspend``:
+``subscription_suspend(by=None)``; the gateway closes their live connections with 4403) and
+recorded as a ``DunningSuspension``. When the invoice is paid (or voided), ``dunning_resolve``
+reinstates exactly the subscriptions the case suspended that are still suspended by it — a
+subscription an admin suspended stays suspended.
 
 Every step is safe to run twice or concurrently: a reminder is claimed with a conditional update
 of ``next_reminder_at`` before its email goes out (so at most one worker sends it), suspension
@@ -42,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 # A reminder interval below a minute would be a misconfiguration that floods the consumer.
 MIN_REMINDER_SECONDS = 60
+# The failure message of a case opened for an invoice unpaid past its due date (no failed payment).
+OVERDUE_MESSAGE = "Payment overdue"
+DEFAULT_INVOICE_DUE_DAYS = 30
 
 
 def dunning_payment_failed(
@@ -73,10 +80,13 @@ def dunning_payment_failed(
 
 
 def dunning_advance(*, now: datetime | None = None) -> dict[str, int]:
-    """Suspend the cases whose ``suspend_at`` has come, then send the reminders that are due.
+    """Suspend the cases whose ``suspend_at`` has come, send the reminders that are due, then open
+    cases for overdue invoices (``dunning_overdue``; their first email goes out as a case opened
+    by a failed payment's does, not counted in ``reminded``).
 
     Run by beat (``billing.tasks.dunning_advance_task``); ``now`` defaults to the current time.
-    Returns ``{"suspended": cases suspended, "reminded": reminders sent}`` by this run only.
+    Returns ``{"suspended": cases suspended, "reminded": reminders sent, "overdue": cases opened
+    for overdue invoices}`` by this run only.
     """
     now = now or timezone.now()
     open_cases = DunningCase.objects.filter(state=DunningCase.State.OPEN)
@@ -86,7 +96,48 @@ def dunning_advance(*, now: datetime | None = None) -> dict[str, int]:
         open_cases.filter(next_reminder_at__lte=now).order_by("next_reminder_at").values_list("pk", flat=True)
     )
     reminded = sum(dunning_remind(case_pk=pk, now=now) for pk in reminders)
-    return {"suspended": suspended, "reminded": reminded}
+    overdue = sum(dunning_overdue(invoice_pk=pk, now=now) for pk in overdue_invoices(now=now))
+    return {"suspended": suspended, "reminded": reminded, "overdue": overdue}
+
+
+def _invoice_due_days() -> int:
+    return int(getattr(settings, "BILLING_INVOICE_DUE_DAYS", DEFAULT_INVOICE_DUE_DAYS))
+
+
+def overdue_invoices(*, now: datetime) -> list[int]:
+    """Ids of invoices that are due but were never chased: open, for more than nothing
+    (``total_minor`` > 0), pushed to Stripe (``stripe_synced_at``), issued more than
+    ``BILLING_INVOICE_DUE_DAYS`` days before ``now``, and without a dunning case. Oldest first."""
+    return list(
+        Invoice.objects.filter(
+            status=Invoice.Status.OPEN,
+            total_minor__gt=0,
+            stripe_synced_at__isnull=False,
+            issued_at__lt=now - timedelta(days=_invoice_due_days()),
+            dunning__isnull=True,
+        )
+        .order_by("issued_at", "pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def dunning_overdue(*, invoice_pk: int, now: datetime) -> bool:
+    """Open the dunning case of an overdue invoice (``overdue_invoices``), as a failed payment
+    would (``dunning_payment_failed``, message ``OVERDUE_MESSAGE``, starting ``now``); returns
+    whether this call opened it. Exactly once however many run at once: the invoice row is locked
+    (as the webhook handlers lock it) and the conditions checked again under the lock; the case's
+    unique invoice is the backstop."""
+    with transaction.atomic():
+        invoice = (
+            Invoice.objects.select_for_update(of=("self",))
+            .filter(pk=invoice_pk, status=Invoice.Status.OPEN, total_minor__gt=0)
+            .first()
+        )
+        if invoice is None or DunningCase.objects.filter(invoice=invoice).exists():
+            return False  # paid, voided or chased meanwhile
+        dunning_payment_failed(invoice=invoice, failed_at=now, message=OVERDUE_MESSAGE, now=now)
+    logger.info("Invoice %s is overdue: dunning case opened", invoice_pk)
+    return True
 
 
 def dunning_remind(*, case_pk: int, now: datetime) -> bool:
@@ -269,8 +320,11 @@ def _when(moment: datetime | None) -> str:
 
 def _subject(kind: str, context: dict[str, Any]) -> str:
     what = f"Eventgate invoice for {context['period']} ({context['amount']})"
+    if kind == "reminder" and context["first"]:
+        overdue = context["failure_message"] == OVERDUE_MESSAGE
+        return f"Payment overdue: {what}" if overdue else f"Payment failed: {what}"
     if kind == "reminder":
-        return f"Payment failed: {what}" if context["first"] else f"Reminder: {what} is unpaid"
+        return f"Reminder: {what} is unpaid"
     if kind == "suspended":
         return f"Subscriptions suspended: {what} is unpaid"
     if context["reason"] == "voided":

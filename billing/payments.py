@@ -7,9 +7,18 @@ to the billing account's Stripe customer and made its ``invoice_settings.default
 (Stripe docs: Payments › Save a card without payment; API reference: SetupIntents, PaymentMethods ›
 Attach, Customers › Update). Eventgate mirrors only the brand, last four digits and expiry.
 
-Paid plans need a payment method or invoicing approved by an admin (``require_payment_method``,
-registered in ``portal.services.subscriptions.subscription_checks`` by ``billing.apps``) when
-``settings.BILLING_REQUIRE_PAYMENT_METHOD`` is on. Free plans never do.
+``require_payment_method`` (registered in ``portal.services.subscriptions.subscription_checks`` by
+``billing.apps``) guards paid plans; free plans always pass. In this order it refuses a paid plan:
+
+1. while the account has an unresolved dunning case (an unpaid invoice being chased, or one that
+   suspended its subscriptions) — always, or cancelling and subscribing again would undo the
+   suspension (code ``unpaid_invoice``);
+2. priced in another currency than the account's live paid subscriptions or unpaid invoices, when
+   Stripe is on: Stripe refuses to combine currencies on one customer ("This customer has an active
+   subscription ... or invoice item with currency usd"), so that account's sync would fail for
+   good (code ``currency_mismatch``);
+3. without a payment method or admin-approved invoicing, when ``settings.BILLING_REQUIRE_PAYMENT_METHOD``
+   (code ``payment_method_required``).
 """
 
 from __future__ import annotations
@@ -23,15 +32,17 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
-from billing.models import BillingAccount
+from billing.models import BillingAccount, DunningCase, Invoice
 from billing.stripe_sync import (
     TRANSIENT_ERRORS,
     AccountSyncBusy,
     StripeNotConfigured,
     customer_ensure,
     stripe_client,
+    stripe_enabled,
 )
 from portal.models import Application, BusinessPlan, Subscription
+from portal.money import format_money
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +50,8 @@ PAYMENT_METHOD_PATH = "/billing/payment-method/"
 PAYMENT_METHOD_ID = re.compile(r"pm_[A-Za-z0-9_]{1,250}")
 # Subscriptions that will be billed: live, waiting for approval, or suspended until paid.
 BILLED_STATUSES = (Subscription.Status.ACTIVE, Subscription.Status.PENDING, Subscription.Status.SUSPENDED)
+# Invoices still to be paid: issued (draft until Stripe finalizes it), open, or written off for now.
+UNPAID_STATUSES = (Invoice.Status.DRAFT, Invoice.Status.OPEN, Invoice.Status.UNCOLLECTIBLE)
 CARD_BRANDS = {
     "amex": "American Express",
     "diners": "Diners Club",
@@ -247,13 +260,20 @@ def invoicing_revoke(*, account: BillingAccount, by: Any) -> BillingAccount:
 
 
 def require_payment_method(*, application: Application, plan: BusinessPlan) -> None:
-    """A ``subscription_checks`` entry: refuse a paid plan to an application whose owner has
-    neither a payment method nor approved invoicing, when ``BILLING_REQUIRE_PAYMENT_METHOD``.
+    """A ``subscription_checks`` entry, called as ``check(application=, plan=)`` by
+    ``subscription_create`` (after inserting the subscription, in its transaction) and by a
+    consumer's ``subscription_plan_change``: the rules of the module docstring, for paid plans.
 
-    Raises ``ValidationError`` (field ``plan``, code ``payment_method_required``) naming the page
-    where a card is added.
+    Raises ``ValidationError`` on field ``plan`` with code ``unpaid_invoice`` (naming the invoice's
+    period, amount and its page), ``currency_mismatch`` (naming the account's currency) or
+    ``payment_method_required`` (naming the page where a card is added).
     """
-    if not settings.BILLING_REQUIRE_PAYMENT_METHOD or plan.is_free:
+    if plan.is_free:
+        return
+    _refuse_while_dunning(application=application, plan=plan)
+    if stripe_enabled():
+        _refuse_other_currency(application=application, plan=plan)
+    if not settings.BILLING_REQUIRE_PAYMENT_METHOD:
         return
     account = BillingAccount.objects.filter(owner_id=application.owner_id).first()
     if account is not None and account.can_pay:
@@ -264,6 +284,66 @@ def require_payment_method(*, application: Application, plan: BusinessPlan) -> N
                 f"The {plan.name} plan is paid: add a payment method at {PAYMENT_METHOD_PATH} before "
                 "subscribing, or ask an admin to approve paying by invoice.",
                 code="payment_method_required",
+            )
+        }
+    )
+
+
+def _refuse_while_dunning(*, application: Application, plan: BusinessPlan) -> None:
+    """Refuse while an invoice of the owner's account is being chased (``billing.dunning``):
+    otherwise a consumer whose subscriptions were suspended cancels and subscribes again, active,
+    with the invoice still unpaid."""
+    case = (
+        DunningCase.objects.filter(
+            invoice__account__owner_id=application.owner_id,
+            state__in=(DunningCase.State.OPEN, DunningCase.State.SUSPENDED),
+        )
+        .select_related("invoice")
+        .order_by("started_at", "pk")
+        .first()
+    )
+    if case is None:
+        return
+    invoice = case.invoice
+    amount = format_money(invoice.total_minor, invoice.currency)
+    raise ValidationError(
+        {
+            "plan": ValidationError(
+                f"Your invoice for {invoice.period_label} ({amount}) is unpaid: pay it at "
+                f"{invoice.get_absolute_url()} before subscribing to the paid {plan.name} plan. "
+                "Free plans stay open to you.",
+                code="unpaid_invoice",
+            )
+        }
+    )
+
+
+def _refuse_other_currency(*, application: Application, plan: BusinessPlan) -> None:
+    """Refuse a plan priced in another currency than the one the account pays in: that of its
+    live subscriptions on paid plans and of its unpaid invoices. The subscription being created
+    (already inserted on ``plan``) does not count; one being moved counts with its current plan:
+    the usage it had on that plan this period is still billed in that plan's currency."""
+    currency = plan.currency.lower()
+    subscriptions = (
+        Subscription.objects.filter(application__owner_id=application.owner_id, status__in=BILLED_STATUSES)
+        .exclude(application_id=application.pk, api_id=plan.api_id, plan_id=plan.pk)
+        .select_related("plan")
+    )
+    paying = {s.plan.currency.lower() for s in subscriptions if not s.plan.is_free}
+    unpaid = Invoice.objects.filter(
+        account__owner_id=application.owner_id, status__in=UNPAID_STATUSES, total_minor__gt=0
+    )
+    paying |= {c.lower() for c in unpaid.values_list("currency", flat=True).distinct()}
+    if not paying or paying == {currency}:
+        return
+    account_currency = " and ".join(sorted(c.upper() for c in paying))
+    advice = f" Choose a plan priced in {account_currency}." if len(paying) == 1 else ""
+    raise ValidationError(
+        {
+            "plan": ValidationError(
+                f"Your billing account pays in {account_currency}, and the {plan.name} plan is priced "
+                f"in {currency.upper()}: Stripe bills one customer in one currency.{advice}",
+                code="currency_mismatch",
             )
         }
     )

@@ -3,15 +3,19 @@
 Stripe mirrors Eventgate's ledger (``billing.models``), never the other way round. Per invoice:
 
 1. the billing account's Stripe customer, created once (Stripe API reference: Customers › Create);
-2. a zero-amount monthly subscription for the customer, created once: localstripe refuses
-   ``Invoice.create`` for a customer without a subscription (and, when a subscription is created,
-   pulls the customer's pending invoice items into that subscription's first invoice — so it must
-   exist before any invoice item). It uses one product and one zero-amount plan per currency with
-   fixed ids (Products / Plans › Create), created on first use;
+2. only on a fake server: a zero-amount monthly subscription for the customer, created once.
+   localstripe refuses ``Invoice.create`` for a customer without a subscription (and, when a
+   subscription is created, pulls the customer's pending invoice items into that subscription's
+   first invoice — so it must exist before any invoice item). It uses one product and one
+   zero-amount plan per currency with fixed ids (Products / Plans › Create), created on first use.
+   Real Stripe needs none, and would send the customer a $0 invoice (and its email) every month
+   for it: ``STRIPE_ZERO_AMOUNT_SUBSCRIPTION`` turns it on, by default only when
+   ``STRIPE_API_BASE`` points at a fake server (``zero_amount_subscription_enabled``);
 3. one invoice item per invoice line — every kind alike, credit lines with a negative ``amount``
    (Invoice Items › Create: "a negative amount creates a credit") — then one invoice with
    ``pending_invoice_items_behavior=include`` (Invoices › Create), which takes in the customer's
-   pending invoice items;
+   pending invoice items. Without a subscription (real Stripe) the invoice items are created
+   pending, attached to no invoice or subscription, and this invoice is what takes them in;
 4. ``collection_method=send_invoice`` for accounts with admin-approved invoicing (Invoices ›
    Update, on the draft: localstripe answers 500 to that parameter on create);
 5. finalization, in one place: ``finalize_invoice`` (Invoices › Finalize an invoice);
@@ -71,6 +75,7 @@ import stripe
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from billing.models import BillingAccount, Invoice, InvoiceLine, StripeRequest
@@ -90,6 +95,17 @@ TRANSIENT_ERRORS: tuple[type[stripe.StripeError], ...] = (
     stripe.APIError,
     stripe.RateLimitError,
 )
+# Stripe's invoice statuses in the order an invoice moves through them: a status only replaces
+# one of lower rank, so a late ``invoice.finalized`` or a sync's stale read never reopens a paid
+# invoice (Stripe API reference: Invoices › The invoice object › status; paid and void are final).
+# Used by the sync (``_record_stripe_state``) and the webhooks (``billing.webhooks``).
+STATUS_RANK = {
+    Invoice.Status.DRAFT: 0,
+    Invoice.Status.OPEN: 1,
+    Invoice.Status.UNCOLLECTIBLE: 2,
+    Invoice.Status.PAID: 3,
+    Invoice.Status.VOID: 3,
+}
 # Key space of the PostgreSQL advisory locks ("EGST"), so they never collide with other users'.
 _ADVISORY_NAMESPACE = 0x45475354
 
@@ -103,6 +119,13 @@ class StripeNotConfigured(ImproperlyConfigured):
 class AccountSyncBusy(Exception):
     """Another process held the billing account's Stripe lock for ``ACCOUNT_LOCK_WAIT_SECONDS``;
     try again later (the Celery task retries)."""
+
+
+def zero_amount_subscription_enabled() -> bool:
+    """Whether each Stripe customer gets the zero-amount subscription localstripe needs (module
+    docstring, step 2): ``settings.STRIPE_ZERO_AMOUNT_SUBSCRIPTION``, by default true exactly when
+    ``STRIPE_API_BASE`` is set (a fake Stripe server)."""
+    return bool(getattr(settings, "STRIPE_ZERO_AMOUNT_SUBSCRIPTION", bool(settings.STRIPE_API_BASE)))
 
 
 def stripe_enabled() -> bool:
@@ -325,7 +348,8 @@ def _push_invoice(*, client: stripe.StripeClient, invoice: Invoice, push_earlier
         return  # settled outside Stripe (e.g. demo history): nothing to push or refresh
     account = invoice.account
     customer_id = _customer_ensure(client=client, account=account)
-    _subscription_ensure(client=client, account=account, currency=invoice.currency)
+    if zero_amount_subscription_enabled():
+        _subscription_ensure(client=client, account=account, currency=invoice.currency)
     if not invoice.stripe_invoice_id:
         if push_earlier:
             _push_invoices_with_pending_items(client=client, invoice=invoice, customer_id=customer_id)
@@ -353,14 +377,22 @@ def _push_invoice(*, client: stripe.StripeClient, invoice: Invoice, push_earlier
 
 def _record_stripe_state(*, invoice: Invoice, stripe_invoice: Any) -> None:
     """Mirror Stripe's status, payment time and hosted page on the ledger invoice; mark it synced.
-    Only these fields are written, so a webhook's concurrent update of others is kept."""
+
+    One UPDATE of only these fields, so a webhook's concurrent update of others is kept; and the
+    status only moves forward (``STATUS_RANK``), decided by the database at the moment of the
+    update: a status read from Stripe before a webhook marked the invoice paid never turns it back
+    to open, and ``paid_at`` is only written with the move to paid."""
     data = _data(stripe_invoice)
     fields: dict[str, Any] = {"stripe_synced_at": timezone.now(), "stripe_error": ""}
-    if data.get("status") in Invoice.Status.values:
-        fields["status"] = data["status"]
-    if data.get("status") == Invoice.Status.PAID:
-        paid_at = (data.get("status_transitions") or {}).get("paid_at")
-        fields["paid_at"] = datetime.fromtimestamp(paid_at, UTC) if paid_at else timezone.now()
+    status = data.get("status")
+    if status in Invoice.Status.values:
+        behind = [value for value, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
+        moves = Q(status__in=behind)
+        fields["status"] = Case(When(moves, then=Value(status)), default=F("status"))
+        if status == Invoice.Status.PAID:
+            paid_at = (data.get("status_transitions") or {}).get("paid_at")
+            paid = datetime.fromtimestamp(paid_at, UTC) if paid_at else timezone.now()
+            fields["paid_at"] = Case(When(moves, then=Value(paid)), default=F("paid_at"))
     if data.get("hosted_invoice_url"):
         fields["hosted_invoice_url"] = data["hosted_invoice_url"]
     subtotal = data.get("subtotal")

@@ -48,7 +48,7 @@ from django.views.decorators.http import require_POST
 
 from billing.dunning import dunning_payment_failed, dunning_resolve
 from billing.models import Invoice, StripeEvent
-from billing.stripe_sync import stripe_client, stripe_enabled
+from billing.stripe_sync import STATUS_RANK, stripe_client, stripe_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +63,6 @@ MAX_ATTEMPTS = 10
 UNKNOWN_INVOICE_PATIENCE_SECONDS = 3600
 
 INVOICE_PAID_TYPES = frozenset({"invoice.paid", "invoice.payment_succeeded"})
-# Stripe's invoice statuses in the order an invoice moves through them: a status only replaces
-# one of lower rank, so a late ``invoice.finalized`` never reopens a paid invoice (Stripe API
-# reference: Invoices › The invoice object › status; paid and void are final).
-STATUS_RANK = {
-    Invoice.Status.DRAFT: 0,
-    Invoice.Status.OPEN: 1,
-    Invoice.Status.UNCOLLECTIBLE: 2,
-    Invoice.Status.PAID: 3,
-    Invoice.Status.VOID: 3,
-}
 
 
 class StripeEventNotReady(Exception):
@@ -320,7 +310,8 @@ def _invoice_for(obj: dict[str, Any], *, event: StripeEvent, now: datetime) -> I
 
 
 def _moves_to(invoice: Invoice, status: str) -> bool:
-    """Whether ``status`` may replace the invoice's status (``STATUS_RANK``)."""
+    """Whether ``status`` may replace the invoice's status (``billing.stripe_sync.STATUS_RANK``,
+    shared with the sync so both only move an invoice forward)."""
     return STATUS_RANK.get(status, -1) > STATUS_RANK.get(invoice.status, -1)
 
 

@@ -241,6 +241,9 @@ BILLING_RECONCILE_DAYS = env.int("BILLING_RECONCILE_DAYS", default=35)
 # Stripe: off unless STRIPE_API_KEY is set; STRIPE_API_BASE points at a fake server (localstripe).
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
+# localstripe needs a zero-amount Stripe subscription per customer before it creates invoices;
+# real Stripe would send a $0 invoice for it every month (billing.stripe_sync).
+STRIPE_ZERO_AMOUNT_SUBSCRIPTION = env.bool("STRIPE_ZERO_AMOUNT_SUBSCRIPTION", default=bool(STRIPE_API_BASE))
 # The browser side (Stripe.js collects cards; they never reach Eventgate): the publishable key and
 # where Stripe.js loads from (localstripe serves a stand-in at <STRIPE_API_BASE>/js.stripe.com/v3/).
 STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="pk_test_eventgate")
@@ -254,6 +257,9 @@ BILLING_REQUIRE_PAYMENT_METHOD = env.bool("BILLING_REQUIRE_PAYMENT_METHOD", defa
 # Dunning after a failed payment: a reminder every N seconds, suspension after the grace period.
 BILLING_DUNNING_REMINDER_SECONDS = env.int("BILLING_DUNNING_REMINDER_SECONDS", default=3 * 86400)
 BILLING_DUNNING_GRACE_SECONDS = env.int("BILLING_DUNNING_GRACE_SECONDS", default=14 * 86400)
+# Days after an invoice is issued before an unpaid one starts dunning without a failed payment
+# (paid by invoice, or no card): billing.dunning.
+BILLING_INVOICE_DUE_DAYS = env.int("BILLING_INVOICE_DUE_DAYS", default=30)
 
 # Auth: django-allauth with email + password; verification optional in demo mode.
 AUTHENTICATION_BACKENDS = [

@@ -124,8 +124,11 @@ def _subscription_decide(
     _check_staff(approver)
     # A conditional update, so two admins deciding at once cannot both win. A pending
     # subscription has no live connections, so the gateway needs no signal from save().
+    now = timezone.now()
+    # The lifecycle stamps Subscription.save() keeps, which an update() bypasses.
+    stamp = {"activated_at": now} if status == Subscription.Status.ACTIVE else {"ended_at": now}
     updated = Subscription.objects.filter(pk=subscription.pk, status=Subscription.Status.PENDING).update(
-        status=status, decided_by=approver, decided_at=timezone.now(), decision_reason=reason
+        status=status, decided_by=approver, decided_at=now, decision_reason=reason, **stamp
     )
     if not updated:
         raise ValidationError("This subscription is no longer pending.")

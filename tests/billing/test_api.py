@@ -151,7 +151,7 @@ def test_admin_endpoints_are_403_for_everyone_else(api, alice, bob, carol, marke
         assert client.get(f"{BASE}/admin/credits/").status_code == 403
         rerun = {"start": "2026-10-03T09:00:00Z", "reason": "x"}
         assert (
-            client.post(f"{BASE}/admin/windows/rerun", rerun, content_type="application/json").status_code
+            client.post(f"{BASE}/admin/windows/rerun/", rerun, content_type="application/json").status_code
             == 403
         )
         credit = {"account": "bob@example.com", "amount_minor": 500, "currency": "usd", "reason": "x"}
@@ -200,7 +200,7 @@ def test_rerun_writes_the_late_usage_once(api, admin_user, bob_subscription, rec
     client = api(admin_user)
     body = {"start": "2026-10-03T09:00:00Z", "reason": "ticket 7"}
 
-    first = client.post(f"{BASE}/admin/windows/rerun", body, content_type="application/json")
+    first = client.post(f"{BASE}/admin/windows/rerun/", body, content_type="application/json")
 
     assert first.status_code == 200
     data = first.json()
@@ -217,7 +217,7 @@ def test_rerun_writes_the_late_usage_once(api, admin_user, bob_subscription, rec
         1,
     )
     assert entry["created_by"] == "admin@example.com"
-    again = client.post(f"{BASE}/admin/windows/rerun", body, content_type="application/json").json()
+    again = client.post(f"{BASE}/admin/windows/rerun/", body, content_type="application/json").json()
     assert (again["difference"], again["adjustments"]) == (False, [])
     assert LedgerEntry.objects.filter(kind="adjustment").count() == 1
 
@@ -236,7 +236,7 @@ def test_rerun_writes_the_late_usage_once(api, admin_user, bob_subscription, rec
 )
 def test_rerun_bad_input_is_400_naming_the_field(api, admin_user, market, body, field, text):
     payload = {"start": "2026-10-03T09:00:00Z", "reason": "r", **body}
-    response = api(admin_user).post(f"{BASE}/admin/windows/rerun", payload, content_type="application/json")
+    response = api(admin_user).post(f"{BASE}/admin/windows/rerun/", payload, content_type="application/json")
     assert response.status_code == 400
     assert list(response.json()) == [field] and text in response.json()[field][0]
 
@@ -244,12 +244,14 @@ def test_rerun_bad_input_is_400_naming_the_field(api, admin_user, market, body, 
 def test_rerun_of_the_current_hour_is_400(api, admin_user, market):
     start = timezone.now().astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     body = {"start": start.isoformat(), "reason": "r"}
-    response = api(admin_user).post(f"{BASE}/admin/windows/rerun", body, content_type="application/json")
+    response = api(admin_user).post(f"{BASE}/admin/windows/rerun/", body, content_type="application/json")
     assert response.status_code == 400 and "has not ended yet" in response.json()["start"][0]
     yesterday = start - timedelta(days=1)
     body = {"start": yesterday.isoformat(), "reason": "r"}
     assert (
-        api(admin_user).post(f"{BASE}/admin/windows/rerun", body, content_type="application/json").status_code
+        api(admin_user)
+        .post(f"{BASE}/admin/windows/rerun/", body, content_type="application/json")
+        .status_code
         == 200
     )
 

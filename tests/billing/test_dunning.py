@@ -1,6 +1,7 @@
 """Dunning: reminders at their times and never twice, suspension after the grace period of exactly
 the account's active paid subscriptions, and reinstatement of exactly those when the invoice is
-paid — driven by signed webhooks, as Stripe would."""
+paid — driven by signed webhooks, as Stripe would; invoices never paid nor failed are chased once
+overdue; and no paid plan can be taken while an invoice is being chased."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core import mail
+from django.core.exceptions import ValidationError
 from django.db import connection
 
 from billing.dunning import dunning_advance
 from billing.models import DunningCase, DunningSuspension, Invoice, StripeEvent
 from billing.services import invoice_period_close
 from portal.models import Subscription
-from portal.services.subscriptions import subscription_reinstate, subscription_suspend
+from portal.services.subscriptions import (
+    subscription_cancel,
+    subscription_create,
+    subscription_plan_change,
+    subscription_reinstate,
+    subscription_suspend,
+)
 from tests.billing import test_webhooks as hooks
 from tests.billing.conftest import NOVEMBER, OCTOBER
 from tests.factories import ApplicationFactory, SubscriptionFactory, UserFactory
@@ -65,21 +73,41 @@ def status(subscription: Subscription) -> str:
     return Subscription.objects.get(pk=subscription.pk).status
 
 
+def race(now: datetime, workers: int = 4) -> list[dict[str, int]]:
+    """``dunning_advance(now=now)`` in ``workers`` threads released at once (a barrier); each
+    thread's result."""
+    barrier, results = threading.Barrier(workers), []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            results.append(dunning_advance(now=now))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
 def test_reminders_go_out_at_their_times_then_the_suspension(deliver, advance, october_invoice):
     case = fail(deliver, october_invoice)
     start = case.started_at
     what = "Eventgate invoice for October 2026 ($53.50)"
     assert subjects() == [f"Payment failed: {what}"]
 
-    assert advance(start + DAY) == {"suspended": 0, "reminded": 0}
-    assert advance(start + 3 * DAY) == {"suspended": 0, "reminded": 1}
-    assert advance(start + 3 * DAY + timedelta(hours=1)) == {"suspended": 0, "reminded": 0}
+    assert advance(start + DAY) == {"suspended": 0, "reminded": 0, "overdue": 0}
+    assert advance(start + 3 * DAY) == {"suspended": 0, "reminded": 1, "overdue": 0}
+    assert advance(start + 3 * DAY + timedelta(hours=1)) == {"suspended": 0, "reminded": 0, "overdue": 0}
     # A beat that stopped for days sends one reminder, not the missed ones in a burst.
-    assert advance(start + 8 * DAY) == {"suspended": 0, "reminded": 1}
-    assert advance(start + 9 * DAY) == {"suspended": 0, "reminded": 1}
-    assert advance(start + 9 * DAY + timedelta(hours=12)) == {"suspended": 0, "reminded": 0}
-    assert advance(start + 10 * DAY) == {"suspended": 1, "reminded": 0}
-    assert advance(start + 13 * DAY) == {"suspended": 0, "reminded": 0}
+    assert advance(start + 8 * DAY) == {"suspended": 0, "reminded": 1, "overdue": 0}
+    assert advance(start + 9 * DAY) == {"suspended": 0, "reminded": 1, "overdue": 0}
+    assert advance(start + 9 * DAY + timedelta(hours=12)) == {"suspended": 0, "reminded": 0, "overdue": 0}
+    assert advance(start + 10 * DAY) == {"suspended": 1, "reminded": 0, "overdue": 0}
+    assert advance(start + 13 * DAY) == {"suspended": 0, "reminded": 0, "overdue": 0}
 
     assert subjects() == [
         f"Payment failed: {what}",
@@ -155,7 +183,7 @@ def test_a_late_older_payment_failure_does_not_undo_a_payment(deliver, advance, 
     late = StripeEvent.objects.get(type="invoice.payment_failed")
     assert late.processed_at is not None
     assert late.note == f"ignored: invoice {october_invoice.pk} is already paid"
-    assert advance(datetime.now(UTC) + 30 * DAY) == {"suspended": 0, "reminded": 0}
+    assert advance(datetime.now(UTC) + 30 * DAY) == {"suspended": 0, "reminded": 0, "overdue": 0}
 
 
 def test_payment_within_the_grace_period_ends_dunning_without_a_suspension(
@@ -165,7 +193,7 @@ def test_payment_within_the_grace_period_ends_dunning_without_a_suspension(
     pay(deliver, october_invoice, "invoice.payment_succeeded")
     pay(deliver, october_invoice, "invoice.paid")  # real Stripe sends both
 
-    assert advance(case.suspend_at + DAY) == {"suspended": 0, "reminded": 0}
+    assert advance(case.suspend_at + DAY) == {"suspended": 0, "reminded": 0, "overdue": 0}
     assert status(bob_subscription) == "active"
     case.refresh_from_db()
     assert (case.state, case.suspended_at) == ("resolved", None)
@@ -225,23 +253,6 @@ def test_concurrent_dunning_runs_send_each_reminder_and_suspend_each_case_once(
     start = min(DunningCase.objects.values_list("started_at", flat=True))
     mail.outbox.clear()
 
-    def race(now: datetime) -> list[dict[str, int]]:
-        barrier, results = threading.Barrier(4), []
-
-        def run() -> None:
-            try:
-                barrier.wait()
-                results.append(dunning_advance(now=now))
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=run) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        return results
-
     reminders = race(start + 3 * DAY + timedelta(minutes=1))
     assert sum(result["reminded"] for result in reminders) == len(invoices) == 4
     assert sorted(email.to[0] for email in mail.outbox) == sorted(i.account.owner.email for i in invoices)
@@ -251,3 +262,133 @@ def test_concurrent_dunning_runs_send_each_reminder_and_suspend_each_case_once(
     assert len(mail.outbox) == 8 and all("suspended" in email.subject for email in mail.outbox[4:])
     assert DunningSuspension.objects.count() == 4
     assert not Subscription.objects.filter(status="active").exists()
+
+
+# --- no paid plan while an invoice is chased -------------------------------------------------------
+
+
+def test_a_suspended_consumer_cannot_cancel_and_subscribe_again_until_the_invoice_is_paid(
+    deliver, advance, client, bob, october_invoice, bob_subscription, metered_plan, free_plan
+):
+    app = bob_subscription.application
+    refusal = (
+        "Your invoice for October 2026 ($53.50) is unpaid: pay it at "
+        f"/billing/invoices/{october_invoice.pk}/ before subscribing to the paid Metered plan. "
+        "Free plans stay open to you."
+    )
+    case = fail(deliver, october_invoice)
+    with pytest.raises(ValidationError) as reminding:  # refused while reminding already
+        subscription_create(application=ApplicationFactory(owner=bob, name="Backtester"), plan=metered_plan)
+    assert reminding.value.message_dict == {"plan": [refusal]}
+    advance(case.suspend_at)
+    subscription_cancel(subscription=bob_subscription, actor=bob)
+
+    with pytest.raises(ValidationError) as refused:
+        subscription_create(application=app, plan=metered_plan)
+    [error] = refused.value.error_dict["plan"]
+    assert (error.code, error.message) == ("unpaid_invoice", refusal)
+    # Free plans stay open, but moving to a paid one is refused too; through REST alike.
+    free = subscription_create(application=app, plan=free_plan)
+    with pytest.raises(ValidationError) as moving:
+        subscription_plan_change(subscription=free, plan=metered_plan, by=bob)
+    assert moving.value.message_dict == {"plan": [refusal]}
+    subscription_cancel(subscription=free, actor=bob)
+    client.force_login(bob)
+    response = client.post(
+        f"/api/v1/applications/{app.pk}/subscriptions/",
+        {"plan": metered_plan.pk},
+        content_type="application/json",
+    )
+    assert (response.status_code, response.json()) == (400, {"plan": [refusal]})
+    assert not Subscription.objects.filter(application__owner=bob, status="active").exists()
+
+    pay(deliver, october_invoice)
+
+    assert subscription_create(application=app, plan=metered_plan).status == "active"
+
+
+# --- invoices never paid nor failed ---------------------------------------------------------------
+
+ISSUED = datetime(2026, 11, 1, 1, tzinfo=UTC)
+
+
+def issued_and_pushed(invoice: Invoice, **fields) -> Invoice:
+    """The invoice as the Stripe sync leaves it for an account that pays by invoice (or has no
+    card): open in Stripe, issued at ``ISSUED``, no payment attempted."""
+    Invoice.objects.filter(pk=invoice.pk).update(
+        **{"status": "open", "issued_at": ISSUED, "stripe_synced_at": ISSUED, **fields}
+    )
+    return Invoice.objects.get(pk=invoice.pk)
+
+
+def test_an_invoice_unpaid_past_its_due_date_starts_dunning_without_a_failed_payment(
+    advance, webhook_secret, october_invoice, bob_subscription
+):
+    invoice = issued_and_pushed(october_invoice)
+    due = ISSUED + 30 * DAY
+
+    assert advance(due - timedelta(minutes=1)) == {"suspended": 0, "reminded": 0, "overdue": 0}
+    assert advance(due + timedelta(minutes=1)) == {"suspended": 0, "reminded": 0, "overdue": 1}
+
+    case = DunningCase.objects.get(invoice=invoice)
+    assert (case.state, case.failures, case.last_failure_message) == ("open", 1, "Payment overdue")
+    assert case.suspend_at == due + timedelta(minutes=1) + 10 * DAY
+    assert subjects() == ["Payment overdue: Eventgate invoice for October 2026 ($53.50)"]
+    assert f"https://eventgate.example.com/billing/invoices/{invoice.pk}/" in mail.outbox[0].body
+    assert advance(due + DAY) == {"suspended": 0, "reminded": 0, "overdue": 0}  # opened once
+    assert advance(case.suspend_at)["suspended"] == 1
+    assert status(bob_subscription) == "suspended"
+
+
+def test_the_due_date_follows_the_setting(advance, settings, october_invoice):
+    settings.BILLING_INVOICE_DUE_DAYS = 45
+    issued_and_pushed(october_invoice)
+
+    assert advance(ISSUED + 31 * DAY)["overdue"] == 0
+    assert advance(ISSUED + 46 * DAY)["overdue"] == 1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"status": "paid"}, id="paid"),
+        pytest.param({"status": "draft"}, id="not-finalized"),
+        pytest.param({"status": "void"}, id="void"),
+        pytest.param({"stripe_synced_at": None}, id="not-in-stripe"),
+        pytest.param({"total_minor": 0}, id="nothing-to-pay"),
+    ],
+)
+def test_invoices_nobody_owes_are_not_chased(advance, october_invoice, fields):
+    issued_and_pushed(october_invoice, **fields)
+
+    assert advance(ISSUED + 90 * DAY)["overdue"] == 0
+    assert not DunningCase.objects.exists() and mail.outbox == []
+
+
+def test_an_overdue_invoice_already_chased_for_a_failed_payment_gets_no_second_case(
+    deliver, advance, october_invoice
+):
+    fail(deliver, october_invoice)
+    issued_and_pushed(october_invoice)
+
+    assert advance(ISSUED + 31 * DAY)["overdue"] == 0
+    assert DunningCase.objects.get().failures == 1 and len(mail.outbox) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_runs_open_one_case_and_send_one_email_per_overdue_invoice(metered_plan, bob_subscription):
+    for n in range(3):
+        owner = UserFactory(email=f"late{n}@example.com")
+        SubscriptionFactory(
+            application=ApplicationFactory(owner=owner), plan=metered_plan, created=OCTOBER[0] - DAY
+        )
+    invoices = invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1])
+    for invoice in invoices:
+        issued_and_pushed(invoice)
+
+    results = race(ISSUED + 31 * DAY)
+
+    assert DunningCase.objects.count() == len(invoices) == 4
+    assert sum(result["overdue"] for result in results) == 4
+    assert sorted(email.to[0] for email in mail.outbox) == sorted(i.account.owner.email for i in invoices)
+    assert all(email.subject.startswith("Payment overdue: ") for email in mail.outbox)

@@ -492,7 +492,10 @@ def test_the_fee_follows_when_the_subscription_was_live_not_its_status_at_the_cl
         status="pending",
         created=datetime(2026, 10, 30, tzinfo=UTC),
     )
-    subscription_approve(subscription=approved_after, approver=admin_user)  # live only after October
+    approved_after = subscription_approve(
+        subscription=approved_after, approver=admin_user
+    )  # live after October
+    assert approved_after.activated_at > OCTOBER[1] and cancelled_after.ended_at > OCTOBER[1]
 
     [invoice] = invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1])
 

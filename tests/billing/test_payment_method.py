@@ -1,22 +1,24 @@
 """The consumer's payment method (billing.payments) against a real localstripe: the service, the
-/billing/payment-method/ page, its REST mirror, admin-approved invoicing and the rule that paid
-plans need one of the two."""
+/billing/payment-method/ page, its REST mirror, admin-approved invoicing, the rule that paid
+plans need one of the two, and that an account pays in one currency."""
 
 from __future__ import annotations
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
-from billing.models import BillingAccount
+from billing.models import BillingAccount, Invoice
 from billing.payments import (
     billing_account_get,
     invoicing_approve,
     payment_method_attach,
     payment_method_remove,
 )
+from billing.services import invoice_period_close
 from portal.models import Subscription
-from portal.services.subscriptions import subscription_create, subscription_plan_change
-from tests.factories import ApplicationFactory, SubscriptionFactory
+from portal.services.subscriptions import subscription_cancel, subscription_create, subscription_plan_change
+from tests.billing.conftest import OCTOBER
+from tests.factories import ApplicationFactory, BusinessPlanFactory, SubscriptionFactory
 
 URL = "/api/v1/billing/payment-method/"
 PAGE = "/billing/payment-method/"
@@ -171,9 +173,80 @@ def test_the_subscribe_form_shows_the_refusal_with_a_link(require_card, client, 
     page = text(response)
     assert "The Metered plan is paid: add a payment method" in page
     assert (
-        '<a href="/billing/payment-method/" data-testid="add-payment-method">Add a payment method</a>' in page
+        '<a href="/billing/payment-method/?next=/apis/ticker/%23subscribe" data-testid="add-payment-method">'
+        "Add a payment method</a>" in page
     )
     assert not Subscription.objects.filter(application=bob_app).exists()
+
+
+# --- one currency per account (Stripe: one customer, one currency) ----------------------------------
+
+
+@pytest.fixture
+def euro_plan(ticker_api):
+    return BusinessPlanFactory(api=ticker_api, name="Euro", flat_fee_minor=900, currency="eur")
+
+
+def refusal(action) -> tuple[str, str]:
+    with pytest.raises(ValidationError) as refused:
+        action()
+    [error] = refused.value.error_dict["plan"]
+    return error.code, error.message
+
+
+EURO_REFUSAL = (
+    "currency_mismatch",
+    "Your billing account pays in USD, and the Euro plan is priced in EUR: Stripe bills one customer "
+    "in one currency. Choose a plan priced in USD.",
+)
+
+
+def test_a_plan_in_another_currency_than_the_accounts_paid_subscriptions_is_refused(
+    stripe_settings, bob, bob_subscription, euro_plan, free_plan
+):
+    other_app = ApplicationFactory(owner=bob, name="Backtester")
+
+    assert refusal(lambda: subscription_create(application=other_app, plan=euro_plan)) == EURO_REFUSAL
+    assert (
+        refusal(lambda: subscription_plan_change(subscription=bob_subscription, plan=euro_plan, by=bob))
+        == EURO_REFUSAL
+    )
+    assert not Subscription.objects.filter(plan=euro_plan).exists()
+    # Free plans cost nothing in any currency; plans in the account's currency stay open.
+    assert subscription_create(application=other_app, plan=free_plan).status == Subscription.Status.ACTIVE
+
+
+def test_an_unpaid_invoice_keeps_the_currency_after_its_subscriptions_end(
+    stripe_settings, bob, bob_subscription, record_usage, euro_plan
+):
+    [invoice] = invoice_period_close(period_start=OCTOBER[0], period_end=OCTOBER[1])
+    Invoice.objects.filter(pk=invoice.pk).update(status="open")
+    subscription_cancel(subscription=bob_subscription, actor=bob)
+    app = bob_subscription.application
+
+    assert refusal(lambda: subscription_create(application=app, plan=euro_plan)) == EURO_REFUSAL
+
+    Invoice.objects.filter(pk=invoice.pk).update(status="paid")
+    assert subscription_create(application=app, plan=euro_plan).plan == euro_plan
+
+
+def test_the_currency_rule_applies_only_when_stripe_is_on(settings, bob, bob_subscription, euro_plan):
+    settings.STRIPE_API_KEY = ""
+    other_app = ApplicationFactory(owner=bob, name="Backtester")
+    assert subscription_create(application=other_app, plan=euro_plan).plan == euro_plan
+
+
+def test_the_rest_api_names_the_accounts_currency(stripe_settings, client, bob, bob_subscription, euro_plan):
+    other_app = ApplicationFactory(owner=bob, name="Backtester")
+    client.force_login(bob)
+
+    response = client.post(
+        f"/api/v1/applications/{other_app.pk}/subscriptions/",
+        {"plan": euro_plan.pk},
+        content_type="application/json",
+    )
+
+    assert (response.status_code, response.json()) == (400, {"plan": [EURO_REFUSAL[1]]})
 
 
 # --- the page ----------------------------------------------------------------------------------------
@@ -191,7 +264,7 @@ def test_the_page_says_no_payment_method_and_offers_stripe_js(stripe_settings, c
     page = text(client.get(PAGE))
 
     assert "No payment method" in page and "Add card" in page
-    assert f'<script src="{settings.STRIPE_JS_URL}"></script>' in page
+    assert f'data-stripe-js-url="{settings.STRIPE_JS_URL}"' in page
     assert 'data-publishable-key="pk_test_eventgate"' in page
     assert not BillingAccount.objects.filter(owner=bob).exists()  # looking creates nothing
 
@@ -340,7 +413,7 @@ def test_rest_needs_authentication(client, db):
 
 def test_rest_admins_approve_and_withdraw_invoicing(client, bob, carol, admin_user):
     account = billing_account_get(user=bob)
-    url = f"{URL}accounts/{account.pk}/invoicing"
+    url = f"{URL}accounts/{account.pk}/invoicing/"
 
     client.force_login(carol)
     assert client.post(url, {"approved": True}, content_type="application/json").status_code == 403
@@ -361,7 +434,7 @@ def test_rest_admins_approve_and_withdraw_invoicing(client, bob, carol, admin_us
     assert withdrawn.json()["invoicing_approved"] is False
     assert (
         client.post(
-            f"{URL}accounts/999999/invoicing", {"approved": True}, content_type="application/json"
+            f"{URL}accounts/999999/invoicing/", {"approved": True}, content_type="application/json"
         ).status_code
         == 404
     )

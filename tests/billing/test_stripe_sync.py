@@ -7,9 +7,12 @@ from datetime import UTC, datetime
 import pytest
 import stripe
 
+import billing.stripe_sync as stripe_sync
 from billing.models import BillingAccount, Invoice, StripeRequest
+from billing.payments import billing_account_get, payment_method_attach
 from billing.services import invoice_period_close
-from billing.stripe_sync import invoice_sync_stripe
+from billing.stripe_sync import invoice_sync_stripe, subscription_key
+from billing.webhooks import stripe_event_process, stripe_event_record
 from tests.billing.conftest import NOVEMBER, OCTOBER
 
 
@@ -125,3 +128,77 @@ def test_idempotency_keys_come_from_ledger_rows_and_travel_as_metadata(
     for line in invoice.lines.all():
         item = stripe_client.v1.invoice_items.retrieve(line.stripe_invoice_item_id)
         assert item.metadata["eventgate_key"] == f"eg-ii-{sub}-{period}-{line.kind}"
+
+
+def test_a_sync_that_read_an_older_status_never_undoes_a_payment_from_a_webhook(
+    stripe_settings, october_invoice
+):
+    invoice = invoice_sync_stripe(invoice=october_invoice)
+    # Stripe says the invoice was paid (the webhook arrives while Stripe still shows it as a draft
+    # here: localstripe's invoice stays one, as a slow read of real Stripe's would).
+    paid_at = datetime(2026, 11, 2, 8, 30, tzinfo=UTC)
+    event, _ = stripe_event_record(
+        event_id="evt_paid_meanwhile",
+        type="invoice.paid",
+        payload={
+            "id": "evt_paid_meanwhile",
+            "type": "invoice.paid",
+            "data": {
+                "object": {
+                    "object": "invoice",
+                    "id": invoice.stripe_invoice_id,
+                    "status": "paid",
+                    "status_transitions": {"paid_at": int(paid_at.timestamp())},
+                }
+            },
+        },
+        stripe_created=paid_at,
+    )
+    stripe_event_process(event_pk=event.pk)
+    assert Invoice.objects.get(pk=invoice.pk).status == "paid"
+
+    invoice = invoice_sync_stripe(invoice=invoice)
+
+    assert (invoice.status, invoice.paid_at) == ("paid", paid_at)
+    assert invoice.stripe_synced_at is not None and invoice.stripe_error == ""
+
+
+def test_a_later_sync_still_moves_the_status_forward(stripe_settings, stripe_client, bob, october_invoice):
+    invoice = invoice_sync_stripe(invoice=october_invoice)
+    assert invoice.status == "draft"  # no card: nothing charged
+    payment_method_attach(account=billing_account_get(user=bob), payment_method_id="pm_card_visa")
+    stripe_client.v1.invoices.pay(invoice.stripe_invoice_id)  # the consumer pays on Stripe's page
+
+    invoice = invoice_sync_stripe(invoice=invoice)
+
+    assert invoice.status == "paid" and invoice.paid_at is not None
+
+
+def test_without_the_zero_amount_subscription_no_stripe_subscription_is_made(
+    stripe_settings, stripe_client, bob, october_invoice
+):
+    stripe_settings.STRIPE_ZERO_AMOUNT_SUBSCRIPTION = False  # as with real Stripe
+
+    # localstripe cannot invoice a customer without a subscription (the reason the zero-amount one
+    # exists); real Stripe takes the pending invoice items into the invoice.
+    with pytest.raises(stripe.InvalidRequestError, match="No upcoming invoices"):
+        invoice_sync_stripe(invoice=october_invoice)
+
+    account = BillingAccount.objects.get(owner=bob)
+    assert account.stripe_customer_id and account.stripe_subscription_id == ""
+    listing = stripe_client.v1.subscriptions.list(params={"customer": account.stripe_customer_id})
+    assert listing.data == []
+    assert not StripeRequest.objects.filter(idempotency_key=subscription_key(account.pk)).exists()
+    pending = stripe_client.v1.invoice_items.list(params={"customer": account.stripe_customer_id}).data
+    assert sorted((item.amount, item.invoice) for item in pending) == [(450, None), (4900, None)]
+
+
+@pytest.mark.parametrize(("base", "expected"), [("", False), ("http://127.0.0.1:8420", True)])
+def test_the_zero_amount_subscription_is_on_by_default_only_for_a_fake_stripe_server(
+    settings, base, expected
+):
+    if hasattr(settings, "STRIPE_ZERO_AMOUNT_SUBSCRIPTION"):
+        del settings.STRIPE_ZERO_AMOUNT_SUBSCRIPTION
+    settings.STRIPE_API_BASE = base
+
+    assert stripe_sync.zero_amount_subscription_enabled() is expected
