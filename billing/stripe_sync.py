@@ -125,7 +125,8 @@ def zero_amount_subscription_enabled() -> bool:
     """Whether each Stripe customer gets the zero-amount subscription localstripe needs (module
     docstring, step 2): ``settings.STRIPE_ZERO_AMOUNT_SUBSCRIPTION``, by default true exactly when
     ``STRIPE_API_BASE`` is set (a fake Stripe server)."""
-    return bool(getattr(settings, "STRIPE_ZERO_AMOUNT_SUBSCRIPTION", bool(settings.STRIPE_API_BASE)))
+    configured = getattr(settings, "STRIPE_ZERO_AMOUNT_SUBSCRIPTION", None)
+    return bool(settings.STRIPE_API_BASE) if configured is None else bool(configured)
 
 
 def stripe_enabled() -> bool:
@@ -174,13 +175,13 @@ def invoice_key(invoice: Invoice) -> str:
 
 
 def invoice_item_key(invoice: Invoice, line: InvoiceLine) -> str:
-    """``eg-ii-<subscription id>-<period start>-<period end>-<kind>`` for a subscription's line (a
-    subscription has one line per kind and period: its plan has one currency), or
-    ``eg-ii-credit-<credit id>`` for a credit line."""
+    """``eg-ii-<subscription id>-p<plan id>-<period start>-<period end>-<kind>`` for a
+    subscription's line (one line per plan and kind and period: a subscription that changed plan
+    in the period has lines at each), or ``eg-ii-credit-<credit id>`` for a credit line."""
     if line.credit_id is not None:
         return f"eg-ii-credit-{line.credit_id}"
     start, end = _hour(invoice.period_start), _hour(invoice.period_end)
-    return f"eg-ii-{line.subscription_id}-{start}-{end}-{line.kind}"
+    return f"eg-ii-{line.subscription_id}-p{line.plan_id}-{start}-{end}-{line.kind}"
 
 
 # --- per-account lock ------------------------------------------------------------------------------

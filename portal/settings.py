@@ -243,7 +243,8 @@ STRIPE_API_KEY = env("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
 # localstripe needs a zero-amount Stripe subscription per customer before it creates invoices;
 # real Stripe would send a $0 invoice for it every month (billing.stripe_sync).
-STRIPE_ZERO_AMOUNT_SUBSCRIPTION = env.bool("STRIPE_ZERO_AMOUNT_SUBSCRIPTION", default=bool(STRIPE_API_BASE))
+# (Unset: exactly when STRIPE_API_BASE is set, read when used.)
+STRIPE_ZERO_AMOUNT_SUBSCRIPTION = env.bool("STRIPE_ZERO_AMOUNT_SUBSCRIPTION", default=None)
 # The browser side (Stripe.js collects cards; they never reach Eventgate): the publishable key and
 # where Stripe.js loads from (localstripe serves a stand-in at <STRIPE_API_BASE>/js.stripe.com/v3/).
 STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="pk_test_eventgate")

@@ -115,7 +115,7 @@ def test_idempotency_keys_come_from_ledger_rows_and_travel_as_metadata(
 ):
     invoice = invoice_sync_stripe(invoice=october_invoice)
 
-    account, sub = invoice.account_id, bob_subscription.pk
+    account, sub = invoice.account_id, f"{bob_subscription.pk}-p{bob_subscription.plan_id}"
     period = "2026100100-2026110100"
     assert set(StripeRequest.objects.values_list("idempotency_key", "object_type")) == {
         (f"eg-customer-{account}", "customer"),
@@ -197,8 +197,7 @@ def test_without_the_zero_amount_subscription_no_stripe_subscription_is_made(
 def test_the_zero_amount_subscription_is_on_by_default_only_for_a_fake_stripe_server(
     settings, base, expected
 ):
-    if hasattr(settings, "STRIPE_ZERO_AMOUNT_SUBSCRIPTION"):
-        del settings.STRIPE_ZERO_AMOUNT_SUBSCRIPTION
+    settings.STRIPE_ZERO_AMOUNT_SUBSCRIPTION = None  # unset in the environment
     settings.STRIPE_API_BASE = base
 
     assert stripe_sync.zero_amount_subscription_enabled() is expected
