@@ -98,8 +98,10 @@ class PaymentMethodRequestSerializer(serializers.Serializer[Any]):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if bool(attrs.get("setup_intent")) == bool(attrs.get("payment_method")):
+            given = "both" if attrs.get("setup_intent") else "neither"
             raise serializers.ValidationError(
-                'Send either {"setup_intent": true} or {"payment_method": "pm_…"}, not both.'
+                'Send either {"setup_intent": true} or {"payment_method": "pm_…"}; '
+                f"this request sent {given}."
             )
         return attrs
 

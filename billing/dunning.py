@@ -353,6 +353,7 @@ def _email(kind: str, *, case_pk: int, subscription_ids: list[int] | None = None
             f"{s.application.name} → {s.api.name} ({s.plan.name})" for s in subscriptions.order_by("pk")
         ],
         "first": extra.get("number") == 1,
+        "due_days": _invoice_due_days(),
         **_links(invoice),
         **extra,
     }

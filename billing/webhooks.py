@@ -108,15 +108,18 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
         stripe.Webhook.construct_event(payload, header, secret, tolerance=tolerance)
     except stripe.SignatureVerificationError as exc:
         return _error(400, _signature_problem(exc, header, tolerance))
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         # Verified, then not UTF-8 JSON (ValueError), or JSON but not an object (the library
-        # calls .get on it), or a thin v2 event notification (ValueError).
+        # calls .get on it), or a thin v2 event notification (ValueError), or nested deeper
+        # than the parser goes (RecursionError).
         return _error(400, "body is not a Stripe event (a JSON object)")
     try:
         fields = _event_fields(payload)
         _event, created = stripe_event_record(**fields)
     except ValueError as exc:
         return _error(400, str(exc))
+    except RecursionError:
+        return _error(400, "body is nested too deeply to store")
     except DataError:
         # PostgreSQL's jsonb refuses what JSON allows but it cannot store (\u0000 in strings).
         return _error(400, "body cannot be stored: it holds a \\u0000 character")

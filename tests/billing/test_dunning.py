@@ -335,6 +335,8 @@ def test_an_invoice_unpaid_past_its_due_date_starts_dunning_without_a_failed_pay
     assert case.suspend_at == due + timedelta(minutes=1) + 10 * DAY
     assert subjects() == ["Payment overdue: Eventgate invoice for October 2026 ($53.50)"]
     assert f"https://eventgate.example.com/billing/invoices/{invoice.pk}/" in mail.outbox[0].body
+    assert "is overdue: it was due 30 days after it was issued." in mail.outbox[0].body
+    assert "could not collect" not in mail.outbox[0].body
     assert advance(due + DAY) == {"suspended": 0, "reminded": 0, "overdue": 0}  # opened once
     assert advance(case.suspend_at)["suspended"] == 1
     assert status(bob_subscription) == "suspended"

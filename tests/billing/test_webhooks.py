@@ -197,6 +197,7 @@ def test_missing_or_malformed_signature_header_is_refused(deliver, october_invoi
         ),
         (b'{"id": "evt_1", "type": "invoice.paid", "amount": NaN}', "body is not JSON (NaN"),
         (b'{"id": "evt_1", "type": "invoice.paid", "note": "a\\u0000b"}', "body cannot be stored"),
+        (b'{"a":' * 5_000 + b"1" + b"}" * 5_000, "body is not a Stripe event (a JSON object)"),  # too deep
     ],
 )
 def test_signed_bodies_that_are_not_stripe_events_get_a_400_naming_the_problem(deliver, body, error):
