@@ -23,23 +23,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
 from analytics.services import UsageTotals, usage_by_subscription
+from billing.ledger import frontier, grace_period, ledger_close_windows, window_ceil
 from billing.models import BillingAccount, Credit, Invoice, InvoiceLine, LedgerEntry
 from portal.models import BusinessPlan, Subscription
 from portal.money import format_money
+from portal.plans import BYTES_PER_GB, EVENTS_PER_BLOCK  # 1,000 events; a decimal GB (10^9 bytes)
 from portal.templatetags.eventgate import human_bytes
 
 logger = logging.getLogger(__name__)
 
-EVENTS_PER_BLOCK = 1000
-BYTES_PER_GB = 10**9  # decimal gigabyte, as on the usage page and the plan's overage price
-# Gateway processes flush usage every few seconds; an hour covers a slow or restarted flush.
-DEFAULT_GRACE_PERIOD = timedelta(hours=1)
 _DESCRIPTION_MAX = InvoiceLine._meta.get_field("description").max_length or 300
 # How far back invoice_closed_periods looks for periods a stopped beat never closed.
 CATCH_UP_PERIODS = {"month": timedelta(days=366), "year": timedelta(days=3 * 366)}
@@ -228,11 +225,6 @@ def period_kind(period_start: datetime, period_end: datetime) -> str:
     return BusinessPlan.BillingPeriod.MONTH
 
 
-def grace_period() -> timedelta:
-    """How long after a period ends it stays open for late gateway flushes (``BILLING_GRACE_SECONDS``)."""
-    return timedelta(seconds=getattr(settings, "BILLING_GRACE_SECONDS", DEFAULT_GRACE_PERIOD.total_seconds()))
-
-
 def last_closed_period(
     *, now: datetime, grace: timedelta | None = None, kind: str = "month"
 ) -> tuple[datetime, datetime]:
@@ -398,8 +390,6 @@ def invoice_period_close(
     Raises ``ValueError`` if the bounds are naive or not increasing, the period is still open, or
     it overlaps an invoiced period.
     """
-    from billing.ledger import frontier, ledger_close_windows, window_ceil
-
     if period_start.tzinfo is None or period_end.tzinfo is None or period_start >= period_end:
         raise ValueError(f"Invalid billing period {period_start!r} – {period_end!r}.")
     closes_at = period_end + grace_period()
