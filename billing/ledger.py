@@ -281,8 +281,8 @@ def ledger_reconcile(
 ) -> list[LedgerEntry]:
     """Turn usage that reached analytics after its window closed into adjustment entries.
 
-    Compares analytics with the ledger over the closed windows in ``[start, end)`` (default: the
-    last ``BILLING_RECONCILE_DAYS`` days up to the frontier): per subscription first, then per
+    Compares analytics with the ledger over the closed windows in ``[start, end)`` (default: from
+    ``BILLING_RECONCILE_DAYS`` days before now to the frontier): per subscription first, then per
     window only for the subscriptions that differ. Each difference becomes one entry with the
     next revision of its (subscription, window), ``kind`` adjustment, ``reason`` and ``by`` (the
     admin who asked, or None for the beat job). Windows before the ledger's first one (usage
@@ -350,19 +350,17 @@ def _reconcile(
     # (the window's entries' plan; the subscription's plan now for a window it had no entry in).
     revisions: dict[tuple[int, datetime], int] = {}
     entry_plans: dict[tuple[int, datetime], tuple[int, str]] = {}
-    for row in (
+    for subscription_id, window_start, revision, plan_id, counted in (
         LedgerEntry.objects.filter(
-            subscription_id__in=differing, window_start__gte=start, window_start__lt=end, plan__isnull=False
+            subscription_id__in=differing, window_start__gte=start, window_start__lt=end
         )
         .values_list("subscription_id", "window_start", "revision", "plan_id", "plan__counted_directions")
         .order_by("revision")
     ):
-        revisions[row[:2]] = row[2]
-        entry_plans[row[:2]] = (row[3], row[4])
-    for row in LedgerEntry.objects.filter(
-        subscription_id__in=differing, window_start__gte=start, window_start__lt=end
-    ).values_list("subscription_id", "window_start", "revision"):
-        revisions[row[:2]] = max(revisions.get(row[:2], 0), row[2])
+        key = (subscription_id, window_start)
+        revisions[key] = revision
+        if plan_id is not None:
+            entry_plans[key] = (plan_id, counted)
     plans = _plans_now(set(differing))
     adjustments = []
     for key in sorted(set(analytics_windows) | set(ledger_windows)):
