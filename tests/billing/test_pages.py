@@ -233,6 +233,21 @@ def test_invoices_page_shows_this_month_so_far_as_the_invoice_would_bill_it(
     assert "This month so far" not in client.get("/billing/invoices/").content.decode()
 
 
+def test_the_estimate_takes_off_the_credits_not_spent_yet(client, bob, admin_user, bob_subscription):
+    from billing.models import BillingAccount
+    from billing.services import issue_credit
+
+    account = BillingAccount.objects.create(owner=bob)
+    issue_credit(account=account, amount_minor=150, currency="usd", reason="Sorry", by=admin_user)
+    client.force_login(bob)
+
+    page = client.get("/billing/invoices/").content.decode()
+
+    assert 'data-testid="estimate-total">$47.50<' in page  # $49.00 base fee less the $1.50 credit
+    credit = page.split('data-testid="estimate-credit">')[1].split("</tr>")[0]
+    assert "Credits not spent yet" in credit and "−$1.50" in credit
+
+
 def test_an_open_invoice_without_a_stripe_page_says_how_it_is_paid(client, bob, admin_user, bobs_invoice):
     """Not a bare "none": approved invoicing, a card on file, or a link to add a payment method."""
     Invoice.objects.filter(pk=bobs_invoice.pk).update(
