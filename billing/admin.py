@@ -211,10 +211,13 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     list_display = [
         "window_start",
         "subscription",
+        "plan",
         "revision",
         "kind",
         "events",
         "bytes",
+        "in_events",
+        "in_bytes",
         "counted_events",
         "counted_bytes",
         "invoice",

@@ -331,15 +331,16 @@ def period_estimate(*, user: Any, now: datetime) -> PeriodEstimate:
             for direction in ("out", "in")
         }
         counted = [by_direction[direction] for direction in subscription.plan.directions_counted]
-        lines.extend(
-            _lines_for_subscription(
-                subscription=subscription,
-                usage=by_direction["out"],
-                counted=UsageTotals(
-                    events=sum(c.events for c in counted), bytes=sum(c.bytes for c in counted)
-                ),
-            )
+        subscription_lines = _lines_for_subscription(
+            subscription=subscription,
+            usage=by_direction["out"],
+            counted=UsageTotals(events=sum(c.events for c in counted), bytes=sum(c.bytes for c in counted)),
         )
+        if subscription.plan.billing_period == BusinessPlan.BillingPeriod.YEAR:
+            # Invoiced at the year's end: say so, on a page that speaks of this month.
+            for line in subscription_lines:
+                line.description = _truncate(f"{line.description} · yearly plan, {now:%Y} so far")
+        lines.extend(subscription_lines)
     totals: dict[str, int] = {}
     for line in lines:
         currency = line.plan.currency

@@ -617,3 +617,12 @@ def test_an_admin_cannot_credit_their_own_account(admin_user, metered_plan):
     account = BillingAccount.objects.create(owner=admin_user)
     with pytest.raises(PermissionDenied, match="cannot credit their own billing account"):
         issue_credit(account=account, amount_minor=500, currency="usd", reason="mine", by=admin_user)
+
+
+def test_the_running_estimate_marks_yearly_plans_lines(bob, ticker_api):
+    yearly = BusinessPlanFactory(api=ticker_api, name="Yearly", flat_fee_minor=50_000, billing_period="year")
+    SubscriptionFactory(application=ApplicationFactory(owner=bob), plan=yearly, created=SEPTEMBER_15)
+
+    [line] = period_estimate(user=bob, now=datetime.now(UTC)).lines
+
+    assert line.description.endswith(f"· yearly plan, {datetime.now(UTC):%Y} so far")
