@@ -229,6 +229,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
         "subscription__api",
         "subscription__plan",
         "subscription__application",
+        "plan__api",
         "created_by",
     ]
     search_fields = ["subscription__application__owner__email", "subscription__api__slug", "reason"]
