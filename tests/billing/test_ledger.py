@@ -39,7 +39,7 @@ from portal.models import BusinessPlan
 from portal.services.subscriptions import subscription_approve, subscription_cancel, subscription_plan_change
 from tests.billing.conftest import NOVEMBER, OCTOBER
 from tests.factories import ApplicationFactory, BusinessPlanFactory, SubscriptionFactory
-from tests.fixtures.servers import celery_worker_start, server_env
+from tests.fixtures.servers import amqp_queues_delete, celery_worker_start, server_env
 
 SEPTEMBER_15 = datetime(2026, 9, 15, tzinfo=UTC)
 SUCCEEDED = r"ledger_close_task\[[^\]]+\] succeeded in [\d.]+s: (\{.*\})"  # a Celery worker's log line
@@ -353,6 +353,7 @@ def test_two_celery_workers_closing_at_once_write_every_window_once(bob, ticker_
     finally:
         for worker in workers:
             worker.stop()
+        amqp_queues_delete(queue)
     assert len(outcomes) == 6, [worker.log() for worker in workers]
     # Every window was closed by exactly one of the six runs (each run closes at most a month of
     # windows; one more catches up to an hour ago).
