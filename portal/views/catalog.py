@@ -195,7 +195,12 @@ def api_detail(request: HttpRequest, slug: str) -> HttpResponse:
     subscribable = api.status == API.Status.PUBLISHED
     form = None
     if request.user.is_authenticated and subscribable:
-        form = SubscribeForm(request.POST if request.method == "POST" else None, user=request.user, api=api)
+        # ``?plan=<id>`` preselects a plan (the way back from adding a payment method).
+        chosen = request.GET.get("plan", "")
+        initial = {"plan": int(chosen)} if chosen.isdigit() and len(chosen) < 12 else {}
+        form = SubscribeForm(
+            request.POST if request.method == "POST" else None, user=request.user, api=api, initial=initial
+        )
     if request.method == "POST":
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())

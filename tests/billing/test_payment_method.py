@@ -173,7 +173,8 @@ def test_the_subscribe_form_shows_the_refusal_with_a_link(require_card, client, 
     page = text(response)
     assert "The Metered plan is paid: add a payment method" in page
     assert (
-        '<a href="/billing/payment-method/?next=/apis/ticker/%23subscribe" data-testid="add-payment-method">'
+        f'<a href="/billing/payment-method/?next=/apis/ticker/%3Fplan%3D{metered_plan.pk}%23subscribe" '
+        'data-testid="add-payment-method">'
         "Add a payment method</a>" in page
     )
     assert not Subscription.objects.filter(application=bob_app).exists()

@@ -74,11 +74,12 @@ def test_consumer_adds_a_card_and_then_subscribes_to_a_paid_plan(
     page.get_by_role("button", name="Save card").click()
     # Back on the subscribe form the refusal's link came from (?next=).
     expect(page.get_by_text("Card saved — you can subscribe now (Visa •••• 4242)")).to_be_visible()
-    assert page.url == live_server.url + "/apis/ticker/#subscribe"
+    assert page.url == live_server.url + f"/apis/ticker/?plan={metered_plan.pk}#subscribe"
     shoot(page, "-back")
     assert BillingAccount.objects.get(owner=bob).payment_method_last4 == "4242"
 
-    page.locator(".eg-plan-option", has_text="Metered").click()
+    # The plan chosen before is chosen again: one click to subscribe.
+    expect(page.locator(f'input[name="plan"][value="{metered_plan.pk}"]')).to_be_checked()
     page.get_by_role("button", name="Subscribe").click()
     expect(page.get_by_text("Trading bot is subscribed to Ticker")).to_be_visible()
     assert Subscription.objects.get(application__owner=bob).plan == metered_plan

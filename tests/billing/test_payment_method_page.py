@@ -67,9 +67,22 @@ def test_the_refusal_link_comes_back_to_the_subscribe_form(require_card, client,
 
     assert "The Metered plan is paid: add a payment method" in text(response)
     assert (
-        '<a href="/billing/payment-method/?next=/apis/ticker/%23subscribe" data-testid="add-payment-method">'
+        f'<a href="/billing/payment-method/?next=/apis/ticker/%3Fplan%3D{metered_plan.pk}%23subscribe" '
+        'data-testid="add-payment-method">'
         "Add a payment method</a>"
     ) in text(response)
+
+
+def test_coming_back_with_a_plan_preselects_it(client, bob, metered_plan):
+    ApplicationFactory(owner=bob, name="Trading bot")
+    client.force_login(bob)
+
+    page = text(client.get(f"/apis/ticker/?plan={metered_plan.pk}"))
+
+    checked = re.search(r'<input[^>]*name="plan"[^>]*checked[^>]*>', page) or re.search(
+        r'<input[^>]*checked[^>]*name="plan"[^>]*>', page
+    )
+    assert checked and f'value="{metered_plan.pk}"' in checked.group(0)
 
 
 def _plan_card(page: str, name: str) -> str:
